@@ -1,0 +1,51 @@
+"""AdaDelta (Zeiler 2012), named in §8.5.4 of the book.
+
+::
+
+    E[g²] ← ρE[g²] + (1 − ρ) g²
+    Δθ = −(√(E[Δθ²] + ε) / √(E[g²] + ε)) g
+    E[Δθ²] ← ρE[Δθ²] + (1 − ρ) Δθ²
+    θ ← θ + ε_lr Δθ
+
+Symbols: ``rho`` = ρ (0.95), ``eps`` = the paper's ε (1e-6), ``lr`` scales the step (1.0 is
+Zeiler's method; ``torch.optim.Adadelta`` has the same factor). E[Δθ²] accumulates the unscaled
+Δθ, as in the paper and in torch.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from deepdescent.algorithms._common import with_weight_decay, zeros_like
+
+
+def init(params: list[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
+    """The accumulations E[g²] = 0 and E[Δθ²] = 0."""
+    return zeros_like(params), zeros_like(params)
+
+
+def update(
+    params: list[Tensor],
+    grads: list[Tensor],
+    square_avg: list[Tensor],
+    acc_delta: list[Tensor],
+    *,
+    lr: float,
+    rho: float,
+    eps: float,
+    weight_decay: float,
+) -> None:
+    """One AdaDelta step; updates ``params``, ``square_avg`` (E[g²]), ``acc_delta`` (E[Δθ²])."""
+    grads = with_weight_decay(grads, params, weight_decay)
+    torch._foreach_mul_(square_avg, rho)
+    torch._foreach_addcmul_(square_avg, grads, grads, value=1.0 - rho)  # E[g²]
+    rms_g = torch._foreach_add(square_avg, eps)
+    torch._foreach_sqrt_(rms_g)  # √(E[g²] + ε)
+    delta = torch._foreach_add(acc_delta, eps)
+    torch._foreach_sqrt_(delta)  # √(E[Δθ²] + ε)
+    torch._foreach_div_(delta, rms_g)
+    torch._foreach_mul_(delta, grads)  # −Δθ
+    torch._foreach_mul_(acc_delta, rho)
+    torch._foreach_addcmul_(acc_delta, delta, delta, value=1.0 - rho)  # E[Δθ²]
+    torch._foreach_add_(params, delta, alpha=-lr)  # θ ← θ + ε_lr Δθ

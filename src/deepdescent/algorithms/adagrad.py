@@ -1,0 +1,40 @@
+"""Algorithm 8.4: AdaGrad (Duchi et al. 2011).
+
+::
+
+    r ← r + g ⊙ g
+    Δθ ← −ε / (δ + √r) ⊙ g
+    θ ← θ + Δθ
+
+Symbols: ``lr`` = ε (global learning rate), ``eps`` = δ (about 1e-7; added *outside* the root,
+as in the box and in ``torch.optim.Adagrad``). The accumulator r starts at 0.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from deepdescent.algorithms._common import with_weight_decay, zeros_like
+
+
+def init(params: list[Tensor]) -> list[Tensor]:
+    """The gradient accumulation r = 0."""
+    return zeros_like(params)
+
+
+def update(
+    params: list[Tensor],
+    grads: list[Tensor],
+    sum_sq: list[Tensor],
+    *,
+    lr: float,
+    eps: float,
+    weight_decay: float,
+) -> None:
+    """One step of Algorithm 8.4; updates ``params`` and ``sum_sq`` (r) in place."""
+    grads = with_weight_decay(grads, params, weight_decay)
+    torch._foreach_addcmul_(sum_sq, grads, grads)  # r ← r + g⊙g
+    denom = torch._foreach_sqrt(sum_sq)
+    torch._foreach_add_(denom, eps)  # δ + √r
+    torch._foreach_addcdiv_(params, grads, denom, value=-lr)  # θ ← θ − ε g/(δ + √r)

@@ -1,0 +1,88 @@
+"""Algorithm 8.5 (RMSProp), RMSProp with momentum (§8.5.4) and Algorithm 8.6 (RMSProp with
+Nesterov momentum); Hinton (2012).
+
+Algorithm 8.5::
+
+    r ← ρr + (1 − ρ) g ⊙ g
+    Δθ = −ε / √(δ + r) ⊙ g            (δ inside the root, about 1e-6)
+    θ ← θ + Δθ
+
+RMSProp with momentum: the momentum rule of Algorithm 8.2 applied to the rescaled gradient
+d = g / √(δ + r):  v ← αv − εd;  θ ← θ + v.
+
+Algorithm 8.6::
+
+    θ̃ ← θ + αv;  g ← gradient at θ̃
+    r ← ρr + (1 − ρ) g ⊙ g
+    v ← αv − ε / √r ⊙ g
+    θ ← θ + v
+
+The box of 8.6 has no δ. Safeguard (a documented deviation): the root is clamped from below at
+the smallest normal number of the dtype. √r > 0 is always far above that bound (√ of the smallest
+subnormal is ~1e-23 in float32), so the clamp changes nothing unless r = 0 exactly — which happens
+only where every gradient so far was 0, and where the box would compute 0/0. There the update
+is 0.
+
+torch convention (``convention="torch"``, as ``torch.optim.RMSprop``): δ is added *outside* the
+root, Δθ = −ε g / (√r + δ), and the momentum buffer does not carry ε (see :mod:`.momentum`).
+
+Symbols: ``lr`` = ε, ``rho`` = ρ, ``eps`` = δ, ``momentum`` = α.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from deepdescent.algorithms import momentum as _momentum
+from deepdescent.algorithms._common import with_weight_decay, zeros_like
+
+
+def init(params: list[Tensor], *, momentum: float) -> tuple[list[Tensor], list[Tensor]]:
+    """The accumulation r = 0 and, when α > 0, the velocity v = 0."""
+    return zeros_like(params), (_momentum.init(params) if momentum != 0.0 else [])
+
+
+def _denominator(square_avg: list[Tensor], *, eps: float, nesterov: bool, convention: str) -> list[Tensor]:
+    if convention == "torch":
+        denom = torch._foreach_sqrt(square_avg)
+        torch._foreach_add_(denom, eps)  # √r + δ
+    elif nesterov:
+        denom = torch._foreach_sqrt(square_avg)  # √r (Algorithm 8.6) ...
+        torch._foreach_clamp_min_(denom, torch.finfo(denom[0].dtype).tiny)  # ... safeguard at r = 0
+    else:
+        denom = torch._foreach_add(square_avg, eps)
+        torch._foreach_sqrt_(denom)  # √(δ + r)
+    return denom
+
+
+def update(
+    params: list[Tensor],
+    grads: list[Tensor],
+    square_avg: list[Tensor],
+    velocity: list[Tensor],
+    *,
+    lr: float,
+    rho: float,
+    eps: float,
+    momentum: float,
+    nesterov: bool,
+    lookahead: bool,
+    convention: _momentum.Convention,
+    weight_decay: float,
+) -> None:
+    """One step of Algorithm 8.5, RMSProp with momentum, or 8.6 (``nesterov``).
+
+    ``lookahead``: the parameters hold the interim point θ̃ (see :mod:`.momentum`).
+    """
+    grads = with_weight_decay(grads, params, weight_decay)
+    torch._foreach_mul_(square_avg, rho)
+    torch._foreach_addcmul_(square_avg, grads, grads, value=1.0 - rho)  # r ← ρr + (1 − ρ) g⊙g
+    denom = _denominator(square_avg, eps=eps, nesterov=nesterov, convention=convention)
+    if momentum == 0.0:
+        torch._foreach_addcdiv_(params, grads, denom, value=-lr)  # θ ← θ − ε g/√(δ + r)
+        return
+    direction = torch._foreach_div(grads, denom)
+    _momentum.update(
+        params, velocity, direction, lr=lr, momentum=momentum, lookahead=lookahead, convention=convention
+    )

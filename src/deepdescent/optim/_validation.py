@@ -1,0 +1,51 @@
+"""Hyperparameter checks: every error names the argument, the value and what is valid."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+
+
+def _as_float(name: str, value: Any) -> float:
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1 or value.dim() != 0:
+            raise ValueError(f"{name} must be a float or a 0-dim tensor, got a tensor of shape {tuple(value.shape)}")
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{name} must be a real number, got {value!r} ({type(value).__name__})")
+    return float(value)
+
+
+def non_negative(name: str, value: Any) -> None:
+    """A finite value ≥ 0 (learning rates, weight decay)."""
+    v = _as_float(name, value)
+    if not math.isfinite(v) or v < 0.0:
+        raise ValueError(f"invalid {name}={value!r}: must be finite and >= 0")
+
+
+def positive(name: str, value: Any) -> None:
+    """A finite value > 0 (δ, the stabilising constants)."""
+    v = _as_float(name, value)
+    if not math.isfinite(v) or v <= 0.0:
+        raise ValueError(f"invalid {name}={value!r}: must be finite and > 0")
+
+
+def unit_interval(name: str, value: Any) -> None:
+    """A decay rate or momentum in [0, 1)."""
+    v = _as_float(name, value)
+    if not 0.0 <= v < 1.0:
+        raise ValueError(f"invalid {name}={value!r}: must be in [0, 1)")
+
+
+def choice(name: str, value: Any, valid: Iterable[Any]) -> None:
+    valid = tuple(valid)
+    if value not in valid:
+        raise ValueError(f"invalid {name}={value!r}: must be one of {', '.join(map(repr, valid))}")
+
+
+def flag(name: str, value: Any) -> None:
+    if not isinstance(value, bool):
+        raise ValueError(f"invalid {name}={value!r}: must be True or False")

@@ -1,0 +1,41 @@
+"""``AdaDelta``: Zeiler (2012), named in §8.5.4."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import Tensor
+
+from deepdescent.algorithms import adadelta
+from deepdescent.optim import _validation as check
+from deepdescent.optim.base import BookOptimizer, NonFinite, _lr
+
+
+class AdaDelta(BookOptimizer):
+    r"""AdaDelta (Zeiler 2012).
+
+    E[g²] ← ρE[g²] + (1 − ρ)g²;  Δθ = −(√(E[Δθ²] + ε)/√(E[g²] + ε)) g;
+    E[Δθ²] ← ρE[Δθ²] + (1 − ρ)Δθ²;  θ ← θ + lr·Δθ.
+
+    Symbols: ``rho`` = ρ, ``eps`` = ε of the paper; ``lr`` scales the step (1.0 is the paper's
+    method). ``weight_decay`` = λ adds λθ to g. Matches ``torch.optim.Adadelta``.
+    ``nonfinite``: see :class:`~deepdescent.optim.SGD`.
+    """
+
+    def __init__(self, params: Any, lr: float | Tensor = 1.0, rho: float = 0.95, eps: float = 1e-6,
+                 weight_decay: float = 0.0, *, nonfinite: NonFinite = "skip") -> None:
+        super().__init__(params, dict(lr=lr, rho=rho, eps=eps, weight_decay=weight_decay), nonfinite=nonfinite)
+
+    def _validate_group(self, group: dict[str, Any]) -> None:
+        check.non_negative("lr", group["lr"])
+        check.unit_interval("rho", group["rho"])
+        check.positive("eps", group["eps"])
+        check.non_negative("weight_decay", group["weight_decay"])
+
+    def _state_names(self, group: dict[str, Any]) -> tuple[str, ...]:
+        return ("square_avg", "acc_delta")
+
+    def _update(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor],
+                bufs: dict[str, list[Tensor]], steps: list[int], lookahead: bool) -> None:
+        adadelta.update(params, grads, bufs["square_avg"], bufs["acc_delta"], lr=_lr(group),
+                        rho=group["rho"], eps=group["eps"], weight_decay=group["weight_decay"])

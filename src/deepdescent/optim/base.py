@@ -1,0 +1,315 @@
+"""What every deepdescent first-order optimizer shares.
+
+:class:`BookOptimizer` turns a functional algorithm (``deepdescent.algorithms``) into a
+``torch.optim.Optimizer``: it validates hyperparameters, creates per-parameter state lazily, keeps
+a non-finite gradient from reaching parameters or state, evaluates the interim point of Nesterov
+methods, executes the update in cache-sized chunks on the CPU, and checks what
+``load_state_dict`` is given.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, Literal
+
+import torch
+from torch import Tensor
+from torch.optim import Optimizer
+
+from deepdescent.algorithms import momentum as _momentum
+from deepdescent.optim import _validation as check
+
+NonFinite = Literal["skip", "raise"]
+#: Keys that torch's LR schedulers and named parameters add to a param group.
+_FOREIGN_GROUP_KEYS = frozenset({"params", "param_names", "initial_lr", "name"})
+#: Elements per CPU chunk: params, grads and two state buffers of this size fit in L2 (1–2 MiB).
+CPU_CHUNK_NUMEL = 1 << 16
+
+
+class NonFiniteGradientError(FloatingPointError):
+    """Raised by ``step()`` with ``nonfinite="raise"`` when a gradient holds NaN or Inf."""
+
+
+class _Batch:
+    """The tensors of one param group that take part in a step, bucketed by (device, dtype)."""
+
+    def __init__(self) -> None:
+        self.params: list[Tensor] = []
+        self.grads: list[Tensor] = []
+        self.states: list[dict[str, Any]] = []
+
+
+class BookOptimizer(Optimizer):
+    """Base class; subclasses implement :meth:`_validate_group`, :meth:`_state_names` and
+    :meth:`_update` (and :meth:`_uses_interim_point` for Nesterov methods)."""
+
+    def __init__(self, params: Any, defaults: dict[str, Any], *, nonfinite: NonFinite = "skip") -> None:
+        check.choice("nonfinite", nonfinite, ("skip", "raise"))
+        self._validate_group(dict(defaults))
+        super().__init__(params, defaults)
+        self.nonfinite: NonFinite = nonfinite
+        #: Steps left out because a gradient was not finite (saved in ``state_dict``).
+        self.skipped_steps = 0
+        # How Nesterov's interim point θ̃ is handled, fixed at the first step: "closure" (the
+        # parameters hold θ; step(closure) evaluates the gradient at θ̃) or "lookahead" (the
+        # parameters hold θ̃; step() without closure).
+        self._interim_mode: str | None = None
+
+    # ------------------------------------------------------------------ hyperparameters
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        unknown = set(param_group) - set(self.defaults) - _FOREIGN_GROUP_KEYS
+        if unknown:
+            raise ValueError(
+                f"unknown option(s) {sorted(unknown)} for {type(self).__name__}; "
+                f"valid: {sorted(self.defaults)}"
+            )
+        super().add_param_group(param_group)
+        group = self.param_groups[-1]
+        self._validate_group(group)
+        for p in group["params"]:
+            if not p.is_leaf and p.requires_grad:
+                raise ValueError("can't optimize a non-leaf tensor")
+
+    def _validate_group(self, group: dict[str, Any]) -> None:
+        """Raise ValueError for any invalid hyperparameter of ``group``."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ state
+    def _state_names(self, group: dict[str, Any]) -> tuple[str, ...]:
+        """Names of the per-parameter state tensors this group's update needs."""
+        raise NotImplementedError
+
+    def _update(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor],
+                bufs: dict[str, list[Tensor]], steps: list[int], lookahead: bool) -> None:
+        """Apply the algorithm box to one chunk of one group (lists of equal length).
+
+        ``lookahead``: the parameters hold Nesterov's interim point θ̃ (step without closure).
+        """
+        raise NotImplementedError
+
+    def _uses_interim_point(self, group: dict[str, Any]) -> bool:
+        """Whether the gradient of this group is taken at θ̃ = θ + αv (Nesterov)."""
+        return False
+
+    def _velocity_displacement(self, group: dict[str, Any], velocity: list[Tensor]) -> list[Tensor]:
+        return _momentum.interim_displacement(
+            velocity, lr=_lr(group), momentum=group["momentum"], convention=group.get("convention", "book")
+        )
+
+    # ------------------------------------------------------------------ the step
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:  # type: ignore[override]
+        """Perform one optimization step.
+
+        Args:
+            closure: re-evaluates the model and returns the loss (after ``backward()``). For
+                Nesterov methods (Algorithms 8.3, 8.6) it is called at the interim point θ̃.
+        """
+        loss = None
+        interim = any(self._uses_interim_point(g) for g in self.param_groups)
+        if interim:
+            self._fix_interim_mode("closure" if closure is not None else "lookahead")
+        if closure is not None:
+            loss = self._call_closure_at_interim(closure) if interim else _call(closure)
+        batches = [self._gather(group) for group in self.param_groups]
+        if not self._gradients_finite(batches):
+            self.skipped_steps += 1
+            return loss
+        lookahead = self._interim_mode == "lookahead"
+        for group, buckets in zip(self.param_groups, batches):
+            for batch in buckets.values():
+                self._apply(group, batch, lookahead)
+        return loss
+
+    def _gather(self, group: dict[str, Any]) -> dict[tuple[torch.device, torch.dtype], _Batch]:
+        names = self._state_names(group)
+        buckets: dict[tuple[torch.device, torch.dtype], _Batch] = defaultdict(_Batch)
+        for p in group["params"]:
+            if p.grad is None:
+                continue
+            if p.grad.is_sparse:
+                raise RuntimeError(
+                    f"{type(self).__name__} does not support sparse gradients "
+                    f"(parameter {self._param_name(p)}); use torch.optim.SparseAdam or dense gradients"
+                )
+            state = self.state[p]
+            if not state:
+                state["step"] = 0
+            for name in names:
+                if name not in state:  # new, or a hyperparameter (e.g. momentum) became non-zero
+                    state[name] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            batch = buckets[(p.device, p.dtype)]
+            batch.params.append(p)
+            batch.grads.append(p.grad)
+            batch.states.append(state)
+        return buckets
+
+    def _gradients_finite(self, batches: list[dict[Any, _Batch]]) -> bool:
+        # One max-norm per tensor, stacked: a single read of the gradients. max|g| is finite
+        # exactly when every element is (a sum of squares could overflow for finite g).
+        flags = [
+            torch.stack(torch._foreach_norm(b.grads, float("inf"))).isfinite().all()
+            for buckets in batches for b in buckets.values()
+        ]
+        if all(bool(f) for f in flags):
+            return True
+        if self.nonfinite == "raise":
+            bad = next(
+                p for buckets in batches for b in buckets.values()
+                for p, g in zip(b.params, b.grads) if not bool(torch.isfinite(g).all())
+            )
+            raise NonFiniteGradientError(
+                f"non-finite gradient in parameter {self._param_name(bad)}; parameters and optimizer "
+                "state were left unchanged"
+            )
+        return False
+
+    def _apply(self, group: dict[str, Any], batch: _Batch, lookahead: bool) -> None:
+        names = self._state_names(group)
+        for state in batch.states:
+            state["step"] += 1
+        group_lookahead = lookahead and self._uses_interim_point(group)
+        for lo, hi in _chunks(batch.params):
+            bufs = {n: [s[n] for s in batch.states[lo:hi]] for n in names}
+            steps = [s["step"] for s in batch.states[lo:hi]]
+            self._update(group, batch.params[lo:hi], batch.grads[lo:hi], bufs, steps, group_lookahead)
+
+    # ------------------------------------------------------------------ Nesterov's interim point
+    def _fix_interim_mode(self, mode: str) -> None:
+        if self._interim_mode is None:
+            self._interim_mode = mode
+        elif self._interim_mode != mode:
+            held = "θ̃ (the look-ahead point)" if self._interim_mode == "lookahead" else "θ"
+            raise RuntimeError(
+                f"{type(self).__name__} with Nesterov momentum was first stepped "
+                f"{'without' if self._interim_mode == 'lookahead' else 'with'} a closure, so the "
+                f"parameters hold {held}; keep calling step() "
+                f"{'without' if self._interim_mode == 'lookahead' else 'with'} a closure"
+            )
+
+    def _displacements(self) -> Iterator[tuple[list[Tensor], list[Tensor]]]:
+        for group in self.param_groups:
+            if not self._uses_interim_point(group):
+                continue
+            params = [p for p in group["params"] if "velocity" in self.state.get(p, {})]
+            if params:
+                yield params, self._velocity_displacement(group, [self.state[p]["velocity"] for p in params])
+
+    def _call_closure_at_interim(self, closure: Callable[[], Any]) -> Any:
+        """Move to θ̃ = θ + αv, evaluate the closure there, restore θ bit for bit."""
+        saved = []
+        for params, disp in self._displacements():
+            saved.append((params, torch._foreach_mul(params, 1.0)))
+            torch._foreach_add_(params, disp)
+        try:
+            return _call(closure)
+        finally:
+            for params, backup in saved:
+                torch._foreach_copy_(params, backup)
+
+    @contextlib.contextmanager
+    def at_theta(self) -> Iterator[None]:
+        """Hold θ in the parameters for the duration of the block.
+
+        Without a closure, Nesterov methods keep the look-ahead point θ̃ = θ + αv in the
+        parameters. Evaluate or save the model inside ``with optimizer.at_theta():`` to use θ; the
+        parameters return to θ̃ exactly afterwards. Outside look-ahead mode it does nothing.
+        """
+        saved = []
+        if self._interim_mode == "lookahead":
+            with torch.no_grad():
+                for params, disp in self._displacements():
+                    saved.append((params, torch._foreach_mul(params, 1.0)))
+                    torch._foreach_sub_(params, disp)
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for params, backup in saved:
+                    torch._foreach_copy_(params, backup)
+
+    # ------------------------------------------------------------------ checkpoints
+    def state_dict(self) -> dict[str, Any]:
+        sd = super().state_dict()
+        sd["deepdescent"] = {
+            "optimizer": type(self).__name__,
+            "skipped_steps": self.skipped_steps,
+            "interim_mode": self._interim_mode,
+        }
+        return sd
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if not isinstance(state_dict, dict) or "state" not in state_dict or "param_groups" not in state_dict:
+            raise ValueError("state_dict must be a dict with 'state' and 'param_groups' (from Optimizer.state_dict())")
+        meta = state_dict.get("deepdescent")
+        name = type(self).__name__
+        if meta is None or meta.get("optimizer") != name:
+            found = meta.get("optimizer") if meta else "an optimizer that is not from deepdescent"
+            raise ValueError(f"cannot load a state_dict of {found} into {name}")
+        self._check_shapes(state_dict)
+        body = {k: v for k, v in state_dict.items() if k != "deepdescent"}
+        super().load_state_dict(body)
+        self.skipped_steps = int(meta.get("skipped_steps", 0))
+        self._interim_mode = meta.get("interim_mode")
+
+    def _check_shapes(self, state_dict: dict[str, Any]) -> None:
+        params = [p for g in self.param_groups for p in g["params"]]
+        saved_ids = [i for g in state_dict["param_groups"] for i in g["params"]]
+        if len(saved_ids) != len(params):
+            raise ValueError(
+                f"state_dict has {len(saved_ids)} parameters, {type(self).__name__} has {len(params)}"
+            )
+        index = dict(zip(saved_ids, params))
+        for i, s in state_dict["state"].items():
+            p = index.get(i)
+            if p is None:
+                raise ValueError(f"state_dict has state for parameter index {i!r}, which no group lists")
+            for key, value in s.items():
+                if isinstance(value, Tensor) and value.dim() > 0 and value.shape != p.shape:
+                    raise ValueError(
+                        f"state {key!r} of parameter {self._param_name(p)} has shape {tuple(value.shape)}, "
+                        f"the parameter has shape {tuple(p.shape)}"
+                    )
+
+    # ------------------------------------------------------------------ helpers
+    def _param_name(self, p: Tensor) -> str:
+        for gi, group in enumerate(self.param_groups):
+            for pi, q in enumerate(group["params"]):
+                if q is p:
+                    names = group.get("param_names")
+                    where = f"param_groups[{gi}]['params'][{pi}]"
+                    return f"{names[pi]!r} ({where}, shape {tuple(p.shape)})" if names else f"{where} (shape {tuple(p.shape)})"
+        return f"(shape {tuple(p.shape)})"
+
+
+def _call(closure: Callable[[], Any]) -> Any:
+    with torch.enable_grad():
+        return closure()
+
+
+def _lr(group: dict[str, Any]) -> float:
+    """The group's learning rate as a float (a 0-dim tensor lr is read here, once per step)."""
+    lr = group["lr"]
+    return lr.item() if isinstance(lr, Tensor) else float(lr)
+
+
+def _chunks(params: list[Tensor]) -> Iterable[tuple[int, int]]:
+    """Index ranges that split a bucket into chunks of about CPU_CHUNK_NUMEL elements.
+
+    On the CPU each multi-tensor op streams its whole list through memory; working chunk by chunk
+    keeps a chunk's params, grads and state in cache across the several ops of one update. On an
+    accelerator the whole bucket is one chunk (fewest launches).
+    """
+    if not params or params[0].device.type != "cpu":
+        yield 0, len(params)
+        return
+    lo, size = 0, 0
+    for i, p in enumerate(params):
+        size += p.numel()
+        if size >= CPU_CHUNK_NUMEL:
+            yield lo, i + 1
+            lo, size = i + 1, 0
+    if lo < len(params):
+        yield lo, len(params)
