@@ -19,6 +19,7 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from deepdescent.algorithms import momentum as _momentum
+from deepdescent.algorithms._common import with_weight_decay
 from deepdescent.optim import _validation as check
 
 NonFinite = Literal["skip", "raise"]
@@ -56,6 +57,7 @@ class BookOptimizer(Optimizer):
         # parameters hold θ; step(closure) evaluates the gradient at θ̃) or "lookahead" (the
         # parameters hold θ̃; step() without closure).
         self._interim_mode: str | None = None
+        self._interim_grads: dict[Tensor, Tensor] = {}
 
     # ------------------------------------------------------------------ hyperparameters
     def add_param_group(self, param_group: dict[str, Any]) -> None:
@@ -124,7 +126,6 @@ class BookOptimizer(Optimizer):
         return loss
 
     def _gather(self, group: dict[str, Any]) -> dict[tuple[torch.device, torch.dtype], _Batch]:
-        names = self._state_names(group)
         buckets: dict[tuple[torch.device, torch.dtype], _Batch] = defaultdict(_Batch)
         for p in group["params"]:
             if p.grad is None:
@@ -134,16 +135,9 @@ class BookOptimizer(Optimizer):
                     f"{type(self).__name__} does not support sparse gradients "
                     f"(parameter {self._param_name(p)}); use torch.optim.SparseAdam or dense gradients"
                 )
-            state = self.state[p]
-            if not state:
-                state["step"] = 0
-            for name in names:
-                if name not in state:  # new, or a hyperparameter (e.g. momentum) became non-zero
-                    state[name] = torch.zeros_like(p, memory_format=torch.preserve_format)
             batch = buckets[(p.device, p.dtype)]
             batch.params.append(p)
-            batch.grads.append(p.grad)
-            batch.states.append(state)
+            batch.grads.append(self._interim_grads.pop(p, p.grad))
         return buckets
 
     def _gradients_finite(self, batches: list[dict[Any, _Batch]]) -> bool:
@@ -168,9 +162,16 @@ class BookOptimizer(Optimizer):
 
     def _apply(self, group: dict[str, Any], batch: _Batch, lookahead: bool) -> None:
         names = self._state_names(group)
-        for state in batch.states:
-            state["step"] += 1
+        for p in batch.params:
+            state = self.state[p]
+            state["step"] = state.get("step", 0) + 1
+            for name in names:
+                if name not in state:  # new, or a hyperparameter (e.g. momentum) became non-zero
+                    state[name] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            batch.states.append(state)
         group_lookahead = lookahead and self._uses_interim_point(group)
+        if self._uses_interim_point(group) and not lookahead and group["weight_decay"] != 0:
+            group = {**group, "weight_decay": 0.0}  # already added at θ̃ (_decay_at_interim)
         for lo, hi in _chunks(batch.params):
             bufs = {n: [s[n] for s in batch.states[lo:hi]] for n in names}
             steps = [s["step"] for s in batch.states[lo:hi]]
@@ -189,25 +190,36 @@ class BookOptimizer(Optimizer):
                 f"{'without' if self._interim_mode == 'lookahead' else 'with'} a closure"
             )
 
-    def _displacements(self) -> Iterator[tuple[list[Tensor], list[Tensor]]]:
+    def _displacements(self) -> Iterator[tuple[dict[str, Any], list[Tensor], list[Tensor]]]:
         for group in self.param_groups:
             if not self._uses_interim_point(group):
                 continue
             params = [p for p in group["params"] if "velocity" in self.state.get(p, {})]
             if params:
-                yield params, self._velocity_displacement(group, [self.state[p]["velocity"] for p in params])
+                yield group, params, self._velocity_displacement(group, [self.state[p]["velocity"] for p in params])
 
     def _call_closure_at_interim(self, closure: Callable[[], Any]) -> Any:
         """Move to θ̃ = θ + αv, evaluate the closure there, restore θ bit for bit."""
         saved = []
-        for params, disp in self._displacements():
+        for _, params, disp in self._displacements():
             saved.append((params, torch._foreach_mul(params, 1.0)))
             torch._foreach_add_(params, disp)
         try:
-            return _call(closure)
+            loss = _call(closure)
+            self._decay_at_interim()
+            return loss
         finally:
             for params, backup in saved:
                 torch._foreach_copy_(params, backup)
+
+    def _decay_at_interim(self) -> None:
+        # The gradient at θ̃ of J(θ) + (λ/2)‖θ‖² is ∇J(θ̃) + λθ̃: add λθ̃ while the parameters are
+        # at θ̃; the update of these groups then runs with weight_decay = 0.
+        for group in self.param_groups:
+            if self._uses_interim_point(group) and group["weight_decay"] != 0:
+                params = [p for p in group["params"] if p.grad is not None]
+                decayed = with_weight_decay([p.grad for p in params], params, group["weight_decay"])
+                self._interim_grads.update(zip(params, decayed))
 
     @contextlib.contextmanager
     def at_theta(self) -> Iterator[None]:
@@ -220,7 +232,7 @@ class BookOptimizer(Optimizer):
         saved = []
         if self._interim_mode == "lookahead":
             with torch.no_grad():
-                for params, disp in self._displacements():
+                for _, params, disp in self._displacements():
                     saved.append((params, torch._foreach_mul(params, 1.0)))
                     torch._foreach_sub_(params, disp)
         try:

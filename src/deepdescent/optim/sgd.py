@@ -25,7 +25,7 @@ class SGD(BookOptimizer):
 
     Args:
         params: parameters or param groups (hyperparameters may differ per group).
-        lr: learning rate ε (float or 0-dim tensor), required.
+        lr: learning rate ε (float or 0-dim tensor); required, here or in every param group.
         momentum: α in [0, 1); 0.5, 0.9 and 0.99 are the book's examples.
         nesterov: evaluate the gradient at the interim point (Algorithm 8.3).
         weight_decay: λ ≥ 0.
@@ -48,7 +48,7 @@ class SGD(BookOptimizer):
     def __init__(
         self,
         params: Any,
-        lr: float | Tensor,
+        lr: float | Tensor | None = None,
         momentum: float = 0.0,
         nesterov: bool = False,
         weight_decay: float = 0.0,
@@ -61,7 +61,11 @@ class SGD(BookOptimizer):
         super().__init__(params, defaults, nonfinite=nonfinite)
 
     def _validate_group(self, group: dict[str, Any]) -> None:
-        check.non_negative("lr", group["lr"])
+        if group["lr"] is None:
+            if "params" in group:  # a real group, not the defaults
+                raise ValueError("SGD needs lr (no default): pass lr=... or give every param group an 'lr'")
+        else:
+            check.non_negative("lr", group["lr"])
         check.unit_interval("momentum", group["momentum"])
         check.flag("nesterov", group["nesterov"])
         check.non_negative("weight_decay", group["weight_decay"])

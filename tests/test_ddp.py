@@ -1,0 +1,65 @@
+"""Under DistributedDataParallel (2 processes, gloo, CPU) the optimizers follow the same iterates
+as one process on the full batch."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch import nn
+
+from deepdescent import optim
+
+CONFIGS = {
+    "nesterov": lambda p: optim.SGD(p, lr=0.05, momentum=0.9, nesterov=True),
+    "rmsprop-nesterov": lambda p: optim.RMSProp(p, lr=1e-3, momentum=0.9, nesterov=True),
+    "adam": lambda p: optim.Adam(p, lr=1e-2),
+    "adadelta": lambda p: optim.AdaDelta(p),
+}
+STEPS = 15
+
+
+def _model():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(5, 7), nn.Tanh(), nn.Linear(7, 1))
+
+
+def _batch(k):
+    gen = torch.Generator().manual_seed(k)
+    return torch.randn(16, 5, generator=gen), torch.randn(16, 1, generator=gen)
+
+
+def _train(model, opt, shard=slice(None)):
+    for k in range(STEPS):
+        x, y = _batch(k)
+        opt.zero_grad()
+        nn.functional.mse_loss(model(x[shard]), y[shard]).backward()
+        opt.step()
+
+
+def _worker(rank, world, init_file, out):
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    torch.set_num_threads(1)
+    try:
+        for name, make in CONFIGS.items():
+            ddp = nn.parallel.DistributedDataParallel(_model())
+            opt = make(ddp.parameters())
+            _train(ddp, opt, shard=slice(rank * 8, rank * 8 + 8))  # equal halves: mean of means = mean
+            if rank == 0:
+                torch.save([p.detach() for p in ddp.module.parameters()], os.path.join(out, f"{name}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_match_one_process_full_batch(tmp_path):
+    mp.spawn(_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
+    for name, make in CONFIGS.items():
+        model = _model()
+        _train(model, make(model.parameters()))
+        got = torch.load(tmp_path / f"{name}.pt", weights_only=True)
+        for g, w in zip(got, model.parameters()):
+            torch.testing.assert_close(g, w.detach(), rtol=1e-5, atol=1e-6, msg=name)
