@@ -8,6 +8,7 @@ import torch
 
 import reference as ref
 from deepdescent import optim
+from deepdescent.optim import base
 from deepdescent.schedules import LinearDecay
 
 STEPS, TAU, FINAL = 120, 60, 0.05
@@ -108,9 +109,12 @@ def _modes(case):
     return ["closure", "lookahead"] if "nesterov" in case else ["plain", "closure"]
 
 
+@pytest.mark.parametrize("chunk", [1 << 16, 4], ids=["whole", "chunked"])
 @pytest.mark.parametrize("case,mode", [(c, m) for c in CASES for m in _modes(c)])
-def test_matches_float64_box(case, mode):
-    problem = Problem(seed=hash(case) % 1000)
+def test_matches_float64_box(case, mode, chunk, monkeypatch):
+    """``chunked``: CPU chunks of 4 elements, so tensors are cut into flat views and grouped."""
+    monkeypatch.setattr(base, "CPU_CHUNK_NUMEL", chunk)
+    problem = Problem(seed=sum(map(ord, case)))
     expected = run_reference(case, problem)
     got = run_ours(case, problem, mode)
     for i, (e, g) in enumerate(zip(expected, got)):

@@ -25,7 +25,7 @@ from deepdescent.optim import _validation as check
 NonFinite = Literal["skip", "raise"]
 #: Keys that torch's LR schedulers and named parameters add to a param group.
 _FOREIGN_GROUP_KEYS = frozenset({"params", "param_names", "initial_lr", "name"})
-#: Elements per CPU chunk: params, grads and two state buffers of this size fit in L2 (1–2 MiB).
+#: Elements per CPU chunk (measured best on 2-thread EPYC, L2 1 MiB per core; see BENCHMARKS.md).
 CPU_CHUNK_NUMEL = 1 << 16
 
 
@@ -141,13 +141,8 @@ class BookOptimizer(Optimizer):
         return buckets
 
     def _gradients_finite(self, batches: list[dict[Any, _Batch]]) -> bool:
-        # One max-norm per tensor, stacked: a single read of the gradients. max|g| is finite
-        # exactly when every element is (a sum of squares could overflow for finite g).
-        flags = [
-            torch.stack(torch._foreach_norm(b.grads, float("inf"))).isfinite().all()
-            for buckets in batches for b in buckets.values()
-        ]
-        if all(bool(f) for f in flags):
+        flags = [_found_nonfinite(b.grads) for buckets in batches for b in buckets.values()]
+        if not any(bool(f) for f in flags):  # on the CPU, reading a CPU scalar is not a sync
             return True
         if self.nonfinite == "raise":
             bad = next(
@@ -172,10 +167,10 @@ class BookOptimizer(Optimizer):
         group_lookahead = lookahead and self._uses_interim_point(group)
         if self._uses_interim_point(group) and not lookahead and group["weight_decay"] != 0:
             group = {**group, "weight_decay": 0.0}  # already added at θ̃ (_decay_at_interim)
-        for lo, hi in _chunks(batch.params):
-            bufs = {n: [s[n] for s in batch.states[lo:hi]] for n in names}
-            steps = [s["step"] for s in batch.states[lo:hi]]
-            self._update(group, batch.params[lo:hi], batch.grads[lo:hi], bufs, steps, group_lookahead)
+        lists = [batch.params, batch.grads, *([s[n] for s in batch.states] for n in names)]
+        steps = [s["step"] for s in batch.states]
+        for (params, grads, *bufs), chunk_steps in _chunks(lists, steps):
+            self._update(group, params, grads, dict(zip(names, bufs)), chunk_steps, group_lookahead)
 
     # ------------------------------------------------------------------ Nesterov's interim point
     def _fix_interim_mode(self, mode: str) -> None:
@@ -296,6 +291,22 @@ class BookOptimizer(Optimizer):
         return f"(shape {tuple(p.shape)})"
 
 
+def _found_nonfinite(grads: list[Tensor]) -> Tensor:
+    """A 0-dim tensor, non-zero when some gradient element is NaN or ±Inf: one read of the grads.
+
+    Uses the multi-tensor check behind ``torch.amp.GradScaler`` (one kernel for the whole list;
+    its unscale by 1.0 leaves the values as they are). Where that op is missing, per-tensor
+    min/max: finite exactly when every element is (a sum of squares could overflow for finite g).
+    """
+    found = torch.zeros((), device=grads[0].device)
+    check = getattr(torch, "_amp_foreach_non_finite_check_and_unscale_", None)
+    if check is not None and grads[0].dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
+        check(grads, found, torch.ones((), device=grads[0].device))
+        return found
+    extremes = torch.stack([torch.stack(torch.aminmax(g)) for g in grads if g.numel()] or [found.expand(2)])
+    return (~extremes.isfinite()).any()
+
+
 def _call(closure: Callable[[], Any]) -> Any:
     with torch.enable_grad():
         return closure()
@@ -307,21 +318,32 @@ def _lr(group: dict[str, Any]) -> float:
     return lr.item() if isinstance(lr, Tensor) else float(lr)
 
 
-def _chunks(params: list[Tensor]) -> Iterable[tuple[int, int]]:
-    """Index ranges that split a bucket into chunks of about CPU_CHUNK_NUMEL elements.
+def _chunks(lists: list[list[Tensor]], steps: list[int]) -> Iterator[tuple[list[list[Tensor]], list[int]]]:
+    """Split parallel tensor lists (params, grads, state buffers) into chunks of about
+    ``CPU_CHUNK_NUMEL`` elements; contiguous tensors larger than that are cut into flat views.
 
-    On the CPU each multi-tensor op streams its whole list through memory; working chunk by chunk
-    keeps a chunk's params, grads and state in cache across the several ops of one update. On an
-    accelerator the whole bucket is one chunk (fewest launches).
+    On the CPU each multi-tensor op streams its whole list through memory, and each temporary
+    it allocates is as large as its inputs (large ones are mapped fresh from the OS, page faults
+    included). Chunk by chunk, a chunk's tensors stay in cache across the several ops of one
+    update and temporaries stay small. On an accelerator the whole list is one chunk.
     """
-    if not params or params[0].device.type != "cpu":
-        yield 0, len(params)
+    if not lists[0] or lists[0][0].device.type != "cpu":
+        yield lists, steps
         return
-    lo, size = 0, 0
-    for i, p in enumerate(params):
-        size += p.numel()
+    size, start = 0, 0
+    for i, p in enumerate(lists[0]):
+        n = p.numel()
+        if n > CPU_CHUNK_NUMEL and all(lst[i].is_contiguous() for lst in lists):
+            if start < i:
+                yield [lst[start:i] for lst in lists], steps[start:i]
+            pieces = [lst[i].view(-1).split(CPU_CHUNK_NUMEL) for lst in lists]
+            for j in range(len(pieces[0])):
+                yield [[piece[j]] for piece in pieces], steps[i:i + 1]
+            size, start = 0, i + 1
+            continue
+        size += n
         if size >= CPU_CHUNK_NUMEL:
-            yield lo, i + 1
-            lo, size = i + 1, 0
-    if lo < len(params):
-        yield lo, len(params)
+            yield [lst[start:i + 1] for lst in lists], steps[start:i + 1]
+            size, start = 0, i + 1
+    if start < len(lists[0]):
+        yield [lst[start:] for lst in lists], steps[start:]
