@@ -12,6 +12,6 @@ These functions are the one place where each formula is written. ``deepdescent.o
 them in ``torch.optim.Optimizer`` subclasses; faster execution paths call the same functions.
 """
 
-from deepdescent.algorithms import adadelta, adagrad, adam, momentum, rmsprop, sgd
+from deepdescent.algorithms import adadelta, adagrad, adam, delta_bar_delta, momentum, rmsprop, sgd
 
-__all__ = ["adadelta", "adagrad", "adam", "momentum", "rmsprop", "sgd"]
+__all__ = ["adadelta", "adagrad", "adam", "delta_bar_delta", "momentum", "rmsprop", "sgd"]

@@ -91,6 +91,10 @@ class BookOptimizer(Optimizer):
         """
         raise NotImplementedError
 
+    def _init_buffer(self, name: str, p: Tensor, group: dict[str, Any]) -> Tensor:
+        """The initial value of state buffer ``name`` for ``p`` (zero, as every box of §8.5 says)."""
+        return torch.zeros_like(p, memory_format=torch.preserve_format)
+
     def _uses_interim_point(self, group: dict[str, Any]) -> bool:
         """Whether the gradient of this group is taken at θ̃ = θ + αv (Nesterov)."""
         return False
@@ -162,7 +166,7 @@ class BookOptimizer(Optimizer):
             state["step"] = state.get("step", 0) + 1
             for name in names:
                 if name not in state:  # new, or a hyperparameter (e.g. momentum) became non-zero
-                    state[name] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                    state[name] = self._init_buffer(name, p, group)
             batch.states.append(state)
         group_lookahead = lookahead and self._uses_interim_point(group)
         if self._uses_interim_point(group) and not lookahead and group["weight_decay"] != 0:
