@@ -1,0 +1,182 @@
+"""What the second-order optimizers share: the parameters as one flat vector (over any number of
+param groups), closure evaluation with counters, line searches, restoring θ on failure."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.optim import Optimizer
+
+from deepdescent.curvature.autograd import ClosureEvaluation, evaluate_closure
+from deepdescent.curvature.vectors import flat, unflat_like
+from deepdescent.optim import _validation as check  # noqa: I001
+from deepdescent.second_order import line_search as ls
+
+
+class LineSearchWarning(RuntimeWarning):
+    """A line search failed; the parameters were restored and the failure counted."""
+
+
+class SecondOrderOptimizer(Optimizer):
+    """Base class. Hyperparameters are global (one solve over all parameters): param groups only
+    gather parameters, and a group that sets a hyperparameter differently is refused."""
+
+    def __init__(self, params: Any, defaults: dict[str, Any]) -> None:
+        self._check(defaults)
+        super().__init__(params, defaults)
+        for group in self.param_groups:
+            for key, value in group.items():
+                if key not in ("params", "param_names", "initial_lr", "name") and value != defaults.get(key, value):
+                    raise ValueError(f"{type(self).__name__} solves over all parameters at once: hyperparameter "
+                                     f"{key}={value!r} cannot differ per param group (default {defaults.get(key)!r})")
+                if key not in defaults and key not in ("params", "param_names", "initial_lr", "name"):
+                    raise ValueError(f"unknown option {key!r} for {type(self).__name__}; valid: {sorted(defaults)}")
+        self._params = [p for g in self.param_groups for p in g["params"] if p.requires_grad]
+        if not self._params:
+            raise ValueError("no parameter requires grad")
+        n = sum(p.numel() for p in self._params)
+        limit = defaults.get("max_params")
+        if limit is not None and n > limit:
+            raise ValueError(self._too_many(n, limit))
+
+    def _too_many(self, n: int, limit: int) -> str:
+        return f"{type(self).__name__} keeps O(n²) memory: {n} parameters exceed max_params={limit}"
+
+    def _check(self, defaults: dict[str, Any]) -> None:
+        """Validate hyperparameters (subclasses extend)."""
+        if "line_search" in defaults and defaults["line_search"] is not None:
+            check.choice("line_search", defaults["line_search"], ls.METHODS)
+        if "on_line_search_failure" in defaults:
+            check.choice("on_line_search_failure", defaults["on_line_search_failure"], ("warn", "raise"))
+
+    # ------------------------------------------------------------------ flat parameter vector
+    @property
+    def _state(self) -> dict[str, Any]:
+        state = self.state[self._params[0]]  # global state, stored like torch.optim.LBFGS
+        if not state:
+            state.update(func_evals=0, grad_evals=0, curvature_products=0, n_iter=0, line_search_failures=0)
+        return state
+
+    def _get(self) -> Tensor:
+        return flat([p.detach() for p in self._params]).clone()
+
+    @torch.no_grad()
+    def _set(self, x: Tensor) -> None:
+        for p, v in zip(self._params, unflat_like(x, self._params)):
+            p.copy_(v)
+
+    def _evaluate(self, closure: Callable[[], Any], *, create_graph: bool = False,
+                  want_output: bool = False) -> ClosureEvaluation:
+        ev = evaluate_closure(closure, self._params, create_graph=create_graph, want_output=want_output)
+        self._state["func_evals"] += 1
+        self._state["grad_evals"] += 1
+        return ev
+
+    def _phi(self, closure: Callable[[], Any], x0: Tensor, d: Tensor) -> ls.Phi:
+        def phi(t: float) -> tuple[float, Tensor]:
+            self._set(x0 + t * d)
+            try:
+                ev = self._evaluate(closure)
+            except Exception:  # noqa: BLE001 - a non-finite loss at a trial point is just a bad point
+                return float("inf"), torch.full_like(d, float("nan"))
+            return ev.value, ev.grad
+        return phi
+
+    def _line_search(self, closure: Callable[[], Any], x0: Tensor, f0: float, g0: Tensor, d: Tensor,
+                     t0: float, method: str, c2: float) -> ls.LineSearchResult:
+        phi = self._phi(closure, x0, d)
+        slope = float(g0 @ d)
+        if method == "strong_wolfe":
+            return ls.strong_wolfe(phi, f0, slope, t0, c2=c2, direction=d, g0=g0)
+        if method == "armijo":
+            return ls.armijo(phi, f0, slope, t0)
+        return ls.exact_quadratic(phi, f0, slope, g0, d)
+
+    def _failed(self, x0: Tensor, message: str) -> None:
+        """Restore θ₀, count the failure, warn or raise."""
+        self._set(x0)
+        self._state["line_search_failures"] += 1
+        text = f"{type(self).__name__}: line search failed ({message}); parameters restored"
+        if self.defaults.get("on_line_search_failure") == "raise":
+            raise ls.LineSearchError(text)
+        warnings.warn(text, LineSearchWarning, stacklevel=3)
+
+    def _guarded(self, closure: Callable[[], Any], body: Callable[[Callable[[], Any]], Any]) -> Any:
+        """Run one step; on any error put the parameters back as they were before it."""
+        if closure is None:
+            raise ValueError(f"{type(self).__name__}.step needs a closure that re-evaluates the loss")
+        x0 = self._get()
+        try:
+            return body(closure)
+        except BaseException:
+            self._set(x0)
+            raise
+
+
+class LineSearchOptimizer(SecondOrderOptimizer):
+    """The iteration shared by CG, BFGS and L-BFGS: a direction from the method, a line search
+    along it, the method's update from (s, y). One ``step(closure)`` runs up to ``max_iter``
+    iterations, as ``torch.optim.LBFGS`` does, and stops early on small gradients or changes."""
+
+    _c2: float = 0.9  # strong-Wolfe curvature constant (CG uses 0.1)
+
+    def _check(self, defaults: dict[str, Any]) -> None:
+        super()._check(defaults)
+        if not isinstance(defaults["max_iter"], int) or defaults["max_iter"] < 1:
+            raise ValueError(f"invalid max_iter={defaults['max_iter']!r}: must be an integer >= 1")
+        check.non_negative("tolerance_grad", defaults["tolerance_grad"])
+        check.non_negative("tolerance_change", defaults["tolerance_change"])
+
+    def _direction(self, g: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def _after(self, s: Tensor, y: Tensor, g_new: Tensor) -> None:
+        """Update the method's memory after an accepted step s with gradient change y."""
+        raise NotImplementedError
+
+    def _initial_step(self, g: Tensor, d: Tensor) -> float:
+        # first iteration: a step of length ~1 in the ℓ₁ sense (as torch.optim.LBFGS); then 1
+        # (quasi-Newton directions are scaled), or from the last decrease (CG, N&W eq. 3.60)
+        if self._state["n_iter"] == 0:
+            return min(1.0, 1.0 / float(g.abs().sum()))
+        return 1.0
+
+    def step(self, closure: Callable[[], Any]) -> float:  # type: ignore[override]
+        """Up to ``max_iter`` iterations; returns the loss at the start of the step."""
+        def body(closure: Callable[[], Any]) -> float:
+            state, hp = self._state, self.defaults
+            ev = self._evaluate(closure)
+            f, g = ev.value, ev.grad
+            f_start = f
+            for _ in range(hp["max_iter"]):
+                if float(g.abs().max()) <= hp["tolerance_grad"]:
+                    break
+                d = self._direction(g)
+                if float(g @ d) >= 0:  # not a descent direction (safeguard): steepest descent
+                    self._reset()
+                    d = -g
+                x0 = self._get()
+                result = self._line_search(closure, x0, f, g, d, max(self._initial_step(g, d), 1e-10),
+                                           hp["line_search"], c2=self._c2)
+                if not result.success:
+                    self._failed(x0, result.message)
+                    break
+                s = result.step * d
+                self._set(x0 + s)
+                self._after(s, result.grad - g, result.grad)
+                state["n_iter"] += 1
+                state["last_decrease"] = f - result.f
+                change = abs(f - result.f)
+                f, g = result.f, result.grad
+                if change < hp["tolerance_change"] or float(s.abs().max()) < hp["tolerance_change"]:
+                    break
+            state["loss"] = f
+            return f_start
+        return self._guarded(closure, body)
+
+    def _reset(self) -> None:
+        """Forget the method's memory (used when its direction is not a descent direction)."""

@@ -1,0 +1,158 @@
+"""``HessianFree``: truncated Newton with conjugate gradients on curvature-vector products
+(Martens 2010)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from deepdescent.curvature.autograd import ClosureEvaluation, gnvp, hvp
+from deepdescent.curvature.vectors import unflat_like
+from deepdescent.optim import _validation as check
+from deepdescent.second_order.base import SecondOrderOptimizer
+
+
+class HessianFree(SecondOrderOptimizer):
+    r"""Hessian-free optimization (Martens 2010): each step approximately solves
+    (B + λI) d = −g by conjugate gradients, B the Gauss–Newton matrix (``curvature="gauss_newton"``,
+    positive semi-definite for convex losses) or the Hessian (``"hessian"``), using only
+    curvature-vector products (never B itself).
+
+    Following Martens (2010):
+
+    * CG starts from ζ·d_prev (warm start, ζ = ``cg_decay`` = 0.95) and stops after ``cg_max_iter``
+      iterations or when the relative progress of the quadratic model over the last
+      k = max(10, 0.1 i) iterations falls under k·``cg_tol``;
+    * CG-iterate backtracking: iterates saved at i = ⌈1.3ʲ⌉ are tried from the last backwards and
+      the one with the lowest loss is kept; if none lowers the loss, an Armijo backtracking along
+      it follows; if that fails too, θ is restored and the failure reported;
+    * Levenberg–Marquardt damping: ρ = (J(θ + d) − J(θ)) / (gᵀd + ½ dᵀBd); λ ← 1.5λ if ρ < 1/4,
+      λ ← (2/3)λ if ρ > 3/4.
+
+    Curvature products cost about two gradients each. The closure must return the loss without
+    calling ``backward()`` — and ``(loss, output)`` for Gauss–Newton, ``output`` being the network
+    output the loss was computed from. Use large minibatches or the full batch (§8.6).
+    """
+
+    def __init__(self, params: Any, damping: float = 1.0, curvature: str = "gauss_newton", cg_max_iter: int = 250,
+                 *, cg_tol: float = 5e-4, cg_decay: float = 0.95, min_damping: float = 1e-8,
+                 on_line_search_failure: str = "warn") -> None:
+        super().__init__(params, dict(damping=damping, curvature=curvature, cg_max_iter=cg_max_iter, cg_tol=cg_tol,
+                                      cg_decay=cg_decay, min_damping=min_damping,
+                                      on_line_search_failure=on_line_search_failure))
+
+    def _check(self, defaults: dict[str, Any]) -> None:
+        super()._check(defaults)
+        check.positive("damping", defaults["damping"])
+        check.choice("curvature", defaults["curvature"], ("gauss_newton", "hessian"))
+        if not isinstance(defaults["cg_max_iter"], int) or defaults["cg_max_iter"] < 1:
+            raise ValueError(f"invalid cg_max_iter={defaults['cg_max_iter']!r}: must be an integer >= 1")
+        check.positive("cg_tol", defaults["cg_tol"])
+        check.unit_interval("cg_decay", defaults["cg_decay"])
+        check.positive("min_damping", defaults["min_damping"])
+
+    def _product(self, ev: ClosureEvaluation) -> Callable[[Tensor], Tensor]:
+        fn = gnvp if self.defaults["curvature"] == "gauss_newton" else hvp
+
+        def product(v: Tensor) -> Tensor:
+            self._state["curvature_products"] += 1
+            return fn(ev, self._params, unflat_like(v, self._params))
+        return product
+
+    def _cg(self, product: Callable[[Tensor], Tensor], g: Tensor, x0: Tensor,
+            lam: float) -> list[tuple[int, Tensor, float]]:
+        """CG on φ(x) = ½xᵀ(B + λI)x + gᵀx; returns the saved iterates (i, x, φ(x))."""
+        max_iter, tol = self.defaults["cg_max_iter"], self.defaults["cg_tol"]
+        x = x0.clone()
+        r = -g - (product(x) + lam * x) if x.abs().sum() > 0 else -g.clone()
+        p = r.clone()
+        rr = float(r @ r)
+        values: list[float] = []
+        saved: list[tuple[int, Tensor, float]] = []
+        next_save = 1
+        for i in range(1, max_iter + 1):
+            ap = product(p) + lam * p
+            pap = float(p @ ap)
+            if not pap > 0:  # negative curvature (Hessian mode): stop here
+                break
+            a = rr / pap
+            x = x + a * p
+            r = r - a * ap
+            values.append(-0.5 * float(x @ (r - g)))  # φ(x) = ½xᵀAx + gᵀx with Ax = −g − r
+            if i >= next_save:
+                saved.append((i, x.clone(), values[-1]))
+                next_save = max(math.ceil(next_save * 1.3), next_save + 1)
+            k = max(10, int(0.1 * i))
+            if i > k and values[-1] < 0 and (values[-1] - values[-1 - k]) / values[-1] < k * tol:
+                break
+            rr_new = float(r @ r)
+            if rr_new == 0:
+                break
+            p = r + (rr_new / rr) * p
+            rr = rr_new
+        if values and (not saved or saved[-1][0] != len(values)):
+            saved.append((len(values), x.clone(), values[-1]))
+        if not saved:  # no CG progress (zero gradient or no positive curvature): the start point
+            saved.append((0, x.clone(), 0.5 * float(x @ (product(x) + lam * x)) + float(g @ x)))
+        return saved
+
+    def step(self, closure: Callable[[], Any]) -> float:  # type: ignore[override]
+        """One HF step (a CG solve, backtracking, a damping update); returns the loss before it."""
+        def body(closure: Callable[[], Any]) -> float:
+            state = self._state
+            gn = self.defaults["curvature"] == "gauss_newton"
+            ev = self._evaluate(closure, create_graph=True, want_output=gn)
+            f0, g = ev.value, ev.grad
+            lam = state.get("damping", float(self.defaults["damping"]))
+            product = self._product(ev)
+            start = state.get("cg_init")
+            start = self.defaults["cg_decay"] * start if start is not None else torch.zeros_like(g)
+            saved = self._cg(product, g, start, lam)
+            theta0 = self._get()
+            # CG-iterate backtracking: from the last saved iterate backwards, keep the best
+            best_f, best = math.inf, saved[-1]
+            for it in reversed(saved):
+                f = self._loss_at(closure, theta0 + it[1])
+                if f < best_f:
+                    best_f, best = f, it
+                else:
+                    break
+            _, best_d, phi = best
+            state["cg_init"] = saved[-1][1]
+            step = 1.0
+            if not best_f < f0:  # Armijo backtracking along the best iterate
+                slope = float(g @ best_d)
+                while step > 1e-6 and not best_f <= f0 + 1e-4 * step * slope:
+                    step *= 0.5
+                    best_f = self._loss_at(closure, theta0 + step * best_d)
+            state["n_iter"] += 1
+            if not best_f < f0:
+                state["damping"] = lam * 1.5
+                self._failed(theta0, "no CG iterate lowered the loss")
+                return f0
+            d = step * best_d
+            # undamped quadratic model at d, from φ (the graph of g is stale once θ moved):
+            # ½xᵀBx = φ(x) − gᵀx − ½λ‖x‖²
+            g_x = float(g @ best_d)
+            model_change = step * g_x + step**2 * (phi - g_x - 0.5 * lam * float(best_d @ best_d))
+            rho = (best_f - f0) / model_change if model_change < 0 else 0.0
+            lam = lam * 1.5 if rho < 0.25 else lam * (2 / 3) if rho > 0.75 else lam
+            state["damping"] = max(lam, self.defaults["min_damping"])
+            state["reduction_ratio"] = rho
+            state["cg_iterations"] = saved[-1][0]
+            self._set(theta0 + d)
+            return f0
+        return self._guarded(closure, body)
+
+    def _loss_at(self, closure: Callable[[], Any], x: Tensor) -> float:
+        self._set(x)
+        self._state["func_evals"] += 1
+        with torch.no_grad():
+            result = closure()
+        loss = result[0] if isinstance(result, tuple) else result
+        value = float(loss)
+        return value if math.isfinite(value) else math.inf
