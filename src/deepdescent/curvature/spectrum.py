@@ -1,0 +1,124 @@
+"""The Hessian's spectrum from Hessian-vector products alone: extreme eigenvalues by Lanczos
+(warm-started), the trace by Hutchinson's estimator, the spectral density by stochastic Lanczos
+quadrature (Ghorbani et al. 2019)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+Operator = Callable[[Tensor], Tensor]  # v ↦ H v on flat vectors
+
+
+@dataclass
+class LanczosResult:
+    """Extreme Ritz values of H, their residuals ‖Hu − θu‖ and a convergence flag.
+
+    ``vector`` is the Ritz vector of λmax: pass it as ``start`` next time (warm start)."""
+
+    lambda_max: float
+    lambda_min: float
+    residual_max: float
+    residual_min: float
+    converged: bool
+    iterations: int
+    vector: Tensor
+    ritz_values: Tensor
+    ritz_weights: Tensor  # squared first components of T's eigenvectors (for quadrature)
+
+
+def _tridiagonal(op: Operator, start: Tensor, k: int) -> tuple[Tensor, Tensor, list[Tensor], float]:
+    """k Lanczos steps with full reorthogonalization: (α, β, basis, β_k)."""
+    q = start / start.norm()
+    basis = [q]
+    alphas, betas = [], []
+    beta_last = 0.0
+    for j in range(k):
+        w = op(basis[-1])
+        a = float(w @ basis[-1])
+        alphas.append(a)
+        w = w - a * basis[-1] - (betas[-1] * basis[-2] if betas else 0.0)
+        for b in basis:  # full reorthogonalization: k is small, stability matters more
+            w = w - float(w @ b) * b
+        beta = float(w.norm())
+        beta_last = beta
+        if j == k - 1 or beta < 1e-12 * max(1.0, abs(a)):
+            break
+        betas.append(beta)
+        basis.append(w / beta)
+    dtype = torch.float64
+    return torch.tensor(alphas, dtype=dtype), torch.tensor(betas, dtype=dtype), basis, beta_last
+
+
+def lanczos(op: Operator, n: int, *, k: int = 20, start: Tensor | None = None, tol: float = 1e-3,
+            generator: torch.Generator | None = None, dtype: torch.dtype = torch.float32,
+            device: torch.device | str = "cpu") -> LanczosResult:
+    """λmax and λmin of the symmetric operator ``op`` after at most ``k`` products.
+
+    Converged when both residuals are at most ``tol``·max(|λmax|, |λmin|) (the residual bounds the
+    distance of a Ritz value to an eigenvalue). ``start``: the previous call's ``vector``, mixed
+    with a little noise so the other end of the spectrum is still found.
+    """
+    noise = torch.randn(n, generator=generator, dtype=dtype).to(device)
+    v = noise if start is None else start.to(dtype=dtype, device=device) + 1e-2 * noise / math.sqrt(n)
+    alphas, betas, basis, beta_last = _tridiagonal(op, v, k)
+    m = len(alphas)
+    t = torch.diag(alphas) + (torch.diag(betas, 1) + torch.diag(betas, -1) if m > 1 else 0)
+    theta, s = torch.linalg.eigh(t)
+    residuals = (beta_last * s[-1]).abs()
+    scale = max(abs(theta[0].item()), abs(theta[-1].item()), 1e-30)
+    vectors = torch.stack(basis[:m], dim=1).to(torch.float64)
+    top = (vectors @ s[:, -1]).to(dtype)
+    converged = bool(residuals[-1] <= tol * scale and residuals[0] <= tol * scale)
+    return LanczosResult(theta[-1].item(), theta[0].item(), residuals[-1].item(), residuals[0].item(), converged, m,
+                         top, theta, s[0] ** 2)
+
+
+@dataclass
+class TraceEstimate:
+    trace: float
+    stderr: float
+    samples: int
+
+
+def hutchinson(op: Operator, n: int, *, samples: int = 20, generator: torch.Generator | None = None,
+               dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu") -> TraceEstimate:
+    """tr(H) ≈ mean of zᵀHz over Rademacher vectors z (Hutchinson 1989), with its standard error."""
+    if samples < 2:
+        raise ValueError(f"invalid samples={samples}: need at least 2 for a standard error")
+    values = []
+    for _ in range(samples):
+        z = (torch.randint(0, 2, (n,), generator=generator) * 2 - 1).to(dtype=dtype, device=device)
+        values.append(float(z @ op(z)))
+    v = torch.tensor(values, dtype=torch.float64)
+    return TraceEstimate(v.mean().item(), (v.std() / math.sqrt(samples)).item(), samples)
+
+
+@dataclass
+class SpectralDensity:
+    """Nodes and weights of stochastic Lanczos quadrature; ``density(grid, sigma)`` smooths them."""
+
+    nodes: Tensor
+    weights: Tensor
+
+    def density(self, grid: Tensor, sigma: float) -> Tensor:
+        g = grid.to(torch.float64)[:, None]
+        kernel = torch.exp(-0.5 * ((g - self.nodes[None, :]) / sigma) ** 2) / (sigma * math.sqrt(2 * math.pi))
+        return kernel @ self.weights
+
+
+def slq(op: Operator, n: int, *, k: int = 30, runs: int = 4, generator: torch.Generator | None = None,
+        dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu") -> SpectralDensity:
+    """Spectral density of H by stochastic Lanczos quadrature: ``runs`` Lanczos runs of ``k`` steps
+    from random unit vectors; each Ritz value θᵢ carries the weight τᵢ² (first component of its
+    eigenvector of T), averaged over the runs. The weights sum to 1."""
+    nodes, weights = [], []
+    for _ in range(runs):
+        r = lanczos(op, n, k=k, generator=generator, dtype=dtype, device=device)
+        nodes.append(r.ritz_values)
+        weights.append(r.ritz_weights / runs)
+    return SpectralDensity(torch.cat(nodes), torch.cat(weights))

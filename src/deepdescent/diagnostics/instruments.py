@@ -1,0 +1,325 @@
+"""Instruments: each measures one §8.2 quantity group, has a cost tier and a default cadence.
+
+An instrument's ``measure(ctx)`` returns a dict of JSON-serialisable values (numbers, lists of
+numbers, dicts of numbers). The :class:`~deepdescent.diagnostics.Monitor` decides when it runs.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call, grad, vmap
+
+from deepdescent.curvature.objective import ModelObjective
+from deepdescent.curvature.spectrum import hutchinson, lanczos, slq
+from deepdescent.curvature.vectors import flat, unflat_like
+from deepdescent.diagnostics.recurrent import probing
+
+
+@dataclass
+class StepContext:
+    """What a measurement may use: the model, the loss, the current minibatch, the optimizer."""
+
+    model: nn.Module
+    loss_fn: Any
+    inputs: Tensor
+    targets: Tensor
+    loss: float | None
+    optimizer: torch.optim.Optimizer | None
+    step: int
+    mode: str
+    state: dict[str, Any] = field(default_factory=dict)  # the Monitor's memory (θ₀, θ_{t−1}, …)
+    _objective: ModelObjective | None = None
+
+    @property
+    def objective(self) -> ModelObjective:
+        if self._objective is None:
+            self._objective = ModelObjective(self.model, self.loss_fn, self.inputs, self.targets, mode=self.mode)
+        return self._objective
+
+    def params(self) -> list[tuple[str, Tensor]]:
+        return [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
+
+    def lr(self) -> float | None:
+        if self.optimizer is None:
+            return None
+        lr = self.optimizer.param_groups[0].get("lr")
+        return float(lr) if lr is not None else None
+
+    def flat_hvp(self):
+        obj = self.objective
+        p = obj.params()
+        like = list(p.values())
+
+        def op(v: Tensor) -> Tensor:
+            return flat(list(obj.hvp(dict(zip(obj.names, unflat_like(v, like))), p).values()))
+        return op, sum(t.numel() for t in like), like[0]
+
+
+class Instrument:
+    """Base class. ``tier``: "cheap" (from what the step already computed) or "expensive"
+    (extra forward/backward passes); ``every``: the default cadence in steps."""
+
+    name = "instrument"
+    tier = "expensive"
+    every = 100
+
+    def measure(self, ctx: StepContext) -> dict[str, Any]:
+        raise NotImplementedError
+
+
+class Cheap(Instrument):
+    """Loss, global and per-layer gradient norms, update size, distance from θ₀, non-finite
+    gradient elements, gradient-norm spikes against an exponential average (cliffs, §8.2.4) and
+    clipping events (for :class:`~deepdescent.training.Clipped`)."""
+
+    name, tier, every = "cheap", "cheap", 10  # every step would cost ~20% of a small model's step
+
+    def __init__(self, spike_factor: float = 5.0, ema: float = 0.9) -> None:
+        self.spike_factor, self.ema = spike_factor, ema
+
+    def measure(self, ctx: StepContext) -> dict[str, Any]:
+        named = [(n, p) for n, p in ctx.params() if p.grad is not None]
+        grads = [p.grad for _, p in named]
+        values: dict[str, Any] = {"loss": ctx.loss}
+        if grads:
+            norms = torch.stack(torch._foreach_norm(grads)).double()
+            finite = torch.isfinite(norms)
+            total = float(norms[finite].square().sum().sqrt()) if bool(finite.any()) else math.nan
+            values["grad_norm"] = total
+            values["layer_grad_norms"] = {n: float(x) for (n, _), x in zip(named, norms)}
+            values["nonfinite_grads"] = int(sum(int((~torch.isfinite(g)).sum()) for g in grads)) if not bool(
+                finite.all()) else 0
+            avg = ctx.state.get("grad_norm_ema")
+            values["spike_ratio"] = total / avg if avg else 1.0
+            values["spike"] = bool(avg and total > self.spike_factor * avg)
+            if math.isfinite(total):
+                ctx.state["grad_norm_ema"] = total if avg is None else self.ema * avg + (1 - self.ema) * total
+        params = [p.detach() for _, p in ctx.params()]
+        prev = ctx.state.get("previous_params")
+        if prev is not None:
+            values["update_norm"] = float(torch.stack(torch._foreach_norm(torch._foreach_sub(params, prev))).norm())
+        values["distance_from_init"] = float(torch.stack(torch._foreach_norm(
+            torch._foreach_sub(params, ctx.state["initial_params"]))).norm())
+        last_norm = getattr(ctx.optimizer, "last_norm", None)
+        if last_norm is not None:
+            values["clipped"] = bool((last_norm > ctx.optimizer.threshold).any())  # type: ignore[union-attr]
+        return values
+
+
+class IllConditioning(Instrument):
+    """§8.2.1: gᵀg, gᵀHg (one HVP) and the book's ratio ½ε²gᵀHg / (εgᵀg) at the optimizer's
+    current ε; a ratio above 1 means a gradient step of that size increases the local quadratic
+    model. Also the predicted change ½ε²gᵀHg − εgᵀg (the Taylor expansion of §8.2.1)."""
+
+    name, every = "ill_conditioning", 20
+
+    def measure(self, ctx: StepContext) -> dict[str, Any]:
+        obj = ctx.objective
+        p = obj.params()
+        g = obj.gradient(p)
+        hg = obj.hvp(g, p)
+        gg = float(sum((x * x).sum() for x in g.values()))
+        ghg = float(sum((x * y).sum() for x, y in zip(g.values(), hg.values())))
+        values: dict[str, Any] = {"gTg": gg, "gTHg": ghg}
+        eps = ctx.lr()
+        if eps is not None and gg > 0:
+            values["lr"] = eps
+            values["ratio"] = 0.5 * eps * ghg / gg
+            values["predicted_change"] = 0.5 * eps**2 * ghg - eps * gg
+        return values
+
+
+class Curvature(Instrument):
+    """§8.2.3: λmax and λmin of the Hessian by Lanczos (warm-started from the previous call's
+    top Ritz vector), their residuals and a converged flag; a negative-curvature (saddle)
+    indicator; tr(H) by Hutchinson with its standard error."""
+
+    name, every = "curvature", 200
+
+    def __init__(self, k: int = 20, tol: float = 1e-3, trace_samples: int = 10, seed: int = 0) -> None:
+        self.k, self.tol, self.trace_samples = k, tol, trace_samples
+        self.generator = torch.Generator().manual_seed(seed)
+        self.start: Tensor | None = None
+
+    def measure(self, ctx: StepContext) -> dict[str, Any]:
+        op, n, like = ctx.flat_hvp()
+        r = lanczos(op, n, k=self.k, start=self.start, tol=self.tol, generator=self.generator, dtype=like.dtype,
+                    device=like.device)
+        self.start = r.vector
+        values: dict[str, Any] = {
+            "lambda_max": r.lambda_max, "lambda_min": r.lambda_min, "residual_max": r.residual_max,
+            "residual_min": r.residual_min, "converged": r.converged, "lanczos_iterations": r.iterations,
+            "negative_curvature": r.lambda_min < -self.tol * abs(r.lambda_max),
+            "min_max_ratio": r.lambda_min / r.lambda_max if r.lambda_max else math.nan,
+        }
+        if self.trace_samples:
+            t = hutchinson(op, n, samples=self.trace_samples, generator=self.generator, dtype=like.dtype,
+                           device=like.device)
+            values.update(trace=t.trace, trace_stderr=t.stderr)
+        return values
+
+
+class Spectrum(Instrument):
+    """§8.2.3: the Hessian's spectral density by stochastic Lanczos quadrature (nodes, weights)."""
+
+    name, every = "spectrum", 1000
+
+    def __init__(self, k: int = 30, runs: int = 3, seed: int = 0) -> None:
+        self.k, self.runs, self.generator = k, runs, torch.Generator().manual_seed(seed)
+
+    def measure(self, ctx: StepContext) -> dict[str, Any]:
+        op, n, like = ctx.flat_hvp()
+        d = slq(op, n, k=self.k, runs=self.runs, generator=self.generator, dtype=like.dtype, device=like.device)
+        return {"nodes": d.nodes.tolist(), "weights": d.weights.tolist()}
+
+
+def per_example_gradients(ctx: StepContext) -> Tensor:
+    """(m, n): the flat gradient of each example's loss, by ``vmap`` over ``grad``; one backward
+    pass per example (micro-batches of 1) when ``vmap`` cannot run the model."""
+    if ctx.mode == "train" and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in ctx.model.modules()):
+        raise ValueError("per-example gradients are not defined with train-mode BatchNorm (each example's gradient "
+                         "depends on the whole batch); use Monitor(mode='eval') for gradient-noise measurements")
+    obj = ctx.objective
+    p = obj.params()
+    buffers = {n: b for n, b in ctx.model.named_buffers()}
+
+    def single(params, x, y):
+        out = functional_call(ctx.model, (params, buffers), (x.unsqueeze(0),))
+        return ctx.loss_fn(out, y.unsqueeze(0))
+
+    try:
+        with _mode(ctx.model, ctx.mode):
+            g = vmap(grad(single), in_dims=(None, 0, 0), randomness="different")(p, ctx.inputs, ctx.targets)
+        return torch.cat([t.reshape(t.shape[0], -1) for t in g.values()], dim=1)
+    except Exception:  # noqa: BLE001 - e.g. data-dependent control flow, in-place ops, train-mode BatchNorm
+        ctx.state.setdefault("vmap_fallback", True)
+        rows = []
+        for i in range(ctx.inputs.shape[0]):
+            with _mode(ctx.model, ctx.mode):
+                rows.append(flat(list(grad(single)(p, ctx.inputs[i], ctx.targets[i]).values())))
+        return torch.stack(rows)
+
+
+class _mode:
+    def __init__(self, model: nn.Module, mode: str) -> None:
+        self.model, self.mode, self.was = model, mode, model.training
+
+    def __enter__(self) -> None:
+        self.model.train(self.mode == "train")
+
+    def __exit__(self, *exc: Any) -> None:
+        self.model.train(self.was)
+
+
+class GradientNoise(Instrument):
+    """§8.1.3, §8.2.6: per-example gradients gᵢ of the minibatch (loss_fn must average over the
+    batch), their covariance Σ, the standard error of the minibatch gradient √(tr Σ / m), the
+    signal-to-noise ratio ‖G‖² / (tr Σ / m), and the simple noise scale B_simple = tr Σ / ‖G‖²
+    (McCandlish et al. 2018), the batch size beyond which larger batches stop paying off."""
+
+    name, every = "gradient_noise", 50
+
+    def measure(self, ctx: StepContext) -> dict[str, Any]:
+        g = per_example_gradients(ctx).double()
+        m = g.shape[0]
+        if m < 2:
+            raise ValueError("gradient noise needs a minibatch of at least 2 examples")
+        mean = g.mean(0)
+        trace_cov = float(((g - mean) ** 2).sum() / (m - 1))
+        sq = float(mean @ mean)
+        return {"batch_size": m, "trace_cov": trace_cov, "grad_norm": math.sqrt(sq),
+                "grad_stderr": math.sqrt(trace_cov / m), "snr": sq / (trace_cov / m) if trace_cov else math.inf,
+                "b_simple": trace_cov / sq if sq else math.inf, "vmap": not ctx.state.get("vmap_fallback", False)}
+
+
+class Recurrent(Instrument):
+    """§8.2.5: ‖∂L/∂h_t‖ for every time step t of every RNN/LSTM/GRU module (and of hidden
+    states marked with :func:`~deepdescent.diagnostics.mark_hidden`), averaged over the batch."""
+
+    name, every = "recurrent", 50
+
+    def measure(self, ctx: StepContext) -> dict[str, Any]:
+        params = dict(ctx.model.named_parameters())
+        buffers = {n: b.clone() for n, b in ctx.model.named_buffers()}  # running statistics stay untouched
+        with _mode(ctx.model, ctx.mode), torch.enable_grad(), probing(ctx.model) as recorded:
+            loss = ctx.loss_fn(functional_call(ctx.model, (params, buffers), (ctx.inputs,)), ctx.targets)
+        probes = [p for group in recorded for p in group]
+        if not probes:
+            raise ValueError("the model has no RNN/LSTM/GRU module and no state marked with mark_hidden()")
+        grads = torch.autograd.grad(loss, probes, allow_unused=True)
+        out, i = {}, 0
+        for k, group in enumerate(recorded):
+            norms = []
+            for probe in group:
+                gi = grads[i]
+                i += 1
+                norms.append(0.0 if gi is None else float(gi.reshape(gi.shape[0] if gi.dim() > 1 else 1, -1)
+                                                          .norm(dim=1).mean()))
+            out[f"call{k}"] = norms
+        return {"grad_norm_per_step": out}
+
+
+class Interpolation(Instrument):
+    """§8.2.7: the loss along the straight line θ(α) = θ₀ + α(θ_t − θ₀), α ∈ [0, 1.2], on a fixed
+    evaluation batch (Goodfellow, Vinyals & Saxe 2015)."""
+
+    name, every = "interpolation", 1000
+
+    def __init__(self, points: int = 25) -> None:
+        self.points = points
+
+    def measure(self, ctx: StepContext) -> dict[str, Any]:
+        obj = _eval_objective(ctx)
+        theta = obj.params()
+        theta0 = dict(zip(obj.names, ctx.state["initial_params"]))
+        alphas = torch.linspace(0, 1.2, self.points).tolist()
+        with torch.no_grad():
+            losses = [float(obj.loss({n: theta0[n] + a * (theta[n] - theta0[n]) for n in obj.names})) for a in alphas]
+        return {"alpha": alphas, "loss": losses}
+
+
+class Slice2D(Instrument):
+    """§8.2.7: the loss on a 2-D slice θ + a·d₁ + b·d₂ around the current θ, with random directions
+    normalized per filter to the norms of θ's filters (Li et al. 2018); 1-D parameters (biases,
+    norms) get no displacement, as in that paper."""
+
+    name, every = "slice2d", 5000
+
+    def __init__(self, points: int = 11, radius: float = 1.0, seed: int = 0) -> None:
+        self.points, self.radius, self.generator = points, radius, torch.Generator().manual_seed(seed)
+
+    def _direction(self, theta: dict[str, Tensor]) -> dict[str, Tensor]:
+        d = {}
+        for n, t in theta.items():
+            if t.dim() <= 1:
+                d[n] = torch.zeros_like(t)
+                continue
+            r = torch.randn(t.shape, generator=self.generator, dtype=t.dtype).to(t.device)
+            scale = t.reshape(t.shape[0], -1).norm(dim=1) / (r.reshape(r.shape[0], -1).norm(dim=1) + 1e-12)
+            d[n] = r * scale.view(-1, *([1] * (t.dim() - 1)))
+        return d
+
+    def measure(self, ctx: StepContext) -> dict[str, Any]:
+        obj = _eval_objective(ctx)
+        theta = obj.params()
+        d1, d2 = self._direction(theta), self._direction(theta)
+        coords = torch.linspace(-self.radius, self.radius, self.points).tolist()
+        with torch.no_grad():
+            grid = [[float(obj.loss({n: theta[n] + a * d1[n] + b * d2[n] for n in obj.names})) for a in coords]
+                    for b in coords]
+        return {"coords": coords, "loss": grid}
+
+
+def _eval_objective(ctx: StepContext) -> ModelObjective:
+    batch = ctx.state.get("eval_batch") or (ctx.inputs, ctx.targets)
+    ctx.state.setdefault("eval_batch", batch)
+    return ModelObjective(ctx.model, ctx.loss_fn, batch[0], batch[1], mode="eval")
+
+
+DEFAULT = (Cheap, IllConditioning, Curvature, GradientNoise)
+ALL = (Cheap, IllConditioning, Curvature, Spectrum, GradientNoise, Recurrent, Interpolation, Slice2D)
