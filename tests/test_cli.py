@@ -10,15 +10,15 @@ from typer.testing import CliRunner
 from deepdescent.cli import app
 
 
-def test_bench_prints_the_table():
-    result = CliRunner().invoke(app, ["bench", "--epochs", "1", "--optimizer", "Adam", "--optimizer", "SGD"])
+def test_digits_prints_the_table():
+    result = CliRunner().invoke(app, ["digits", "--epochs", "1", "--optimizer", "Adam", "--optimizer", "SGD"])
     assert result.exit_code == 0, result.output
     for word in ("Adam", "SGD", "test accuracy", "final train loss", "wall time"):
         assert word in result.output
 
 
-def test_bench_rejects_an_unknown_optimizer():
-    result = CliRunner().invoke(app, ["bench", "--optimizer", "Adamm"])
+def test_digits_rejects_an_unknown_optimizer():
+    result = CliRunner().invoke(app, ["digits", "--optimizer", "Adamm"])
     assert result.exit_code != 0
     assert "unknown optimizer" in result.output and "Adamm" in result.output
 

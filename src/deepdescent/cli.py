@@ -1,16 +1,22 @@
-"""The ``deepdescent`` command line."""
+"""The ``deepdescent`` command line: ``bench``, ``report``, ``list``."""
 
 from __future__ import annotations
 
+import json
+import multiprocessing as mp
+import os
+import time
+from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.progress import Progress
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 app = typer.Typer(help="deepdescent: optimization of deep models after chapter 8 of Deep Learning.",
                   no_args_is_help=True, add_completion=False)
+console = Console(width=None if os.isatty(1) else 140)
 
 
 @app.callback()
@@ -18,28 +24,168 @@ def _main() -> None:
     """deepdescent: optimization of deep models after chapter 8 of Deep Learning."""
 
 
+def _check_out(out: Path) -> None:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as err:
+        raise typer.BadParameter(f"cannot write to {str(out)!r}: {err.strerror}", param_hint="--out") from err
+
+
+def _job(args: tuple[str, str, dict, str]) -> tuple[str, str, dict]:
+    from deepdescent.lab import optimizers, problems, study
+
+    problem, optimizer, proto, url = args
+    torch_threads = int(os.environ.get("DEEPDESCENT_THREADS", "0"))
+    if torch_threads:
+        import torch
+
+        torch.set_num_threads(torch_threads)
+    runs = study.run_race(problems.problem(problem), optimizers.optimizer(optimizer), study.Protocol(**proto), url)
+    return problem, optimizer, {k: [r.to_json() for r in v] for k, v in runs.items()}
+
+
 @app.command()
 def bench(
+    suite: Annotated[str, typer.Option(help="quick (≤ 5 min on 2 cores) or full.")] = "quick",
+    problem: Annotated[list[str] | None, typer.Option(help="Only these problems (repeatable).")] = None,
+    optimizer: Annotated[list[str] | None, typer.Option(help="Only these optimizers (repeatable).")] = None,
+    budget: Annotated[int | None, typer.Option(min=1, help="Learning rates tried per optimizer.")] = None,
+    seeds: Annotated[int | None, typer.Option(min=1, help="Seeds per setting.")] = None,
+    workers: Annotated[int, typer.Option(min=1, help="Local worker processes.")] = 1,
+    storage: Annotated[str | None, typer.Option(help="Optuna storage URL (default: SQLite under --out).")] = None,
+    out: Annotated[Path, typer.Option(help="Run directory (results, figures, report.html).")] = Path("runs/bench"),
+    device: Annotated[str, typer.Option(help="cpu (cuda: not yet supported by the lab engine).")] = "cpu",
+) -> None:
+    """Race the optimizers of chapter 8 on problems that each show one §8.2 challenge; resumable."""
+    from deepdescent.lab import optimizers, problems, report, study
+
+    if device != "cpu":
+        raise typer.BadParameter(f"device={device!r}: the lab engine runs on the CPU in this version",
+                                 param_hint="--device")
+    try:
+        names = problem or study.suite(suite)
+        for n in names:
+            problems.problem(n)
+        opts = optimizer or study.all_optimizers()
+        for o in opts:
+            optimizers.optimizer(o)
+    except ValueError as err:
+        raise typer.BadParameter(str(err)) from err
+    _check_out(out)
+    proto = study.Protocol(suite=suite, budget=budget or (6 if suite == "quick" else 12),
+                           seeds=seeds or (2 if suite == "quick" else 3))
+    url = study.storage_url(out, storage)
+    jobs = [(p, o) for p in names for o in opts
+            if study.applicable(problems.problem(p), optimizers.optimizer(o), proto.quick)]
+    meta = {"suite": suite, "protocol": proto.tag(), "problems": names, "optimizers": opts, "storage": url,
+            "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+    (out / "meta.json").write_text(json.dumps(meta, indent=1))
+    study.open_study(url, "deepdescent-probe")  # a corrupt or unreachable storage fails here, clearly
+    results: report.Results = {p: {} for p in names}
+    args = [(p, o, {"suite": proto.suite, "budget": proto.budget, "seeds": proto.seeds}, url) for p, o in jobs]
+    start = time.perf_counter()
+    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                  TimeElapsedColumn(), console=console, transient=True) as bar:
+        task = bar.add_task("racing", total=len(args))
+        if workers > 1:
+            env = os.environ.setdefault("DEEPDESCENT_THREADS", "1")  # noqa: F841
+            with mp.get_context("spawn").Pool(workers) as pool:
+                for p, o, runs in pool.imap_unordered(_job, args):
+                    results[p][o] = {k: [_from_json(r) for r in v] for k, v in runs.items()}
+                    bar.update(task, advance=1, description=f"{p} / {o}")
+        else:
+            for a in args:
+                bar.update(task, description=f"{a[0]} / {a[1]}")
+                p, o, runs = _job(a)
+                results[p][o] = {k: [_from_json(r) for r in v] for k, v in runs.items()}
+                bar.advance(task)
+    results = {p: r for p, r in results.items() if r}
+    report.terminal(results, console)
+    meta["seconds"] = round(time.perf_counter() - start, 1)
+    (out / "meta.json").write_text(json.dumps(meta, indent=1))
+    with console.status("writing the report"):
+        page = report.write(results, out, meta)
+    console.print(f"report: {page}  (figures in {out / 'figures'}; rebuild with `deepdescent report {out}`)")
+
+
+def _from_json(d):
+    from deepdescent.lab.engine import RunResult
+
+    return RunResult.from_json(d)
+
+
+@app.command("report")
+def report_cmd(directory: Annotated[Path, typer.Argument(help="A run directory made by `deepdescent bench`.")]) -> None:
+    """Rebuild the report of a run directory from its stored results."""
+    from deepdescent.lab import optimizers, problems, report, study
+
+    meta_path = directory / "meta.json"
+    if not meta_path.is_file():
+        raise typer.BadParameter(f"{str(directory)!r} has no meta.json: not a `deepdescent bench` run directory",
+                                 param_hint="DIRECTORY")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except json.JSONDecodeError as err:
+        raise typer.BadParameter(f"{str(meta_path)!r} is corrupt ({err.msg})", param_hint="DIRECTORY") from err
+    tag = meta["protocol"].split("-")
+    proto = study.Protocol(suite=tag[1], budget=int(tag[2][1:]), seeds=int(tag[3][1:]))
+    results: report.Results = {}
+    for p in meta["problems"]:
+        for o in meta["optimizers"]:
+            try:
+                runs = study.run_race(problems.problem(p), optimizers.optimizer(o), proto, meta["storage"], run=False)
+            except study.Missing:
+                continue
+            results.setdefault(p, {})[o] = runs
+    if not results:
+        raise typer.BadParameter(f"no finished results in {meta['storage']!r}", param_hint="DIRECTORY")
+    report.terminal(results, console)
+    console.print(f"report: {report.write(results, directory, meta)}")
+
+
+@app.command("list")
+def list_cmd() -> None:
+    """The problems and optimizers of the lab."""
+    from deepdescent.lab import optimizers, problems
+
+    t = Table(title="problems")
+    for c in ("name", "challenge (§8.2)", "suites", "description"):
+        t.add_column(c)
+    for p in problems.PROBLEMS.values():
+        t.add_row(p.name, p.challenge, ", ".join(p.suites), p.description)
+    console.print(t)
+    t = Table(title="optimizers")
+    for c in ("name", "book", "kind", "default lr"):
+        t.add_column(c)
+    for o in optimizers.OPTIMIZERS.values():
+        t.add_row(o.name, o.book, o.kind, "–" if o.default_lr is None else f"{o.default_lr:g}")
+    console.print(t)
+
+
+@app.command()
+def digits(
     epochs: Annotated[int, typer.Option(min=1, help="Passes over the training set per optimizer.")] = 30,
     seed: Annotated[int, typer.Option(help="Seed of the split, the initialization and the minibatch order.")] = 0,
     optimizer: Annotated[list[str] | None, typer.Option(help="Race only these optimizers (repeatable).")] = None,
 ) -> None:
-    """Race every optimizer on the digits MLP and print a table (the lab's quick suite grows from here)."""
-    from deepdescent.lab import digits
+    """The digits MLP with every first-order optimizer at a sensible learning rate: one table."""
+    from deepdescent.lab import digits as dg
 
-    chosen = optimizer or list(digits.OPTIMIZERS)
-    unknown = [o for o in chosen if o not in digits.OPTIMIZERS]
+    chosen = optimizer or list(dg.OPTIMIZERS)
+    unknown = [o for o in chosen if o not in dg.OPTIMIZERS]
     if unknown:
-        raise typer.BadParameter(f"unknown optimizer(s) {unknown}; valid: {', '.join(digits.OPTIMIZERS)}",
+        raise typer.BadParameter(f"unknown optimizer(s) {unknown}; valid: {', '.join(dg.OPTIMIZERS)}",
                                  param_hint="--optimizer")
-    data = digits.load_digits(seed)
-    console = Console()
+    data = dg.load_digits(seed)
     results = []
     with Progress(console=console, transient=True) as progress:
         task = progress.add_task("digits MLP", total=len(chosen))
         for name in chosen:
             progress.update(task, description=f"digits MLP: {name}")
-            results.append(digits.train(name, digits.OPTIMIZERS[name], data, epochs=epochs, seed=seed))
+            results.append(dg.train(name, dg.OPTIMIZERS[name], data, epochs=epochs, seed=seed))
             progress.advance(task)
     table = Table(title=f"digits MLP 64-64-64-10 (tanh), batch 32, {epochs} epochs, seed {seed}")
     for col in ("optimizer", "final train loss", "test accuracy", "wall time (s)"):

