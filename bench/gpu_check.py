@@ -1,0 +1,133 @@
+"""One device run: correctness of every optimizer, second-order method and instrument on CUDA
+(against the same code on the CPU and against torch.optim on CUDA). Prints PASS/FAIL lines and
+exits non-zero on a failure. Timing is bench/step_speed.py --device cuda.
+
+    python bench/gpu_check.py
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import sys
+
+import torch
+from torch import nn
+
+from deepdescent import diagnostics as dg
+from deepdescent import optim
+from deepdescent.curvature.spectrum import lanczos
+from deepdescent.diagnostics.instruments import StepContext
+from deepdescent.schedules import LinearDecay
+
+FAILED: list[str] = []
+
+
+def check(name: str, ok: bool, detail: str = "") -> None:
+    print(f"{'PASS' if ok else 'FAIL'} {name} {detail}", flush=True)
+    if not ok:
+        FAILED.append(name)
+
+
+CONFIGS = {
+    "sgd": lambda p: optim.SGD(p, lr=0.05, weight_decay=1e-3),
+    "momentum": lambda p: optim.SGD(p, lr=0.03, momentum=0.9),
+    "nesterov": lambda p: optim.SGD(p, lr=0.03, momentum=0.9, nesterov=True),
+    "nesterov-torch": lambda p: optim.SGD(p, lr=0.03, momentum=0.9, nesterov=True, convention="torch"),
+    "adagrad": lambda p: optim.AdaGrad(p, lr=0.05),
+    "rmsprop": lambda p: optim.RMSProp(p, lr=0.01),
+    "rmsprop-momentum": lambda p: optim.RMSProp(p, lr=0.003, momentum=0.9),
+    "rmsprop-nesterov": lambda p: optim.RMSProp(p, lr=0.003, momentum=0.9, nesterov=True),
+    "adam": lambda p: optim.Adam(p, lr=0.01, weight_decay=1e-3),
+    "adadelta": lambda p: optim.AdaDelta(p),
+    "delta-bar-delta": lambda p: optim.DeltaBarDelta(p, lr=0.01),
+}
+
+
+def trajectory(device: str, make, steps: int = 60, dtype=torch.float32, theta: bool = True):
+    """Parameters after ``steps`` steps; ``theta``: θ rather than Nesterov's look-ahead point."""
+    gen = torch.Generator().manual_seed(0)
+    shapes = [(37, 5), (5,), (3, 4, 2), ()]
+    params = [torch.randn(s, generator=gen, dtype=dtype).to(device).requires_grad_() for s in shapes]
+    a = [torch.rand(s, generator=gen, dtype=dtype).to(device) + 0.1 for s in shapes]
+    cs = [[torch.randn(s, generator=gen, dtype=dtype).to(device) for s in shapes] for _ in range(steps)]
+    opt = make([{"params": params[:2]}, {"params": params[2:], "lr": 0.02}])
+    sched = LinearDecay(opt, tau=steps // 2)
+    for k in range(steps):
+        for p, ai, ci in zip(params, a, cs[k]):
+            p.grad = ai * p.detach() + ci
+        opt.step()
+        sched.step()
+    with opt.at_theta() if theta and hasattr(opt, "at_theta") else contextlib.nullcontext():
+        return [p.detach().cpu().double() for p in params]
+
+
+def main() -> int:
+    assert torch.cuda.is_available(), "no CUDA device"
+    print(f"device {torch.cuda.get_device_name()}, torch {torch.__version__}")
+    for name, make in CONFIGS.items():
+        cpu, gpu = trajectory("cpu", make), trajectory("cuda", make)
+        err = max(((c - g).abs().max() / (c.abs().max() + 1)).item() for c, g in zip(cpu, gpu))
+        check(f"cuda == cpu: {name}", err < 1e-5, f"(max rel err {err:.1e})")
+    # parity with torch.optim on CUDA
+    for name, ours, theirs in [
+        ("adam", lambda p: optim.Adam(p, lr=1e-2), lambda p: torch.optim.Adam(p, lr=1e-2, fused=True)),
+        ("nesterov-torch", lambda p: optim.SGD(p, lr=0.03, momentum=0.9, nesterov=True, convention="torch"),
+         lambda p: torch.optim.SGD(p, lr=0.03, momentum=0.9, nesterov=True)),
+        ("adadelta", lambda p: optim.AdaDelta(p, rho=0.9), lambda p: torch.optim.Adadelta(p)),
+    ]:
+        a, b = trajectory("cuda", ours, theta=False), trajectory("cuda", theirs, theta=False)
+        err = max(((x - y).abs().max() / (x.abs().max() + 1)).item() for x, y in zip(a, b))
+        check(f"cuda parity with torch.optim: {name}", err < 1e-5, f"(max rel err {err:.1e})")
+    # a non-finite gradient on CUDA leaves everything unchanged
+    p = torch.randn(1000, device="cuda", requires_grad=True)
+    opt = optim.Adam([p])
+    p.grad = torch.randn(1000, device="cuda")
+    opt.step()
+    before = p.detach().clone(), opt.state[p]["exp_avg"].clone()
+    p.grad[17] = math.nan
+    opt.step()
+    check("cuda non-finite step skipped", torch.equal(before[0], p.detach()) and torch.equal(before[1], opt.state[p]
+          ["exp_avg"]) and opt.skipped_steps == 1)
+    # second-order methods on CUDA, against the CPU
+    for name, make, gn in [("lbfgs", lambda q: optim.LBFGS(q, max_iter=5), False),
+                           ("cg", lambda q: optim.ConjugateGradient(q, max_iter=5), False),
+                           ("bfgs", lambda q: optim.BFGS(q, max_iter=5), False),
+                           ("hessian-free", lambda q: optim.HessianFree(q, cg_max_iter=20), True),
+                           ("newton", lambda q: optim.Newton(q, damping=1e-2), False)]:
+        finals = []
+        for device in ("cpu", "cuda"):
+            torch.manual_seed(0)
+            model = nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 1)).double().to(device)
+            x = torch.randn(64, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(1)).to(device)
+            y = torch.sin(x.sum(1, keepdim=True))
+            o = make(model.parameters())
+
+            def closure():
+                out = model(x)
+                loss = nn.functional.mse_loss(out, y)
+                return (loss, out) if gn else loss
+            for _ in range(3):
+                o.step(closure)
+            finals.append(float(nn.functional.mse_loss(model(x), y).detach()))
+        check(f"cuda == cpu: {name}", math.isclose(finals[0], finals[1], rel_tol=1e-6),
+              f"(losses {finals[0]:.6g} / {finals[1]:.6g})")
+    # instruments on CUDA
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.Tanh(), nn.Linear(16, 3)).cuda()
+    x, y = torch.randn(64, 8, device="cuda"), torch.randint(0, 3, (64,), device="cuda")
+    ctx = StepContext(model, nn.functional.cross_entropy, x, y, None, None, 0, "train",
+                      {"initial_params": [p.detach().clone() for p in model.parameters()]})
+    op, n, like = ctx.flat_hvp()
+    r = lanczos(op, n, k=60, dtype=like.dtype, device=like.device)
+    exact = torch.linalg.eigvalsh(torch.stack([op(e) for e in torch.eye(n, device="cuda")]).double())
+    check("cuda Lanczos λmax", abs(r.lambda_max - exact[-1].item()) <= 1e-3 * abs(exact[-1].item()),
+          f"({r.lambda_max:.5g} vs {exact[-1].item():.5g})")
+    values = dg.GradientNoise().measure(ctx)
+    check("cuda gradient noise (vmap)", values["vmap"] and math.isfinite(values["b_simple"]))
+    print(f"{len(FAILED)} failed" if FAILED else "all passed")
+    return 1 if FAILED else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
