@@ -72,7 +72,7 @@ def lanczos(op: Operator, n: int, *, k: int = 20, start: Tensor | None = None, t
     residuals = (beta_last * s[-1]).abs()
     scale = max(abs(theta[0].item()), abs(theta[-1].item()), 1e-30)
     vectors = torch.stack(basis[:m], dim=1).to(torch.float64)
-    top = (vectors @ s[:, -1]).to(dtype)
+    top = (vectors @ s[:, -1].to(vectors.device)).to(dtype)
     converged = bool(residuals[-1] <= tol * scale and residuals[0] <= tol * scale)
     return LanczosResult(theta[-1].item(), theta[0].item(), residuals[-1].item(), residuals[0].item(), converged, m,
                          top, theta, s[0] ** 2)
