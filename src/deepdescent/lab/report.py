@@ -136,7 +136,8 @@ def _learning_curves(problem: str, results, out: Path) -> str:
         ax.plot(x, med, label=name, lw=1.2)
         ax.fill_between(x, stacked.min(0).values, stacked.max(0).values, alpha=0.15)
     ax.set_yscale("symlog", linthresh=1e-3)
-    ax.set_xlabel("gradient-equivalent evaluations")
+    ax.set_xscale("symlog", linthresh=1.0)
+    ax.set_xlabel("gradient-equivalent evaluations (full-batch gradients; linear below 1, log above)")
     ax.set_ylabel("training loss (median, min–max over seeds)")
     ax.set_title(f"{problem}: learning curves at the tuned learning rate")
     ax.legend(fontsize=7, ncol=2)
@@ -279,9 +280,13 @@ COLUMNS = ("optimizer", "lr", "train loss", "defaults", "test loss", "acc", "ste
            "diverged")
 
 
+def _loss(v: float) -> str:
+    return "diverged" if v == math.inf else _fmt(v)
+
+
 def _cells(row: Row) -> list[str]:
     acc = None if row.test_accuracy is None else f"{100 * row.test_accuracy:.1f}%"
-    return [row.optimizer, _fmt(row.best_lr, 3), _fmt(row.final), _fmt(row.defaults_final), _fmt(row.test_loss),
+    return [row.optimizer, _fmt(row.best_lr, 3), _loss(row.final), _loss(row.defaults_final), _fmt(row.test_loss),
             acc or "–", _fmt(row.steps_to_target), _fmt(row.ge_to_target, 3), _fmt(row.wall_to_target, 3),
             str(row.diverged)]
 

@@ -1,0 +1,62 @@
+"""The lab's vectorized members against running the same trainings one after another with
+torch.optim: a 36-learning-rate × 3-seed grid of Adam on the digits MLP (300 steps, batch 32).
+
+    python bench/lab_engine.py [--lrs 36] [--seeds 3] [--optimizer Adam]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from deepdescent.lab import engine, optimizers, problems
+
+TORCH = {"Adam": lambda p, lr: torch.optim.Adam(p, lr=lr), "SGD": lambda p, lr: torch.optim.SGD(p, lr=lr),
+         "Momentum": lambda p, lr: torch.optim.SGD(p, lr=lr, momentum=0.9),
+         "RMSProp": lambda p, lr: torch.optim.RMSprop(p, lr=lr, alpha=0.9, eps=1e-6)}
+
+
+def sequential(problem, make, lrs, seeds):
+    """The same members, each a plain loop with a torch.optim optimizer (same data order)."""
+    finals = []
+    for lr in lrs:
+        for s in seeds:
+            task = problem.build(s, True)
+            opt = make(task.model.parameters(), lr)
+            order = engine._order(len(task.x_train), s)
+            for step in range(task.steps):
+                idx = engine._batch_indices(order, step, task.batch_size)
+                opt.zero_grad()
+                task.loss(task.model(task.x_train[idx]), task.y_train[idx]).backward()
+                opt.step()
+            with torch.no_grad():
+                finals.append(float(task.loss(task.model(task.x_train[:1000]), task.y_train[:1000])))
+    return finals
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--lrs", type=int, default=36)
+    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--optimizer", default="Adam", choices=list(TORCH))
+    args = ap.parse_args()
+    torch.set_num_threads(2)
+    problem, spec = problems.problem("digits_mlp"), optimizers.optimizer(args.optimizer)
+    lrs, seeds = optimizers.lr_grid(spec.default_lr, args.lrs), list(range(args.seeds))
+    t0 = time.perf_counter()
+    vec = engine.run_vectorized(problem, spec, lrs, seeds, quick=True)
+    t_vec = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    seq = sequential(problem, TORCH[args.optimizer], lrs, seeds)
+    t_seq = time.perf_counter() - t0
+    agree = sum(abs(v.train_loss[-1] - s) <= 1e-3 * max(1.0, abs(s)) for v, s in zip(vec, seq) if not v.diverged)
+    print(f"torch {torch.__version__}; {args.optimizer}, {len(lrs)} lrs × {len(seeds)} seeds = {len(vec)} trainings "
+          f"of {problem.build(0, True).steps} steps on digits_mlp")
+    print(f"| vectorized (s) | sequential torch.optim (s) | speed-up | final losses agreeing to 1e-3 |")
+    print(f"|---|---|---|---|\n| {t_vec:.1f} | {t_seq:.1f} | {t_seq / t_vec:.1f}× | {agree}/{sum(not v.diverged for v in vec)} |")
+
+
+if __name__ == "__main__":
+    main()
