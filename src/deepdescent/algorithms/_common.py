@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor
 
@@ -19,3 +21,31 @@ def with_weight_decay(grads: list[Tensor], params: list[Tensor], weight_decay: f
 def zeros_like(params: list[Tensor]) -> list[Tensor]:
     """Zero state buffers shaped like ``params`` (same dtype, device and memory format)."""
     return [torch.zeros_like(p, memory_format=torch.preserve_format) for p in params]
+
+
+#: A learning rate: a number, or — for vectorized members (the lab) — one tensor per list entry
+#: that broadcasts against it (e.g. shape (members, 1, …, 1): one rate per member).
+Rate = Any
+
+
+def scaled(a: Rate, factor: Any) -> Rate:
+    """a·factor for a number or a per-entry list of tensors."""
+    return [t * factor for t in a] if isinstance(a, list) else a * factor
+
+
+def add_scaled_(ys: list[Tensor], xs: list[Tensor], a: Rate) -> None:
+    """ys ← ys + a·xs."""
+    if isinstance(a, list):
+        torch._foreach_addcmul_(ys, xs, a)
+    else:
+        torch._foreach_add_(ys, xs, alpha=a)
+
+
+def addcdiv_scaled_(ys: list[Tensor], num: list[Tensor], den: list[Tensor], a: Rate) -> None:
+    """ys ← ys + a·num/den (``a`` may also be a list of per-tensor numbers)."""
+    if isinstance(a, list) and a and isinstance(a[0], Tensor):
+        torch._foreach_addcmul_(ys, torch._foreach_div(num, den), a)
+    elif isinstance(a, list):
+        torch._foreach_addcdiv_(ys, num, den, a)
+    else:
+        torch._foreach_addcdiv_(ys, num, den, value=a)

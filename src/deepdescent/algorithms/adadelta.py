@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from deepdescent.algorithms._common import with_weight_decay, zeros_like
+from deepdescent.algorithms._common import Rate, add_scaled_, scaled, with_weight_decay, zeros_like
 
 
 def init(params: list[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
@@ -31,7 +31,7 @@ def update(
     square_avg: list[Tensor],
     acc_delta: list[Tensor],
     *,
-    lr: float,
+    lr: Rate,
     rho: float,
     eps: float,
     weight_decay: float,
@@ -48,4 +48,4 @@ def update(
     torch._foreach_mul_(delta, grads)  # −Δθ
     torch._foreach_mul_(acc_delta, rho)
     torch._foreach_addcmul_(acc_delta, delta, delta, value=1.0 - rho)  # E[Δθ²]
-    torch._foreach_add_(params, delta, alpha=-lr)  # θ ← θ + ε_lr Δθ
+    add_scaled_(params, delta, scaled(lr, -1.0))  # θ ← θ + ε_lr Δθ

@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from deepdescent.algorithms._common import with_weight_decay, zeros_like
+from deepdescent.algorithms._common import Rate, addcdiv_scaled_, scaled, with_weight_decay, zeros_like
 
 
 def init(params: list[Tensor]) -> list[Tensor]:
@@ -28,7 +28,7 @@ def update(
     grads: list[Tensor],
     sum_sq: list[Tensor],
     *,
-    lr: float,
+    lr: Rate,
     eps: float,
     weight_decay: float,
 ) -> None:
@@ -37,4 +37,4 @@ def update(
     torch._foreach_addcmul_(sum_sq, grads, grads)  # r ← r + g⊙g
     denom = torch._foreach_sqrt(sum_sq)
     torch._foreach_add_(denom, eps)  # δ + √r
-    torch._foreach_addcdiv_(params, grads, denom, value=-lr)  # θ ← θ − ε g/(δ + √r)
+    addcdiv_scaled_(params, grads, denom, scaled(lr, -1.0))  # θ ← θ − ε g/(δ + √r)

@@ -18,12 +18,10 @@ which is the box's expression with the bias corrections folded into scalars.
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor
 
-from deepdescent.algorithms._common import with_weight_decay, zeros_like
+from deepdescent.algorithms._common import Rate, addcdiv_scaled_, with_weight_decay, zeros_like
 
 
 def init(params: list[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
@@ -38,7 +36,7 @@ def update(
     exp_avg_sq: list[Tensor],
     steps: list[int],
     *,
-    lr: float,
+    lr: Rate,
     beta1: float,
     beta2: float,
     eps: float,
@@ -49,9 +47,10 @@ def update(
     torch._foreach_lerp_(exp_avg, grads, 1.0 - beta1)  # s ← ρ₁s + (1 − ρ₁)g
     torch._foreach_mul_(exp_avg_sq, beta2)
     torch._foreach_addcmul_(exp_avg_sq, grads, grads, value=1.0 - beta2)  # r ← ρ₂r + (1 − ρ₂)g⊙g
-    step_size = [-lr / (1.0 - beta1**t) for t in steps]  # −ε/(1 − ρ₁ᵗ)
-    root_bc2 = [math.sqrt(1.0 - beta2**t) for t in steps]  # √(1 − ρ₂ᵗ)
+    rates = lr if isinstance(lr, list) else [lr] * len(steps)
+    step_size = [-r / (1.0 - beta1**t) for r, t in zip(rates, steps)]  # −ε/(1 − ρ₁ᵗ)
+    root_bc2 = [(1.0 - beta2**t) ** 0.5 for t in steps]  # √(1 − ρ₂ᵗ)
     denom = torch._foreach_sqrt(exp_avg_sq)
     torch._foreach_div_(denom, root_bc2)
     torch._foreach_add_(denom, eps)  # √r̂ + δ
-    torch._foreach_addcdiv_(params, exp_avg, denom, step_size)  # θ ← θ − ε ŝ/(√r̂ + δ)
+    addcdiv_scaled_(params, exp_avg, denom, step_size)  # θ ← θ − ε ŝ/(√r̂ + δ)

@@ -37,6 +37,8 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from deepdescent.algorithms._common import Rate, add_scaled_, scaled
+
 Convention = Literal["book", "torch"]
 
 
@@ -50,7 +52,7 @@ def update(
     velocity: list[Tensor],
     direction: list[Tensor],
     *,
-    lr: float,
+    lr: Rate,
     momentum: float,
     lookahead: bool,
     convention: Convention,
@@ -58,27 +60,28 @@ def update(
     """Apply one momentum step along ``direction``; updates ``params`` and ``velocity`` in place."""
     torch._foreach_mul_(velocity, momentum)
     if convention == "book":
-        torch._foreach_add_(velocity, direction, alpha=-lr)  # v ← αv − εd
+        add_scaled_(velocity, direction, scaled(lr, -1.0))  # v ← αv − εd
         if lookahead:
             torch._foreach_add_(params, velocity, alpha=momentum)  # θ̃ ← θ̃ + αv
-            torch._foreach_add_(params, direction, alpha=-lr)  #      − εd
+            add_scaled_(params, direction, scaled(lr, -1.0))  #      − εd
         else:
             torch._foreach_add_(params, velocity)  # θ ← θ + v
     else:
         torch._foreach_add_(velocity, direction)  # b ← αb + d
         if lookahead:
             step = torch._foreach_add(direction, velocity, alpha=momentum)
-            torch._foreach_add_(params, step, alpha=-lr)  # θ̃ ← θ̃ − ε(d + αb)
+            add_scaled_(params, step, scaled(lr, -1.0))  # θ̃ ← θ̃ − ε(d + αb)
         else:
-            torch._foreach_add_(params, velocity, alpha=-lr)  # θ ← θ − εb
+            add_scaled_(params, velocity, scaled(lr, -1.0))  # θ ← θ − εb
 
 
 def interim_displacement(
-    velocity: list[Tensor], *, lr: float, momentum: float, convention: Convention
+    velocity: list[Tensor], *, lr: Rate, momentum: float, convention: Convention
 ) -> list[Tensor]:
     """The displacement αv that takes θ to the interim point θ̃ = θ + αv (Algorithms 8.3, 8.6).
 
     In the torch convention v = −εb, so the displacement is −εαb.
     """
-    scale = momentum if convention == "book" else -lr * momentum
-    return torch._foreach_mul(velocity, scale)
+    if convention == "book":
+        return torch._foreach_mul(velocity, momentum)
+    return torch._foreach_mul(velocity, scaled(lr, -momentum))

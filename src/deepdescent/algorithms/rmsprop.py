@@ -35,7 +35,7 @@ import torch
 from torch import Tensor
 
 from deepdescent.algorithms import momentum as _momentum
-from deepdescent.algorithms._common import with_weight_decay, zeros_like
+from deepdescent.algorithms._common import Rate, addcdiv_scaled_, scaled, with_weight_decay, zeros_like
 
 
 def init(params: list[Tensor], *, momentum: float) -> tuple[list[Tensor], list[Tensor]]:
@@ -62,7 +62,7 @@ def update(
     square_avg: list[Tensor],
     velocity: list[Tensor],
     *,
-    lr: float,
+    lr: Rate,
     rho: float,
     eps: float,
     momentum: float,
@@ -80,7 +80,7 @@ def update(
     torch._foreach_addcmul_(square_avg, grads, grads, value=1.0 - rho)  # r ← ρr + (1 − ρ) g⊙g
     denom = _denominator(square_avg, eps=eps, nesterov=nesterov, convention=convention)
     if momentum == 0.0:
-        torch._foreach_addcdiv_(params, grads, denom, value=-lr)  # θ ← θ − ε g/√(δ + r)
+        addcdiv_scaled_(params, grads, denom, scaled(lr, -1.0))  # θ ← θ − ε g/√(δ + r)
         return
     direction = torch._foreach_div(grads, denom)
     _momentum.update(

@@ -17,11 +17,10 @@ Symbols: ``lr`` = ε, ``momentum`` = α. The velocity rule lives in :mod:`.momen
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 
 from deepdescent.algorithms import momentum as _momentum
-from deepdescent.algorithms._common import with_weight_decay
+from deepdescent.algorithms._common import Rate, add_scaled_, scaled, with_weight_decay
 
 
 def init(params: list[Tensor], *, momentum: float) -> list[Tensor]:
@@ -34,7 +33,7 @@ def update(
     grads: list[Tensor],
     velocity: list[Tensor],
     *,
-    lr: float,
+    lr: Rate,
     momentum: float,
     lookahead: bool,
     convention: _momentum.Convention,
@@ -43,7 +42,7 @@ def update(
     """One step of Algorithm 8.1 (α = 0), 8.2, or 8.3 (``lookahead``: parameters hold θ̃)."""
     grads = with_weight_decay(grads, params, weight_decay)
     if momentum == 0.0:
-        torch._foreach_add_(params, grads, alpha=-lr)  # θ ← θ − εg
+        add_scaled_(params, grads, scaled(lr, -1.0))  # θ ← θ − εg
         return
     _momentum.update(
         params, velocity, grads, lr=lr, momentum=momentum, lookahead=lookahead, convention=convention

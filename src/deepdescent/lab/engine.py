@@ -189,6 +189,9 @@ def run_vectorized(problem: Problem, spec: OptimizerSpec, lrs: list[float], seed
             for n in names:
                 state[sn][n][lo:hi] = proto._init_buffer(sn, params[n][lo:hi], group)  # type: ignore[attr-defined]
     lookahead = proto._uses_interim_point(base_group)  # type: ignore[attr-defined]
+    # one update for all members: the learning rate as one (members, 1, …, 1) tensor per parameter
+    rates = torch.tensor([lr for lr, _ in members])
+    member_group = {**base_group, "lr": [rates.view(-1, *[1] * (params[n_].dim() - 1)) for n_ in names]}
 
     def member_loss(p: dict[str, Tensor], x: Tensor, y: Tensor) -> Tensor:
         return task.loss(functional_call(model, p, (x,)), y)
@@ -208,14 +211,8 @@ def run_vectorized(problem: Problem, spec: OptimizerSpec, lrs: list[float], seed
     def theta() -> dict[str, Tensor]:
         if not lookahead:
             return params
-        out = {}
-        for n_ in names:  # θ = θ̃ − αv, per learning-rate slice
-            parts = []
-            for lo, hi, group in groups:
-                parts.append(params[n_][lo:hi] - proto._velocity_displacement(  # type: ignore[attr-defined]
-                    group, [state["velocity"][n_][lo:hi]])[0])
-            out[n_] = torch.cat(parts)
-        return out
+        disp = proto._velocity_displacement(member_group, [state["velocity"][n_] for n_ in names])  # type: ignore[attr-defined]
+        return {n_: params[n_] - d for n_, d in zip(names, disp)}  # θ = θ̃ − αv
 
     def evaluate(step: int) -> None:
         nonlocal first
@@ -235,14 +232,13 @@ def run_vectorized(problem: Problem, spec: OptimizerSpec, lrs: list[float], seed
 
     evaluate(0)
     for step in range(1, task.steps + 1):
-        idx = torch.stack([_batch_indices(orders[i], step - 1, batch) for i in range(len(members))])
+        start_ = ((step - 1) * batch) % n  # the same position for every member, each in its own order
+        idx = orders[:, torch.arange(start_, start_ + batch) % n]
         grads, _ = step_fn(params, task.x_train[idx], task.y_train[idx])
         with torch.no_grad():
-            for lo, hi, group in groups:
-                proto._update(group, [params[n_][lo:hi] for n_ in names],  # type: ignore[attr-defined]
-                              [grads[n_][lo:hi] for n_ in names],
-                              {sn: [state[sn][n_][lo:hi] for n_ in names] for sn in state_names},
-                              [step] * len(names), lookahead)
+            proto._update(member_group, [params[n_] for n_ in names],  # type: ignore[attr-defined]
+                          [grads[n_] for n_ in names], {sn: [state[sn][n_] for n_ in names] for sn in state_names},
+                          [step] * len(names), lookahead)
         if step in points or step == task.steps:
             evaluate(step)
     th = theta()

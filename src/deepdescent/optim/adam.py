@@ -44,4 +44,4 @@ class Adam(BookOptimizer):
                 bufs: dict[str, list[Tensor]], steps: list[int], lookahead: bool) -> None:
         beta1, beta2 = group["betas"]
         adam.update(params, grads, bufs["exp_avg"], bufs["exp_avg_sq"], steps, lr=_lr(group),
-                    beta1=float(beta1), beta2=float(beta2), eps=group["eps"], weight_decay=group["weight_decay"])
+                    beta1=beta1, beta2=beta2, eps=group["eps"], weight_decay=group["weight_decay"])

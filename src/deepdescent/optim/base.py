@@ -316,10 +316,13 @@ def _call(closure: Callable[[], Any]) -> Any:
         return closure()
 
 
-def _lr(group: dict[str, Any]) -> float:
-    """The group's learning rate as a float (a 0-dim tensor lr is read here, once per step)."""
+def _lr(group: dict[str, Any]) -> Any:
+    """The group's learning rate as a float (a 0-dim tensor lr is read here, once per step); a
+    symbolic scalar (kernel tracing, :mod:`deepdescent.kernels`) passes through."""
     lr = group["lr"]
-    return lr.item() if isinstance(lr, Tensor) else float(lr)
+    if isinstance(lr, Tensor):
+        return lr.item()
+    return float(lr) if isinstance(lr, (int, float)) else lr
 
 
 def _chunks(lists: list[list[Tensor]], steps: list[int]) -> Iterator[tuple[list[list[Tensor]], list[int]]]:
