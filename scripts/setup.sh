@@ -7,3 +7,5 @@ PY=${PYTHON:-python3}
 # torch first and explicitly: the CPU wheel of 2.13.0 (an unpinned torch pulls multi-GB CUDA builds).
 .venv/bin/python -m pip install -q --disable-pip-version-check torch==2.13.0
 .venv/bin/python -m pip install -q --disable-pip-version-check -c constraints.txt -e ".[test]"
+# the fused CPU optimizer kernels, generated from the algorithms and compiled once (cached on disk)
+.venv/bin/python -m deepdescent.kernels

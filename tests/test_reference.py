@@ -82,11 +82,11 @@ def run_reference(case: str, problem: Problem) -> list[torch.Tensor]:
     return theta
 
 
-def run_ours(case: str, problem: Problem, mode: str) -> list[torch.Tensor]:
+def run_ours(case: str, problem: Problem, mode: str, impl: str = "auto") -> list[torch.Tensor]:
     cls, kwargs, _, _ = CASES[case]
     params = [t.clone().requires_grad_() for t in problem.theta0]
     groups = [dict(params=p, **kw) for p, kw in zip(_split(params), kwargs)]
-    opt = cls(groups)
+    opt = cls(groups, impl=impl)
     sched = LinearDecay(opt, tau=TAU, final_factor=FINAL)
 
     def set_grads():
@@ -109,14 +109,15 @@ def _modes(case):
     return ["closure", "lookahead"] if "nesterov" in case else ["plain", "closure"]
 
 
-@pytest.mark.parametrize("chunk", [1 << 16, 4], ids=["whole", "chunked"])
+@pytest.mark.parametrize("path", ["eager", "eager-chunked", "fused"])
 @pytest.mark.parametrize("case,mode", [(c, m) for c in CASES for m in _modes(c)])
-def test_matches_float64_box(case, mode, chunk, monkeypatch):
-    """``chunked``: CPU chunks of 4 elements, so tensors are cut into flat views and grouped."""
-    monkeypatch.setattr(base, "CPU_CHUNK_NUMEL", chunk)
+def test_matches_float64_box(case, mode, path, monkeypatch):
+    """Every execution path: ``eager`` multi-tensor ops (``eager-chunked``: CPU chunks of 4
+    elements, so tensors are cut into flat views and grouped) and the ``fused`` generated kernel."""
+    monkeypatch.setattr(base, "CPU_CHUNK_NUMEL", 4 if path == "eager-chunked" else 1 << 16)
     problem = Problem(seed=sum(map(ord, case)))
     expected = run_reference(case, problem)
-    got = run_ours(case, problem, mode)
+    got = run_ours(case, problem, mode, impl=path.split("-")[0])
     for i, (e, g) in enumerate(zip(expected, got)):
         scale = e.abs().max().item() + 1.0
         err = (g.double() - e).abs().max().item() / scale

@@ -23,8 +23,8 @@ class AdaDelta(BookOptimizer):
     """
 
     def __init__(self, params: Any, lr: float | Tensor = 1.0, rho: float = 0.95, eps: float = 1e-6,
-                 weight_decay: float = 0.0, *, nonfinite: NonFinite = "skip") -> None:
-        super().__init__(params, dict(lr=lr, rho=rho, eps=eps, weight_decay=weight_decay), nonfinite=nonfinite)
+                 weight_decay: float = 0.0, *, nonfinite: NonFinite = "skip", impl: str = "auto") -> None:
+        super().__init__(params, dict(lr=lr, rho=rho, eps=eps, weight_decay=weight_decay), nonfinite=nonfinite, impl=impl)
 
     def _validate_group(self, group: dict[str, Any]) -> None:
         check.non_negative("lr", group["lr"])

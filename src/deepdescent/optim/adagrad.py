@@ -22,8 +22,8 @@ class AdaGrad(BookOptimizer):
     """
 
     def __init__(self, params: Any, lr: float | Tensor = 0.01, eps: float = 1e-7, weight_decay: float = 0.0,
-                 *, nonfinite: NonFinite = "skip") -> None:
-        super().__init__(params, dict(lr=lr, eps=eps, weight_decay=weight_decay), nonfinite=nonfinite)
+                 *, nonfinite: NonFinite = "skip", impl: str = "auto") -> None:
+        super().__init__(params, dict(lr=lr, eps=eps, weight_decay=weight_decay), nonfinite=nonfinite, impl=impl)
 
     def _validate_group(self, group: dict[str, Any]) -> None:
         check.non_negative("lr", group["lr"])

@@ -24,8 +24,8 @@ class Adam(BookOptimizer):
     """
 
     def __init__(self, params: Any, lr: float | Tensor = 0.001, betas: tuple[float, float] = (0.9, 0.999),
-                 eps: float = 1e-8, weight_decay: float = 0.0, *, nonfinite: NonFinite = "skip") -> None:
-        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay), nonfinite=nonfinite)
+                 eps: float = 1e-8, weight_decay: float = 0.0, *, nonfinite: NonFinite = "skip", impl: str = "auto") -> None:
+        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay), nonfinite=nonfinite, impl=impl)
 
     def _validate_group(self, group: dict[str, Any]) -> None:
         check.non_negative("lr", group["lr"])

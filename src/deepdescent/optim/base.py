@@ -19,6 +19,7 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from deepdescent.algorithms import momentum as _momentum
+from deepdescent import kernels
 from deepdescent.algorithms._common import with_weight_decay
 from deepdescent.optim import _validation as check
 
@@ -46,8 +47,15 @@ class BookOptimizer(Optimizer):
     """Base class; subclasses implement :meth:`_validate_group`, :meth:`_state_names` and
     :meth:`_update` (and :meth:`_uses_interim_point` for Nesterov methods)."""
 
-    def __init__(self, params: Any, defaults: dict[str, Any], *, nonfinite: NonFinite = "skip") -> None:
+    def __init__(self, params: Any, defaults: dict[str, Any], *, nonfinite: NonFinite = "skip",
+                 impl: str = "auto") -> None:
         check.choice("nonfinite", nonfinite, ("skip", "raise"))
+        check.choice("impl", impl, ("auto", "fused", "eager"))
+        #: execution path: "fused" (one generated C++ loop per step, CPU), "eager" (multi-tensor
+        #: ops), "auto" (fused where it applies, eager elsewhere; a fused path that cannot be built
+        #: says why once and falls back)
+        self.impl = impl
+        self._fused_off = False
         self._validate_group(dict(defaults))
         super().__init__(params, defaults)
         self.nonfinite: NonFinite = nonfinite
@@ -145,7 +153,7 @@ class BookOptimizer(Optimizer):
         return buckets
 
     def _gradients_finite(self, batches: list[dict[Any, _Batch]]) -> bool:
-        flags = [_found_nonfinite(b.grads) for buckets in batches for b in buckets.values()]
+        flags = [self._found_nonfinite(b.grads) for buckets in batches for b in buckets.values()]
         if not any(bool(f) for f in flags):  # on the CPU, reading a CPU scalar is not a sync
             return True
         if self.nonfinite == "raise":
@@ -158,6 +166,14 @@ class BookOptimizer(Optimizer):
                 "state were left unchanged"
             )
         return False
+
+    def _found_nonfinite(self, grads: list[Tensor]) -> Any:
+        if self.impl != "eager" and grads[0].device.type == "cpu" and grads[0].dtype in (
+                torch.float32, torch.float64) and all(g.is_contiguous() and g.dtype == grads[0].dtype for g in grads):
+            found = kernels.any_nonfinite(grads)  # the compiled read-only check, when built
+            if found is not None:
+                return found
+        return _found_nonfinite(grads)
 
     def _apply(self, group: dict[str, Any], batch: _Batch, lookahead: bool) -> None:
         names = self._state_names(group)
@@ -173,8 +189,38 @@ class BookOptimizer(Optimizer):
             group = {**group, "weight_decay": 0.0}  # already added at θ̃ (_decay_at_interim)
         lists = [batch.params, batch.grads, *([s[n] for s in batch.states] for n in names)]
         steps = [s["step"] for s in batch.states]
+        if self._use_fused(lists):
+            try:
+                kernels.fused_update(self, group, group_lookahead, names, lists, steps)
+                return
+            except kernels.FusedUnavailable as err:
+                self._fused_failed(str(err))
+            except (TypeError, AttributeError) as err:  # an update the tracer cannot follow
+                self._fused_failed(f"{type(self).__name__} cannot be traced: {err}")
         for (params, grads, *bufs), chunk_steps in _chunks(lists, steps):
             self._update(group, params, grads, dict(zip(names, bufs)), chunk_steps, group_lookahead)
+
+    def _use_fused(self, lists: list[list[Tensor]]) -> bool:
+        if self.impl == "eager" or self._fused_off:
+            return False
+        first = lists[0][0]
+        ok = first.device.type == "cpu" and first.dtype in (torch.float32, torch.float64) and all(
+            t.dtype == first.dtype and t.device == first.device and t.is_contiguous() for lst in lists for t in lst)
+        if not ok and self.impl == "fused":
+            raise RuntimeError(f"impl='fused' needs contiguous float32/float64 CPU tensors of one dtype "
+                               f"(got {first.dtype} on {first.device})")
+        reason = kernels.available()
+        if ok and reason:
+            self._fused_failed(reason)
+            return False
+        return ok
+
+    def _fused_failed(self, reason: str) -> None:
+        if self.impl == "fused":
+            raise RuntimeError(f"impl='fused' is not available: {reason}")
+        if not self._fused_off:
+            kernels.warn_unavailable(reason)
+        self._fused_off = True
 
     # ------------------------------------------------------------------ Nesterov's interim point
     def _fix_interim_mode(self, mode: str) -> None:

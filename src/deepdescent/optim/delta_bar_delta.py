@@ -26,7 +26,7 @@ class DeltaBarDelta(BookOptimizer):
     def __init__(self, params: Any, lr: float = 0.01, kappa: float = 1e-3, phi: float = 0.1, theta: float = 0.7,
                  weight_decay: float = 0.0, *, nonfinite: NonFinite = "skip") -> None:
         super().__init__(params, dict(lr=lr, kappa=kappa, phi=phi, theta=theta, weight_decay=weight_decay),
-                         nonfinite=nonfinite)
+                         nonfinite=nonfinite, impl="eager")  # per-element branches: no fused kernel
 
     def _validate_group(self, group: dict[str, Any]) -> None:
         check.positive("lr", group["lr"])

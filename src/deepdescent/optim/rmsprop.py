@@ -44,10 +44,11 @@ class RMSProp(BookOptimizer):
         *,
         convention: Convention = "book",
         nonfinite: NonFinite = "skip",
+        impl: str = "auto",
     ) -> None:
         defaults = dict(lr=lr, rho=rho, eps=eps, momentum=momentum, nesterov=nesterov,
                         weight_decay=weight_decay, convention=convention)
-        super().__init__(params, defaults, nonfinite=nonfinite)
+        super().__init__(params, defaults, nonfinite=nonfinite, impl=impl)
 
     def _validate_group(self, group: dict[str, Any]) -> None:
         check.non_negative("lr", group["lr"])

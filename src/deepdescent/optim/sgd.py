@@ -36,6 +36,9 @@ class SGD(BookOptimizer):
         nonfinite: ``"skip"`` (default) leaves parameters and state unchanged on a step whose
             gradients hold NaN/Inf and counts it in :attr:`skipped_steps`; ``"raise"`` raises
             :class:`~deepdescent.optim.NonFiniteGradientError` naming the parameter.
+        impl: ``"auto"`` (default: the fused CPU kernel generated from this algorithm's formula
+            where it applies — contiguous float32/float64 CPU tensors — else the eager
+            multi-tensor path), ``"fused"`` (require it) or ``"eager"``. Both run the same formula.
 
     Nesterov's interim point. ``step(closure)`` moves the parameters to θ̃ = θ + αv, calls the
     closure there, restores θ and applies the update: the parameters hold θ, exactly as in the box.
@@ -55,10 +58,11 @@ class SGD(BookOptimizer):
         *,
         convention: Convention = "book",
         nonfinite: NonFinite = "skip",
+        impl: str = "auto",
     ) -> None:
         defaults = dict(lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay,
                         convention=convention)
-        super().__init__(params, defaults, nonfinite=nonfinite)
+        super().__init__(params, defaults, nonfinite=nonfinite, impl=impl)
 
     def _validate_group(self, group: dict[str, Any]) -> None:
         if group["lr"] is None:

@@ -1,0 +1,191 @@
+"""Fused optimizer steps generated from the functional core.
+
+:func:`fused_update` traces an optimizer's ``_update`` (the algorithm box, as written in
+``deepdescent.algorithms``) into an expression graph (:mod:`.trace`), generates one fused C++
+loop from it (:mod:`.cpp`) and runs it over all elements of all tensors: one pass over memory per
+step instead of one per operation. The standard kernels are compiled into one extension on first
+use (about a minute, once per machine: ``scripts/setup.sh`` does it) and cached on disk by
+``torch.utils.cpp_extension``; a configuration outside the standard set compiles on demand.
+
+``python -m deepdescent.kernels`` builds (or loads) the standard kernels and prints what it did.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import platform
+import threading
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from deepdescent.kernels import cpp
+from deepdescent.kernels.trace import Trace, structure_key, trace
+
+Kernel = Callable[[list[list[Tensor]], list[float], list[float]], None]
+
+_LOCK = threading.Lock()
+_TRACES: dict[tuple, tuple[Trace, list[str], str]] = {}
+_FUNCTIONS: dict[str, Kernel] = {}
+_DISABLED: str | None = None  # why the fused path cannot be used on this machine
+
+
+class FusedUnavailable(RuntimeError):
+    """The fused CPU path cannot be built here (no C++ compiler, or the build failed)."""
+
+
+def _numeric(group: dict[str, Any]) -> dict[str, float]:
+    out = {}
+    for key, value in group.items():
+        if key in ("params", "param_names", "initial_lr", "name") or isinstance(value, (bool, str)):
+            continue
+        if isinstance(value, (tuple, list)):
+            out.update({f"{key}{i}": float(v) for i, v in enumerate(value)})
+        elif isinstance(value, Tensor):
+            out[key] = float(value.item())
+        elif isinstance(value, (int, float)):
+            out[key] = float(value)
+    return out
+
+
+def _symbolic_group(group: dict[str, Any], syms: dict[str, Any]) -> dict[str, Any]:
+    out = {}
+    for key, value in group.items():
+        if key == "params":
+            continue
+        if isinstance(value, (tuple, list)) and not isinstance(value, str) and f"{key}0" in syms:
+            out[key] = tuple(syms[f"{key}{i}"] for i in range(len(value)))
+        elif key in syms:
+            out[key] = syms[key]
+        else:
+            out[key] = value
+    return out
+
+
+def _trace_for(optimizer: Any, group: dict[str, Any], lookahead: bool,
+               names: tuple[str, ...]) -> tuple[Trace, list[str], str]:
+    numeric = _numeric(group)
+    others = {k: v for k, v in group.items() if isinstance(v, (bool, str))}
+    key = (type(optimizer), structure_key({**numeric, **others}), lookahead, names)
+    if key not in _TRACES:
+        def update(lists, syms, tsyms):
+            params, grads, *bufs = lists
+            optimizer._update(_symbolic_group(group, syms), params, grads, dict(zip(names, bufs)),
+                              [tsyms["step"]], lookahead)
+        tr = trace(update, 2 + len(names), numeric, {"step": 1.0})
+        _TRACES[key] = (tr, list(numeric), cpp.function_name(tr))
+    return _TRACES[key]
+
+
+def _cpu_tag() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line for line in f if line.startswith("flags")), "")
+    except OSError:
+        flags = platform.processor()
+    return hashlib.sha1(flags.encode()).hexdigest()[:8]
+
+
+def _compile(traces: list[Trace]) -> None:
+    """Compile the kernels of ``traces`` into one extension and register its functions."""
+    global _DISABLED
+    from torch.utils import cpp_extension
+
+    seen, sources, names = set(), [], []
+    for t in traces:
+        name = cpp.function_name(t)
+        if name not in _FUNCTIONS and name not in seen:
+            seen.add(name)
+            names.append(name)
+            sources.append(cpp.source(t))
+    if not names:
+        return
+    if "any_nonfinite" not in _FUNCTIONS:
+        names.append("any_nonfinite")
+    code = cpp.HEADER + "\n".join(sources)
+    digest = hashlib.sha1(code.encode()).hexdigest()[:12]
+    try:
+        module = cpp_extension.load_inline(
+            name=f"deepdescent_kernels_{digest}_{_cpu_tag()}", cpp_sources=code, functions=names,
+            extra_cflags=["-O3", "-march=native", "-fno-math-errno", "-fopenmp"], extra_ldflags=["-fopenmp"],
+            verbose=False)
+    except Exception as err:  # noqa: BLE001 - no compiler, no headers: fall back, say why once
+        _DISABLED = f"{type(err).__name__}: {str(err).splitlines()[0][:200]}"
+        raise FusedUnavailable(_DISABLED) from err
+    for name in names:
+        _FUNCTIONS[name] = getattr(module, name)
+
+
+def fused_update(optimizer: Any, group: dict[str, Any], lookahead: bool, names: tuple[str, ...],
+                 lists: list[list[Tensor]], steps: list[int]) -> None:
+    """Run the optimizer's update for ``group`` on CPU tensor lists (params, grads, buffers...)."""
+    if _DISABLED:
+        raise FusedUnavailable(_DISABLED)
+    with _LOCK:
+        tr, scalar_names, name = _trace_for(optimizer, group, lookahead, names)
+        if name not in _FUNCTIONS:
+            if not _FUNCTIONS:
+                build()  # the standard set in one extension, then look again
+            if name not in _FUNCTIONS:
+                _compile([tr])
+    numeric = _numeric(group)
+    _FUNCTIONS[name](lists, [numeric[k] for k in scalar_names], [float(s) for s in steps])
+
+
+def any_nonfinite(tensors: list[Tensor]) -> bool | None:
+    """True when some element of the (contiguous float32/float64 CPU) tensors is NaN or ±Inf: one
+    read-only, vectorized pass. None when the compiled check is not available (use another)."""
+    fn = _FUNCTIONS.get("any_nonfinite")
+    return None if fn is None else bool(fn(tensors))
+
+
+def standard_configurations() -> list[tuple[Any, dict[str, Any], bool]]:
+    """(optimizer, group, lookahead) for every structure of the chapter's first-order methods."""
+    from deepdescent import optim
+
+    p = [torch.nn.Parameter(torch.zeros(1))]
+    out = []
+    for wd in (0.0, 0.1):
+        out.append((optim.AdaGrad(p, weight_decay=wd), False))
+        out.append((optim.Adam(p, weight_decay=wd), False))
+        out.append((optim.AdaDelta(p, weight_decay=wd), False))
+        for conv in ("book", "torch"):
+            out.append((optim.SGD(p, lr=0.1, weight_decay=wd, convention=conv), False))
+            out.append((optim.SGD(p, lr=0.1, momentum=0.9, weight_decay=wd, convention=conv), False))
+            out.append((optim.RMSProp(p, weight_decay=wd, convention=conv), False))
+            out.append((optim.RMSProp(p, momentum=0.9, weight_decay=wd, convention=conv), False))
+            for look in (False, True):
+                out.append((optim.SGD(p, lr=0.1, momentum=0.9, nesterov=True, weight_decay=wd, convention=conv),
+                            look))
+        for look in (False, True):
+            out.append((optim.RMSProp(p, momentum=0.9, nesterov=True, weight_decay=wd), look))
+    configs = []
+    for opt, look in out:
+        group = {k: v for k, v in opt.param_groups[0].items() if k != "params"}
+        configs.append((opt, group, look))
+    return configs
+
+
+def build() -> int:
+    """Trace and compile the standard kernels (or load them from the disk cache); their count."""
+    traces = []
+    for opt, group, look in standard_configurations():
+        traces.append(_trace_for(opt, group, look, tuple(opt._state_names(group)))[0])
+    _compile(traces)
+    return len(_FUNCTIONS)
+
+
+def available() -> str | None:
+    """None when the fused CPU path works here, else why not."""
+    if os.environ.get("DEEPDESCENT_NO_FUSED"):
+        return "disabled by DEEPDESCENT_NO_FUSED"
+    return _DISABLED
+
+
+def warn_unavailable(reason: str) -> None:
+    warnings.warn(f"deepdescent: the fused CPU optimizer path is unavailable ({reason}); using the eager "
+                  "multi-tensor path", RuntimeWarning, stacklevel=4)

@@ -1,0 +1,141 @@
+"""C++ code generation from a traced update: one fused, vectorizable loop over all elements of
+all tensors, parallel over chunks, compiled with ``torch.utils.cpp_extension``."""
+
+from __future__ import annotations
+
+import hashlib
+
+from deepdescent.kernels.trace import Trace
+
+_FN = {"add": "({a} + {b})", "sub": "({a} - {b})", "mul": "({a} * {b})", "div": "({a} / {b})", "neg": "(-{a})",
+       "sqrt": "std::sqrt({a})", "max": "std::max({a}, {b})", "pow": "std::pow({a}, {b})"}
+
+
+def _uniform(trace: Trace) -> list[bool]:
+    """Nodes that do not depend on tensor elements: computed once per tensor, in double."""
+    uni = []
+    for node in trace.graph.nodes:
+        if node[0] == "load":
+            uni.append(False)
+        elif node[0] in ("scalar", "tensor_scalar", "const"):
+            uni.append(True)
+        else:
+            uni.append(all(uni[a] for a in node[1:]))
+    return uni
+
+
+def function_name(trace: Trace) -> str:
+    return "k_" + hashlib.sha1(source_body(trace).encode()).hexdigest()[:16]
+
+
+def source_body(trace: Trace) -> str:
+    """The loop body (uniform prologue + element loop) for compute type T."""
+    uni = _uniform(trace)
+    needed = set(trace.outputs.values())
+    stack = list(needed)
+    while stack:  # only the nodes the outputs depend on
+        i = stack.pop()
+        node = trace.graph.nodes[i]
+        if node[0] not in ("load", "scalar", "tensor_scalar", "const"):
+            for a in node[1:]:
+                if a not in needed:
+                    needed.add(a)
+                    stack.append(a)
+    pro, body = [], []
+    loads = sorted({n[1] for i, n in enumerate(trace.graph.nodes) if n[0] == "load" and i in needed}
+                   | set(trace.outputs))
+    for i, node in enumerate(trace.graph.nodes):
+        if i not in needed:
+            continue
+        kind = node[0]
+        if kind == "load":
+            body.append(f"const T v{i} = p{node[1]}[j];")
+        elif kind == "scalar":
+            pro.append(f"const double v{i} = s[{trace.scalars.index(node[1])}];")
+        elif kind == "tensor_scalar":
+            pro.append(f"const double v{i} = ts[t * {len(trace.tensor_scalars)} + "
+                       f"{trace.tensor_scalars.index(node[1])}];")
+        elif kind == "const":
+            pro.append(f"const double v{i} = {node[1]!r};")
+        elif uni[i]:
+            pro.append(f"const double v{i} = " + _FN[kind].format(**dict(zip("ab", (f"v{a}" for a in node[1:])))) + ";")
+        elif kind == "div" and uni[node[2]]:  # by a per-tensor value: multiply by its reciprocal
+            pro.append(f"const double r{i} = 1.0 / v{node[2]};")
+            body.append(f"const T v{i} = v{node[1]} * static_cast<T>(r{i});")
+        else:
+            args = [f"v{a}" if not uni[a] else f"static_cast<T>(v{a})" for a in node[1:]]
+            body.append(f"const T v{i} = " + _FN[kind].format(**dict(zip("ab", args))) + ";")
+    stores = [f"p{li}[j] = v{n};" if not uni[n] else f"p{li}[j] = static_cast<T>(v{n});"
+              for li, n in sorted(trace.outputs.items())]
+    ptrs = [f"T* __restrict__ p{li} = ptr[{li}][t];" for li in loads]
+    return "\n".join([*pro, *ptrs, "#pragma omp simd", "for (int64_t j = lo; j < hi; ++j) {", *body, *stores, "}"])
+
+
+def source(trace: Trace) -> str:
+    """A complete C++ function ``name(lists, s, ts)`` for float and double tensors."""
+    name = function_name(trace)
+    return f"""
+template <typename T>
+static void {name}_impl(const std::vector<std::vector<at::Tensor>>& lists, const std::vector<double>& s,
+                        const std::vector<double>& ts) {{
+  const int64_t nl = lists.size(), nt = lists[0].size();
+  std::vector<std::vector<T*>> ptr(nl, std::vector<T*>(nt));
+  std::vector<int64_t> ct, cb, ce;
+  for (int64_t t = 0; t < nt; ++t) {{
+    for (int64_t l = 0; l < nl; ++l) ptr[l][t] = lists[l][t].data_ptr<T>();
+    const int64_t n = lists[0][t].numel();
+    for (int64_t b = 0; b < n; b += CHUNK) {{ ct.push_back(t); cb.push_back(b); ce.push_back(std::min(n, b + CHUNK)); }}
+  }}
+  at::parallel_for(0, (int64_t)ct.size(), 1, [&](int64_t c0, int64_t c1) {{
+    for (int64_t c = c0; c < c1; ++c) {{
+      const int64_t t = ct[c], lo = cb[c], hi = ce[c];
+      {source_body(trace)}
+    }}
+  }});
+}}
+
+void {name}(const std::vector<std::vector<at::Tensor>>& lists, const std::vector<double>& s,
+           const std::vector<double>& ts) {{
+  if (lists[0].empty()) return;
+  if (lists[0][0].scalar_type() == at::kDouble) {name}_impl<double>(lists, s, ts);
+  else {name}_impl<float>(lists, s, ts);
+}}
+"""
+
+
+HEADER = """
+#include <torch/extension.h>
+#include <ATen/Parallel.h>
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <vector>
+static constexpr int64_t CHUNK = 1 << 16;
+
+template <typename T>
+static bool any_nonfinite_impl(const std::vector<at::Tensor>& xs) {
+  std::vector<const T*> ptr;
+  std::vector<int64_t> ct, cb, ce;
+  for (size_t t = 0; t < xs.size(); ++t) {
+    ptr.push_back(xs[t].data_ptr<T>());
+    const int64_t n = xs[t].numel();
+    for (int64_t b = 0; b < n; b += CHUNK) { ct.push_back(t); cb.push_back(b); ce.push_back(std::min(n, b + CHUNK)); }
+  }
+  std::atomic<bool> found{false};
+  at::parallel_for(0, (int64_t)ct.size(), 1, [&](int64_t c0, int64_t c1) {
+    for (int64_t c = c0; c < c1 && !found.load(std::memory_order_relaxed); ++c) {
+      const T* __restrict__ p = ptr[ct[c]];
+      T acc = 0;
+      #pragma omp simd reduction(+:acc)
+      for (int64_t j = cb[c]; j < ce[c]; ++j) acc += p[j] - p[j];  // NaN exactly when p[j] is NaN or ±Inf
+      if (acc != acc) found.store(true, std::memory_order_relaxed);
+    }
+  });
+  return found.load();
+}
+
+bool any_nonfinite(const std::vector<at::Tensor>& xs) {
+  if (xs.empty()) return false;
+  return xs[0].scalar_type() == at::kDouble ? any_nonfinite_impl<double>(xs) : any_nonfinite_impl<float>(xs);
+}
+"""

@@ -1,0 +1,109 @@
+"""The fused path generated from the functional core: same results as the eager path on random
+shapes (odd sizes, empty and 0-dim tensors), float32 and float64, several groups."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from deepdescent import kernels, optim
+from deepdescent.kernels.trace import structure_key
+
+MAKERS = {
+    "sgd": lambda p, impl: optim.SGD(p, lr=0.05, weight_decay=0.01, impl=impl),
+    "momentum-torch": lambda p, impl: optim.SGD(p, lr=0.05, momentum=0.9, convention="torch", impl=impl),
+    "nesterov": lambda p, impl: optim.SGD(p, lr=0.05, momentum=0.9, nesterov=True, impl=impl),
+    "adagrad": lambda p, impl: optim.AdaGrad(p, impl=impl),
+    "rmsprop": lambda p, impl: optim.RMSProp(p, lr=0.01, weight_decay=0.1, impl=impl),
+    "rmsprop-momentum-torch": lambda p, impl: optim.RMSProp(p, momentum=0.9, convention="torch", impl=impl),
+    "rmsprop-nesterov": lambda p, impl: optim.RMSProp(p, momentum=0.9, nesterov=True, impl=impl),
+    "adam": lambda p, impl: optim.Adam(p, lr=0.01, weight_decay=0.01, impl=impl),
+    "adadelta": lambda p, impl: optim.AdaDelta(p, impl=impl),
+}
+
+shapes = st.lists(st.one_of(st.just(()), st.tuples(st.integers(0, 37)), st.tuples(st.integers(1, 9), st.integers(1, 13))),
+                  min_size=1, max_size=5)
+
+
+def _run(make, shape_list, dtype, impl, steps=6, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    params = [torch.randn(s, generator=g, dtype=dtype).requires_grad_() for s in shape_list]
+    half = max(1, len(params) // 2)
+    groups = [{"params": params[:half]}] + ([{"params": params[half:], "lr": 0.003}] if params[half:] else [])
+    opt = make(groups, impl)
+    for _ in range(steps):
+        for p in params:
+            p.grad = torch.randn(p.shape, generator=g, dtype=dtype)
+        opt.step()
+    return [p.detach() for p in params]
+
+
+@pytest.mark.parametrize("name", list(MAKERS))
+@settings(max_examples=15, deadline=None)
+@given(shape_list=shapes, double=st.booleans())
+def test_fused_equals_eager_on_random_shapes(name, shape_list, double):
+    dtype = torch.float64 if double else torch.float32
+    fused = _run(MAKERS[name], shape_list, dtype, "fused")
+    eager = _run(MAKERS[name], shape_list, dtype, "eager")
+    tol = 1e-12 if double else 2e-6
+    for f, e in zip(fused, eager):
+        torch.testing.assert_close(f, e, rtol=tol, atol=tol)
+
+
+def test_the_fused_kernel_is_really_used_and_skips_nonfinite_steps():
+    p = torch.nn.Parameter(torch.ones(5))
+    opt = optim.Adam([p], impl="fused")
+    p.grad = torch.ones(5)
+    opt.step()
+    before = p.detach().clone()
+    p.grad = torch.tensor([1.0, math.nan, 1.0, 1.0, 1.0])
+    opt.step()
+    assert torch.equal(p.detach(), before) and opt.skipped_steps == 1
+    assert kernels.any_nonfinite([torch.tensor([1.0, math.inf])]) is True
+    assert kernels.any_nonfinite([torch.tensor([1.0, 3e38])]) is False
+
+
+def test_impl_fused_refuses_what_it_cannot_run():
+    p = torch.nn.Parameter(torch.ones(5, dtype=torch.bfloat16))
+    opt = optim.Adam([p], impl="fused")
+    p.grad = torch.ones(5, dtype=torch.bfloat16)
+    with pytest.raises(RuntimeError, match="impl='fused' needs contiguous float32/float64"):
+        opt.step()
+    with pytest.raises(ValueError, match="impl='cuda'"):
+        optim.Adam([p], impl="cuda")
+
+
+def test_trace_records_the_box_of_adam():
+    """The traced graph of Adam evaluates, element by element, to the box's formula."""
+    opt = optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=0.1, betas=(0.8, 0.9), eps=1e-3)
+    group = {k: v for k, v in opt.param_groups[0].items() if k != "params"}
+    t, names, _ = kernels._trace_for(opt, group, False, ("exp_avg", "exp_avg_sq"))
+    values = {"lr": 0.1, "betas0": 0.8, "betas1": 0.9, "eps": 1e-3, "weight_decay": 0.0}
+    inputs = [0.5, 2.0, 0.1, 0.3]  # θ, g, s, r
+    env = []
+    for node in t.graph.nodes:
+        kind = node[0]
+        if kind == "load":
+            env.append(inputs[node[1]])
+        elif kind == "scalar":
+            env.append(values[node[1]])
+        elif kind == "tensor_scalar":
+            env.append(3.0)  # t
+        elif kind == "const":
+            env.append(node[1])
+        else:
+            a = [env[i] for i in node[1:]]
+            env.append({"add": lambda: a[0] + a[1], "sub": lambda: a[0] - a[1], "mul": lambda: a[0] * a[1],
+                        "div": lambda: a[0] / a[1], "neg": lambda: -a[0], "sqrt": lambda: math.sqrt(a[0]),
+                        "pow": lambda: a[0] ** a[1], "max": lambda: max(a)}[kind]())
+    s = 0.8 * 0.1 + 0.2 * 2.0
+    r = 0.9 * 0.3 + 0.1 * 4.0
+    theta = 0.5 - 0.1 * (s / (1 - 0.8**3)) / (math.sqrt(r / (1 - 0.9**3)) + 1e-3)
+    assert env[t.outputs[0]] == pytest.approx(theta, rel=1e-12)
+    assert env[t.outputs[2]] == pytest.approx(s) and env[t.outputs[3]] == pytest.approx(r)
+    assert 1 not in t.outputs  # the gradient is never written
+    assert structure_key({"lr": 0.1, "momentum": 0.0}) != structure_key({"lr": 0.1, "momentum": 0.9})
