@@ -8,6 +8,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+import warnings
 from html.parser import HTMLParser
 
 import pytest
@@ -23,7 +24,11 @@ TINY = ["--problem", "saddle", "--problem", "cliff", "--optimizer", "Adam", "--o
 @pytest.mark.parametrize("problem,optimizer", [("digits_mlp", "Nesterov"), ("digits_mlp", "Adam"),
                                                ("quadratic_deep", "RMSProp+Nesterov"), ("deep_linear", "AdaDelta"),
                                                ("quadratic_deep", "DeltaBarDelta"), ("cliff", "Momentum")])
-def test_vectorized_members_match_member_by_member_training(problem, optimizer):
+def test_vectorized_members_match_member_by_member_training(problem, optimizer, monkeypatch):
+    # the same execution path (eager multi-tensor ops) on both sides, so that only the stacking
+    # differs: the fused kernel rounds differently, which deep or chaotic problems amplify
+    monkeypatch.setenv("DEEPDESCENT_NO_FUSED", "1")
+    warnings.simplefilter("ignore", RuntimeWarning)
     spec, prob = optimizers.optimizer(optimizer), problems.problem(problem)
     lrs = [spec.default_lr / 10, spec.default_lr]
     vec = engine.run_vectorized(prob, spec, lrs, [0, 1], quick=True)

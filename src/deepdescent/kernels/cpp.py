@@ -59,9 +59,6 @@ def source_body(trace: Trace) -> str:
             pro.append(f"const double v{i} = {node[1]!r};")
         elif uni[i]:
             pro.append(f"const double v{i} = " + _FN[kind].format(**dict(zip("ab", (f"v{a}" for a in node[1:])))) + ";")
-        elif kind == "div" and uni[node[2]]:  # by a per-tensor value: multiply by its reciprocal
-            pro.append(f"const double r{i} = 1.0 / v{node[2]};")
-            body.append(f"const T v{i} = v{node[1]} * static_cast<T>(r{i});")
         else:
             args = [f"v{a}" if not uni[a] else f"static_cast<T>(v{a})" for a in node[1:]]
             body.append(f"const T v{i} = " + _FN[kind].format(**dict(zip("ab", args))) + ";")
