@@ -122,6 +122,7 @@ def main() -> None:
     ap.add_argument("--layouts", nargs="+", default=["50x200k", "1000x10k"])
     ap.add_argument("--only", nargs="+", default=list(CASES), help="optimizer names to time")
     ap.add_argument("--markdown", help="also write the table as Markdown to this file")
+    ap.add_argument("--impl", default="auto", choices=["auto", "fused", "eager"], help="deepdescent's path")
     args = ap.parse_args()
     header = (f"machine: {_cpu_name()} ({torch.get_num_threads()} threads available), device {_device_name(args.device)}; "
               f"date {date.today()}; torch {torch.__version__}")
@@ -137,7 +138,9 @@ def main() -> None:
             n = sum(p.numel() for p in params)
             for name in args.only:
                 make, cls, kwargs, nbytes, note = CASES[name]
-                ours = time_steps(make(params), args.repeats, args.device)
+                opt = make(params)
+                opt.impl = args.impl
+                ours = time_steps(opt, args.repeats, args.device)
                 path, ref = torch_paths(cls, kwargs, params, args.repeats, args.device)
                 gbs = lambda t: n * nbytes / t / 1e9  # noqa: E731
                 row = (threads, layout, name, f"{ours * 1e3:.2f}", f"{gbs(ours):.1f}", path, f"{ref * 1e3:.2f}",

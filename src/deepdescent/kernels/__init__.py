@@ -122,7 +122,16 @@ def _compile(traces: list[Trace]) -> None:
 
 def fused_update(optimizer: Any, group: dict[str, Any], lookahead: bool, names: tuple[str, ...],
                  lists: list[list[Tensor]], steps: list[int]) -> None:
-    """Run the optimizer's update for ``group`` on CPU tensor lists (params, grads, buffers...)."""
+    """Run the optimizer's update for ``group`` on tensor lists (params, grads, buffers...): the
+    generated C++ loop on the CPU, the generated Triton kernel on CUDA."""
+    if lists[0][0].device.type == "cuda":
+        from deepdescent.kernels import triton_backend
+
+        with _LOCK:
+            tr, scalar_names, _ = _trace_for(optimizer, group, lookahead, names)
+        numeric = _numeric(group)
+        triton_backend.launch(tr, lists, [numeric[k] for k in scalar_names], steps)
+        return
     if _DISABLED:
         raise FusedUnavailable(_DISABLED)
     with _LOCK:
@@ -179,10 +188,14 @@ def build() -> int:
     return len(_FUNCTIONS)
 
 
-def available() -> str | None:
-    """None when the fused CPU path works here, else why not."""
+def available(device: str = "cpu") -> str | None:
+    """None when the fused path works here for ``device``, else why not."""
     if os.environ.get("DEEPDESCENT_NO_FUSED"):
         return "disabled by DEEPDESCENT_NO_FUSED"
+    if device == "cuda":
+        from deepdescent.kernels import triton_backend
+
+        return triton_backend.available()
     return _DISABLED
 
 

@@ -204,12 +204,13 @@ class BookOptimizer(Optimizer):
         if self.impl == "eager" or self._fused_off:
             return False
         first = lists[0][0]
-        ok = first.device.type == "cpu" and first.dtype in (torch.float32, torch.float64) and all(
+        dtypes = {"cpu": (torch.float32, torch.float64), "cuda": (torch.float32,)}.get(first.device.type, ())
+        ok = first.dtype in dtypes and all(
             t.dtype == first.dtype and t.device == first.device and t.is_contiguous() for lst in lists for t in lst)
         if not ok and self.impl == "fused":
-            raise RuntimeError(f"impl='fused' needs contiguous float32/float64 CPU tensors of one dtype "
-                               f"(got {first.dtype} on {first.device})")
-        reason = kernels.available()
+            raise RuntimeError(f"impl='fused' needs contiguous float32/float64 CPU tensors or float32 CUDA tensors "
+                               f"of one dtype (got {first.dtype} on {first.device})")
+        reason = kernels.available(first.device.type)
         if ok and reason:
             self._fused_failed(reason)
             return False
