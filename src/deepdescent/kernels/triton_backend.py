@@ -139,6 +139,7 @@ class _Tables:
 
 
 _TABLES: dict[tuple, _Tables] = {}
+_POINTERS: dict[tuple, Tensor] = {}
 
 
 def launch(trace: Trace, lists: list[list[Tensor]], scalars: list[float], steps: list[int]) -> None:
@@ -151,10 +152,13 @@ def launch(trace: Trace, lists: list[list[Tensor]], scalars: list[float], steps:
     tables = _TABLES[key]
     if tables.blocks == 0:
         return
-    ptrs = torch.tensor([[t.data_ptr() for t in lst] for lst in lists], dtype=torch.int64).pin_memory()
-    uni = uniform_values(trace, scalars, [[float(s)] for s in steps]).pin_memory()
-    ptrs_d = ptrs.to(device, non_blocking=True)
-    uni_d = uni.to(device, non_blocking=True)
+    addresses = tuple(t.data_ptr() for lst in lists for t in lst)
+    ptrs_d = _POINTERS.get(addresses)
+    if ptrs_d is None:  # new tensors (e.g. fresh .grad after zero_grad(set_to_none=True))
+        if len(_POINTERS) > 64:
+            _POINTERS.clear()
+        ptrs_d = _POINTERS[addresses] = torch.tensor(addresses, dtype=torch.int64).to(device)
+    uni_d = uniform_values(trace, scalars, [[float(s)] for s in steps]).to(device)
     _kernel(trace)[(tables.blocks,)](ptrs_d, tables.numels, tables.block_tensor, tables.block_start, uni_d,
                                      len(sizes), BLOCK=BLOCK)
 
