@@ -122,11 +122,30 @@ def test_killed_bench_resumes_without_losing_or_repeating(tmp_path):
     assert len(after) == 2 * (3 * 2 + 2 + 2 + 2)
 
 
+@pytest.mark.parametrize("search", ["qmc", "tpe"])
+def test_sampled_searches_store_and_resume(search, tmp_path):
+    args = ["bench", "--problem", "saddle", "--optimizer", "Adam", "--budget", "3", "--seeds", "2",
+            "--search", search, "--out", str(tmp_path / "run")]
+    first = CliRunner().invoke(app, args)
+    assert first.exit_code == 0, first.output
+    import optuna
+
+    url = f"sqlite:///{tmp_path / 'run' / 'results.db'}"
+    name = next(s.study_name for s in optuna.get_all_study_summaries(url) if f"/{search}/" in s.study_name)
+    trials = optuna.load_study(study_name=name, storage=url).get_trials()
+    lrs = [t.params["lr"] for t in trials]
+    assert len(trials) == 3 and len(set(lrs)) == 3 and all(1e-5 <= lr <= 1e-1 for lr in lrs)
+    again = CliRunner().invoke(app, args)  # everything is stored: nothing is proposed again
+    assert again.exit_code == 0
+    assert len(optuna.load_study(study_name=name, storage=url).get_trials()) == 3
+
+
 @pytest.mark.parametrize("args,message", [
     (["--problem", "sadle"], "unknown problem 'sadle'"),
     (["--optimizer", "Adamm"], "unknown optimizer 'Adamm'"),
     (["--suite", "medium"], "unknown suite 'medium'"),
     (["--device", "tpu"], "device='tpu'"),
+    (["--search", "random"], "unknown search 'random'"),
 ])
 def test_bench_bad_arguments(args, message, tmp_path):
     result = CliRunner().invoke(app, ["bench", *args, "--out", str(tmp_path / "x")])

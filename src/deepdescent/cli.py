@@ -53,6 +53,7 @@ def bench(
     problem: Annotated[list[str] | None, typer.Option(help="Only these problems (repeatable).")] = None,
     optimizer: Annotated[list[str] | None, typer.Option(help="Only these optimizers (repeatable).")] = None,
     budget: Annotated[int | None, typer.Option(min=1, help="Learning rates tried per optimizer.")] = None,
+    search: Annotated[str, typer.Option(help="grid (log grid), qmc (quasi-random) or tpe.")] = "grid",
     seeds: Annotated[int | None, typer.Option(min=1, help="Seeds per setting.")] = None,
     workers: Annotated[int, typer.Option(min=1, help="Local worker processes.")] = 1,
     storage: Annotated[str | None, typer.Option(help="Optuna storage URL (default: SQLite under --out).")] = None,
@@ -62,6 +63,8 @@ def bench(
     """Race the optimizers of chapter 8 on problems that each show one §8.2 challenge; resumable."""
     from deepdescent.lab import optimizers, problems, report, study
 
+    if search not in study.SEARCHES:
+        raise typer.BadParameter(f"unknown search {search!r}; valid: {', '.join(study.SEARCHES)}", param_hint="--search")
     if device != "cpu":
         raise typer.BadParameter(f"device={device!r}: the lab engine runs on the CPU in this version",
                                  param_hint="--device")
@@ -76,7 +79,7 @@ def bench(
         raise typer.BadParameter(str(err)) from err
     _check_out(out)
     proto = study.Protocol(suite=suite, budget=budget or (6 if suite == "quick" else 12),
-                           seeds=seeds or (2 if suite == "quick" else 3))
+                           seeds=seeds or (2 if suite == "quick" else 3), search=search)
     url = study.storage_url(out, storage)
     jobs = [(p, o) for p in names for o in opts
             if study.applicable(problems.problem(p), optimizers.optimizer(o), proto.quick)]
@@ -85,7 +88,8 @@ def bench(
     (out / "meta.json").write_text(json.dumps(meta, indent=1))
     study.open_study(url, "deepdescent-probe")  # a corrupt or unreachable storage fails here, clearly
     results: report.Results = {p: {} for p in names}
-    args = [(p, o, {"suite": proto.suite, "budget": proto.budget, "seeds": proto.seeds}, url) for p, o in jobs]
+    args = [(p, o, {"suite": proto.suite, "budget": proto.budget, "seeds": proto.seeds, "search": proto.search}, url)
+            for p, o in jobs]
     start = time.perf_counter()
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                   TimeElapsedColumn(), console=console, transient=True) as bar:
@@ -130,8 +134,7 @@ def report_cmd(directory: Annotated[Path, typer.Argument(help="A run directory m
         meta = json.loads(meta_path.read_text())
     except json.JSONDecodeError as err:
         raise typer.BadParameter(f"{str(meta_path)!r} is corrupt ({err.msg})", param_hint="DIRECTORY") from err
-    tag = meta["protocol"].split("-")
-    proto = study.Protocol(suite=tag[1], budget=int(tag[2][1:]), seeds=int(tag[3][1:]))
+    proto = study.Protocol.from_tag(meta["protocol"])
     results: report.Results = {}
     for p in meta["problems"]:
         for o in meta["optimizers"]:

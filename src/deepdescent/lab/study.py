@@ -34,18 +34,28 @@ from deepdescent.lab.problems import PROBLEMS, Problem
 PROTOCOL_VERSION = 1
 
 
+SEARCHES = ("grid", "qmc", "tpe")
+
+
 @dataclass(frozen=True)
 class Protocol:
     suite: str = "quick"
     budget: int = 6  # learning rates per optimizer
     seeds: int = 2
+    search: str = "grid"  # grid (log grid, vectorized), qmc (quasi-random, Sobol), tpe (Optuna's TPE)
 
     @property
     def quick(self) -> bool:
         return self.suite == "quick"
 
     def tag(self) -> str:
-        return f"v{PROTOCOL_VERSION}-{self.suite}-b{self.budget}-s{self.seeds}"
+        return f"v{PROTOCOL_VERSION}-{self.suite}-b{self.budget}-s{self.seeds}-{self.search}"
+
+    @classmethod
+    def from_tag(cls, tag: str) -> Protocol:
+        parts = tag.split("-")
+        return cls(suite=parts[1], budget=int(parts[2][1:]), seeds=int(parts[3][1:]),
+                   search=parts[4] if len(parts) > 4 else "grid")
 
 
 def storage_url(out: Path, storage: str | None) -> str:
@@ -127,23 +137,10 @@ def run_race(problem: Problem, spec: OptimizerSpec, protocol: Protocol, url: str
                 done[(None, s)] = r
         runs = [done[(None, s)] for s in seeds]
         return {"grid": runs, "tuned": runs, "defaults": runs}
-    grid = lr_grid(spec.default_lr, protocol.budget)  # type: ignore[arg-type]
-    study = open_study(url, f"{prefix}/grid/{protocol.tag()}")
-    done = stored(study)
-    missing_lrs = sorted({lr for lr in grid for s in seeds if (lr, s) not in done})
-    if missing_lrs and not run:
-        raise Missing(prefix)
-    if missing_lrs:
-        if progress:
-            progress(f"{prefix}: {len(missing_lrs)} learning rates × {len(seeds)} seeds")
-        try:
-            results = engine.run_vectorized(problem, spec, missing_lrs, seeds, protocol.quick)
-        except Exception:  # noqa: BLE001 - vmap cannot run this model: member by member
-            results = [engine.run_member(problem, spec, lr, s, protocol.quick) for lr in missing_lrs for s in seeds]
-        for r in results:
-            if (r.lr, r.seed) not in done:
-                record(study, r)
-                done[(r.lr, r.seed)] = r
+    if protocol.search == "grid":
+        grid, done = _grid_search(problem, spec, protocol, url, prefix, seeds, run, progress)
+    else:
+        grid, done = _sampled_search(problem, spec, protocol, url, prefix, seeds, run, progress)
     out["grid"] = [done[(lr, s)] for lr in grid for s in seeds]
     best = min(grid, key=lambda lr: median_final([done[(lr, s)] for s in seeds]))
     for track, lr in (("tuned", best), ("defaults", spec.default_lr)):
@@ -160,6 +157,68 @@ def run_race(problem: Problem, spec: OptimizerSpec, protocol: Protocol, url: str
                 done_t[(lr, s)] = r
         out[track] = [done_t[(lr, s)] for s in seeds]
     return out
+
+
+def _members(problem: Problem, spec: OptimizerSpec, lrs: list[float], seeds: list[int],
+             quick: bool) -> list[engine.RunResult]:
+    try:
+        return engine.run_vectorized(problem, spec, lrs, seeds, quick)
+    except Exception:  # noqa: BLE001 - vmap cannot run this model: member by member
+        return [engine.run_member(problem, spec, lr, s, quick) for lr in lrs for s in seeds]
+
+
+def _grid_search(problem, spec, protocol, url, prefix, seeds, run, progress):
+    grid = lr_grid(spec.default_lr, protocol.budget)
+    study = open_study(url, f"{prefix}/grid/{protocol.tag()}")
+    done = stored(study)
+    missing_lrs = sorted({lr for lr in grid for s in seeds if (lr, s) not in done})
+    if missing_lrs and not run:
+        raise Missing(prefix)
+    if missing_lrs:
+        if progress:
+            progress(f"{prefix}: {len(missing_lrs)} learning rates × {len(seeds)} seeds")
+        for r in _members(problem, spec, missing_lrs, seeds, protocol.quick):
+            if (r.lr, r.seed) not in done:
+                record(study, r)
+                done[(r.lr, r.seed)] = r
+    return grid, done
+
+
+def _sampled_search(problem, spec, protocol, url, prefix, seeds, run, progress):
+    """Quasi-random (Sobol) or TPE proposals of log₁₀ lr over the grid's 4 decades: one Optuna
+    trial per proposed learning rate, valued by the median final training loss of its seeds (all
+    seeds of a proposal train together, vectorized). Completed trials are kept on resume."""
+    optuna = _optuna()
+    sampler = optuna.samplers.QMCSampler(seed=0, scramble=True) if protocol.search == "qmc" else \
+        optuna.samplers.TPESampler(seed=0, n_startup_trials=min(4, protocol.budget))
+    name = f"{prefix}/{protocol.search}/{protocol.tag()}"
+    try:
+        study = optuna.create_study(study_name=name, storage=url, load_if_exists=True, sampler=sampler)
+    except Exception as err:  # noqa: BLE001
+        raise RuntimeError(f"cannot open the result storage {url!r} ({type(err).__name__}: {err})") from err
+    low, high = lr_grid(spec.default_lr, 2)
+    dist = {"lr": optuna.distributions.FloatDistribution(low, high, log=True)}
+
+    def completed():
+        return [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.COMPLETE]
+
+    if len(completed()) < protocol.budget and not run:
+        raise Missing(prefix)
+    while len(completed()) < protocol.budget:
+        trial = study.ask(dist)
+        lr = trial.params["lr"]
+        if progress:
+            progress(f"{prefix}: {protocol.search} proposal {len(completed()) + 1}/{protocol.budget}, lr={lr:.3g}")
+        runs = _members(problem, spec, [lr], seeds, protocol.quick)
+        trial.set_user_attr("runs", json.dumps([r.to_json() for r in runs]))
+        value = median_final(runs)
+        study.tell(trial, value if math.isfinite(value) else 1e300)
+    done = {}
+    for t in completed():
+        for d in json.loads(t.user_attrs["runs"]):
+            r = engine.RunResult.from_json(d)
+            done[(r.lr, r.seed)] = r
+    return sorted({lr for lr, _ in done}), done
 
 
 def suite(name: str) -> list[str]:
