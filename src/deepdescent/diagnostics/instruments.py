@@ -89,13 +89,13 @@ class Cheap(Instrument):
         grads = [p.grad for _, p in named]
         values: dict[str, Any] = {"loss": ctx.loss}
         if grads:
-            norms = torch.stack(torch._foreach_norm(grads)).double()
-            finite = torch.isfinite(norms)
-            total = float(norms[finite].square().sum().sqrt()) if bool(finite.any()) else math.nan
+            norms = torch.stack(torch._foreach_norm(grads)).double().tolist()  # one transfer
+            finite = [x for x in norms if math.isfinite(x)]
+            total = math.sqrt(sum(x * x for x in finite)) if finite else math.nan
             values["grad_norm"] = total
-            values["layer_grad_norms"] = {n: float(x) for (n, _), x in zip(named, norms)}
-            values["nonfinite_grads"] = int(sum(int((~torch.isfinite(g)).sum()) for g in grads)) if not bool(
-                finite.all()) else 0
+            values["layer_grad_norms"] = {n: x for (n, _), x in zip(named, norms)}
+            values["nonfinite_grads"] = 0 if len(finite) == len(norms) else int(
+                sum(int((~torch.isfinite(g)).sum()) for g in grads))
             avg = ctx.state.get("grad_norm_ema")
             values["spike_ratio"] = total / avg if avg else 1.0
             values["spike"] = bool(avg and total > self.spike_factor * avg)
