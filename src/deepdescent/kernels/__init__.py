@@ -121,7 +121,7 @@ def _compile(traces: list[Trace]) -> None:
 
 
 def fused_update(optimizer: Any, group: dict[str, Any], lookahead: bool, names: tuple[str, ...],
-                 lists: list[list[Tensor]], steps: list[int]) -> None:
+                 lists: list[list[Tensor]], steps: list[Any], found: Tensor | None = None) -> None:
     """Run the optimizer's update for ``group`` on tensor lists (params, grads, buffers...): the
     generated C++ loop on the CPU, the generated Triton kernel on CUDA."""
     if lists[0][0].device.type == "cuda":
@@ -130,7 +130,7 @@ def fused_update(optimizer: Any, group: dict[str, Any], lookahead: bool, names: 
         with _LOCK:
             tr, scalar_names, _ = _trace_for(optimizer, group, lookahead, names)
         numeric = _numeric(group)
-        triton_backend.launch(tr, lists, [numeric[k] for k in scalar_names], steps)
+        triton_backend.launch(tr, lists, [numeric[k] for k in scalar_names], steps, found)
         return
     if _DISABLED:
         raise FusedUnavailable(_DISABLED)

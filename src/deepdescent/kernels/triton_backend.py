@@ -53,11 +53,12 @@ def _uniform_inputs(trace: Trace) -> list[int]:
     return sorted(used)
 
 
-def uniform_values(trace: Trace, scalars: list[float], tensor_scalars: list[list[float]]) -> Tensor:
-    """(n_tensors, n_uniform) float64 values of the uniform nodes, computed on the host."""
-    n = len(tensor_scalars)
+def uniform_values(trace: Trace, scalars: list[float], tensor_scalars: Tensor) -> Tensor:
+    """(n_tensors, n_uniform) float64 values of the uniform nodes, computed where
+    ``tensor_scalars`` (n_tensors, k) lives (on the device: nothing is copied up per step)."""
+    ts = tensor_scalars.to(torch.float64)
+    n = ts.shape[0]
     env: dict[int, Tensor] = {}
-    ts = torch.tensor(tensor_scalars, dtype=torch.float64).reshape(n, -1)
     cols = _uniform_inputs(trace)
     uni = _uniform(trace)
     for i, node in enumerate(trace.graph.nodes):
@@ -65,14 +66,15 @@ def uniform_values(trace: Trace, scalars: list[float], tensor_scalars: list[list
             continue
         kind = node[0]
         if kind == "scalar":
-            env[i] = torch.full((n,), scalars[trace.scalars.index(node[1])], dtype=torch.float64)
+            env[i] = torch.full((n,), scalars[trace.scalars.index(node[1])], dtype=torch.float64, device=ts.device)
         elif kind == "tensor_scalar":
             env[i] = ts[:, trace.tensor_scalars.index(node[1])]
         elif kind == "const":
-            env[i] = torch.full((n,), node[1], dtype=torch.float64)
+            env[i] = torch.full((n,), node[1], dtype=torch.float64, device=ts.device)
         else:
             env[i] = _TORCH_OPS[kind](*(env[a] for a in node[1:]))
-    return torch.stack([env[c] for c in cols], dim=1) if cols else torch.zeros(n, 0, dtype=torch.float64)
+    return torch.stack([env[c] for c in cols], dim=1) if cols else torch.zeros(n, 0, dtype=torch.float64,
+                                                                                  device=ts.device)
 
 
 def source(trace: Trace, name: str) -> str:
@@ -82,11 +84,11 @@ def source(trace: Trace, name: str) -> str:
                    | set(trace.outputs))
     lines = [
         "import triton", "import triton.language as tl", "", "", "@triton.jit",
-        f"def {name}(ptrs, numels, block_tensor, block_start, uniform, n_tensors, BLOCK: tl.constexpr):",
+        f"def {name}(ptrs, numels, block_tensor, block_start, uniform, found, n_tensors, BLOCK: tl.constexpr):",
         "    pid = tl.program_id(0)",
         "    t = tl.load(block_tensor + pid)",
         "    offs = tl.load(block_start + pid) + tl.arange(0, BLOCK)",
-        "    mask = offs < tl.load(numels + t)",
+        "    mask = (offs < tl.load(numels + t)) & (tl.load(found) == 0)  # a non-finite step writes nothing",
     ]
     for li in lists:
         lines.append(f"    p{li} = tl.load(ptrs + {li} * n_tensors + t).to(tl.pointer_type(tl.float32))")
@@ -142,8 +144,10 @@ _TABLES: dict[tuple, _Tables] = {}
 _POINTERS: dict[tuple, Tensor] = {}
 
 
-def launch(trace: Trace, lists: list[list[Tensor]], scalars: list[float], steps: list[int]) -> None:
-    """One launch over all tensors of ``lists`` (float32, contiguous, one CUDA device)."""
+def launch(trace: Trace, lists: list[list[Tensor]], scalars: list[float], steps: list[Any],
+           found: Tensor | None = None) -> None:
+    """One launch over all tensors of ``lists`` (float32, contiguous, one CUDA device). ``steps``:
+    per-tensor step counts (device tensors: no copy); ``found``: the device's non-finite flag."""
     device = lists[0][0].device
     sizes = [t.numel() for t in lists[0]]
     key = (tuple(sizes), device)
@@ -158,8 +162,13 @@ def launch(trace: Trace, lists: list[list[Tensor]], scalars: list[float], steps:
         if len(_POINTERS) > 64:
             _POINTERS.clear()
         ptrs_d = _POINTERS[addresses] = torch.tensor(addresses, dtype=torch.int64).to(device)
-    uni_d = uniform_values(trace, scalars, [[float(s)] for s in steps]).to(device)
-    _kernel(trace)[(tables.blocks,)](ptrs_d, tables.numels, tables.block_tensor, tables.block_start, uni_d,
+    if steps and isinstance(steps[0], Tensor):
+        ts = torch.stack(steps).reshape(-1, 1)
+    else:
+        ts = torch.tensor([[float(s)] for s in steps], dtype=torch.float64).to(device)
+    uni_d = uniform_values(trace, scalars, ts)
+    flag = found if found is not None else torch.zeros((), device=device)
+    _kernel(trace)[(tables.blocks,)](ptrs_d, tables.numels, tables.block_tensor, tables.block_start, uni_d, flag,
                                      len(sizes), BLOCK=BLOCK)
 
 

@@ -59,8 +59,8 @@ class BookOptimizer(Optimizer):
         self._validate_group(dict(defaults))
         super().__init__(params, defaults)
         self.nonfinite: NonFinite = nonfinite
-        #: Steps left out because a gradient was not finite (saved in ``state_dict``).
-        self.skipped_steps = 0
+        self._skipped = 0  # skipped steps counted on the host; on CUDA, on the device (skipped_steps)
+        self._skipped_device: Tensor | None = None
         # How Nesterov's interim point θ̃ is handled, fixed at the first step: "closure" (the
         # parameters hold θ; step(closure) evaluates the gradient at θ̃) or "lookahead" (the
         # parameters hold θ̃; step() without closure).
@@ -128,14 +128,43 @@ class BookOptimizer(Optimizer):
         if closure is not None:
             loss = self._call_closure_at_interim(closure) if interim else _call(closure)
         batches = [self._gather(group) for group in self.param_groups]
-        if not self._gradients_finite(batches):
-            self.skipped_steps += 1
-            return loss
         lookahead = self._interim_mode == "lookahead"
+        if self._on_device(batches):  # the flag stays on the device: no synchronization
+            found = self._device_flag(batches)
+            for group, buckets in zip(self.param_groups, batches):
+                for batch in buckets.values():
+                    self._apply(group, batch, lookahead, found)
+            return loss
+        if not self._gradients_finite(batches):
+            self._skipped += 1
+            return loss
         for group, buckets in zip(self.param_groups, batches):
             for batch in buckets.values():
                 self._apply(group, batch, lookahead)
         return loss
+
+    @property
+    def skipped_steps(self) -> int:
+        """Steps left out because a gradient was not finite (reading it synchronizes on CUDA)."""
+        return self._skipped + (int(self._skipped_device.item()) if self._skipped_device is not None else 0)
+
+    def _on_device(self, batches: list[dict[Any, _Batch]]) -> bool:
+        """Whether every bucket runs the fused CUDA kernel, which skips a non-finite step itself."""
+        buckets = [b for bs in batches for b in bs.values()]
+        return bool(buckets) and self.nonfinite == "skip" and self.impl != "eager" and not self._fused_off and all(
+            b.params[0].device.type == "cuda" and b.params[0].dtype == torch.float32 for b in buckets
+        ) and kernels.available("cuda") is None
+
+    def _device_flag(self, batches: list[dict[Any, _Batch]]) -> Tensor:
+        device = next(b for bs in batches for b in bs.values()).params[0].device
+        found = torch.zeros((), device=device)
+        for bs in batches:
+            for b in bs.values():
+                found = torch.maximum(found, _found_nonfinite(b.grads))
+        if self._skipped_device is None:
+            self._skipped_device = torch.zeros((), device=device)
+        self._skipped_device += found
+        return found
 
     def _gather(self, group: dict[str, Any]) -> dict[tuple[torch.device, torch.dtype], _Batch]:
         buckets: dict[tuple[torch.device, torch.dtype], _Batch] = defaultdict(_Batch)
@@ -175,11 +204,14 @@ class BookOptimizer(Optimizer):
                 return found
         return _found_nonfinite(grads)
 
-    def _apply(self, group: dict[str, Any], batch: _Batch, lookahead: bool) -> None:
+    def _apply(self, group: dict[str, Any], batch: _Batch, lookahead: bool, found: Tensor | None = None) -> None:
         names = self._state_names(group)
         for p in batch.params:
             state = self.state[p]
-            state["step"] = state.get("step", 0) + 1
+            if found is None:
+                state["step"] = state.get("step", 0) + 1
+            elif not isinstance(state.get("step", 0), Tensor):  # on the device from now on
+                state["step"] = torch.tensor(float(state.get("step", 0)), device=p.device)
             for name in names:
                 if name not in state:  # new, or a hyperparameter (e.g. momentum) became non-zero
                     state[name] = self._init_buffer(name, p, group)
@@ -189,6 +221,10 @@ class BookOptimizer(Optimizer):
             group = {**group, "weight_decay": 0.0}  # already added at θ̃ (_decay_at_interim)
         lists = [batch.params, batch.grads, *([s[n] for s in batch.states] for n in names)]
         steps = [s["step"] for s in batch.states]
+        if found is not None:  # t advances only when the step is not skipped, on the device
+            torch._foreach_add_(steps, 1 - found)
+            kernels.fused_update(self, group, group_lookahead, names, lists, steps, found)
+            return
         if self._use_fused(lists):
             try:
                 kernels.fused_update(self, group, group_lookahead, names, lists, steps)
@@ -309,7 +345,7 @@ class BookOptimizer(Optimizer):
         self._check_shapes(state_dict)
         body = {k: v for k, v in state_dict.items() if k != "deepdescent"}
         super().load_state_dict(body)
-        self.skipped_steps = int(meta.get("skipped_steps", 0))
+        self._skipped, self._skipped_device = int(meta.get("skipped_steps", 0)), None
         self._interim_mode = meta.get("interim_mode")
 
     def _check_shapes(self, state_dict: dict[str, Any]) -> None:
