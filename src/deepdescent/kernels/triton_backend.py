@@ -84,14 +84,17 @@ def source(trace: Trace, name: str) -> str:
                    | set(trace.outputs))
     lines = [
         "import triton", "import triton.language as tl", "", "", "@triton.jit",
-        f"def {name}(ptrs, numels, block_tensor, block_start, uniform, found, n_tensors, BLOCK: tl.constexpr):",
+        f"def {name}(ptrs, numels, block_tensor, block_start, uniform, found, n_tensors, BLOCK: tl.constexpr,",
+        "           ALIGNED: tl.constexpr):",
         "    pid = tl.program_id(0)",
         "    t = tl.load(block_tensor + pid)",
-        "    offs = tl.load(block_start + pid) + tl.arange(0, BLOCK)",
+        "    offs = tl.multiple_of(tl.load(block_start + pid), BLOCK) + tl.arange(0, BLOCK)",
         "    mask = (offs < tl.load(numels + t)) & (tl.load(found) == 0)  # a non-finite step writes nothing",
     ]
-    for li in lists:
+    for li in lists:  # addresses from a table carry no alignment: say it, so loads are vectorized
         lines.append(f"    p{li} = tl.load(ptrs + {li} * n_tensors + t).to(tl.pointer_type(tl.float32))")
+        lines.append(f"    if ALIGNED:")
+        lines.append(f"        p{li} = tl.multiple_of(p{li}, 16)")
     for k, c in enumerate(cols):
         lines.append(f"    v{c} = tl.load(uniform + t * {len(cols)} + {k}).to(tl.float32)")
     for i, node in enumerate(trace.graph.nodes):
@@ -168,8 +171,9 @@ def launch(trace: Trace, lists: list[list[Tensor]], scalars: list[float], steps:
         ts = torch.tensor([[float(s)] for s in steps], dtype=torch.float64).to(device)
     uni_d = uniform_values(trace, scalars, ts)
     flag = found if found is not None else torch.zeros((), device=device)
+    aligned = all(a % 16 == 0 for a in addresses)
     _kernel(trace)[(tables.blocks,)](ptrs_d, tables.numels, tables.block_tensor, tables.block_start, uni_d, flag,
-                                     len(sizes), BLOCK=BLOCK)
+                                     len(sizes), BLOCK=BLOCK, ALIGNED=aligned)
 
 
 def available() -> str | None:
