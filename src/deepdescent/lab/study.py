@@ -122,41 +122,35 @@ def run_race(problem: Problem, spec: OptimizerSpec, protocol: Protocol, url: str
     stored results are read (:class:`Missing` if some are not there)."""
     seeds = list(range(protocol.seeds))
     prefix = f"{problem.name}/{spec.name}"
-    out: dict[str, list[engine.RunResult]] = {}
     if spec.kind == "second":
-        study = open_study(url, f"{prefix}/defaults/{protocol.tag()}")
-        done = stored(study)
-        for s in seeds:
-            if (None, s) not in done:
-                if not run:
-                    raise Missing(prefix)
-                if progress:
-                    progress(f"{prefix} seed {s}")
-                r = engine.run_member(problem, spec, None, s, protocol.quick)
-                record(study, r)
-                done[(None, s)] = r
-        runs = [done[(None, s)] for s in seeds]
+        runs = _track(problem, spec, None, seeds, protocol, url, f"{prefix}/defaults", run, progress)
         return {"grid": runs, "tuned": runs, "defaults": runs}
     if protocol.search == "grid":
         grid, done = _grid_search(problem, spec, protocol, url, prefix, seeds, run, progress)
     else:
         grid, done = _sampled_search(problem, spec, protocol, url, prefix, seeds, run, progress)
-    out["grid"] = [done[(lr, s)] for lr in grid for s in seeds]
     best = min(grid, key=lambda lr: median_final([done[(lr, s)] for s in seeds]))
-    for track, lr in (("tuned", best), ("defaults", spec.default_lr)):
-        study = open_study(url, f"{prefix}/{track}/{protocol.tag()}")
-        done_t = stored(study)
-        for s in seeds:
-            if (lr, s) not in done_t:
-                if not run:
-                    raise Missing(prefix)
-                if progress:
-                    progress(f"{prefix} {track} lr={lr:.3g} seed {s}")
-                r = engine.run_member(problem, spec, lr, s, protocol.quick)
-                record(study, r)
-                done_t[(lr, s)] = r
-        out[track] = [done_t[(lr, s)] for s in seeds]
-    return out
+    return {
+        "grid": [done[(lr, s)] for lr in grid for s in seeds],
+        "tuned": _track(problem, spec, best, seeds, protocol, url, f"{prefix}/tuned", run, progress),
+        "defaults": _track(problem, spec, spec.default_lr, seeds, protocol, url, f"{prefix}/defaults", run, progress),
+    }
+
+
+def _track(problem: Problem, spec: OptimizerSpec, lr: float | None, seeds: list[int], protocol: Protocol, url: str,
+           name: str, run: bool, progress: Callable[[str], None] | None) -> list[engine.RunResult]:
+    """One setting, every seed, member by member (real wall times), stored and resumable."""
+    study = open_study(url, f"{name}/{protocol.tag()}")
+    done = stored(study)
+    for s in seeds:
+        if (lr, s) not in done:
+            if not run:
+                raise Missing(name)
+            if progress:
+                progress(f"{name} lr={lr} seed {s}")
+            done[(lr, s)] = r = engine.run_member(problem, spec, lr, s, protocol.quick)
+            record(study, r)
+    return [done[(lr, s)] for s in seeds]
 
 
 def _members(problem: Problem, spec: OptimizerSpec, lrs: list[float], seeds: list[int],

@@ -33,13 +33,17 @@ def _coefficient(norm: Tensor, max_norm: float) -> Tensor:
     return torch.where(torch.isfinite(norm), coef, torch.ones_like(coef))
 
 
+def _global_norm(grads: list[Tensor]) -> Tensor:
+    return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+
+
 def clip_grad_norm_(params: Iterable[Tensor] | Tensor, max_norm: float) -> Tensor:
     """Clip the *global* gradient norm to ``max_norm``; returns the norm before clipping."""
     _check_threshold("max_norm", max_norm)
     grads = _grads(params)
     if not grads:
         return torch.zeros(())
-    norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+    norm = _global_norm(grads)
     torch._foreach_mul_(grads, _coefficient(norm, max_norm))
     return norm
 
@@ -63,7 +67,7 @@ def clip_grad_value_(params: Iterable[Tensor] | Tensor, max_value: float) -> Ten
     grads = _grads(params)
     if not grads:
         return torch.zeros(())
-    norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+    norm = _global_norm(grads)
     torch._foreach_clamp_min_(grads, -max_value)
     torch._foreach_clamp_max_(grads, max_value)
     return norm
