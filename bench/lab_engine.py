@@ -54,7 +54,7 @@ def main() -> None:
     agree = sum(abs(v.train_loss[-1] - s) <= 1e-3 * max(1.0, abs(s)) for v, s in zip(vec, seq) if not v.diverged)
     print(f"torch {torch.__version__}; {args.optimizer}, {len(lrs)} lrs × {len(seeds)} seeds = {len(vec)} trainings "
           f"of {problem.build(0, True).steps} steps on digits_mlp")
-    print(f"| vectorized (s) | sequential torch.optim (s) | speed-up | final losses agreeing to 1e-3 |")
+    print("| vectorized (s) | sequential torch.optim (s) | speed-up | final losses agreeing to 1e-3 |")
     print(f"|---|---|---|---|\n| {t_vec:.1f} | {t_seq:.1f} | {t_seq / t_vec:.1f}× | {agree}/{sum(not v.diverged for v in vec)} |")
 
 

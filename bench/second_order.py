@@ -155,7 +155,7 @@ def race(budget: float, seed: int) -> list[tuple[str, float, float, float]]:
     return results
 
 
-def main() -> None:  # noqa: D103
+def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--budget", type=float, default=400, help="gradient-equivalent evaluations per method")
     ap.add_argument("--seed", type=int, default=0)

@@ -161,7 +161,7 @@ def test_adagrad_step_shrinks_like_one_over_sqrt_k():
     p = _param([0.0])
     opt = optim.AdaGrad([p], lr=1.0, eps=1e-12)
     prev = 0.0
-    for k in range(1, 101):
+    for _ in range(100):
         p.grad = torch.tensor([2.0], dtype=torch.float64)
         opt.step()
         step = prev - p.item()

@@ -95,7 +95,7 @@ def bench(
                   TimeElapsedColumn(), console=console, transient=True) as bar:
         task = bar.add_task("racing", total=len(args))
         if workers > 1:
-            env = os.environ.setdefault("DEEPDESCENT_THREADS", "1")  # noqa: F841
+            os.environ.setdefault("DEEPDESCENT_THREADS", "1")  # each worker one thread: N workers, N cores
             with mp.get_context("spawn").Pool(workers) as pool:
                 for p, o, runs in pool.imap_unordered(_job, args):
                     results[p][o] = {k: [_from_json(r) for r in v] for k, v in runs.items()}

@@ -256,15 +256,11 @@ class Recurrent(Instrument):
         if not probes:
             raise ValueError("the model has no RNN/LSTM/GRU module and no state marked with mark_hidden()")
         grads = torch.autograd.grad(loss, probes, allow_unused=True)
-        out, i = {}, 0
+        out, it = {}, iter(grads)
         for k, group in enumerate(recorded):
-            norms = []
-            for probe in group:
-                gi = grads[i]
-                i += 1
-                norms.append(0.0 if gi is None else float(gi.reshape(gi.shape[0] if gi.dim() > 1 else 1, -1)
-                                                          .norm(dim=1).mean()))
-            out[f"call{k}"] = norms
+            per_step = [next(it) for _ in group]  # ∂L/∂h_t of this call's steps, in order
+            out[f"call{k}"] = [0.0 if g is None else float(g.reshape(g.shape[0] if g.dim() > 1 else 1, -1)
+                                                         .norm(dim=1).mean()) for g in per_step]
         return {"grad_norm_per_step": out}
 
 

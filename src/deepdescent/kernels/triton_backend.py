@@ -93,7 +93,7 @@ def source(trace: Trace, name: str) -> str:
     ]
     for li in lists:  # addresses from a table carry no alignment: say it, so loads are vectorized
         lines.append(f"    p{li} = tl.load(ptrs + {li} * n_tensors + t).to(tl.pointer_type(tl.float32))")
-        lines.append(f"    if ALIGNED:")
+        lines.append("    if ALIGNED:")
         lines.append(f"        p{li} = tl.multiple_of(p{li}, 16)")
     for k, c in enumerate(cols):
         lines.append(f"    v{c} = tl.load(uniform + t * {len(cols)} + {k}).to(tl.float32)")

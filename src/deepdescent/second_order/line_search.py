@@ -89,7 +89,7 @@ def strong_wolfe(phi: Phi, f0: float, slope0: float, t0: float = 1.0, *, c1: flo
                                 f"no bracket of a strong-Wolfe step in {max_evals} evaluations")
     # zoom between lo (sufficient decrease, lower f) and hi
     while evals < max_evals:
-        (tl, fl, sl, gl), (th, fh, sh, gh) = lo, hi
+        (tl, fl, sl, _), (th, fh, sh, _) = lo, hi
         width = abs(th - tl)
         if width < 1e-12 * max(1.0, abs(tl)):
             break
