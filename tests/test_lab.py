@@ -185,3 +185,13 @@ def test_every_problem_builds_deterministically(name):
     assert a.x_train.equal(b.x_train)
     loss = a.loss(a.model(a.x_train[: a.batch_size]), a.y_train[: a.batch_size])
     assert loss.isfinite()
+
+
+def test_bench_with_two_worker_processes(tmp_path):
+    out = tmp_path / "run"
+    args = ["bench", "--problem", "saddle", "--optimizer", "Adam", "--optimizer", "L-BFGS", "--budget", "2",
+            "--seeds", "1", "--workers", "2", "--out", str(out)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    rows = _complete(out / "results.db")
+    assert len(rows) == len(set(rows)) == 2 + 1 + 1 + 1  # Adam: grid 2, tuned 1, defaults 1; L-BFGS: 1
