@@ -167,7 +167,7 @@ def _sensitivity(problem: str, results, out: Path) -> str:
 
 
 def _trajectories(problem: str, results, out: Path) -> str | None:
-    runs = {n: t["tuned"][0] for n, t in results.items() if t["tuned"][0].trajectory}
+    runs = {n: t["tuned"][0] for n, t in results.items() if t["tuned"][0].trajectory and not t["tuned"][0].diverged}
     if not runs:
         return None
     task = PROBLEMS[problem].build(0, True)
@@ -195,7 +195,7 @@ def _trajectories(problem: str, results, out: Path) -> str | None:
     for name, r in runs.items():
         t = torch.tensor(r.trajectory)
         ax.plot(t[:, 0], t[:, 1], marker=".", ms=2, lw=1, label=name)
-    ax.set_title(f"{problem}: trajectories (tuned lr, seed 0) on log-loss contours")
+    ax.set_title(f"{problem}: trajectories (tuned lr, seed 0; diverged runs left out) on log-loss contours")
     ax.legend(fontsize=6, ncol=2)
     return _save(fig, out, f"{problem}_trajectories")
 
