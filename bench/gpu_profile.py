@@ -45,7 +45,6 @@ def main() -> None:
         ref = torch.optim.Adam(params, fused=True)
         print(f"{n} x {size}: full step {timed(opt.step):.3f} ms | torch fused Adam {timed(ref.step):.3f} ms | "
               f"non-finite check {timed(lambda: _found_nonfinite(lists[1])):.3f} | "
-              f"uniform values {timed(lambda: triton_backend.uniform_values(tr, scalars, torch.stack(steps).reshape(-1, 1))):.3f} | "
               f"step counters {timed(lambda: torch._foreach_add_(steps, 1 - found)):.3f} | "
               f"kernel launch {timed(lambda: triton_backend.launch(tr, lists, scalars, steps, found)):.3f} | "
               f"copy of the same bytes {timed(lambda: torch._foreach_copy_(lists[2], lists[3])):.3f}", flush=True)

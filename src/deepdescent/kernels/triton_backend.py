@@ -1,10 +1,11 @@
 """Triton code generation from a traced update (GPU): one launch per step for all tensors.
 
-The traced graph (:mod:`.trace`) is split in two: the parts that depend only on hyperparameters and
-per-tensor scalars (bias corrections, 1 − ρ, …) are evaluated on the host in float64, vectorized over
-the tensors, and uploaded with the pointer tables; the elementwise part becomes the body of a
-Triton kernel that walks all tensors of all lists (multi-tensor apply: each program handles one
-block of one tensor, found through a block table). The math is the functional core's, traced.
+The traced graph (:mod:`.trace`) becomes one Triton kernel that walks all tensors of all lists
+(multi-tensor apply: each program handles one block of one tensor, found through a block table).
+The parts that depend only on hyperparameters and per-tensor scalars (bias corrections, 1 − ρ, …)
+are computed per program in float64 from the hyperparameters (kernel arguments) and the tensor's
+step counter (read on the device); the elementwise part runs in float32. Nothing is copied to the
+device and nothing is read back per step. The math is the functional core's, traced.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import os
+import struct
 import tempfile
 from typing import Any
 
@@ -23,8 +25,6 @@ from deepdescent.kernels.trace import Trace
 
 BLOCK = 2048
 _MODULES: dict[str, Any] = {}
-_TORCH_OPS = {"add": torch.add, "sub": torch.sub, "mul": torch.mul, "div": torch.div, "neg": torch.neg,
-              "sqrt": torch.sqrt, "pow": torch.pow, "max": torch.maximum}
 _TL = {"add": "({a} + {b})", "sub": "({a} - {b})", "mul": "({a} * {b})", "div": "({a} / {b})", "neg": "(-{a})",
        "sqrt": "tl.sqrt({a})", "max": "tl.maximum({a}, {b})"}
 
@@ -53,50 +53,58 @@ def _uniform_inputs(trace: Trace) -> list[int]:
     return sorted(used)
 
 
-def uniform_values(trace: Trace, scalars: list[float], tensor_scalars: Tensor) -> Tensor:
-    """(n_tensors, n_uniform) float64 values of the uniform nodes, computed where
-    ``tensor_scalars`` (n_tensors, k) lives (on the device: nothing is copied up per step)."""
-    ts = tensor_scalars.to(torch.float64)
-    n = ts.shape[0]
-    env: dict[int, Tensor] = {}
-    cols = _uniform_inputs(trace)
-    uni = _uniform(trace)
-    for i, node in enumerate(trace.graph.nodes):
-        if not uni[i]:
-            continue
-        kind = node[0]
-        if kind == "scalar":
-            env[i] = torch.full((n,), scalars[trace.scalars.index(node[1])], dtype=torch.float64, device=ts.device)
-        elif kind == "tensor_scalar":
-            env[i] = ts[:, trace.tensor_scalars.index(node[1])]
-        elif kind == "const":
-            env[i] = torch.full((n,), node[1], dtype=torch.float64, device=ts.device)
-        else:
-            env[i] = _TORCH_OPS[kind](*(env[a] for a in node[1:]))
-    return torch.stack([env[c] for c in cols], dim=1) if cols else torch.zeros(n, 0, dtype=torch.float64,
-                                                                                  device=ts.device)
+def _uniform_closure(trace: Trace) -> list[int]:
+    """The uniform nodes the kernel computes: those it reads and everything they depend on."""
+    keep, stack = set(_uniform_inputs(trace)), list(_uniform_inputs(trace))
+    while stack:
+        node = trace.graph.nodes[stack.pop()]
+        if node[0] not in ("scalar", "tensor_scalar", "const"):
+            for a in node[1:]:
+                if a not in keep:
+                    keep.add(a)
+                    stack.append(a)
+    return sorted(keep)
+
+
+_TL64 = {**_TL, "pow": "libdevice.pow({a}, {b})"}
 
 
 def source(trace: Trace, name: str) -> str:
+    """The kernel: per program, the per-tensor values (bias corrections, …) in float64 from the
+    hyperparameters (passed by value, each as two float32 halves) and the tensor's step counter
+    (read on the device), then the elementwise update in float32 for one block of one tensor."""
     uni, needed = _uniform(trace), _needed(trace)
     cols = _uniform_inputs(trace)
     lists = sorted({n[1] for i, n in enumerate(trace.graph.nodes) if n[0] == "load" and i in needed}
                    | set(trace.outputs))
+    scalar_args = "".join(f"s{k}h, s{k}l, " for k in range(len(trace.scalars)))
     lines = [
-        "import triton", "import triton.language as tl", "", "", "@triton.jit",
-        f"def {name}(ptrs, numels, block_tensor, block_start, uniform, found, n_tensors, BLOCK: tl.constexpr,",
-        "           ALIGNED: tl.constexpr):",
+        "import triton", "import triton.language as tl", "from triton.language.extra import libdevice", "", "",
+        "@triton.jit",
+        f"def {name}(ptrs, step_ptrs, numels, block_tensor, block_start, found, n_tensors, {scalar_args}"
+        "BLOCK: tl.constexpr, ALIGNED: tl.constexpr):",
         "    pid = tl.program_id(0)",
         "    t = tl.load(block_tensor + pid)",
         "    offs = tl.multiple_of(tl.load(block_start + pid), BLOCK) + tl.arange(0, BLOCK)",
         "    mask = (offs < tl.load(numels + t)) & (tl.load(found) == 0)  # a non-finite step writes nothing",
     ]
+    for i in _uniform_closure(trace):
+        node = trace.graph.nodes[i]
+        if node[0] == "scalar":
+            k = trace.scalars.index(node[1])
+            lines.append(f"    u{i} = s{k}h.to(tl.float64) + s{k}l.to(tl.float64)")
+        elif node[0] == "tensor_scalar":
+            lines.append(f"    u{i} = tl.load(tl.load(step_ptrs + t).to(tl.pointer_type(tl.float32))).to(tl.float64)")
+        elif node[0] == "const":
+            lines.append(f"    u{i} = tl.full([], {node[1]!r}, tl.float64)")
+        else:
+            lines.append(f"    u{i} = " + _TL64[node[0]].format(**dict(zip("ab", (f"u{a}" for a in node[1:])))))
+    for c in cols:
+        lines.append(f"    v{c} = u{c}.to(tl.float32)")
     for li in lists:  # addresses from a table carry no alignment: say it, so loads are vectorized
         lines.append(f"    p{li} = tl.load(ptrs + {li} * n_tensors + t).to(tl.pointer_type(tl.float32))")
         lines.append("    if ALIGNED:")
         lines.append(f"        p{li} = tl.multiple_of(p{li}, 16)")
-    for k, c in enumerate(cols):
-        lines.append(f"    v{c} = tl.load(uniform + t * {len(cols)} + {k}).to(tl.float32)")
     for i, node in enumerate(trace.graph.nodes):
         if i not in needed or uni[i]:
             continue
@@ -147,6 +155,10 @@ _TABLES: dict[tuple, _Tables] = {}
 _POINTERS: dict[tuple, Tensor] = {}
 
 
+def _f32(x: float) -> float:
+    return struct.unpack("f", struct.pack("f", x))[0]
+
+
 def launch(trace: Trace, lists: list[list[Tensor]], scalars: list[float], steps: list[Any],
            found: Tensor | None = None) -> None:
     """One launch over all tensors of ``lists`` (float32, contiguous, one CUDA device). ``steps``:
@@ -159,21 +171,26 @@ def launch(trace: Trace, lists: list[list[Tensor]], scalars: list[float], steps:
     tables = _TABLES[key]
     if tables.blocks == 0:
         return
+    if not (steps and isinstance(steps[0], Tensor)):  # host-side counts (e.g. nonfinite="raise")
+        counts = torch.tensor([float(x) for x in steps], dtype=torch.float32, device=device)
+        steps = list(counts.unbind()) if len(steps) else []
     addresses = tuple(t.data_ptr() for lst in lists for t in lst)
-    ptrs_d = _POINTERS.get(addresses)
-    if ptrs_d is None:  # new tensors (e.g. fresh .grad after zero_grad(set_to_none=True))
+    step_addresses = tuple(x.data_ptr() for x in steps)
+    key_ptrs = addresses + step_addresses
+    tables_d = _POINTERS.get(key_ptrs)
+    if tables_d is None:  # new tensors (e.g. fresh .grad after zero_grad(set_to_none=True))
         if len(_POINTERS) > 64:
             _POINTERS.clear()
-        ptrs_d = _POINTERS[addresses] = torch.tensor(addresses, dtype=torch.int64).to(device)
-    if steps and isinstance(steps[0], Tensor):
-        ts = torch.stack(steps).reshape(-1, 1)
-    else:
-        ts = torch.tensor([[float(s)] for s in steps], dtype=torch.float64).to(device)
-    uni_d = uniform_values(trace, scalars, ts)
+        tables_d = _POINTERS[key_ptrs] = (torch.tensor(addresses, dtype=torch.int64).to(device),
+                                          torch.tensor(step_addresses or (0,), dtype=torch.int64).to(device))
+    halves = []
+    for x in scalars:  # a double as two float32 arguments: no copy to the device per step
+        hi = _f32(x)
+        halves += [hi, _f32(x - hi)]
     flag = found if found is not None else torch.zeros((), device=device)
     aligned = all(a % 16 == 0 for a in addresses)
-    _kernel(trace)[(tables.blocks,)](ptrs_d, tables.numels, tables.block_tensor, tables.block_start, uni_d, flag,
-                                     len(sizes), BLOCK=BLOCK, ALIGNED=aligned)
+    _kernel(trace)[(tables.blocks,)](tables_d[0], tables_d[1], tables.numels, tables.block_tensor, tables.block_start,
+                                     flag, len(sizes), *halves, BLOCK=BLOCK, ALIGNED=aligned)
 
 
 def available() -> str | None:
