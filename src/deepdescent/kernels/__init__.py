@@ -15,7 +15,9 @@ from __future__ import annotations
 import hashlib
 import os
 import platform
+import sys
 import threading
+import time
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -90,6 +92,22 @@ def _cpu_tag() -> str:
     return hashlib.sha1(flags.encode()).hexdigest()[:8]
 
 
+def _build_folder(name: str) -> str:
+    """A build folder per environment (its Python prefix and torch version): two virtual
+    environments never rebuild each other's kernels. A lock left by a process killed while
+    compiling (torch.utils.cpp_extension would wait on it forever) is removed after 10 minutes."""
+    env = hashlib.sha1(f"{sys.prefix}|{torch.__version__}".encode()).hexdigest()[:10]
+    root = os.environ.get("DEEPDESCENT_KERNEL_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "deepdescent"))
+    folder = os.path.join(root, f"kernels-{env}", name)
+    os.makedirs(folder, exist_ok=True)
+    lock = os.path.join(folder, "lock")
+    if os.path.exists(lock) and time.time() - os.path.getmtime(lock) > 600:
+        warnings.warn(f"deepdescent: removing a stale build lock {lock!r} (a compiler killed mid-build)",
+                      RuntimeWarning, stacklevel=3)
+        os.remove(lock)
+    return folder
+
+
 def _compile(traces: list[Trace]) -> None:
     """Compile the kernels of ``traces`` into one extension and register its functions."""
     global _DISABLED
@@ -108,9 +126,11 @@ def _compile(traces: list[Trace]) -> None:
         names.append("any_nonfinite")
     code = cpp.HEADER + "\n".join(sources)
     digest = hashlib.sha1(code.encode()).hexdigest()[:12]
+    name = f"deepdescent_kernels_{digest}_{_cpu_tag()}"
+    folder = _build_folder(name)
     try:
         module = cpp_extension.load_inline(
-            name=f"deepdescent_kernels_{digest}_{_cpu_tag()}", cpp_sources=code, functions=names,
+            name=name, cpp_sources=code, functions=names, build_directory=folder,
             extra_cflags=["-O3", "-march=native", "-fno-math-errno", "-fopenmp"], extra_ldflags=["-fopenmp"],
             verbose=False)
     except Exception as err:  # noqa: BLE001 - no compiler, no headers: fall back, say why once
