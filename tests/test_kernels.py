@@ -107,3 +107,19 @@ def test_trace_records_the_box_of_adam():
     assert env[t.outputs[2]] == pytest.approx(s) and env[t.outputs[3]] == pytest.approx(r)
     assert 1 not in t.outputs  # the gradient is never written
     assert structure_key({"lr": 0.1, "momentum": 0.0}) != structure_key({"lr": 0.1, "momentum": 0.9})
+
+
+def test_non_contiguous_gradients_fall_back_to_eager_and_fused_refuses():
+    def run(impl):
+        p = torch.nn.Parameter(torch.ones(4, 3))
+        opt = optim.Adam([p], lr=0.1, impl=impl)
+        for k in range(3):
+            p.grad = (torch.arange(12.0).reshape(3, 4) + k).T  # a transposed, non-contiguous gradient
+            opt.step()
+        return p.detach()
+
+    torch.testing.assert_close(run("auto"), run("eager"), rtol=0, atol=0)
+    with pytest.raises(RuntimeError, match="impl='fused' needs contiguous"):
+        run("fused")
+    g = torch.arange(6.0).reshape(2, 3).T
+    assert kernels.any_nonfinite([g]) is None  # the compiled check declines; the optimizer uses another

@@ -169,7 +169,14 @@ def any_nonfinite(tensors: list[Tensor]) -> bool | None:
     """True when some element of the (contiguous float32/float64 CPU) tensors is NaN or ±Inf: one
     read-only, vectorized pass. None when the compiled check is not available (use another)."""
     fn = _FUNCTIONS.get("any_nonfinite")
-    return None if fn is None else bool(fn(tensors))
+    if fn is None:
+        return None
+    try:
+        return bool(fn(tensors))
+    except RuntimeError as err:  # non-contiguous or mixed: let the caller use another check
+        if "deepdescent-fused" in str(err):
+            return None
+        raise
 
 
 def standard_configurations() -> list[tuple[Any, dict[str, Any], bool]]:

@@ -78,8 +78,15 @@ static void {name}_impl(const std::vector<std::vector<at::Tensor>>& lists, const
   const int64_t nl = lists.size(), nt = lists[0].size();
   std::vector<std::vector<T*>> ptr(nl, std::vector<T*>(nt));
   std::vector<int64_t> ct, cb, ce;
+  const auto dtype = lists[0][0].scalar_type();
+  const auto device = lists[0][0].device();
   for (int64_t t = 0; t < nt; ++t) {{
-    for (int64_t l = 0; l < nl; ++l) ptr[l][t] = lists[l][t].data_ptr<T>();
+    for (int64_t l = 0; l < nl; ++l) {{  // checked before anything is written
+      const at::Tensor& x = lists[l][t];
+      TORCH_CHECK(x.is_contiguous() && x.scalar_type() == dtype && x.device() == device &&
+                  x.numel() == lists[0][t].numel(), "deepdescent-fused: non-contiguous or mixed tensors");
+      ptr[l][t] = x.data_ptr<T>();
+    }}
     const int64_t n = lists[0][t].numel();
     for (int64_t b = 0; b < n; b += CHUNK) {{ ct.push_back(t); cb.push_back(b); ce.push_back(std::min(n, b + CHUNK)); }}
   }}
@@ -114,6 +121,8 @@ static bool any_nonfinite_impl(const std::vector<at::Tensor>& xs) {
   std::vector<const T*> ptr;
   std::vector<int64_t> ct, cb, ce;
   for (size_t t = 0; t < xs.size(); ++t) {
+    TORCH_CHECK(xs[t].is_contiguous() && xs[t].scalar_type() == xs[0].scalar_type(),
+                "deepdescent-fused: non-contiguous or mixed tensors");
     ptr.push_back(xs[t].data_ptr<T>());
     const int64_t n = xs[t].numel();
     for (int64_t b = 0; b < n; b += CHUNK) { ct.push_back(t); cb.push_back(b); ce.push_back(std::min(n, b + CHUNK)); }

@@ -178,7 +178,7 @@ class BookOptimizer(Optimizer):
                 )
             batch = buckets[(p.device, p.dtype)]
             batch.params.append(p)
-            batch.grads.append(self._interim_grads.pop(p, p.grad))
+            batch.grads.append(self._interim_grads.pop(p, p.grad) if self._interim_grads else p.grad)
         return buckets
 
     def _gradients_finite(self, batches: list[dict[Any, _Batch]]) -> bool:
@@ -197,9 +197,8 @@ class BookOptimizer(Optimizer):
         return False
 
     def _found_nonfinite(self, grads: list[Tensor]) -> Any:
-        if self.impl != "eager" and grads[0].device.type == "cpu" and grads[0].dtype in (
-                torch.float32, torch.float64) and all(g.is_contiguous() and g.dtype == grads[0].dtype for g in grads):
-            found = kernels.any_nonfinite(grads)  # the compiled read-only check, when built
+        if self.impl != "eager" and grads[0].device.type == "cpu" and grads[0].dtype in (torch.float32, torch.float64):
+            found = kernels.any_nonfinite(grads)  # the compiled read-only check (it checks the layout)
             if found is not None:
                 return found
         return _found_nonfinite(grads)
@@ -233,6 +232,12 @@ class BookOptimizer(Optimizer):
                 self._fused_failed(str(err))
             except (TypeError, AttributeError) as err:  # an update the tracer cannot follow
                 self._fused_failed(f"{type(self).__name__} cannot be traced: {err}")
+            except RuntimeError as err:  # the kernel checks the layout before writing anything
+                if "deepdescent-fused" not in str(err):
+                    raise
+                if self.impl == "fused":
+                    raise RuntimeError("impl='fused' needs contiguous float32/float64 CPU tensors or float32 CUDA "
+                                       "tensors of one dtype") from err
         for (params, grads, *bufs), chunk_steps in _chunks(lists, steps):
             self._update(group, params, grads, dict(zip(names, bufs)), chunk_steps, group_lookahead)
 
@@ -241,8 +246,9 @@ class BookOptimizer(Optimizer):
             return False
         first = lists[0][0]
         dtypes = {"cpu": (torch.float32, torch.float64), "cuda": (torch.float32,)}.get(first.device.type, ())
-        ok = first.dtype in dtypes and all(
-            t.dtype == first.dtype and t.device == first.device and t.is_contiguous() for lst in lists for t in lst)
+        # on the CPU the compiled loop checks every tensor's layout itself (cheaper than from Python)
+        ok = first.dtype in dtypes and (first.device.type == "cpu" or all(
+            t.dtype == first.dtype and t.device == first.device and t.is_contiguous() for lst in lists for t in lst))
         if not ok and self.impl == "fused":
             raise RuntimeError(f"impl='fused' needs contiguous float32/float64 CPU tensors or float32 CUDA tensors "
                                f"of one dtype (got {first.dtype} on {first.device})")
