@@ -7,7 +7,7 @@ import math
 
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from deepdescent import kernels, optim
@@ -67,12 +67,35 @@ def test_the_fused_kernel_is_really_used_and_skips_nonfinite_steps():
     assert kernels.any_nonfinite([torch.tensor([1.0, 3e38])]) is False
 
 
-def test_impl_fused_refuses_what_it_cannot_run():
-    p = torch.nn.Parameter(torch.ones(5, dtype=torch.bfloat16))
-    opt = optim.Adam([p], impl="fused")
-    p.grad = torch.ones(5, dtype=torch.bfloat16)
-    with pytest.raises(RuntimeError, match="impl='fused' needs contiguous float32/float64 CPU tensors"):
-        opt.step()
+@pytest.mark.parametrize("name", ["sgd", "nesterov", "rmsprop-momentum-torch", "adam", "adadelta"])
+@settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(shape_list=shapes)
+def test_triton_kernel_equals_eager_on_random_shapes(name, shape_list, triton_interpreter):
+    """The GPU path's generated Triton kernel (in Triton's interpreter): odd, empty and 0-dim shapes."""
+    fused = _run(MAKERS[name], shape_list, torch.float32, "fused", steps=3)
+    eager = _run(MAKERS[name], shape_list, torch.float32, "eager", steps=3)
+    for f, e in zip(fused, eager):
+        torch.testing.assert_close(f, e, rtol=2e-6, atol=2e-6)
+
+
+def test_triton_kernel_skips_a_nonfinite_step_on_the_device(triton_interpreter):
+    p = torch.nn.Parameter(torch.ones(3000, dtype=torch.bfloat16))
+    opt = optim.Adam([p], lr=0.1, impl="fused")
+    p.grad = torch.ones(3000, dtype=torch.bfloat16)
+    opt.step()
+    before, state = p.detach().clone(), {k: v.clone() for k, v in opt.state[p].items()}
+    assert isinstance(state["step"], torch.Tensor)  # the device path keeps the counter as a tensor
+    p.grad[2500] = math.inf
+    opt.step()
+    assert torch.equal(p.detach(), before) and opt.skipped_steps == 1
+    assert all(torch.equal(v, state[k]) for k, v in opt.state[p].items())
+    p.grad = torch.ones(3000, dtype=torch.bfloat16)
+    opt.step()
+    assert float(opt.state[p]["step"]) == 2.0 and not torch.equal(p.detach(), before)
+
+
+def test_impl_option_is_validated():
+    p = torch.nn.Parameter(torch.ones(5))
     with pytest.raises(ValueError, match="impl='cuda'"):
         optim.Adam([p], impl="cuda")
 
@@ -123,3 +146,17 @@ def test_non_contiguous_gradients_fall_back_to_eager_and_fused_refuses():
         run("fused")
     g = torch.arange(6.0).reshape(2, 3).T
     assert kernels.any_nonfinite([g]) is None  # the compiled check declines; the optimizer uses another
+
+
+@pytest.mark.parametrize("path", ["eager", "fused", "triton"])
+def test_nonfinite_propagate_does_not_look(path, request):
+    """``nonfinite="propagate"`` behaves like torch.optim: the NaN reaches the parameter."""
+    if path == "triton":
+        request.getfixturevalue("triton_interpreter")
+    p = torch.nn.Parameter(torch.ones(4))
+    opt = optim.SGD([p], lr=0.5, nonfinite="propagate", impl="eager" if path == "eager" else "fused")
+    p.grad = torch.tensor([1.0, math.nan, 1.0, 1.0])
+    opt.step()
+    assert math.isnan(p[1].item()) and p[0].item() == 0.5 and opt.skipped_steps == 0
+    with pytest.raises(ValueError, match="nonfinite"):
+        optim.SGD([p], lr=0.5, nonfinite="ignore")

@@ -109,15 +109,18 @@ def _modes(case):
     return ["closure", "lookahead"] if "nesterov" in case else ["plain", "closure"]
 
 
-@pytest.mark.parametrize("path", ["eager", "eager-chunked", "fused"])
+@pytest.mark.parametrize("path", ["eager", "eager-chunked", "fused", "triton"])
 @pytest.mark.parametrize("case,mode", [(c, m) for c in CASES for m in _modes(c)])
-def test_matches_float64_box(case, mode, path, monkeypatch):
+def test_matches_float64_box(case, mode, path, monkeypatch, request):
     """Every execution path: ``eager`` multi-tensor ops (``eager-chunked``: CPU chunks of 4
-    elements, so tensors are cut into flat views and grouped) and the ``fused`` generated kernel."""
+    elements, so tensors are cut into flat views and grouped), the ``fused`` generated C++ loop
+    and the generated Triton kernel of the GPU path (``triton``, in Triton's interpreter)."""
     monkeypatch.setattr(base, "CPU_CHUNK_NUMEL", 4 if path == "eager-chunked" else 1 << 16)
+    if path == "triton":
+        request.getfixturevalue("triton_interpreter")
     problem = Problem(seed=sum(map(ord, case)))
     expected = run_reference(case, problem)
-    got = run_ours(case, problem, mode, impl=path.split("-")[0])
+    got = run_ours(case, problem, mode, impl={"triton": "fused"}.get(path, path.split("-")[0]))
     for i, (e, g) in enumerate(zip(expected, got)):
         scale = e.abs().max().item() + 1.0
         err = (g.double() - e).abs().max().item() / scale

@@ -34,6 +34,9 @@ _LOCK = threading.Lock()
 _TRACES: dict[tuple, tuple[Trace, list[str], str]] = {}
 _FUNCTIONS: dict[str, Kernel] = {}
 _DISABLED: str | None = None  # why the fused path cannot be used on this machine
+#: Device kinds whose fused step is the generated Triton kernel. The tests add "cpu" and set
+#: TRITON_INTERPRET=1 to run that kernel in Triton's interpreter on a machine without a GPU.
+TRITON_DEVICES: tuple[str, ...] = ("cuda",)
 
 
 class FusedUnavailable(RuntimeError):
@@ -144,7 +147,7 @@ def fused_update(optimizer: Any, group: dict[str, Any], lookahead: bool, names: 
                  lists: list[list[Tensor]], steps: list[Any], found: Tensor | None = None) -> None:
     """Run the optimizer's update for ``group`` on tensor lists (params, grads, buffers...): the
     generated C++ loop on the CPU, the generated Triton kernel on CUDA."""
-    if lists[0][0].device.type == "cuda":
+    if lists[0][0].device.type in TRITON_DEVICES:
         from deepdescent.kernels import triton_backend
 
         with _LOCK:
@@ -163,6 +166,14 @@ def fused_update(optimizer: Any, group: dict[str, Any], lookahead: bool, names: 
                 _compile([tr])
     numeric = _numeric(group)
     _FUNCTIONS[name](lists, [numeric[k] for k in scalar_names], [float(s) for s in steps])
+
+
+def device_nonfinite(tensors: list[Tensor], found: Tensor) -> None:
+    """Set ``found`` to 1 when some element of ``tensors`` (contiguous, one dtype, on a device of
+    :data:`TRITON_DEVICES`) is NaN or ±Inf: one read-only Triton launch, no synchronization."""
+    from deepdescent.kernels import triton_backend
+
+    triton_backend.nonfinite(tensors, found)
 
 
 def any_nonfinite(tensors: list[Tensor]) -> bool | None:
@@ -222,7 +233,7 @@ def available(device: str = "cpu") -> str | None:
     if device == "cuda":
         from deepdescent.kernels import triton_backend
 
-        return triton_backend.available()
+        return triton_backend.available(interpret="cpu" in TRITON_DEVICES)
     return _DISABLED
 
 

@@ -29,7 +29,8 @@ def function_name(trace: Trace) -> str:
 
 
 def source_body(trace: Trace) -> str:
-    """The loop body (uniform prologue + element loop) for compute type T."""
+    """The loop body (uniform prologue + element loop): parameters and gradients (lists 0 and 1)
+    stored as P, state stored and all arithmetic done in S (float for bfloat16/half parameters)."""
     uni = _uniform(trace)
     needed = set(trace.outputs.values())
     stack = list(needed)
@@ -49,7 +50,7 @@ def source_body(trace: Trace) -> str:
             continue
         kind = node[0]
         if kind == "load":
-            body.append(f"const T v{i} = p{node[1]}[j];")
+            body.append(f"const S v{i} = static_cast<S>(p{node[1]}[j]);")
         elif kind == "scalar":
             pro.append(f"const double v{i} = s[{trace.scalars.index(node[1])}];")
         elif kind == "tensor_scalar":
@@ -59,33 +60,39 @@ def source_body(trace: Trace) -> str:
             pro.append(f"const double v{i} = {node[1]!r};")
         elif uni[i]:
             pro.append(f"const double v{i} = " + _FN[kind].format(**dict(zip("ab", (f"v{a}" for a in node[1:])))) + ";")
+        elif kind == "div" and uni[node[2]]:  # x / u as x · (1/u): a multiply per element, not a divide
+            pro.append(f"const double r{i} = 1.0 / v{node[2]};")
+            a = f"v{node[1]}" if not uni[node[1]] else f"static_cast<S>(v{node[1]})"
+            body.append(f"const S v{i} = ({a} * static_cast<S>(r{i}));")
         else:
-            args = [f"v{a}" if not uni[a] else f"static_cast<T>(v{a})" for a in node[1:]]
-            body.append(f"const T v{i} = " + _FN[kind].format(**dict(zip("ab", args))) + ";")
-    stores = [f"p{li}[j] = v{n};" if not uni[n] else f"p{li}[j] = static_cast<T>(v{n});"
+            args = [f"v{a}" if not uni[a] else f"static_cast<S>(v{a})" for a in node[1:]]
+            body.append(f"const S v{i} = " + _FN[kind].format(**dict(zip("ab", args))) + ";")
+    stores = [f"p{li}[j] = static_cast<{'P' if li < 2 else 'S'}>(static_cast<S>(v{n}));"
               for li, n in sorted(trace.outputs.items())]
-    ptrs = [f"T* __restrict__ p{li} = ptr[{li}][t];" for li in loads]
+    ptrs = [f"{'P' if li < 2 else 'S'}* __restrict__ p{li} = static_cast<{'P' if li < 2 else 'S'}*>(ptr[{li}][t]);"
+            for li in loads]
     return "\n".join([*pro, *ptrs, "#pragma omp simd", "for (int64_t j = lo; j < hi; ++j) {", *body, *stores, "}"])
 
 
 def source(trace: Trace) -> str:
-    """A complete C++ function ``name(lists, s, ts)`` for float and double tensors."""
+    """A complete C++ function ``name(lists, s, ts)``: float and double tensors, and bfloat16/half
+    parameters and gradients with float state."""
     name = function_name(trace)
     return f"""
-template <typename T>
+template <typename P, typename S>
 static void {name}_impl(const std::vector<std::vector<at::Tensor>>& lists, const std::vector<double>& s,
                         const std::vector<double>& ts) {{
   const int64_t nl = lists.size(), nt = lists[0].size();
-  std::vector<std::vector<T*>> ptr(nl, std::vector<T*>(nt));
+  std::vector<std::vector<void*>> ptr(nl, std::vector<void*>(nt));
   std::vector<int64_t> ct, cb, ce;
-  const auto dtype = lists[0][0].scalar_type();
   const auto device = lists[0][0].device();
   for (int64_t t = 0; t < nt; ++t) {{
     for (int64_t l = 0; l < nl; ++l) {{  // checked before anything is written
       const at::Tensor& x = lists[l][t];
+      const auto dtype = l < 2 ? c10::CppTypeToScalarType<P>::value : c10::CppTypeToScalarType<S>::value;
       TORCH_CHECK(x.is_contiguous() && x.scalar_type() == dtype && x.device() == device &&
                   x.numel() == lists[0][t].numel(), "deepdescent-fused: non-contiguous or mixed tensors");
-      ptr[l][t] = x.data_ptr<T>();
+      ptr[l][t] = x.data_ptr();
     }}
     const int64_t n = lists[0][t].numel();
     for (int64_t b = 0; b < n; b += CHUNK) {{ ct.push_back(t); cb.push_back(b); ce.push_back(std::min(n, b + CHUNK)); }}
@@ -101,8 +108,12 @@ static void {name}_impl(const std::vector<std::vector<at::Tensor>>& lists, const
 void {name}(const std::vector<std::vector<at::Tensor>>& lists, const std::vector<double>& s,
            const std::vector<double>& ts) {{
   if (lists[0].empty()) return;
-  if (lists[0][0].scalar_type() == at::kDouble) {name}_impl<double>(lists, s, ts);
-  else {name}_impl<float>(lists, s, ts);
+  switch (lists[0][0].scalar_type()) {{
+    case at::kDouble: {name}_impl<double, double>(lists, s, ts); break;
+    case at::kBFloat16: {name}_impl<at::BFloat16, float>(lists, s, ts); break;
+    case at::kHalf: {name}_impl<at::Half, float>(lists, s, ts); break;
+    default: {name}_impl<float, float>(lists, s, ts);
+  }}
 }}
 """
 

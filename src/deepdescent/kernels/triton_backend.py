@@ -23,7 +23,9 @@ from torch import Tensor
 from deepdescent.kernels.cpp import _uniform
 from deepdescent.kernels.trace import Trace
 
-BLOCK = 2048
+#: Elements per program and warps per program (bench/gpu_check.py sweeps them on the card at hand).
+BLOCK = int(os.environ.get("DEEPDESCENT_TRITON_BLOCK", 2048))
+NUM_WARPS = int(os.environ.get("DEEPDESCENT_TRITON_WARPS", 4))
 _MODULES: dict[str, Any] = {}
 _TL = {"add": "({a} + {b})", "sub": "({a} - {b})", "mul": "({a} * {b})", "div": "({a} / {b})", "neg": "(-{a})",
        "sqrt": "tl.sqrt({a})", "max": "tl.maximum({a}, {b})"}
@@ -67,42 +69,73 @@ def _uniform_closure(trace: Trace) -> list[int]:
 
 
 _TL64 = {**_TL, "pow": "libdevice.pow({a}, {b})"}
+# β^t with t a step counter (a whole number): by squaring, in float64; float32 → bfloat16 rounded to
+# nearest even with integer operations. Both run the same in Triton's interpreter (which has no
+# libdevice and truncates casts to bfloat16), so the CPU tests execute the very same kernel text.
+_POWI = '''
+@triton.jit
+def _powi(base, n):
+    result = tl.full([], 1.0, tl.float64)
+    e = n.to(tl.int64)
+    while e > 0:
+        result = tl.where((e % 2) == 1, result * base, result)
+        base = base * base
+        e = e // 2
+    return result
 
 
-def source(trace: Trace, name: str) -> str:
+@triton.jit
+def _to_bf16(x):
+    bits = x.to(tl.uint32, bitcast=True)
+    rounded = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16
+    rounded = tl.where(x != x, 0x7FC0, rounded)
+    return rounded.to(tl.uint16).to(tl.bfloat16, bitcast=True)
+'''
+
+
+def source(trace: Trace, name: str, param_dtype: str = "float32") -> str:
     """The kernel: per program, the per-tensor values (bias corrections, …) in float64 from the
     hyperparameters (passed by value, each as two float32 halves) and the tensor's step counter
-    (read on the device), then the elementwise update in float32 for one block of one tensor."""
+    (read on the device), then the elementwise update in float32 for one block of one tensor.
+    Parameters and gradients (lists 0 and 1) are ``param_dtype`` (float32, bfloat16 or float16),
+    the state float32; values are rounded to ``param_dtype`` (to nearest even) only when stored."""
     uni, needed = _uniform(trace), _needed(trace)
     cols = _uniform_inputs(trace)
     lists = sorted({n[1] for i, n in enumerate(trace.graph.nodes) if n[0] == "load" and i in needed}
                    | set(trace.outputs))
     scalar_args = "".join(f"s{k}h, s{k}l, " for k in range(len(trace.scalars)))
     lines = [
-        "import triton", "import triton.language as tl", "from triton.language.extra import libdevice", "", "",
+        "import triton", "import triton.language as tl", "from triton.language.extra import libdevice", "",
+        _POWI, "",
         "@triton.jit",
         f"def {name}(ptrs, step_ptrs, numels, block_tensor, block_start, found, n_tensors, {scalar_args}"
         "BLOCK: tl.constexpr, ALIGNED: tl.constexpr):",
         "    pid = tl.program_id(0)",
         "    t = tl.load(block_tensor + pid)",
         "    offs = tl.multiple_of(tl.load(block_start + pid), BLOCK) + tl.arange(0, BLOCK)",
-        "    mask = (offs < tl.load(numels + t)) & (tl.load(found) == 0)  # a non-finite step writes nothing",
+        "    limit = tl.where(tl.load(found) == 0, tl.load(numels + t), 0)  # a non-finite step writes nothing",
+        "    mask = offs < limit",
     ]
     for i in _uniform_closure(trace):
         node = trace.graph.nodes[i]
         if node[0] == "scalar":
             k = trace.scalars.index(node[1])
-            lines.append(f"    u{i} = s{k}h.to(tl.float64) + s{k}l.to(tl.float64)")
+            lines.append(f"    u{i} = (tl.full([], 0.0, tl.float64) + s{k}h) + s{k}l")
         elif node[0] == "tensor_scalar":
             lines.append(f"    u{i} = tl.load(tl.load(step_ptrs + t).to(tl.pointer_type(tl.float32))).to(tl.float64)")
         elif node[0] == "const":
             lines.append(f"    u{i} = tl.full([], {node[1]!r}, tl.float64)")
+        elif node[0] == "pow" and trace.graph.nodes[node[2]][0] == "tensor_scalar":
+            lines.append(f"    u{i} = _powi(u{node[1]}, u{node[2]})")
+        elif node[0] == "pow" and trace.graph.nodes[node[2]] == ("const", 0.5):
+            lines.append(f"    u{i} = tl.sqrt(u{node[1]})")
         else:
             lines.append(f"    u{i} = " + _TL64[node[0]].format(**dict(zip("ab", (f"u{a}" for a in node[1:])))))
     for c in cols:
         lines.append(f"    v{c} = u{c}.to(tl.float32)")
     for li in lists:  # addresses from a table carry no alignment: say it, so loads are vectorized
-        lines.append(f"    p{li} = tl.load(ptrs + {li} * n_tensors + t).to(tl.pointer_type(tl.float32))")
+        dtype = param_dtype if li < 2 else "float32"
+        lines.append(f"    p{li} = tl.load(ptrs + {li} * n_tensors + t).to(tl.pointer_type(tl.{dtype}))")
         lines.append("    if ALIGNED:")
         lines.append(f"        p{li} = tl.multiple_of(p{li}, 16)")
     for i, node in enumerate(trace.graph.nodes):
@@ -114,26 +147,50 @@ def source(trace: Trace, name: str) -> str:
             args = dict(zip("ab", (f"v{a}" for a in node[1:])))
             lines.append(f"    v{i} = " + _TL[node[0]].format(**args))
     for li, n in sorted(trace.outputs.items()):
-        lines.append(f"    tl.store(p{li} + offs, v{n}, mask=mask)")
+        value = f"v{n}" if li >= 2 or param_dtype == "float32" else f"v{n}.to(tl.{param_dtype})"
+        if li < 2 and param_dtype == "bfloat16":  # to nearest even, by hand: the interpreter would truncate
+            value = f"_to_bf16(v{n})"
+        lines.append(f"    tl.store(p{li} + offs, {value}, mask=mask)")
     return "\n".join(lines) + "\n"
 
 
-def _kernel(trace: Trace) -> Any:
-    text = source(trace, "kernel")
-    key = hashlib.sha1(text.encode()).hexdigest()[:16]
+def _load(text: str, name: str) -> Any:
+    """The jitted function ``name`` of module source ``text`` (written once to a temp folder:
+    Triton reads a kernel's source from its file)."""
+    interpret = os.environ.get("TRITON_INTERPRET", "0")  # an interpreted kernel is another module
+    key = hashlib.sha1((text + interpret).encode()).hexdigest()[:16]
     if key not in _MODULES:
         folder = os.path.join(tempfile.gettempdir(), "deepdescent_triton")
         os.makedirs(folder, exist_ok=True)
         path = os.path.join(folder, f"k_{key}.py")
         if not os.path.exists(path):
-            with open(path + ".tmp", "w") as f:
+            with open(f"{path}.{os.getpid()}.tmp", "w") as f:
                 f.write(text)
-            os.replace(path + ".tmp", path)
+            os.replace(f"{path}.{os.getpid()}.tmp", path)
         spec = importlib.util.spec_from_file_location(f"deepdescent_triton_k_{key}", path)
         module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
         spec.loader.exec_module(module)  # type: ignore[union-attr]
-        _MODULES[key] = module.kernel
+        _MODULES[key] = getattr(module, name)
     return _MODULES[key]
+
+
+def check_source(dtype: str) -> str:
+    """A read-only multi-tensor check: sets ``found`` to 1 when some element is NaN or ±Inf."""
+    return f"""import triton
+import triton.language as tl
+
+
+@triton.jit
+def check(ptrs, numels, block_tensor, block_start, found, BLOCK: tl.constexpr):
+    pid = tl.program_id(0)
+    t = tl.load(block_tensor + pid)
+    offs = tl.load(block_start + pid) + tl.arange(0, BLOCK)
+    p = tl.load(ptrs + t).to(tl.pointer_type(tl.{dtype}))
+    x = tl.load(p + offs, mask=offs < tl.load(numels + t), other=0.0).to(tl.float32)
+    # x·0 is NaN exactly when x is NaN or ±Inf; every lane that sees one writes the same 1 (no atomics,
+    # and only builtins: Triton's interpreter cannot run library functions such as tl.max here)
+    tl.store(found + offs * 0, tl.full([BLOCK], 1.0, tl.float32), mask=(x * 0.0) != 0.0)
+"""
 
 
 class _Tables:
@@ -159,44 +216,69 @@ def _f32(x: float) -> float:
     return struct.unpack("f", struct.pack("f", x))[0]
 
 
+def _tables(tensors: list[Tensor]) -> _Tables:
+    sizes = [t.numel() for t in tensors]
+    key = (tuple(sizes), tensors[0].device, BLOCK)
+    if key not in _TABLES:
+        _TABLES[key] = _Tables(sizes, tensors[0].device)
+    return _TABLES[key]
+
+
+def _pointers(addresses: tuple[int, ...], device: torch.device) -> Tensor:
+    """The addresses as an int64 device tensor (cached: the same tensors keep their table)."""
+    key = (device, addresses)
+    table = _POINTERS.get(key)
+    if table is None:  # new tensors (e.g. fresh .grad after zero_grad(set_to_none=True))
+        if len(_POINTERS) > 64:
+            _POINTERS.clear()
+        table = _POINTERS[key] = torch.tensor(addresses or (0,), dtype=torch.int64).to(device)
+    return table
+
+
+def nonfinite(tensors: list[Tensor], found: Tensor) -> None:
+    """Set ``found`` (a 0-dim float32 device tensor) to 1 when some element of ``tensors`` (contiguous,
+    one dtype) is NaN or ±Inf: one read-only launch, no synchronization."""
+    tables = _tables(tensors)
+    if tables.blocks == 0:
+        return
+    kernel = _load(check_source(str(tensors[0].dtype).removeprefix("torch.")), "check")
+    kernel[(tables.blocks,)](_pointers(tuple(t.data_ptr() for t in tensors), found.device), tables.numels,
+                             tables.block_tensor, tables.block_start, found, BLOCK=BLOCK, num_warps=NUM_WARPS)
+
+
 def launch(trace: Trace, lists: list[list[Tensor]], scalars: list[float], steps: list[Any],
            found: Tensor | None = None) -> None:
-    """One launch over all tensors of ``lists`` (float32, contiguous, one CUDA device). ``steps``:
-    per-tensor step counts (device tensors: no copy); ``found``: the device's non-finite flag."""
+    """One launch over all tensors of ``lists`` (contiguous, one device; parameters and gradients
+    float32, bfloat16 or float16, state float32). ``steps``: per-tensor step counts (device
+    tensors: no copy); ``found``: the device's non-finite flag."""
     device = lists[0][0].device
-    sizes = [t.numel() for t in lists[0]]
-    key = (tuple(sizes), device)
-    if key not in _TABLES:
-        _TABLES[key] = _Tables(sizes, device)
-    tables = _TABLES[key]
+    tables = _tables(lists[0])
     if tables.blocks == 0:
         return
     if not (steps and isinstance(steps[0], Tensor)):  # host-side counts (e.g. nonfinite="raise")
         counts = torch.tensor([float(x) for x in steps], dtype=torch.float32, device=device)
         steps = list(counts.unbind()) if len(steps) else []
     addresses = tuple(t.data_ptr() for lst in lists for t in lst)
-    step_addresses = tuple(x.data_ptr() for x in steps)
-    key_ptrs = addresses + step_addresses
-    tables_d = _POINTERS.get(key_ptrs)
-    if tables_d is None:  # new tensors (e.g. fresh .grad after zero_grad(set_to_none=True))
-        if len(_POINTERS) > 64:
-            _POINTERS.clear()
-        tables_d = _POINTERS[key_ptrs] = (torch.tensor(addresses, dtype=torch.int64).to(device),
-                                          torch.tensor(step_addresses or (0,), dtype=torch.int64).to(device))
     halves = []
     for x in scalars:  # a double as two float32 arguments: no copy to the device per step
         hi = _f32(x)
         halves += [hi, _f32(x - hi)]
     flag = found if found is not None else torch.zeros((), device=device)
     aligned = all(a % 16 == 0 for a in addresses)
-    _kernel(trace)[(tables.blocks,)](tables_d[0], tables_d[1], tables.numels, tables.block_tensor, tables.block_start,
-                                     flag, len(sizes), *halves, BLOCK=BLOCK, ALIGNED=aligned)
+    kernel = _load(source(trace, "kernel", str(lists[0][0].dtype).removeprefix("torch.")), "kernel")
+    kernel[(tables.blocks,)](_pointers(addresses, device), _pointers(tuple(x.data_ptr() for x in steps), device),
+                             tables.numels, tables.block_tensor, tables.block_start, flag, len(lists[0]), *halves,
+                             BLOCK=BLOCK, ALIGNED=aligned, num_warps=NUM_WARPS)
 
 
-def available() -> str | None:
+def available(interpret: bool = False) -> str | None:
+    """None when the kernel can run: triton installed, and a CUDA device (or, with ``interpret``,
+    TRITON_INTERPRET=1: Triton's interpreter on the CPU)."""
     try:
         import triton  # noqa: F401
     except ImportError:
         return "triton is not installed"
-    return None if torch.cuda.is_available() else "no CUDA device"
+    if torch.cuda.is_available() or (interpret and os.environ.get("TRITON_INTERPRET") == "1"):
+        return None
+    return "no CUDA device"
 

@@ -3,7 +3,7 @@
 from deepdescent.optim.adadelta import AdaDelta
 from deepdescent.optim.adagrad import AdaGrad
 from deepdescent.optim.adam import Adam
-from deepdescent.optim.base import BookOptimizer, NonFiniteGradientError
+from deepdescent.optim.base import BookOptimizer, NonFiniteGradientError, state_dtype
 from deepdescent.optim.delta_bar_delta import DeltaBarDelta
 from deepdescent.optim.rmsprop import RMSProp
 from deepdescent.optim.sgd import SGD
@@ -11,5 +11,5 @@ from deepdescent.second_order import BFGS, LBFGS, ConjugateGradient, HessianFree
 
 __all__ = [
     "BFGS", "LBFGS", "SGD", "AdaDelta", "AdaGrad", "Adam", "BookOptimizer", "ConjugateGradient", "DeltaBarDelta",
-    "HessianFree", "Newton", "NonFiniteGradientError", "RMSProp",
+    "HessianFree", "Newton", "NonFiniteGradientError", "RMSProp", "state_dtype",
 ]

@@ -23,9 +23,15 @@ from deepdescent import kernels
 from deepdescent.algorithms._common import with_weight_decay
 from deepdescent.optim import _validation as check
 
-NonFinite = Literal["skip", "raise"]
+NonFinite = Literal["skip", "raise", "propagate"]
 #: Keys that torch's LR schedulers and named parameters add to a param group.
 _FOREIGN_GROUP_KEYS = frozenset({"params", "param_names", "initial_lr", "name"})
+#: Parameter dtypes whose optimizer state is kept in float32 (and whose update is computed in float32).
+LOW_PRECISION = (torch.bfloat16, torch.float16)
+#: Parameter dtypes of the fused paths, per device kind.
+_FUSED_DTYPES = {"cpu": (torch.float32, torch.float64, *LOW_PRECISION), "cuda": (torch.float32, *LOW_PRECISION)}
+_FUSED_NEEDS = ("tensors (parameters and gradients of one dtype: float32, float64 on the CPU, bfloat16 or "
+                "float16; state of the dtype state_dtype() gives)")
 #: Elements per CPU chunk (measured best on 2-thread EPYC, L2 1 MiB per core; see BENCHMARKS.md).
 CPU_CHUNK_NUMEL = 1 << 16
 
@@ -45,11 +51,16 @@ class _Batch:
 
 class BookOptimizer(Optimizer):
     """Base class; subclasses implement :meth:`_validate_group`, :meth:`_state_names` and
-    :meth:`_update` (and :meth:`_uses_interim_point` for Nesterov methods)."""
+    :meth:`_update` (and :meth:`_uses_interim_point` for Nesterov methods).
+
+    Mixed precision: the state of bfloat16/float16 parameters is float32 (:func:`state_dtype`), the
+    update is computed in float32 and the parameters are rounded (to nearest even) once per step,
+    on every path (eager, fused C++, Triton); other parameters keep state in their own dtype.
+    """
 
     def __init__(self, params: Any, defaults: dict[str, Any], *, nonfinite: NonFinite = "skip",
                  impl: str = "auto") -> None:
-        check.choice("nonfinite", nonfinite, ("skip", "raise"))
+        check.choice("nonfinite", nonfinite, ("skip", "raise", "propagate"))
         check.choice("impl", impl, ("auto", "fused", "eager"))
         #: execution path: "fused" (one generated C++ loop per step, CPU), "eager" (multi-tensor
         #: ops), "auto" (fused where it applies, eager elsewhere; a fused path that cannot be built
@@ -101,7 +112,7 @@ class BookOptimizer(Optimizer):
 
     def _init_buffer(self, name: str, p: Tensor, group: dict[str, Any]) -> Tensor:
         """The initial value of state buffer ``name`` for ``p`` (zero, as every box of §8.5 says)."""
-        return torch.zeros_like(p, memory_format=torch.preserve_format)
+        return torch.zeros_like(p, dtype=state_dtype(p.dtype), memory_format=torch.preserve_format)
 
     def _uses_interim_point(self, group: dict[str, Any]) -> bool:
         """Whether the gradient of this group is taken at θ̃ = θ + αv (Nesterov)."""
@@ -149,18 +160,31 @@ class BookOptimizer(Optimizer):
         return self._skipped + (int(self._skipped_device.item()) if self._skipped_device is not None else 0)
 
     def _on_device(self, batches: list[dict[Any, _Batch]]) -> bool:
-        """Whether every bucket runs the fused CUDA kernel, which skips a non-finite step itself."""
+        """Whether every bucket runs the fused device kernel (Triton), which skips a non-finite step
+        itself: contiguous parameters, gradients and state of the dtypes it takes."""
         buckets = [b for bs in batches for b in bs.values()]
-        return bool(buckets) and self.nonfinite == "skip" and self.impl != "eager" and not self._fused_off and all(
-            b.params[0].device.type == "cuda" and b.params[0].dtype == torch.float32 for b in buckets
-        ) and kernels.available("cuda") is None
+        if not buckets or self.nonfinite == "raise" or self.impl == "eager" or self._fused_off:
+            return False
+        if not all(b.params[0].device.type in kernels.TRITON_DEVICES and b.params[0].dtype in _FUSED_DTYPES["cuda"]
+                   for b in buckets) or kernels.available("cuda") is not None:
+            return False
+        for b in buckets:
+            wide = state_dtype(b.params[0].dtype)
+            for p, g in zip(b.params, b.grads):
+                if not (p.is_contiguous() and g.is_contiguous() and g.dtype == p.dtype and all(
+                        v.is_contiguous() and v.dtype == wide and v.device == p.device
+                        for k, v in self.state.get(p, {}).items() if k != "step")):
+                    return False
+        return True
 
     def _device_flag(self, batches: list[dict[Any, _Batch]]) -> Tensor:
         device = next(b for bs in batches for b in bs.values()).params[0].device
         found = torch.zeros((), device=device)
+        if self.nonfinite == "propagate":
+            return found
         for bs in batches:
             for b in bs.values():
-                found = torch.maximum(found, _found_nonfinite(b.grads))
+                kernels.device_nonfinite(b.grads, found)  # one read-only pass; sets found to 1
         if self._skipped_device is None:
             self._skipped_device = torch.zeros((), device=device)
         self._skipped_device += found
@@ -182,6 +206,8 @@ class BookOptimizer(Optimizer):
         return buckets
 
     def _gradients_finite(self, batches: list[dict[Any, _Batch]]) -> bool:
+        if self.nonfinite == "propagate":
+            return True
         flags = [self._found_nonfinite(b.grads) for buckets in batches for b in buckets.values()]
         if not any(bool(f) for f in flags):  # on the CPU, reading a CPU scalar is not a sync
             return True
@@ -213,7 +239,7 @@ class BookOptimizer(Optimizer):
                 state["step"] = torch.tensor(float(state.get("step", 0)), device=p.device)
             for name in names:
                 if name not in state:  # new, or a hyperparameter (e.g. momentum) became non-zero
-                    state[name] = self._init_buffer(name, p, group)
+                    state[name] = self._init_buffer(name, p, group).to(state_dtype(p.dtype))
             batch.states.append(state)
         group_lookahead = lookahead and self._uses_interim_point(group)
         if self._uses_interim_point(group) and not lookahead and group["weight_decay"] != 0:
@@ -236,23 +262,29 @@ class BookOptimizer(Optimizer):
                 if "deepdescent-fused" not in str(err):
                     raise
                 if self.impl == "fused":
-                    raise RuntimeError("impl='fused' needs contiguous float32/float64 CPU tensors or float32 CUDA "
-                                       "tensors of one dtype") from err
+                    raise RuntimeError(f"impl='fused' needs contiguous {_FUSED_NEEDS}") from err
         for (params, grads, *bufs), chunk_steps in _chunks(lists, steps):
-            self._update(group, params, grads, dict(zip(names, bufs)), chunk_steps, group_lookahead)
+            if params[0].dtype in LOW_PRECISION:  # compute in float32 (the state's dtype), store rounded
+                wide = [p.float() for p in params]
+                self._update(group, wide, [g.float() for g in grads], dict(zip(names, bufs)), chunk_steps,
+                             group_lookahead)
+                torch._foreach_copy_(params, wide)
+            else:
+                self._update(group, params, grads, dict(zip(names, bufs)), chunk_steps, group_lookahead)
 
     def _use_fused(self, lists: list[list[Tensor]]) -> bool:
         if self.impl == "eager" or self._fused_off:
             return False
         first = lists[0][0]
-        dtypes = {"cpu": (torch.float32, torch.float64), "cuda": (torch.float32,)}.get(first.device.type, ())
+        device = "cuda" if first.device.type in kernels.TRITON_DEVICES else first.device.type
+        wide = state_dtype(first.dtype)
         # on the CPU the compiled loop checks every tensor's layout itself (cheaper than from Python)
-        ok = first.dtype in dtypes and (first.device.type == "cpu" or all(
-            t.dtype == first.dtype and t.device == first.device and t.is_contiguous() for lst in lists for t in lst))
+        ok = first.dtype in _FUSED_DTYPES.get(device, ()) and (device == "cpu" or all(
+            t.dtype == (first.dtype if i < 2 else wide) and t.device == first.device and t.is_contiguous()
+            for i, lst in enumerate(lists) for t in lst))
         if not ok and self.impl == "fused":
-            raise RuntimeError(f"impl='fused' needs contiguous float32/float64 CPU tensors or float32 CUDA tensors "
-                               f"of one dtype (got {first.dtype} on {first.device})")
-        reason = kernels.available(first.device.type)
+            raise RuntimeError(f"impl='fused' needs contiguous {_FUSED_NEEDS} (got {first.dtype} on {first.device})")
+        reason = kernels.available(device)
         if ok and reason:
             self._fused_failed(reason)
             return False
@@ -351,8 +383,22 @@ class BookOptimizer(Optimizer):
         self._check_shapes(state_dict)
         body = {k: v for k, v in state_dict.items() if k != "deepdescent"}
         super().load_state_dict(body)
+        self._restore_state_dtype(state_dict)
         self._skipped, self._skipped_device = int(meta.get("skipped_steps", 0)), None
         self._interim_mode = meta.get("interim_mode")
+
+    def _restore_state_dtype(self, state_dict: dict[str, Any]) -> None:
+        # torch.optim casts floating state to the parameter's dtype; the float32 state of a
+        # bfloat16/float16 parameter is taken from the saved values instead (no round trip).
+        params = [p for g in self.param_groups for p in g["params"]]
+        index = dict(zip((i for g in state_dict["param_groups"] for i in g["params"]), params))
+        for i, saved in state_dict["state"].items():
+            p = index[i]
+            if p.dtype not in LOW_PRECISION:
+                continue
+            for key, value in saved.items():
+                if key != "step" and isinstance(value, Tensor) and value.is_floating_point():
+                    self.state[p][key] = value.to(device=p.device, dtype=state_dtype(p.dtype))
 
     def _check_shapes(self, state_dict: dict[str, Any]) -> None:
         params = [p for g in self.param_groups for p in g["params"]]
@@ -382,6 +428,12 @@ class BookOptimizer(Optimizer):
                     where = f"param_groups[{gi}]['params'][{pi}]"
                     return f"{names[pi]!r} ({where}, shape {tuple(p.shape)})" if names else f"{where} (shape {tuple(p.shape)})"
         return f"(shape {tuple(p.shape)})"
+
+
+def state_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype of the optimizer state (and of the update's arithmetic) for parameters of ``dtype``:
+    float32 for bfloat16/float16 parameters, the parameters' own dtype otherwise."""
+    return torch.float32 if dtype in LOW_PRECISION else dtype
 
 
 def _found_nonfinite(grads: list[Tensor]) -> Tensor:

@@ -35,10 +35,13 @@ class SGD(BookOptimizer):
             whole velocity by the current ε. Both agree while ε is constant.
         nonfinite: ``"skip"`` (default) leaves parameters and state unchanged on a step whose
             gradients hold NaN/Inf and counts it in :attr:`skipped_steps`; ``"raise"`` raises
-            :class:`~deepdescent.optim.NonFiniteGradientError` naming the parameter.
-        impl: ``"auto"`` (default: the fused CPU kernel generated from this algorithm's formula
-            where it applies — contiguous float32/float64 CPU tensors — else the eager
-            multi-tensor path), ``"fused"`` (require it) or ``"eager"``. Both run the same formula.
+            :class:`~deepdescent.optim.NonFiniteGradientError` naming the parameter;
+            ``"propagate"`` does not look (NaN/Inf reach parameters and state, as in torch.optim):
+            one read of the gradients less per step, for when something else (e.g. a GradScaler)
+            already guards the step.
+        impl: ``"auto"`` (default: the fused kernel generated from this algorithm's formula where
+            it applies — contiguous tensors: C++ on the CPU, Triton on CUDA — else the eager
+            multi-tensor path), ``"fused"`` (require it) or ``"eager"``. All run the same formula.
 
     Nesterov's interim point. ``step(closure)`` moves the parameters to θ̃ = θ + αv, calls the
     closure there, restores θ and applies the update: the parameters hold θ, exactly as in the box.
