@@ -8,6 +8,7 @@ exits non-zero on a failure. Timing is bench/step_speed.py --device cuda.
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 import sys
 
@@ -77,6 +78,44 @@ def main() -> int:
             gpu = trajectory("cuda", made)
             err = max(((c - g).abs().max() / (c.abs().max() + 1)).item() for c, g in zip(cpu, gpu))
             check(f"cuda {path} == cpu: {name}", err < 1e-5, f"(max rel err {err:.1e})")
+    # mixed precision: bfloat16/float16 parameters, float32 state, same rounding as the CPU's fused loop
+    for name, make in CONFIGS.items():
+        if name == "delta-bar-delta":
+            continue
+        for dtype in (torch.bfloat16, torch.float16):
+            cpu = trajectory("cpu", make, dtype=dtype)
+            gpu = trajectory("cuda", make, dtype=dtype)
+            err = max(((c - g).abs().max() / (c.abs().max() + 1)).item() for c, g in zip(cpu, gpu))
+            ulp = torch.finfo(dtype).eps
+            check(f"cuda fused == cpu fused, {dtype}: {name}", err <= 2 * ulp, f"(max rel err {err / ulp:.2f} ulp)")
+    # the per-group plan of the device step follows changes between steps
+    pf, pe = ([torch.nn.Parameter(torch.linspace(-1, 1, 3000, device="cuda")),
+               torch.nn.Parameter(torch.linspace(2, 3, 700, device="cuda"))] for _ in range(2))
+    of, oe = optim.SGD(pf, lr=0.05), optim.SGD(pe, lr=0.05, impl="eager")
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    worst = 0.0
+    for k in range(8):
+        grads = [torch.randn(p.shape, generator=gen, device="cuda") for p in pf]
+        for i, (x, y, g) in enumerate(zip(pf, pe, grads)):
+            x.grad, y.grad = (None, None) if (k == 2 and i == 1) else (g.clone(), g.clone())
+        if k == 3:
+            pf[0].data, pe[0].data = pf[0].data.clone(), pe[0].data.clone()
+        if k == 4:
+            for o in (of, oe):
+                o.param_groups[0]["momentum"] = 0.9
+        if k == 6:
+            of.load_state_dict(copy.deepcopy(oe.state_dict()))
+        of.step()
+        oe.step()
+        worst = max(worst, max((x - y).abs().max().item() for x, y in zip(pf, pe)))
+    check("cuda device plan follows changes (missing grad, new memory, new state, loaded state)", worst < 1e-5,
+          f"(max abs err {worst:.1e})")
+    # nonfinite="propagate": no check, the NaN reaches the parameter (as in torch.optim)
+    p = torch.nn.Parameter(torch.ones(4, device="cuda"))
+    o = optim.SGD([p], lr=0.5, nonfinite="propagate")
+    p.grad = torch.tensor([1.0, math.nan, 1.0, 1.0], device="cuda")
+    o.step()
+    check("cuda nonfinite='propagate'", math.isnan(p[1].item()) and p[0].item() == 0.5 and o.skipped_steps == 0)
     # parity with torch.optim on CUDA
     for name, ours, theirs in [
         ("adam", lambda p: optim.Adam(p, lr=1e-2), lambda p: torch.optim.Adam(p, lr=1e-2, fused=True)),

@@ -4,7 +4,8 @@ For each algorithm, the reference is torch.optim's fastest implementation of the
 nearest) mathematics, measured in the same run: each of torch's paths (fused, foreach, for-loop)
 that exists for it is timed and the fastest is kept. Parameters: 10M float32 as 50 × 200k and as
 1000 × 10k tensors; 1 and 2 threads. Reports ms/step, GB/s of minimal memory traffic and the ratio
-ours/torch of throughput (> 1: deepdescent is faster).
+ours/torch of throughput (> 1: deepdescent is faster). On the CPU, the final pair (ours and torch's
+fastest path) is timed alternately, step by step, so that a shared machine's slow phases hit both.
 
     python bench/step_speed.py [--device cpu|cuda] [--threads 1 2] [--repeats 15] [--markdown FILE]
 """
@@ -50,9 +51,9 @@ def _cpu_name() -> str:
         return platform.machine()
 
 
-def _device_name(device: str) -> str:
+def _device_name(device: str, copy: float) -> str:
     if device == "cuda":
-        return f"cuda ({torch.cuda.get_device_name()}, device copy {copy_bandwidth():.0f} GB/s)"
+        return f"cuda ({torch.cuda.get_device_name()}, device copy {copy:.0f} GB/s)"
     return device
 
 
@@ -81,12 +82,32 @@ def make_params(layout: str, device: str) -> list[torch.nn.Parameter]:
     return params
 
 
+def refresh(params: list[torch.nn.Parameter]) -> None:
+    """Fresh parameters and gradients for the next contender (same shapes and memory): torch's
+    foreach SGD with Nesterov adds the momentum buffer into the gradients in place, which would
+    otherwise grow step after step until they overflow."""
+    for p in params:
+        p.data.normal_()
+        p.grad.normal_()
+
+
 def time_steps(opt: torch.optim.Optimizer, repeats: int, device: str) -> float:
-    """Median seconds per step after 3 warm-up steps."""
+    """Seconds per step after 3 warm-up steps: on the CPU the median of single steps; on a GPU, where
+    steps are queued without waiting (as in training), the median over 5 runs of ``repeats``
+    back-to-back steps between two synchronizations (throughput, not the latency of one step)."""
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     for _ in range(3):
         opt.step()
     sync()
+    if device == "cuda":
+        runs = []
+        for _ in range(5):
+            t0 = time.perf_counter()
+            for _ in range(repeats):
+                opt.step()
+            sync()
+            runs.append((time.perf_counter() - t0) / repeats)
+        return statistics.median(runs)
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
@@ -96,19 +117,38 @@ def time_steps(opt: torch.optim.Optimizer, repeats: int, device: str) -> float:
     return statistics.median(times)
 
 
+def time_pair(ours: torch.optim.Optimizer, theirs: torch.optim.Optimizer, repeats: int) -> tuple[float, float]:
+    """CPU: median seconds per step of each, stepping them alternately (a shared machine's slow
+    phases then hit both alike)."""
+    for _ in range(3):
+        ours.step()
+        theirs.step()
+    a, b = [], []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        ours.step()
+        t1 = time.perf_counter()
+        theirs.step()
+        a.append(t1 - t0)
+        b.append(time.perf_counter() - t1)
+    return statistics.median(a), statistics.median(b)
+
+
+def torch_flags(path: str) -> dict:
+    return {"fused": dict(fused=True), "foreach": dict(foreach=True), "forloop": dict(foreach=False)}[path]
+
+
 def torch_paths(cls: type, kwargs: dict, params: list, repeats: int, device: str) -> tuple[str, float]:
     """The fastest of torch's implementations that exist for this optimizer and device."""
     best = ("", float("inf"))
     for path in ("fused", "foreach", "forloop"):
-        flags = {"fused": dict(fused=True), "foreach": dict(foreach=True), "forloop": dict(foreach=False)}[path]
         try:
-            opt = cls(params, **kwargs, **flags)
+            opt = cls(params, **kwargs, **torch_flags(path))
             t = time_steps(opt, repeats, device)
         except (RuntimeError, TypeError, ValueError):
             continue  # this path does not exist for this optimizer/device
         finally:
-            for p in params:
-                p.data.normal_()  # fresh values for the next contender, same shapes
+            refresh(params)
         if t < best[1]:
             best = (path, t)
     return best
@@ -123,28 +163,43 @@ def main() -> None:
     ap.add_argument("--only", nargs="+", default=list(CASES), help="optimizer names to time")
     ap.add_argument("--markdown", help="also write the table as Markdown to this file")
     ap.add_argument("--impl", default="auto", choices=["auto", "fused", "eager"], help="deepdescent's path")
+    ap.add_argument("--nonfinite", default="skip", choices=["skip", "propagate"],
+                    help="deepdescent's non-finite handling (torch.optim does no check: 'propagate' is like for like)")
     args = ap.parse_args()
-    header = (f"machine: {_cpu_name()} ({torch.get_num_threads()} threads available), device {_device_name(args.device)}; "
-              f"date {date.today()}; torch {torch.__version__}")
+    copy = copy_bandwidth() if args.device == "cuda" else 0.0
+    header = (f"machine: {_cpu_name()} ({torch.get_num_threads()} threads available), device {_device_name(args.device, copy)}; "
+              f"date {date.today()}; torch {torch.__version__}; deepdescent impl={args.impl}, nonfinite={args.nonfinite}")
     print(header)
     rows = []
     cols = ("threads", "layout", "optimizer", "ours ms", "ours GB/s", "torch path", "torch ms", "torch GB/s",
-            "ratio", "torch math")
+            "ratio", "torch math", "ours / fused Adam GB/s") + (("% of copy",) if args.device == "cuda" else ())
     print(" | ".join(cols))
     for threads in args.threads if args.device == "cpu" else [torch.get_num_threads()]:
         torch.set_num_threads(threads)
         for layout in args.layouts:
             params = make_params(layout, args.device)
             n = sum(p.numel() for p in params)
+            adam = time_steps(torch.optim.Adam(params, lr=1e-3, fused=True), args.repeats, args.device)
+            adam_gbs = n * 28 / adam / 1e9
             for name in args.only:
                 make, cls, kwargs, nbytes, note = CASES[name]
                 opt = make(params)
-                opt.impl = args.impl
+                opt.impl, opt.nonfinite = args.impl, args.nonfinite
                 ours = time_steps(opt, args.repeats, args.device)
+                if getattr(opt, "skipped_steps", 0):
+                    raise SystemExit(f"{name}: {opt.skipped_steps} steps skipped (non-finite gradients): not timed")
+                refresh(params)
                 path, ref = torch_paths(cls, kwargs, params, args.repeats, args.device)
+                if args.device == "cpu":  # the final pair timed alternately
+                    opt = make(params)
+                    opt.impl, opt.nonfinite = args.impl, args.nonfinite
+                    ours, ref = time_pair(opt, cls(params, **kwargs, **torch_flags(path)), args.repeats)
+                    refresh(params)
                 gbs = lambda t: n * nbytes / t / 1e9  # noqa: E731
                 row = (threads, layout, name, f"{ours * 1e3:.2f}", f"{gbs(ours):.1f}", path, f"{ref * 1e3:.2f}",
-                       f"{gbs(ref):.1f}", f"{ref / ours:.2f}", note)
+                       f"{gbs(ref):.1f}", f"{ref / ours:.2f}", note, f"{gbs(ours) / adam_gbs:.2f}")
+                if args.device == "cuda":
+                    row += (f"{100 * gbs(ours) / copy:.0f}%",)
                 rows.append(row)
                 print(" | ".join(map(str, row)), flush=True)
             del params

@@ -3,6 +3,7 @@ shapes (odd sizes, empty and 0-dim tensors), float32 and float64, several groups
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -160,3 +161,31 @@ def test_nonfinite_propagate_does_not_look(path, request):
     assert math.isnan(p[1].item()) and p[0].item() == 0.5 and opt.skipped_steps == 0
     with pytest.raises(ValueError, match="nonfinite"):
         optim.SGD([p], lr=0.5, nonfinite="ignore")
+
+
+def test_device_step_follows_changes_between_steps(triton_interpreter):
+    """The GPU step keeps a plan per group (state, addresses); it must notice a parameter without a
+    gradient, a parameter given new memory, a hyperparameter that adds state, and a loaded state."""
+    def make(impl):
+        a, b = torch.nn.Parameter(torch.linspace(-1, 1, 300)), torch.nn.Parameter(torch.linspace(2, 3, 70))
+        return [a, b], optim.SGD([a, b], lr=0.05, impl=impl)
+
+    (pf, of), (pe, oe) = make("fused"), make("eager")
+    gen = torch.Generator().manual_seed(0)
+    for k in range(8):
+        grads = [torch.randn(p.shape, generator=gen) for p in pf]
+        for i, (x, y, g) in enumerate(zip(pf, pe, grads)):
+            x.grad, y.grad = (None, None) if (k == 2 and i == 1) else (g.clone(), g.clone())
+        if k == 3:
+            pf[0].data, pe[0].data = pf[0].data.clone(), pe[0].data.clone()
+        if k == 4:
+            for o in (of, oe):
+                o.param_groups[0]["momentum"] = 0.9  # the update now needs a velocity buffer
+        if k == 6:
+            of.load_state_dict(copy.deepcopy(oe.state_dict()))  # (torch.optim shares loaded tensors)
+        of.step()
+        oe.step()
+        for x, y in zip(pf, pe):
+            torch.testing.assert_close(x.detach(), y.detach(), rtol=2e-6, atol=2e-6, msg=lambda m: f"step {k}: {m}")
+    assert isinstance(of.state[pf[0]]["step"], torch.Tensor) and float(of.state[pf[0]]["step"]) == 8
+    assert float(of.state[pf[1]]["step"]) == 7

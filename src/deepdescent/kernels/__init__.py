@@ -143,8 +143,21 @@ def _compile(traces: list[Trace]) -> None:
         _FUNCTIONS[name] = getattr(module, name)
 
 
+def device_update(optimizer: Any, group: dict[str, Any], lookahead: bool, plan: Any, table: Tensor, aligned: bool,
+                  found: Tensor) -> None:
+    """The generated Triton kernel for ``group`` over the tensors of ``plan`` (optim/_device.py),
+    their addresses at ``table``; skipped (nothing written) when ``found`` is set."""
+    from deepdescent.kernels import triton_backend
+
+    with _LOCK:
+        tr, scalar_names, _ = _trace_for(optimizer, group, lookahead, plan.names)
+    numeric = _numeric(group)
+    triton_backend.update(tr, plan.dtype, plan.blocks, table, plan.step_table, len(plan.steps),
+                          [numeric[k] for k in scalar_names], found, aligned)
+
+
 def fused_update(optimizer: Any, group: dict[str, Any], lookahead: bool, names: tuple[str, ...],
-                 lists: list[list[Tensor]], steps: list[Any], found: Tensor | None = None) -> None:
+                 lists: list[list[Tensor]], steps: list[Any]) -> None:
     """Run the optimizer's update for ``group`` on tensor lists (params, grads, buffers...): the
     generated C++ loop on the CPU, the generated Triton kernel on CUDA."""
     if lists[0][0].device.type in TRITON_DEVICES:
@@ -153,7 +166,7 @@ def fused_update(optimizer: Any, group: dict[str, Any], lookahead: bool, names: 
         with _LOCK:
             tr, scalar_names, _ = _trace_for(optimizer, group, lookahead, names)
         numeric = _numeric(group)
-        triton_backend.launch(tr, lists, [numeric[k] for k in scalar_names], steps, found)
+        triton_backend.launch(tr, lists, [numeric[k] for k in scalar_names], steps)
         return
     if _DISABLED:
         raise FusedUnavailable(_DISABLED)
@@ -166,14 +179,6 @@ def fused_update(optimizer: Any, group: dict[str, Any], lookahead: bool, names: 
                 _compile([tr])
     numeric = _numeric(group)
     _FUNCTIONS[name](lists, [numeric[k] for k in scalar_names], [float(s) for s in steps])
-
-
-def device_nonfinite(tensors: list[Tensor], found: Tensor) -> None:
-    """Set ``found`` to 1 when some element of ``tensors`` (contiguous, one dtype, on a device of
-    :data:`TRITON_DEVICES`) is NaN or ±Inf: one read-only Triton launch, no synchronization."""
-    from deepdescent.kernels import triton_backend
-
-    triton_backend.nonfinite(tensors, found)
 
 
 def any_nonfinite(tensors: list[Tensor]) -> bool | None:

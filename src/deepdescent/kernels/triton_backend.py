@@ -23,9 +23,12 @@ from torch import Tensor
 from deepdescent.kernels.cpp import _uniform
 from deepdescent.kernels.trace import Trace
 
-#: Elements per program and warps per program (bench/gpu_check.py sweeps them on the card at hand).
-BLOCK = int(os.environ.get("DEEPDESCENT_TRITON_BLOCK", 2048))
-NUM_WARPS = int(os.environ.get("DEEPDESCENT_TRITON_WARPS", 4))
+#: Elements and warps per program of the update kernel, and of the read-only non-finite check
+#: (defaults: the best of bench/gpu_profile.py's sweep on an H200; the environment overrides them).
+BLOCK = int(os.environ.get("DEEPDESCENT_TRITON_BLOCK", 1024))
+NUM_WARPS = int(os.environ.get("DEEPDESCENT_TRITON_WARPS", 8))
+CHECK_BLOCK = int(os.environ.get("DEEPDESCENT_TRITON_CHECK_BLOCK", 8192))
+CHECK_WARPS = int(os.environ.get("DEEPDESCENT_TRITON_CHECK_WARPS", 16))
 _MODULES: dict[str, Any] = {}
 _TL = {"add": "({a} + {b})", "sub": "({a} - {b})", "mul": "({a} * {b})", "div": "({a} / {b})", "neg": "(-{a})",
        "sqrt": "tl.sqrt({a})", "max": "tl.maximum({a}, {b})"}
@@ -193,13 +196,29 @@ def check(ptrs, numels, block_tensor, block_start, found, BLOCK: tl.constexpr):
 """
 
 
+BUMP_SOURCE = """import triton
+import triton.language as tl
+
+
+@triton.jit
+def bump(step_ptrs, n, found, skipped, COUNT: tl.constexpr, BLOCK: tl.constexpr):
+    f = tl.load(found)
+    for i in range(0, n, BLOCK):
+        idx = i + tl.arange(0, BLOCK)
+        ptr = tl.load(step_ptrs + idx, mask=idx < n, other=0).to(tl.pointer_type(tl.float32))
+        tl.store(ptr, tl.load(ptr, mask=idx < n) + (1.0 - f), mask=idx < n)
+    if COUNT:
+        tl.store(skipped, tl.load(skipped) + f)
+"""
+
+
 class _Tables:
     """Block tables of one bucket of tensors (cached while the tensors' sizes stay the same)."""
 
-    def __init__(self, sizes: list[int], device: torch.device) -> None:
+    def __init__(self, sizes: list[int], device: torch.device, block: int) -> None:
         bt, bs = [], []
         for t, n in enumerate(sizes):
-            for b in range(0, n, BLOCK):
+            for b in range(0, n, block):
                 bt.append(t)
                 bs.append(b)
         self.blocks = len(bt)
@@ -216,34 +235,73 @@ def _f32(x: float) -> float:
     return struct.unpack("f", struct.pack("f", x))[0]
 
 
-def _tables(tensors: list[Tensor]) -> _Tables:
-    sizes = [t.numel() for t in tensors]
-    key = (tuple(sizes), tensors[0].device, BLOCK)
+def tables(sizes: tuple[int, ...], device: torch.device, block: int | None = None) -> _Tables:
+    """Block tables for tensors of these sizes, ``block`` (default :data:`BLOCK`) elements per block (cached)."""
+    key = (sizes, device, block or BLOCK)
     if key not in _TABLES:
-        _TABLES[key] = _Tables(sizes, tensors[0].device)
+        _TABLES[key] = _Tables(list(sizes), device, block or BLOCK)
     return _TABLES[key]
 
 
-def _pointers(addresses: tuple[int, ...], device: torch.device) -> Tensor:
-    """The addresses as an int64 device tensor (cached: the same tensors keep their table)."""
-    key = (device, addresses)
+def pointer_table(addresses: list[int] | tuple[int, ...], device: torch.device) -> Tensor:
+    """The addresses as an int64 device tensor. Cached, so tensors that keep their memory (the
+    caching allocator usually hands a gradient the same block step after step) cost no copy; a new
+    table goes through pinned memory, so the copy does not wait for the device."""
+    key = (device, tuple(addresses))
     table = _POINTERS.get(key)
-    if table is None:  # new tensors (e.g. fresh .grad after zero_grad(set_to_none=True))
+    if table is None:
         if len(_POINTERS) > 64:
             _POINTERS.clear()
-        table = _POINTERS[key] = torch.tensor(addresses or (0,), dtype=torch.int64).to(device)
+        host = torch.tensor(key[1] or (0,), dtype=torch.int64)
+        if device.type == "cuda":
+            host = host.pin_memory()
+        table = _POINTERS[key] = host.to(device, non_blocking=True)
     return table
 
 
-def nonfinite(tensors: list[Tensor], found: Tensor) -> None:
-    """Set ``found`` (a 0-dim float32 device tensor) to 1 when some element of ``tensors`` (contiguous,
-    one dtype) is NaN or ±Inf: one read-only launch, no synchronization."""
-    tables = _tables(tensors)
-    if tables.blocks == 0:
+_KERNELS: dict[tuple, tuple[Trace, Any]] = {}
+
+
+def _update_kernel(trace: Trace, dtype: torch.dtype) -> Any:
+    key = (id(trace), dtype, os.environ.get("TRITON_INTERPRET", "0"))
+    entry = _KERNELS.get(key)
+    if entry is None or entry[0] is not trace:
+        entry = _KERNELS[key] = (trace, _load(source(trace, "kernel", _name(dtype)), "kernel"))
+    return entry[1]
+
+
+def _name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def check(sizes: tuple[int, ...], table: Tensor, dtype: torch.dtype, found: Tensor) -> None:
+    """Set ``found`` to 1 when some element of the tensors (of ``sizes``) at ``table`` is NaN or ±Inf."""
+    blocks = tables(sizes, found.device, CHECK_BLOCK)
+    if blocks.blocks:
+        _load(check_source(_name(dtype)), "check")[(blocks.blocks,)](
+            table, blocks.numels, blocks.block_tensor, blocks.block_start, found, BLOCK=CHECK_BLOCK,
+            num_warps=CHECK_WARPS)
+
+
+def bump(step_table: Tensor, n: int, found: Tensor, skipped: Tensor | None) -> None:
+    """t ← t + 1 − found for the ``n`` step counters at ``step_table``; skipped += found."""
+    if n:
+        _load(BUMP_SOURCE, "bump")[(1,)](step_table, n, found, skipped if skipped is not None else found,
+                                          COUNT=skipped is not None, BLOCK=1024)
+
+
+def update(trace: Trace, dtype: torch.dtype, blocks: _Tables, table: Tensor, step_table: Tensor, n: int,
+           scalars: list[float], found: Tensor, aligned: bool) -> None:
+    """The traced update over ``n`` tensors per list, their addresses at ``table`` (list-major)."""
+    if not blocks.blocks:
         return
-    kernel = _load(check_source(str(tensors[0].dtype).removeprefix("torch.")), "check")
-    kernel[(tables.blocks,)](_pointers(tuple(t.data_ptr() for t in tensors), found.device), tables.numels,
-                             tables.block_tensor, tables.block_start, found, BLOCK=BLOCK, num_warps=NUM_WARPS)
+    halves = []
+    for x in scalars:  # a double as two float32 arguments: no copy to the device per step
+        hi = _f32(x)
+        halves += [hi, _f32(x - hi)]
+    _update_kernel(trace, dtype)[(blocks.blocks,)](
+        table, step_table, blocks.numels, blocks.block_tensor, blocks.block_start, found, n, *halves,
+        BLOCK=BLOCK, ALIGNED=aligned, num_warps=NUM_WARPS)
 
 
 def launch(trace: Trace, lists: list[list[Tensor]], scalars: list[float], steps: list[Any],
@@ -252,23 +310,14 @@ def launch(trace: Trace, lists: list[list[Tensor]], scalars: list[float], steps:
     float32, bfloat16 or float16, state float32). ``steps``: per-tensor step counts (device
     tensors: no copy); ``found``: the device's non-finite flag."""
     device = lists[0][0].device
-    tables = _tables(lists[0])
-    if tables.blocks == 0:
-        return
     if not (steps and isinstance(steps[0], Tensor)):  # host-side counts (e.g. nonfinite="raise")
         counts = torch.tensor([float(x) for x in steps], dtype=torch.float32, device=device)
         steps = list(counts.unbind()) if len(steps) else []
-    addresses = tuple(t.data_ptr() for lst in lists for t in lst)
-    halves = []
-    for x in scalars:  # a double as two float32 arguments: no copy to the device per step
-        hi = _f32(x)
-        halves += [hi, _f32(x - hi)]
-    flag = found if found is not None else torch.zeros((), device=device)
-    aligned = all(a % 16 == 0 for a in addresses)
-    kernel = _load(source(trace, "kernel", str(lists[0][0].dtype).removeprefix("torch.")), "kernel")
-    kernel[(tables.blocks,)](_pointers(addresses, device), _pointers(tuple(x.data_ptr() for x in steps), device),
-                             tables.numels, tables.block_tensor, tables.block_start, flag, len(lists[0]), *halves,
-                             BLOCK=BLOCK, ALIGNED=aligned, num_warps=NUM_WARPS)
+    addresses = [t.data_ptr() for lst in lists for t in lst]
+    update(trace, lists[0][0].dtype, tables(tuple(t.numel() for t in lists[0]), device),
+           pointer_table(addresses, device), pointer_table([x.data_ptr() for x in steps], device), len(lists[0]),
+           scalars, found if found is not None else torch.zeros((), device=device),
+           all(a % 16 == 0 for a in addresses))
 
 
 def available(interpret: bool = False) -> str | None:

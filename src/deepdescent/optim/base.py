@@ -21,6 +21,7 @@ from torch.optim import Optimizer
 from deepdescent.algorithms import momentum as _momentum
 from deepdescent import kernels
 from deepdescent.algorithms._common import with_weight_decay
+from deepdescent.optim import _device
 from deepdescent.optim import _validation as check
 
 NonFinite = Literal["skip", "raise", "propagate"]
@@ -72,6 +73,7 @@ class BookOptimizer(Optimizer):
         self.nonfinite: NonFinite = nonfinite
         self._skipped = 0  # skipped steps counted on the host; on CUDA, on the device (skipped_steps)
         self._skipped_device: Tensor | None = None
+        self._plans: dict[int, Any] = {}  # per param group, for the fused device step (optim/_device.py)
         # How Nesterov's interim point θ̃ is handled, fixed at the first step: "closure" (the
         # parameters hold θ; step(closure) evaluates the gradient at θ̃) or "lookahead" (the
         # parameters hold θ̃; step() without closure).
@@ -87,6 +89,8 @@ class BookOptimizer(Optimizer):
                 f"valid: {sorted(self.defaults)}"
             )
         super().add_param_group(param_group)
+        if hasattr(self, "_plans"):
+            self._plans.clear()
         group = self.param_groups[-1]
         self._validate_group(group)
         for p in group["params"]:
@@ -138,14 +142,11 @@ class BookOptimizer(Optimizer):
             self._fix_interim_mode("closure" if closure is not None else "lookahead")
         if closure is not None:
             loss = self._call_closure_at_interim(closure) if interim else _call(closure)
-        batches = [self._gather(group) for group in self.param_groups]
         lookahead = self._interim_mode == "lookahead"
-        if self._on_device(batches):  # the flag stays on the device: no synchronization
-            found = self._device_flag(batches)
-            for group, buckets in zip(self.param_groups, batches):
-                for batch in buckets.values():
-                    self._apply(group, batch, lookahead, found)
+        if _device.step(self, lookahead):  # fused on the GPU: no synchronization
             return loss
+        self._plans.clear()  # the general path may replace state tensors
+        batches = [self._gather(group) for group in self.param_groups]
         if not self._gradients_finite(batches):
             self._skipped += 1
             return loss
@@ -158,37 +159,6 @@ class BookOptimizer(Optimizer):
     def skipped_steps(self) -> int:
         """Steps left out because a gradient was not finite (reading it synchronizes on CUDA)."""
         return self._skipped + (int(self._skipped_device.item()) if self._skipped_device is not None else 0)
-
-    def _on_device(self, batches: list[dict[Any, _Batch]]) -> bool:
-        """Whether every bucket runs the fused device kernel (Triton), which skips a non-finite step
-        itself: contiguous parameters, gradients and state of the dtypes it takes."""
-        buckets = [b for bs in batches for b in bs.values()]
-        if not buckets or self.nonfinite == "raise" or self.impl == "eager" or self._fused_off:
-            return False
-        if not all(b.params[0].device.type in kernels.TRITON_DEVICES and b.params[0].dtype in _FUSED_DTYPES["cuda"]
-                   for b in buckets) or kernels.available("cuda") is not None:
-            return False
-        for b in buckets:
-            wide = state_dtype(b.params[0].dtype)
-            for p, g in zip(b.params, b.grads):
-                if not (p.is_contiguous() and g.is_contiguous() and g.dtype == p.dtype and all(
-                        v.is_contiguous() and v.dtype == wide and v.device == p.device
-                        for k, v in self.state.get(p, {}).items() if k != "step")):
-                    return False
-        return True
-
-    def _device_flag(self, batches: list[dict[Any, _Batch]]) -> Tensor:
-        device = next(b for bs in batches for b in bs.values()).params[0].device
-        found = torch.zeros((), device=device)
-        if self.nonfinite == "propagate":
-            return found
-        for bs in batches:
-            for b in bs.values():
-                kernels.device_nonfinite(b.grads, found)  # one read-only pass; sets found to 1
-        if self._skipped_device is None:
-            self._skipped_device = torch.zeros((), device=device)
-        self._skipped_device += found
-        return found
 
     def _gather(self, group: dict[str, Any]) -> dict[tuple[torch.device, torch.dtype], _Batch]:
         buckets: dict[tuple[torch.device, torch.dtype], _Batch] = defaultdict(_Batch)
@@ -229,27 +199,30 @@ class BookOptimizer(Optimizer):
                 return found
         return _found_nonfinite(grads)
 
-    def _apply(self, group: dict[str, Any], batch: _Batch, lookahead: bool, found: Tensor | None = None) -> None:
+    def _group_for_update(self, group: dict[str, Any], lookahead: bool) -> tuple[dict[str, Any], bool]:
+        """The hyperparameters the update runs with, and whether the parameters hold θ̃."""
+        group_lookahead = lookahead and self._uses_interim_point(group)
+        if self._uses_interim_point(group) and not lookahead and group["weight_decay"] != 0:
+            group = {**group, "weight_decay": 0.0}  # already added at θ̃ (_decay_at_interim)
+        return group, group_lookahead
+
+    def _fused_device_update(self, group: dict[str, Any], plan: Any, table: Tensor, aligned: bool, lookahead: bool,
+                             found: Tensor) -> None:
+        group, group_lookahead = self._group_for_update(group, lookahead)
+        kernels.device_update(self, group, group_lookahead, plan, table, aligned, found)
+
+    def _apply(self, group: dict[str, Any], batch: _Batch, lookahead: bool) -> None:
         names = self._state_names(group)
         for p in batch.params:
             state = self.state[p]
-            if found is None:
-                state["step"] = state.get("step", 0) + 1
-            elif not isinstance(state.get("step", 0), Tensor):  # on the device from now on
-                state["step"] = torch.tensor(float(state.get("step", 0)), device=p.device)
+            state["step"] = state.get("step", 0) + 1
             for name in names:
                 if name not in state:  # new, or a hyperparameter (e.g. momentum) became non-zero
                     state[name] = self._init_buffer(name, p, group).to(state_dtype(p.dtype))
             batch.states.append(state)
-        group_lookahead = lookahead and self._uses_interim_point(group)
-        if self._uses_interim_point(group) and not lookahead and group["weight_decay"] != 0:
-            group = {**group, "weight_decay": 0.0}  # already added at θ̃ (_decay_at_interim)
+        group, group_lookahead = self._group_for_update(group, lookahead)
         lists = [batch.params, batch.grads, *([s[n] for s in batch.states] for n in names)]
         steps = [s["step"] for s in batch.states]
-        if found is not None:  # t advances only when the step is not skipped, on the device
-            torch._foreach_add_(steps, 1 - found)
-            kernels.fused_update(self, group, group_lookahead, names, lists, steps, found)
-            return
         if self._use_fused(lists):
             try:
                 kernels.fused_update(self, group, group_lookahead, names, lists, steps)
@@ -382,6 +355,7 @@ class BookOptimizer(Optimizer):
             raise ValueError(f"cannot load a state_dict of {found} into {name}")
         self._check_shapes(state_dict)
         body = {k: v for k, v in state_dict.items() if k != "deepdescent"}
+        self._plans.clear()
         super().load_state_dict(body)
         self._restore_state_dtype(state_dict)
         self._skipped, self._skipped_device = int(meta.get("skipped_steps", 0)), None
