@@ -12,10 +12,11 @@ import warnings
 from html.parser import HTMLParser
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from deepdescent.cli import app
-from deepdescent.lab import engine, optimizers, problems
+from deepdescent.lab import engine, optimizers, problems, study
 
 TINY = ["--problem", "saddle", "--problem", "cliff", "--optimizer", "Adam", "--optimizer", "L-BFGS",
         "--budget", "3", "--seeds", "2"]
@@ -156,12 +157,49 @@ def test_sampled_searches_store_and_resume(search, tmp_path):
     (["--problem", "sadle"], "unknown problem 'sadle'"),
     (["--optimizer", "Adamm"], "unknown optimizer 'Adamm'"),
     (["--suite", "medium"], "unknown suite 'medium'"),
-    (["--device", "tpu"], "device='tpu'"),
+    (["--device", "tpu"], "device='tpu'; valid: cpu, cuda, cuda:N"),
+    (["--device", "cuda:x"], "device='cuda:x'; valid"),
     (["--search", "random"], "unknown search 'random'"),
 ])
 def test_bench_bad_arguments(args, message, tmp_path):
     result = CliRunner().invoke(app, ["bench", *args, "--out", str(tmp_path / "x")])
     assert result.exit_code != 0 and message in result.output
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA device is available")
+def test_bench_on_cuda_without_a_gpu_says_so(tmp_path):
+    result = CliRunner().invoke(app, ["bench", *TINY, "--device", "cuda", "--out", str(tmp_path / "x")])
+    assert result.exit_code != 0 and "no CUDA device is available" in result.output
+
+
+def _cpu_tensors(obj, seen=None) -> list[str]:
+    """CPU tensors an object holds: attributes, closure cells, and functions it closes over."""
+    seen = set() if seen is None else seen
+    if id(obj) in seen:
+        return []
+    seen.add(id(obj))
+    if isinstance(obj, torch.Tensor):
+        return [str(tuple(obj.shape))] if obj.device.type == "cpu" else []
+    found = []
+    cells = [c.cell_contents for c in (getattr(obj, "__closure__", None) or ())]
+    for v in cells + list(getattr(obj, "__dict__", {}).values()):
+        if isinstance(v, torch.Tensor) or callable(v):
+            found += _cpu_tensors(v, seen)
+    return found
+
+
+@pytest.mark.parametrize("name", list(problems.PROBLEMS))
+def test_every_problem_moves_to_another_device_whole(name):
+    """``--device``: Task.to moves the model, the data and every tensor the loss holds (checked on
+    PyTorch's meta device, so that no GPU is needed); a tensor left on the CPU would fail on a GPU."""
+    task = problems.problem(name).build(0, True).to("meta")
+    assert all(p.device.type == "meta" for p in task.model.parameters())
+    assert all(t.device.type == "meta" for t in (task.x_train, task.y_train, task.x_test, task.y_test))
+    assert _cpu_tensors(task.loss) == [], f"{name}: the loss holds CPU tensors"
+    loss = task.loss(task.model(task.x_train[:4]), task.y_train[:4])
+    assert loss.device.type == "meta" and loss.dim() == 0
+    proto = study.Protocol(device="cuda:1")
+    assert study.Protocol.from_tag(proto.tag()) == proto and study.Protocol.from_tag(study.Protocol().tag()).device == "cpu"
 
 
 def test_unwritable_out_and_corrupt_storage(tmp_path):

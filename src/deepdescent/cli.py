@@ -58,16 +58,14 @@ def bench(
     workers: Annotated[int, typer.Option(min=1, help="Local worker processes.")] = 1,
     storage: Annotated[str | None, typer.Option(help="Optuna storage URL (default: SQLite under --out).")] = None,
     out: Annotated[Path, typer.Option(help="Run directory (results, figures, report.html).")] = Path("runs/bench"),
-    device: Annotated[str, typer.Option(help="cpu (cuda: not yet supported by the lab engine).")] = "cpu",
+    device: Annotated[str, typer.Option(help="cpu, cuda or cuda:N: where the members train.")] = "cpu",
 ) -> None:
     """Race the optimizers of chapter 8 on problems that each show one §8.2 challenge; resumable."""
     from deepdescent.lab import optimizers, problems, report, study
 
     if search not in study.SEARCHES:
         raise typer.BadParameter(f"unknown search {search!r}; valid: {', '.join(study.SEARCHES)}", param_hint="--search")
-    if device != "cpu":
-        raise typer.BadParameter(f"device={device!r}: the lab engine runs on the CPU in this version",
-                                 param_hint="--device")
+    _check_device(device)
     try:
         names = problem or study.suite(suite)
         for n in names:
@@ -79,7 +77,7 @@ def bench(
         raise typer.BadParameter(str(err)) from err
     _check_out(out)
     proto = study.Protocol(suite=suite, budget=budget or (6 if suite == "quick" else 12),
-                           seeds=seeds or (2 if suite == "quick" else 3), search=search)
+                           seeds=seeds or (2 if suite == "quick" else 3), search=search, device=device)
     url = study.storage_url(out, storage)
     jobs = [(p, o) for p in names for o in opts
             if study.applicable(problems.problem(p), optimizers.optimizer(o), proto.quick)]
@@ -88,8 +86,8 @@ def bench(
     (out / "meta.json").write_text(json.dumps(meta, indent=1))
     study.open_study(url, "deepdescent-probe")  # a corrupt or unreachable storage fails here, clearly
     results: report.Results = {p: {} for p in names}
-    args = [(p, o, {"suite": proto.suite, "budget": proto.budget, "seeds": proto.seeds, "search": proto.search}, url)
-            for p, o in jobs]
+    args = [(p, o, {"suite": proto.suite, "budget": proto.budget, "seeds": proto.seeds, "search": proto.search,
+                    "device": proto.device}, url) for p, o in jobs]
     start = time.perf_counter()
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                   TimeElapsedColumn(), console=console, transient=True) as bar:
@@ -113,6 +111,22 @@ def bench(
     with console.status("writing the report"):
         page = report.write(results, out, meta)
     console.print(f"report: {page}  (figures in {out / 'figures'}; rebuild with `deepdescent report {out}`)")
+
+
+def _check_device(device: str) -> None:
+    import torch
+
+    kind, _, index = device.partition(":")
+    if kind not in ("cpu", "cuda") or (index and (kind == "cpu" or not index.isdigit())):
+        raise typer.BadParameter(f"device={device!r}; valid: cpu, cuda, cuda:N", param_hint="--device")
+    if kind == "cuda":
+        if not torch.cuda.is_available():
+            raise typer.BadParameter(f"device={device!r}: no CUDA device is available here "
+                                     f"(torch {torch.__version__}, torch.cuda.is_available() is False)",
+                                     param_hint="--device")
+        if index and int(index) >= torch.cuda.device_count():
+            raise typer.BadParameter(f"device={device!r}: this machine has {torch.cuda.device_count()} CUDA "
+                                     "device(s)", param_hint="--device")
 
 
 def _from_json(d):

@@ -77,7 +77,7 @@ def _order(n: int, seed: int) -> Tensor:
 def _batch_indices(order: Tensor, step: int, batch: int) -> Tensor:
     n = len(order)
     start = (step * batch) % n
-    idx = torch.arange(start, start + batch) % n
+    idx = torch.arange(start, start + batch, device=order.device) % n
     return order[idx]
 
 
@@ -94,13 +94,13 @@ def _finish(result: RunResult, task: Task, model: nn.Module) -> None:
 
 
 def run_member(problem: Problem, spec: OptimizerSpec, lr: float | None, seed: int, quick: bool,
-               budget_seconds: float = 60.0) -> RunResult:
-    """Train one member with the optimizer class itself, in a plain PyTorch loop."""
-    task = problem.build(seed, quick)
+               budget_seconds: float = 60.0, device: str = "cpu") -> RunResult:
+    """Train one member with the optimizer class itself, in a plain PyTorch loop, on ``device``."""
+    task = problem.build(seed, quick).to(device)
     model = task.model
     opt = spec.make(model.parameters(), lr)
     n = len(task.x_train)
-    order = _order(n, seed)
+    order = _order(n, seed).to(device)
     x_eval, y_eval = task.x_train[:EVAL_EXAMPLES], task.y_train[:EVAL_EXAMPLES]
     result = RunResult(spec.name, lr, seed)
     points = _eval_points(task.steps)
@@ -189,10 +189,10 @@ class _null:
 
 
 def run_vectorized(problem: Problem, spec: OptimizerSpec, lrs: list[float], seeds: list[int],
-                   quick: bool) -> list[RunResult]:
-    """All (lr, seed) members of one first-order optimizer in one process, stacked."""
+                   quick: bool, device: str = "cpu") -> list[RunResult]:
+    """All (lr, seed) members of one first-order optimizer in one process, stacked, on ``device``."""
     members = [(lr, s) for lr in lrs for s in seeds]
-    tasks = {s: problem.build(s, quick) for s in seeds}
+    tasks = {s: problem.build(s, quick).to(device) for s in seeds}
     task = tasks[seeds[0]]
     model = task.model
     names = [n for n, p in model.named_parameters() if p.requires_grad]
@@ -211,7 +211,7 @@ def run_vectorized(problem: Problem, spec: OptimizerSpec, lrs: list[float], seed
                 state[sn][n][lo:hi] = proto._init_buffer(sn, params[n][lo:hi], group)  # type: ignore[attr-defined]
     lookahead = proto._uses_interim_point(base_group)  # type: ignore[attr-defined]
     # one update for all members: the learning rate as one (members, 1, …, 1) tensor per parameter
-    rates = torch.tensor([lr for lr, _ in members])
+    rates = torch.tensor([lr for lr, _ in members], device=device)
     member_group = {**base_group, "lr": [rates.view(-1, *[1] * (params[n_].dim() - 1)) for n_ in names]}
 
     def member_loss(p: dict[str, Tensor], x: Tensor, y: Tensor) -> Tensor:
@@ -224,7 +224,7 @@ def run_vectorized(problem: Problem, spec: OptimizerSpec, lrs: list[float], seed
         return torch.cat([eval_all({k: v[i:i + EVAL_CHUNK] for k, v in p.items()}, x, y)
                           for i in range(0, len(members), EVAL_CHUNK)])
     n = len(task.x_train)
-    orders = torch.stack([_order(n, s) for _, s in members])
+    orders = torch.stack([_order(n, s) for _, s in members]).to(device)
     batch = n if spec.kind == "full_batch" else task.batch_size
     x_eval, y_eval = task.x_train[:EVAL_EXAMPLES], task.y_train[:EVAL_EXAMPLES]
     results = [RunResult(spec.name, lr, s, vectorized=True) for lr, s in members]
@@ -259,7 +259,7 @@ def run_vectorized(problem: Problem, spec: OptimizerSpec, lrs: list[float], seed
     fused = kernels.available("cpu") is None and next(iter(params.values())).device.type == "cpu"
     for step in range(1, task.steps + 1):
         start_ = ((step - 1) * batch) % n  # the same position for every member, each in its own order
-        idx = orders[:, torch.arange(start_, start_ + batch) % n]
+        idx = orders[:, torch.arange(start_, start_ + batch, device=orders.device) % n]
         grads, _ = step_fn(params, task.x_train[idx], task.y_train[idx])
         with torch.no_grad():
             if not (fused and _fused_members(proto, groups, names, params, grads, state, state_names, step, lookahead)):

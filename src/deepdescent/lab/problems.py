@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch import Tensor, nn
@@ -31,6 +31,14 @@ class Task:
     classification: bool = False
     trajectory_2d: bool = False  # a 2-parameter problem whose path is drawn on contours
     extra: dict = field(default_factory=dict)
+
+    def to(self, device: str | torch.device) -> Task:
+        """The same task on ``device``: model, data, and every tensor its loss holds."""
+        def move(v):
+            return v.to(device) if isinstance(v, (Tensor, nn.Module)) or hasattr(v, "to") else v
+        return replace(self, model=self.model.to(device), loss=move(self.loss), x_train=move(self.x_train),
+                       y_train=move(self.y_train), x_test=move(self.x_test), y_test=move(self.y_test),
+                       extra={k: move(v) for k, v in self.extra.items()})
 
 
 @dataclass(frozen=True)
@@ -75,14 +83,23 @@ def quadratic_deep(seed: int, quick: bool) -> Task:
     q, _ = torch.linalg.qr(torch.randn(100, 100, generator=g))
     hess = (q * eig) @ q.T
     x_train, x_test = torch.randn(1000, 100, generator=g), torch.randn(1000, 100, generator=g)
-
-    def loss(out: Tensor, x: Tensor) -> Tensor:
-        d = out - x
-        return 0.5 * ((d @ hess) * d).sum(1).mean()
-
     start = torch.ones(100) + 0.1 * torch.randn(100, generator=_gen(seed))
-    return Task(Point(start), loss, x_train, x_train, x_test, x_test, 128, 100 if quick else 1000,
+    return Task(Point(start), QuadraticLoss(hess), x_train, x_train, x_test, x_test, 128, 100 if quick else 1000,
                 extra={"hessian": hess})
+
+
+class QuadraticLoss:
+    """½(θ − x)ᵀQ(θ − x) averaged over the examples x (the rows of the target)."""
+
+    def __init__(self, hess: Tensor) -> None:
+        self.hess = hess
+
+    def __call__(self, out: Tensor, x: Tensor) -> Tensor:
+        d = out - x
+        return 0.5 * ((d @ self.hess) * d).sum(1).mean()
+
+    def to(self, device: str | torch.device) -> QuadraticLoss:
+        return QuadraticLoss(self.hess.to(device))
 
 
 # --------------------------------------------------------------------------- curved valleys

@@ -43,19 +43,22 @@ class Protocol:
     budget: int = 6  # learning rates per optimizer
     seeds: int = 2
     search: str = "grid"  # grid (log grid, vectorized), qmc (quasi-random, Sobol), tpe (Optuna's TPE)
+    device: str = "cpu"  # where the members train; part of the study name (results of two devices never mix)
 
     @property
     def quick(self) -> bool:
         return self.suite == "quick"
 
     def tag(self) -> str:
-        return f"v{PROTOCOL_VERSION}-{self.suite}-b{self.budget}-s{self.seeds}-{self.search}"
+        on = "" if self.device == "cpu" else f"-{self.device.replace(':', '.')}"
+        return f"v{PROTOCOL_VERSION}-{self.suite}-b{self.budget}-s{self.seeds}-{self.search}{on}"
 
     @classmethod
     def from_tag(cls, tag: str) -> Protocol:
         parts = tag.split("-")
         return cls(suite=parts[1], budget=int(parts[2][1:]), seeds=int(parts[3][1:]),
-                   search=parts[4] if len(parts) > 4 else "grid")
+                   search=parts[4] if len(parts) > 4 else "grid",
+                   device=parts[5].replace(".", ":") if len(parts) > 5 else "cpu")
 
 
 def storage_url(out: Path, storage: str | None) -> str:
@@ -148,17 +151,17 @@ def _track(problem: Problem, spec: OptimizerSpec, lr: float | None, seeds: list[
                 raise Missing(name)
             if progress:
                 progress(f"{name} lr={lr} seed {s}")
-            done[(lr, s)] = r = engine.run_member(problem, spec, lr, s, protocol.quick)
+            done[(lr, s)] = r = engine.run_member(problem, spec, lr, s, protocol.quick, device=protocol.device)
             record(study, r)
     return [done[(lr, s)] for s in seeds]
 
 
 def _members(problem: Problem, spec: OptimizerSpec, lrs: list[float], seeds: list[int],
-             quick: bool) -> list[engine.RunResult]:
+             quick: bool, device: str = "cpu") -> list[engine.RunResult]:
     try:
-        return engine.run_vectorized(problem, spec, lrs, seeds, quick)
-    except Exception:  # noqa: BLE001 - vmap cannot run this model: member by member
-        return [engine.run_member(problem, spec, lr, s, quick) for lr in lrs for s in seeds]
+        return engine.run_vectorized(problem, spec, lrs, seeds, quick, device=device)
+    except Exception:  # noqa: BLE001 - vmap cannot run this model (e.g. cuDNN's RNN): member by member
+        return [engine.run_member(problem, spec, lr, s, quick, device=device) for lr in lrs for s in seeds]
 
 
 def _grid_search(problem, spec, protocol, url, prefix, seeds, run, progress):
@@ -171,7 +174,7 @@ def _grid_search(problem, spec, protocol, url, prefix, seeds, run, progress):
     if missing_lrs:
         if progress:
             progress(f"{prefix}: {len(missing_lrs)} learning rates × {len(seeds)} seeds")
-        for r in _members(problem, spec, missing_lrs, seeds, protocol.quick):
+        for r in _members(problem, spec, missing_lrs, seeds, protocol.quick, protocol.device):
             if (r.lr, r.seed) not in done:
                 record(study, r)
                 done[(r.lr, r.seed)] = r
@@ -203,7 +206,7 @@ def _sampled_search(problem, spec, protocol, url, prefix, seeds, run, progress):
         lr = trial.params["lr"]
         if progress:
             progress(f"{prefix}: {protocol.search} proposal {len(completed()) + 1}/{protocol.budget}, lr={lr:.3g}")
-        runs = _members(problem, spec, [lr], seeds, protocol.quick)
+        runs = _members(problem, spec, [lr], seeds, protocol.quick, protocol.device)
         trial.set_user_attr("runs", json.dumps([r.to_json() for r in runs]))
         value = median_final(runs)
         study.tell(trial, value if math.isfinite(value) else 1e300)
