@@ -8,63 +8,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-import reference as ref
 from deepdescent import optim
 from deepdescent.optim import base
-from deepdescent.schedules import LinearDecay
-from test_reference import CASES, FINAL, STEPS, TAU, Problem, _split
+from test_reference import CASES, Problem, low_precision_grad, run_reference, train
 
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-def _grad(problem: Problem, points, dtype):
-    # the oracle of both sides: float32 arithmetic at the low-precision point, rounded to dtype
-    return [(a * p.to(dtype).float() + c).to(dtype) for a, c, p in zip(problem.a, problem.c[problem.k], points)]
-
-
-def run_reference(case: str, problem: Problem, dtype: torch.dtype) -> tuple[list[torch.Tensor], list]:
-    _, ours, ref_cls, ref_kwargs = CASES[case]
-    theta = [t.to(dtype).double() for t in problem.theta0]
-    groups = _split(list(range(len(theta))))
-    refs = [ref_cls([theta[i] for i in idx], **kw) for idx, kw in zip(groups, ref_kwargs)]
-    default_lr = {"adagrad": 0.01, "rmsprop": 0.001, "adam": 0.001, "adadelta": 1.0}
-    lr0 = [kw.get("lr", default_lr.get(case.split("_")[0])) for kw in ours]
-    for k in range(STEPS):
-        problem.k = k
-        for g, (idx, r) in enumerate(zip(groups, refs)):
-            sub = [theta[i] for i in idx]
-
-            def oracle(pts, idx=idx):
-                full = list(problem.theta0)
-                for i, p in zip(idx, pts):
-                    full[i] = p
-                return [x.double() for x in (_grad(problem, full, dtype)[i] for i in idx)]
-
-            r.step(sub, oracle, ref.linear_decay(k, lr0[g], TAU, FINAL))
-            for i, t in zip(idx, sub):
-                theta[i] = t.to(dtype).double()  # the parameters live in the low precision
-    return theta, refs
-
-
-def run_ours(case: str, problem: Problem, mode: str, impl: str, dtype: torch.dtype):
-    cls, kwargs, _, _ = CASES[case]
-    params = [t.to(dtype).requires_grad_() for t in problem.theta0]
-    opt = cls([dict(params=p, **kw) for p, kw in zip(_split(params), kwargs)], impl=impl)
-    sched = LinearDecay(opt, tau=TAU, final_factor=FINAL)
-
-    def set_grads():
-        for p, g in zip(params, _grad(problem, [p.detach() for p in params], dtype)):
-            p.grad = g
-
-    for k in range(STEPS):
-        problem.k = k
-        if mode == "closure":
-            opt.step(set_grads)
-        else:
-            set_grads()
-            opt.step()
-        sched.step()
-    return params, opt
 
 
 def _cases():
@@ -80,8 +28,9 @@ def test_low_precision_parameters_match_the_rounded_box(case, mode, path, dtype,
         request.getfixturevalue("triton_interpreter")
     low = DTYPES[dtype]
     problem = Problem(seed=sum(map(ord, case)))
-    expected, _ = run_reference(case, problem, low)
-    params, opt = run_ours(case, problem, mode, "eager" if path == "eager" else "fused", low)
+    expected = run_reference(case, problem, low)
+    params, opt = train(case, problem, mode, "eager" if path == "eager" else "fused", low,
+                        grad=lambda points: low_precision_grad(problem, points, low))
     ulp = torch.finfo(low).eps
     for i, (e, p) in enumerate(zip(expected, params)):
         assert p.dtype == low

@@ -62,9 +62,12 @@ def _split(items):
     return [items[:n0], items[n0:]]
 
 
-def run_reference(case: str, problem: Problem) -> list[torch.Tensor]:
+def run_reference(case: str, problem: Problem, low: torch.dtype | None = None) -> list[torch.Tensor]:
+    """The float64 box over the problem's steps. ``low``: the parameters live in that precision
+    (rounded after every step) and the oracle is ``low_precision_grad``'s."""
     _, ours, ref_cls, ref_kwargs = CASES[case]
-    theta = [t.double() for t in problem.theta0]
+    rounded = (lambda t: t.to(low).double()) if low else (lambda t: t)
+    theta = [rounded(t.double()) for t in problem.theta0]
     groups = _split(list(range(len(theta))))
     refs = [ref_cls([theta[i] for i in idx], **kw) for idx, kw in zip(groups, ref_kwargs)]
     default_lr = {"adagrad": 0.01, "rmsprop": 0.001, "adam": 0.001, "adadelta": 1.0}
@@ -75,22 +78,38 @@ def run_reference(case: str, problem: Problem) -> list[torch.Tensor]:
             sub = [theta[i] for i in idx]
             a = [problem.a[i].double() for i in idx]
             c = [problem.c[k][i].double() for i in idx]
-            r.step(sub, lambda pts, a=a, c=c: [ai * p + ci for ai, ci, p in zip(a, c, pts)],
-                   ref.linear_decay(k, lr0[g], TAU, FINAL))
+            if low:
+                def oracle(pts, idx=idx):
+                    return [low_precision_grad(problem, pts, low, idx)[j].double() for j in range(len(idx))]
+            else:
+                def oracle(pts, a=a, c=c):
+                    return [ai * p + ci for ai, ci, p in zip(a, c, pts)]
+            r.step(sub, oracle, ref.linear_decay(k, lr0[g], TAU, FINAL))
             for i, t in zip(idx, sub):
-                theta[i] = t
+                theta[i] = rounded(t)
     return theta
 
 
-def run_ours(case: str, problem: Problem, mode: str, impl: str = "auto") -> list[torch.Tensor]:
+def low_precision_grad(problem: Problem, points, low: torch.dtype, idx=None) -> list[torch.Tensor]:
+    """The oracle at low-precision points (of the parameters ``idx``, all by default): float32
+    arithmetic at the rounded point, the gradient rounded to ``low``."""
+    idx = range(len(points)) if idx is None else idx
+    return [(problem.a[i] * p.to(low).float() + problem.c[problem.k][i]).to(low) for i, p in zip(idx, points)]
+
+
+def train(case: str, problem: Problem, mode: str, impl: str = "auto", dtype: torch.dtype = torch.float32,
+          grad=None) -> tuple[list[torch.Tensor], object]:
+    """Our optimizer over the problem's steps (parameters of ``dtype``; ``grad(points)`` the
+    gradient oracle, the problem's by default): the parameters and the optimizer."""
     cls, kwargs, _, _ = CASES[case]
-    params = [t.clone().requires_grad_() for t in problem.theta0]
+    grad = grad or problem.grad
+    params = [t.to(dtype).requires_grad_() for t in problem.theta0]
     groups = [dict(params=p, **kw) for p, kw in zip(_split(params), kwargs)]
     opt = cls(groups, impl=impl)
     sched = LinearDecay(opt, tau=TAU, final_factor=FINAL)
 
     def set_grads():
-        for p, g in zip(params, problem.grad([p.detach() for p in params])):
+        for p, g in zip(params, grad([p.detach() for p in params])):
             p.grad = g
 
     for k in range(STEPS):
@@ -101,6 +120,11 @@ def run_ours(case: str, problem: Problem, mode: str, impl: str = "auto") -> list
             set_grads()
             opt.step()
         sched.step()
+    return params, opt
+
+
+def run_ours(case: str, problem: Problem, mode: str, impl: str = "auto") -> list[torch.Tensor]:
+    params, opt = train(case, problem, mode, impl)
     with opt.at_theta():
         return [p.detach().clone() for p in params]
 

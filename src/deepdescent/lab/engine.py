@@ -20,7 +20,6 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, grad_and_value, vmap
 
-from deepdescent import kernels
 from deepdescent.lab.optimizers import OptimizerSpec
 from deepdescent.lab.problems import Problem, Task
 
@@ -163,21 +162,47 @@ def run_member(problem: Problem, spec: OptimizerSpec, lr: float | None, seed: in
     return result
 
 
-def _fused_members(proto: Any, groups: list, names: list[str], params: dict, grads: dict, state: dict,
-                   state_names: tuple[str, ...], step: int, lookahead: bool) -> bool:
-    """The update of all members as one generated C++ loop per learning rate (the members of one
-    rate are a contiguous slice of each stacked tensor); False where that path does not apply (the
-    first call fails before anything is written: tracing, compiling and layout checks come first)."""
-    for i, (lo, hi, group) in enumerate(groups):
-        lists = [[params[n][lo:hi] for n in names], [grads[n][lo:hi] for n in names],
-                 *([state[sn][n][lo:hi] for n in names] for sn in state_names)]
-        try:
-            kernels.fused_update(proto, group, lookahead, tuple(state_names), lists, [step] * len(names))
-        except (kernels.FusedUnavailable, TypeError, AttributeError, RuntimeError):
-            if i:
-                raise
-            return False
-    return True
+_ELEMENTWISE = (nn.Tanh, nn.ReLU, nn.Sigmoid, nn.Identity)
+
+
+def _stacked_forward(model: nn.Module):
+    """For an ``nn.Sequential`` of ``Linear`` layers and parameter-free activations: the forward of
+    all members at once, ``forward(params, x)`` with params stacked along a leading member axis and
+    x either per member (M, B, in) or shared (B, in). None for any other model (vmap runs it)."""
+    if not isinstance(model, nn.Sequential):
+        return None
+    plan: list[tuple] = []
+    for name, m in model.named_children():
+        if type(m) is nn.Linear:
+            plan.append((f"{name}.weight", f"{name}.bias" if m.bias is not None else None))
+        elif type(m) in _ELEMENTWISE:
+            plan.append((m,))
+        else:
+            return None
+
+    def forward(p: dict[str, Tensor], x: Tensor) -> Tensor:
+        h = x
+        for layer in plan:
+            if len(layer) == 1:
+                h = layer[0](h)
+                continue
+            w = p[layer[0]].transpose(1, 2)  # (M, in, out)
+            h = torch.matmul(h, w) if h.dim() == 2 else torch.bmm(h, w)  # a shared x broadcasts
+            if layer[1] is not None:
+                h = h + p[layer[1]].unsqueeze(1)
+        return h
+    return forward
+
+
+def _per_member_loss(loss):
+    """loss(out, y) of each member, out and y with a leading member axis: the mean-reduced losses
+    the lab uses, computed unreduced and averaged per member; any other loss through vmap."""
+    if loss is nn.functional.cross_entropy:
+        return lambda out, y: nn.functional.cross_entropy(out.flatten(0, 1), y.flatten(0, 1), reduction="none") \
+            .view(y.shape[:2]).mean(1)
+    if loss is nn.functional.mse_loss:
+        return lambda out, y: (out - y).square().flatten(1).mean(1)
+    return vmap(loss)
 
 
 class _null:
@@ -217,8 +242,23 @@ def run_vectorized(problem: Problem, spec: OptimizerSpec, lrs: list[float], seed
     def member_loss(p: dict[str, Tensor], x: Tensor, y: Tensor) -> Tensor:
         return task.loss(functional_call(model, p, (x,)), y)
 
-    step_fn = vmap(grad_and_value(member_loss))
-    eval_all = vmap(member_loss, in_dims=(0, None, None))
+    stacked = _stacked_forward(model)
+    if stacked is None:  # any model: torch.func
+        step_fn = vmap(grad_and_value(member_loss))
+        eval_all = vmap(member_loss, in_dims=(0, None, None))
+    else:  # Linear layers and activations: batched matrix products, one backward for all members
+        per_member = _per_member_loss(task.loss)
+
+        def step_fn(p: dict[str, Tensor], x: Tensor, y: Tensor) -> tuple[dict[str, Tensor], Tensor]:
+            leaves = {k: v.detach().requires_grad_() for k, v in p.items()}
+            with torch.enable_grad():
+                losses = per_member(stacked(leaves, x), y)
+                grads = torch.autograd.grad(losses.sum(), list(leaves.values()))
+            return dict(zip(leaves, grads)), losses.detach()
+
+        def eval_all(p: dict[str, Tensor], x: Tensor, y: Tensor) -> Tensor:
+            out = stacked(p, x)
+            return per_member(out, y.expand(out.shape[0], *y.shape))
 
     def eval_fn(p: dict[str, Tensor], x: Tensor, y: Tensor) -> Tensor:
         return torch.cat([eval_all({k: v[i:i + EVAL_CHUNK] for k, v in p.items()}, x, y)
@@ -256,17 +296,15 @@ def run_vectorized(problem: Problem, spec: OptimizerSpec, lrs: list[float], seed
                 tracks[i].append([float(v) for v in th[names[0]][i].flatten()[:2]])
 
     evaluate(0)
-    fused = kernels.available("cpu") is None and next(iter(params.values())).device.type == "cpu"
     for step in range(1, task.steps + 1):
         start_ = ((step - 1) * batch) % n  # the same position for every member, each in its own order
         idx = orders[:, torch.arange(start_, start_ + batch, device=orders.device) % n]
         grads, _ = step_fn(params, task.x_train[idx], task.y_train[idx])
-        with torch.no_grad():
-            if not (fused and _fused_members(proto, groups, names, params, grads, state, state_names, step, lookahead)):
-                fused = False
-                proto._update(member_group, [params[n_] for n_ in names],  # type: ignore[attr-defined]
-                              [grads[n_] for n_ in names], {sn: [state[sn][n_] for n_ in names] for sn in state_names},
-                              [step] * len(names), lookahead)
+        with torch.no_grad():  # one multi-tensor update for all members (measured faster than a fused
+            # C++ call per learning rate: 36 calls' overhead exceeds the memory traffic saved)
+            proto._update(member_group, [params[n_] for n_ in names],  # type: ignore[attr-defined]
+                          [grads[n_] for n_ in names], {sn: [state[sn][n_] for n_ in names] for sn in state_names},
+                          [step] * len(names), lookahead)
         if step in points or step == task.steps:
             evaluate(step)
     th = theta()

