@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import multiprocessing as mp
 import os
+import signal
+import sys
 import time
 from pathlib import Path
 from typing import Annotated
@@ -34,6 +36,17 @@ def _check_out(out: Path) -> None:
         raise typer.BadParameter(f"cannot write to {str(out)!r}: {err.strerror}", param_hint="--out") from err
 
 
+def _die_with_parent() -> None:
+    """Pool initializer: a worker ends when the bench process does (even on kill -9), so that a
+    resumed bench never races an orphan over the same trials."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        if os.getppid() == 1:  # the parent died before prctl took effect
+            os._exit(1)
+
+
 def _job(args: tuple[str, str, dict, str]) -> tuple[str, str, dict]:
     from deepdescent.lab import optimizers, problems, study
 
@@ -55,7 +68,8 @@ def bench(
     budget: Annotated[int | None, typer.Option(min=1, help="Learning rates tried per optimizer.")] = None,
     search: Annotated[str, typer.Option(help="grid (log grid), qmc (quasi-random) or tpe.")] = "grid",
     seeds: Annotated[int | None, typer.Option(min=1, help="Seeds per setting.")] = None,
-    workers: Annotated[int, typer.Option(min=1, help="Local worker processes.")] = 1,
+    workers: Annotated[int | None, typer.Option(
+        min=1, help="Local worker processes, one thread each (default: one per core, at most 4).")] = None,
     storage: Annotated[str | None, typer.Option(help="Optuna storage URL (default: SQLite under --out).")] = None,
     out: Annotated[Path, typer.Option(help="Run directory (results, figures, report.html).")] = Path("runs/bench"),
     device: Annotated[str, typer.Option(help="cpu, cuda or cuda:N: where the members train.")] = "cpu",
@@ -92,9 +106,10 @@ def bench(
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                   TimeElapsedColumn(), console=console, transient=True) as bar:
         task = bar.add_task("racing", total=len(args))
-        if workers > 1:
+        workers = workers or min(4, os.cpu_count() or 1)  # small problems: processes beat intra-op threads
+        if workers > 1 and len(args) > 1:
             os.environ.setdefault("DEEPDESCENT_THREADS", "1")  # each worker one thread: N workers, N cores
-            with mp.get_context("spawn").Pool(workers) as pool:
+            with mp.get_context("spawn").Pool(workers, initializer=_die_with_parent) as pool:
                 for p, o, runs in pool.imap_unordered(_job, args):
                     results[p][o] = {k: [_from_json(r) for r in v] for k, v in runs.items()}
                     bar.update(task, advance=1, description=f"{p} / {o}")
