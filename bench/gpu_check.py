@@ -159,6 +159,20 @@ def main() -> int:
             finals.append(float(nn.functional.mse_loss(model(x), y).detach()))
         check(f"cuda == cpu: {name}", math.isclose(finals[0], finals[1], rel_tol=1e-6),
               f"(losses {finals[0]:.6g} / {finals[1]:.6g})")
+    # the lab's engine on CUDA (`deepdescent bench --device cuda`), against the same members on the CPU
+    from deepdescent.lab import engine, optimizers, problems
+
+    for prob, opt_name in [("quadratic_deep", "Adam"), ("deep_linear", "Nesterov"), ("deep_linear", "AdaDelta"),
+                           ("quadratic_deep", "L-BFGS")]:
+        problem, spec = problems.problem(prob), optimizers.optimizer(opt_name)
+        lr = spec.default_lr
+        if spec.kind == "first":
+            runs = {d: engine.run_vectorized(problem, spec, [lr], [0, 1], quick=True, device=d) for d in ("cpu", "cuda")}
+        else:
+            runs = {d: [engine.run_member(problem, spec, lr, 0, quick=True, device=d)] for d in ("cpu", "cuda")}
+        err = max(abs(a.train_loss[-1] - b.train_loss[-1]) / max(1e-12, abs(a.train_loss[-1]))
+                  for a, b in zip(runs["cpu"], runs["cuda"]))
+        check(f"lab engine on cuda == cpu: {prob}/{opt_name}", err < 1e-3, f"(final loss rel diff {err:.1e})")
     # instruments on CUDA
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(8, 16), nn.Tanh(), nn.Linear(16, 3)).cuda()

@@ -4,8 +4,9 @@ For each algorithm, the reference is torch.optim's fastest implementation of the
 nearest) mathematics, measured in the same run: each of torch's paths (fused, foreach, for-loop)
 that exists for it is timed and the fastest is kept. Parameters: 10M float32 as 50 × 200k and as
 1000 × 10k tensors; 1 and 2 threads. Reports ms/step, GB/s of minimal memory traffic and the ratio
-ours/torch of throughput (> 1: deepdescent is faster). On the CPU, the final pair (ours and torch's
-fastest path) is timed alternately, step by step, so that a shared machine's slow phases hit both.
+ours/torch of throughput (> 1: deepdescent is faster). On the CPU, ours, torch's fastest path and
+torch's fused Adam (the reference of "ours / fused Adam GB/s") are then stepped in turn, so that a
+shared machine's slow phases hit all three alike.
 
     python bench/step_speed.py [--device cpu|cuda] [--threads 1 2] [--repeats 15] [--markdown FILE]
 """
@@ -117,21 +118,19 @@ def time_steps(opt: torch.optim.Optimizer, repeats: int, device: str) -> float:
     return statistics.median(times)
 
 
-def time_pair(ours: torch.optim.Optimizer, theirs: torch.optim.Optimizer, repeats: int) -> tuple[float, float]:
-    """CPU: median seconds per step of each, stepping them alternately (a shared machine's slow
-    phases then hit both alike)."""
+def time_rotation(opts: list[torch.optim.Optimizer], repeats: int) -> list[float]:
+    """CPU: median seconds per step of each optimizer, stepping them in turn (a shared machine's
+    slow phases then hit all of them alike)."""
     for _ in range(3):
-        ours.step()
-        theirs.step()
-    a, b = [], []
+        for opt in opts:
+            opt.step()
+    times: list[list[float]] = [[] for _ in opts]
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        ours.step()
-        t1 = time.perf_counter()
-        theirs.step()
-        a.append(t1 - t0)
-        b.append(time.perf_counter() - t1)
-    return statistics.median(a), statistics.median(b)
+        for opt, ts in zip(opts, times):
+            t0 = time.perf_counter()
+            opt.step()
+            ts.append(time.perf_counter() - t0)
+    return [statistics.median(ts) for ts in times]
 
 
 def torch_flags(path: str) -> dict:
@@ -190,10 +189,14 @@ def main() -> None:
                     raise SystemExit(f"{name}: {opt.skipped_steps} steps skipped (non-finite gradients): not timed")
                 refresh(params)
                 path, ref = torch_paths(cls, kwargs, params, args.repeats, args.device)
-                if args.device == "cpu":  # the final pair timed alternately
+                if args.device == "cpu":  # ours, torch's fastest and torch's fused Adam, in turn
                     opt = make(params)
                     opt.impl, opt.nonfinite = args.impl, args.nonfinite
-                    ours, ref = time_pair(opt, cls(params, **kwargs, **torch_flags(path)), args.repeats)
+                    ours, ref, adam = time_rotation([opt, cls(params, **kwargs, **torch_flags(path)),
+                                                     torch.optim.Adam(params, lr=1e-3, fused=True)], args.repeats)
+                    adam_gbs = n * 28 / adam / 1e9
+                    if getattr(opt, "skipped_steps", 0):
+                        raise SystemExit(f"{name}: {opt.skipped_steps} steps skipped (non-finite gradients)")
                     refresh(params)
                 gbs = lambda t: n * nbytes / t / 1e9  # noqa: E731
                 row = (threads, layout, name, f"{ours * 1e3:.2f}", f"{gbs(ours):.1f}", path, f"{ref * 1e3:.2f}",

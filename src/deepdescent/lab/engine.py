@@ -2,9 +2,11 @@
 first-order optimizer at once.
 
 Vectorized members: the parameters of all members are stacked along a leading member axis, the
-forward and backward passes run under ``torch.func.vmap`` over ``functional_call``, and the update
-applies the optimizer's own functional core (``deepdescent.algorithms``, reached through the
-optimizer class's ``_update``) to the slice of members that share a learning rate. Members are
+forward and backward passes run under ``torch.func.vmap`` over ``functional_call`` (for a
+``Sequential`` of ``Linear`` layers and activations, as batched matrix products with one backward
+pass for all members, which is faster), and one update applies the optimizer's own functional
+core (``deepdescent.algorithms``, reached through the optimizer class's ``_update``) to all members,
+the learning rate a per-member tensor. Members are
 independent: one that diverges does not affect the others. Methods with line searches and
 closures run member by member.
 """

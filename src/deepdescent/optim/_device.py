@@ -85,6 +85,8 @@ def step(opt: BookOptimizer, lookahead: bool) -> bool:
         return False
     work = []
     for group in opt.param_groups:
+        if group["params"] and group["params"][0].device.type not in kernels.TRITON_DEVICES:
+            return False  # before any per-parameter work: the CPU path pays nothing for this check
         params = [p for p in group["params"] if p.grad is not None]
         if not params:
             continue
