@@ -18,6 +18,20 @@ def _series(records: list[dict[str, Any]], instrument: str, key: str) -> tuple[l
     return xs, ys
 
 
+def _pair(ax, records, instrument: str, keys: dict[str, str], title: str, log: bool) -> bool:
+    """Two values of one instrument over steps on one axis (or an empty panel); whether drawn."""
+    series = [(label, *_series(records, instrument, key)) for key, label in keys.items()]
+    if not series[0][1]:
+        _empty(ax, title)
+        return False
+    for label, steps, values in series:
+        (ax.semilogy if log else ax.plot)(steps, values, marker=".", label=label)
+    ax.set_title(title)
+    ax.set_xlabel("step")
+    ax.legend()
+    return True
+
+
 def _empty(ax, title: str) -> None:
     ax.set_title(title)
     ax.text(0.5, 0.5, "not measured", ha="center", va="center", transform=ax.transAxes, color="gray")
@@ -53,28 +67,11 @@ def plot(log: str | os.PathLike[str] | list[dict[str, Any]], path: str | os.Path
     else:
         _empty(a1, "§8.2.1 ill-conditioning (book Fig. 8.1)")
 
-    ex, lmax = _series(records, "curvature", "lambda_max")
-    _, lmin = _series(records, "curvature", "lambda_min")
-    if ex:
-        a2.plot(ex, lmax, marker=".", label="λmax")
-        a2.plot(ex, lmin, marker=".", label="λmin")
+    if _pair(a2, records, "curvature", {"lambda_max": "λmax", "lambda_min": "λmin"},
+             "§8.2.3 Hessian extreme eigenvalues (Lanczos)", log=False):
         a2.axhline(0, color="gray", lw=0.5)
-        a2.set_title("§8.2.3 Hessian extreme eigenvalues (Lanczos)")
-        a2.set_xlabel("step")
-        a2.legend()
-    else:
-        _empty(a2, "§8.2.3 Hessian extreme eigenvalues")
-
-    nx, bs = _series(records, "gradient_noise", "b_simple")
-    _, snr = _series(records, "gradient_noise", "snr")
-    if nx:
-        a3.semilogy(nx, bs, marker=".", label="B_simple = tr Σ / ‖G‖²")
-        a3.semilogy(nx, snr, marker=".", label="SNR ‖G‖² m / tr Σ")
-        a3.set_title("§8.1.3 gradient noise")
-        a3.set_xlabel("step")
-        a3.legend()
-    else:
-        _empty(a3, "§8.1.3 gradient noise")
+    _pair(a3, records, "gradient_noise", {"b_simple": "B_simple = tr Σ / ‖G‖²", "snr": "SNR ‖G‖² m / tr Σ"},
+          "§8.1.3 gradient noise", log=True)
 
     layer = [r for r in records if r["instrument"] == "cheap" and isinstance(r["values"].get("layer_grad_norms"), dict)]
     if layer:
