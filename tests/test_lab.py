@@ -17,6 +17,7 @@ from typer.testing import CliRunner
 
 from deepdescent.cli import app
 from deepdescent.lab import engine, optimizers, problems, study
+from deepdescent.second_order import LineSearchWarning
 
 TINY = ["--problem", "saddle", "--problem", "cliff", "--optimizer", "Adam", "--optimizer", "L-BFGS",
         "--budget", "3", "--seeds", "2"]
@@ -75,6 +76,7 @@ def test_bench_end_to_end_report_and_rebuild(tmp_path):
     checker.feed(page)
     assert not checker.errors and not checker.stack and checker.images >= 7
     assert "Reference: saddle point f(0, 0) = 0, minima f(0, ±√2) = −1" in page and "comparable: analytic" in page
+    assert "<th>LS fails</th>" in page
     for stem in ["performance_profile", "saddle_curves", "saddle_sensitivity", "saddle_trajectories",
                  "cliff_trajectories", "saddle_instruments"]:
         assert (out / "figures" / f"{stem}.png").stat().st_size > 5000
@@ -83,6 +85,24 @@ def test_bench_end_to_end_report_and_rebuild(tmp_path):
     rebuilt = CliRunner().invoke(app, ["report", str(out)])
     assert rebuilt.exit_code == 0, rebuilt.output
     assert (out / "report.html").is_file()
+
+
+def test_failed_line_searches_are_counted_not_printed():
+    problem, spec = problems.problem("saddle"), optimizers.optimizer("L-BFGS")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        run = engine.run_member(problem, spec, None, 0, True)
+    assert not [w for w in caught if issubclass(w.category, LineSearchWarning)]
+    # the same optimizer in a plain loop warns once per failed line search
+    task = problem.build(0, True)
+    opt = spec.make(task.model.parameters(), None)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _ in range(task.steps):
+            opt.step(lambda: task.loss(task.model(task.x_train), task.y_train))
+    failures = sum(issubclass(w.category, LineSearchWarning) for w in caught)
+    assert failures > 10 and run.line_search_failures == failures
+    assert engine.RunResult.from_json(run.to_json()).line_search_failures == failures
 
 
 def _complete(db):

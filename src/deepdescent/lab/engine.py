@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -24,6 +25,7 @@ from torch.func import functional_call, grad_and_value, vmap
 
 from deepdescent.lab.optimizers import OptimizerSpec
 from deepdescent.lab.problems import Problem, Task
+from deepdescent.second_order import LineSearchWarning
 
 EVAL_POINTS = 20
 EVAL_EXAMPLES = 1000
@@ -49,6 +51,7 @@ class RunResult:
     diverged: bool = False
     trajectory: list[list[float]] | None = None
     vectorized: bool = False
+    line_search_failures: int = 0  # steps whose line search failed (parameters restored)
 
     @property
     def final_train_loss(self) -> float:
@@ -145,12 +148,15 @@ def run_member(problem: Problem, spec: OptimizerSpec, lr: float | None, seed: in
                 loss = task.loss(out, task.y_train)
                 return (loss, out) if spec.closure_output else loss
             try:
-                opt.step(closure)
+                with warnings.catch_warnings():  # counted below, not printed over the progress bar
+                    warnings.simplefilter("ignore", LineSearchWarning)
+                    opt.step(closure)
             except Exception:  # noqa: BLE001 - a closure error (non-finite loss) ends the run as diverged
                 result.diverged = True
                 break
             st = opt.state[next(model.parameters())]
             spent = st.get("func_evals", 0) + 2 * st.get("curvature_products", 0)
+            result.line_search_failures = st.get("line_search_failures", 0)
         if step in points or step == task.steps:
             if evaluate(step):
                 break

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from deepdescent.lab import engine
+from deepdescent.lab.optimizers import OPTIMIZERS
 from deepdescent.lab.problems import PROBLEMS
 
 Results = dict[str, dict[str, dict[str, list[engine.RunResult]]]]  # problem → optimizer → track → runs
@@ -53,6 +54,7 @@ class Row:
     ge_to_target: float
     wall_to_target: float
     diverged: int
+    line_search_failures: float | None  # median over seeds; None for methods without a line search
 
 
 def _median(values: list[float]) -> float:
@@ -93,6 +95,7 @@ def leaderboard(results: dict[str, dict[str, list[engine.RunResult]]]) -> tuple[
             _median([r.test_accuracy for r in tuned]) if tuned[0].test_accuracy is not None else None,
             _median([t[0] for t in times]), _median([t[1] for t in times]), _median([t[2] for t in times]),
             sum(r.diverged for r in tracks["grid"]),
+            _median([r.line_search_failures for r in tuned]) if OPTIMIZERS[name].kind == "second" else None,
         ))
     rows.sort(key=lambda r: (r.ge_to_target, r.final))
     return tgt, rows
@@ -286,7 +289,7 @@ def _fmt(v: Any, digits: int = 4) -> str:
 
 
 COLUMNS = ("optimizer", "lr", "train loss", "defaults", "test loss", "acc", "steps→T", "grads→T", "secs→T",
-           "diverged")
+           "diverged", "LS fails")
 
 
 def _loss(v: float) -> str:
@@ -297,7 +300,7 @@ def _cells(row: Row) -> list[str]:
     acc = None if row.test_accuracy is None else f"{100 * row.test_accuracy:.1f}%"
     return [row.optimizer, _fmt(row.best_lr, 3), _loss(row.final), _loss(row.defaults_final), _fmt(row.test_loss),
             acc or "–", _fmt(row.steps_to_target), _fmt(row.ge_to_target, 3), _fmt(row.wall_to_target, 3),
-            str(row.diverged)]
+            str(row.diverged), _fmt(row.line_search_failures)]
 
 
 def terminal(all_results: Results, console) -> None:
@@ -308,7 +311,8 @@ def terminal(all_results: Results, console) -> None:
         p = PROBLEMS[problem]
         table = Table(title=f"{problem} — {p.challenge} — target train loss T = {tgt:.4g}", title_justify="left",
                       caption="lr: tuned learning rate; defaults: final train loss at default settings; →T: to the "
-                              "target, median over seeds; diverged: runs of the grid", caption_justify="left")
+                              "target, median over seeds; diverged: runs of the grid; LS fails: steps whose line "
+                              "search failed and was undone, median over seeds (after convergence every one fails)", caption_justify="left")
         for c in COLUMNS:
             table.add_column(c, justify="left" if c == "optimizer" else "right")
         for row in rows:
@@ -325,7 +329,8 @@ def write(all_results: Results, out: Path, meta: dict[str, Any]) -> Path:
              "default) with several seeds; the best (lowest median final training loss) is rerun on its own. "
              "Targets: the best median final training loss on each problem plus 5% (AlgoPerf style); time to target "
              "in steps, gradient-equivalent evaluations (a curvature product counts 2, a line-search evaluation 1) "
-             "and seconds; divergence never reaches the target.</p>"]
+             "and seconds; divergence never reaches the target. LS fails: steps whose line search failed and was "
+             "undone (median over seeds; once a method has converged, every line search fails).</p>"]
     parts.append(f'<h2>Performance profile</h2><img alt="performance profile" '
                   f'src="data:image/png;base64,{_profile_figure(all_results, figs)}">')
     for problem, results in all_results.items():

@@ -31,7 +31,7 @@ from deepdescent.lab import engine
 from deepdescent.lab.optimizers import OPTIMIZERS, OptimizerSpec, lr_grid
 from deepdescent.lab.problems import PROBLEMS, Problem
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2  # 2: runs record their failed line searches
 
 
 SEARCHES = ("grid", "qmc", "tpe")
