@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sqlite3
@@ -82,9 +83,18 @@ def test_bench_end_to_end_report_and_rebuild(tmp_path):
         assert (out / "figures" / f"{stem}.png").stat().st_size > 5000
         assert (out / "figures" / f"{stem}.svg").is_file()
     (out / "report.html").unlink()
+    meta = json.loads((out / "meta.json").read_text())
+    meta["optimizers"].append("SGD")  # asked for, never run: left out of the report, no empty study made
+    (out / "meta.json").write_text(json.dumps(meta))
+    studies = _studies(out / "results.db")
     rebuilt = CliRunner().invoke(app, ["report", str(out)])
     assert rebuilt.exit_code == 0, rebuilt.output
-    assert (out / "report.html").is_file()
+    assert (out / "report.html").is_file() and _studies(out / "results.db") == studies
+
+
+def _studies(db) -> int:
+    with sqlite3.connect(db) as con:
+        return con.execute("SELECT COUNT(*) FROM studies").fetchone()[0]
 
 
 def test_failed_line_searches_are_counted_not_printed():
@@ -169,6 +179,9 @@ def test_sampled_searches_store_and_resume(search, tmp_path):
     (["--device", "tpu"], "device='tpu'; valid: cpu, cuda, cuda:N"),
     (["--device", "cuda:x"], "device='cuda:x'; valid"),
     (["--search", "random"], "unknown search 'random'"),
+    (["--problem", "adding:T=1"], "T='1': must be an integer >= 2"),
+    (["--problem", "adding:depth=3"], "is not key=value"),
+    (["--problem", "deep_linear:scheme=he"], "scheme='he'"),
 ])
 def test_bench_bad_arguments(args, message, tmp_path):
     result = CliRunner().invoke(app, ["bench", *args, "--out", str(tmp_path / "x")])
@@ -224,9 +237,58 @@ def test_unwritable_out_and_corrupt_storage(tmp_path):
     assert "cannot open the result storage" in str(result.exception) + result.output
 
 
+def test_parameterized_problems():
+    adding = problems.problem("adding:T=100")
+    assert adding.name == "adding:T=100" and adding.build(0, True).x_train.shape[1:] == (100, 2)
+    assert problems.problem("adding").build(0, False).x_train.shape[1] == 50
+    deep = problems.problem("deep_linear:scheme=normalized,depth=3")
+    assert deep.name == "deep_linear:depth=3,scheme=normalized"  # canonical: keys sorted
+    model = deep.build(0, True).model
+    assert len(model) == 3
+    w = model[0].weight.detach()
+    assert not torch.allclose(w @ w.T, torch.eye(16), atol=0.1)  # Glorot, not orthogonal
+    w = problems.problem("deep_linear:depth=3").build(0, True).model[0].weight.detach()
+    torch.testing.assert_close(w @ w.T, torch.eye(16), atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="takes no parameters"):
+        problems.problem("saddle:T=3")
+
+
+def _fake_runs(losses: list[float]) -> dict[str, list[engine.RunResult]]:
+    run = engine.RunResult("SGD", 0.1, 0, steps=[0, 10, 20, 30], grad_equiv=[0.0, 1.0, 2.0, 3.0],
+                           wall=[0.0, 0.1, 0.2, 0.3], train_loss=losses)
+    return {"grid": [run], "tuned": [run], "defaults": [run]}
+
+
+def test_depth_study_uses_one_target_for_every_depth():
+    from deepdescent.lab import report
+
+    results = {"deep_linear:depth=2,scheme=orthogonal": {"SGD": _fake_runs([1.0, 0.2, 0.1, 0.1])},
+               "deep_linear:depth=8,scheme=orthogonal": {"SGD": _fake_runs([1.0, 0.9, 0.5, 0.2])},
+               "digits_mlp": {"SGD": _fake_runs([2.0, 1.0, 0.5, 0.4])}}
+    common, table = report.depth_study(results)
+    assert common == pytest.approx(0.2 * 1.05 + 1e-8)  # the looser of the two targets (depth 8's)
+    assert table == {"orthogonal": {2: {"SGD": 1.0}, 8: {"SGD": 3.0}}}  # epochs; depth 2 by its own target: 2
+
+
+def test_depth_suite_end_to_end(tmp_path):
+    out = tmp_path / "run"
+    result = CliRunner().invoke(app, ["bench", "--problem", "deep_linear:depth=2", "--problem", "deep_linear:depth=4",
+                                      "--optimizer", "SGD", "--budget", "2", "--seeds", "1", "--workers", "1",
+                                      "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    page = (out / "report.html").read_text()
+    assert "<h2>Depth and initialization</h2>" in page
+    assert (out / "figures" / "depth_initialization.png").stat().st_size > 5000
+    assert (out / "figures" / "deep_linear-depth-4_curves.svg").is_file()
+    assert study.suite("depth")[0] == "deep_linear:depth=2,scheme=orthogonal"
+
+
 def test_report_of_a_non_run_directory(tmp_path):
     result = CliRunner().invoke(app, ["report", str(tmp_path)])
     assert result.exit_code != 0 and "not a `deepdescent bench` run directory" in result.output
+    (tmp_path / "meta.json").write_text('{"protocol": "v1-quick-b3-s2-grid", "problems": [], "optimizers": []}')
+    result = CliRunner().invoke(app, ["report", str(tmp_path)], env={"COLUMNS": "400"})
+    assert result.exit_code != 0 and "holds results of protocol v1" in result.output
 
 
 def test_list_shows_problems_and_optimizers():

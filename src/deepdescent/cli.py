@@ -62,8 +62,11 @@ def _job(args: tuple[str, str, dict, str]) -> tuple[str, str, dict]:
 
 @app.command()
 def bench(
-    suite: Annotated[str, typer.Option(help="quick (≤ 5 min on 2 cores) or full.")] = "quick",
-    problem: Annotated[list[str] | None, typer.Option(help="Only these problems (repeatable).")] = None,
+    suite: Annotated[str, typer.Option(
+        help="quick (≤ 5 min on 2 cores), full, or depth (deep linear network: depth × initialization).")] = "quick",
+    problem: Annotated[list[str] | None, typer.Option(
+        help="Only these problems (repeatable); parameters as name:key=value,…, e.g. adding:T=100, "
+             "deep_linear:depth=50,scheme=normalized.")] = None,
     optimizer: Annotated[list[str] | None, typer.Option(help="Only these optimizers (repeatable).")] = None,
     budget: Annotated[int | None, typer.Option(min=1, help="Learning rates tried per optimizer.")] = None,
     search: Annotated[str, typer.Option(help="grid (log grid), qmc (quasi-random) or tpe.")] = "grid",
@@ -81,9 +84,7 @@ def bench(
         raise typer.BadParameter(f"unknown search {search!r}; valid: {', '.join(study.SEARCHES)}", param_hint="--search")
     _check_device(device)
     try:
-        names = problem or study.suite(suite)
-        for n in names:
-            problems.problem(n)
+        names = list(dict.fromkeys(problems.problem(n).name for n in (problem or study.suite(suite))))
         opts = optimizer or study.all_optimizers()
         for o in opts:
             optimizers.optimizer(o)
@@ -163,6 +164,10 @@ def report_cmd(directory: Annotated[Path, typer.Argument(help="A run directory m
         meta = json.loads(meta_path.read_text())
     except json.JSONDecodeError as err:
         raise typer.BadParameter(f"{str(meta_path)!r} is corrupt ({err.msg})", param_hint="DIRECTORY") from err
+    version = meta["protocol"].split("-")[0]
+    if version != f"v{study.PROTOCOL_VERSION}":
+        raise typer.BadParameter(f"{str(directory)!r} holds results of protocol {version}; this deepdescent reads "
+                                 f"v{study.PROTOCOL_VERSION} only: rerun `deepdescent bench` for it", param_hint="DIRECTORY")
     proto = study.Protocol.from_tag(meta["protocol"])
     results: report.Results = {}
     for p in meta["problems"]:

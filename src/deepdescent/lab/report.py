@@ -8,6 +8,7 @@ import html
 import io
 import json
 import math
+import re
 import statistics
 import warnings
 from dataclasses import dataclass
@@ -18,7 +19,8 @@ import torch
 
 from deepdescent.lab import engine
 from deepdescent.lab.optimizers import OPTIMIZERS
-from deepdescent.lab.problems import PROBLEMS
+from deepdescent.lab.problems import base_name
+from deepdescent.lab.problems import problem as find_problem
 
 Results = dict[str, dict[str, dict[str, list[engine.RunResult]]]]  # problem → optimizer → track → runs
 
@@ -27,7 +29,8 @@ REFERENCES = {
     "adding": ("predicting the mean sum 1 gives MSE = Var(u₁ + u₂) = 1/6 ≈ 0.167 (Hochreiter & Schmidhuber "
                "1997's chance level)", "comparable: same data distribution"),
     "quadratic_deep": ("DeepOBS (Schneider et al. 2019) reports results after 100 epochs of batch 128",
-                       "not comparable: the quick suite runs 100 steps; DeepOBS's eigenvalues are drawn by its own seed"),
+                       "not comparable: our runs take 100 steps (quick) or 1,000 (full); DeepOBS's eigenvalues are "
+                       "drawn by its own seed"),
     "linear_autoencoder": ("the global minimum is the PCA reconstruction error (Baldi & Hornik 1989)",
                            "comparable: computed from the same data in the report"),
     "rosenbrock": ("global minimum f(1, 1) = 0 (Rosenbrock 1960)",
@@ -75,8 +78,6 @@ def target(results: dict[str, dict[str, list[engine.RunResult]]]) -> float:
     """AlgoPerf-style: the best baseline's median final training loss (tuned track), plus 5%. The
     baselines are the minibatch first-order methods; every method's time to that target is
     reported, the second-order ones included."""
-    from deepdescent.lab.optimizers import OPTIMIZERS
-
     baselines = [t for n, t in results.items() if OPTIMIZERS[n].kind == "first"] or list(results.values())
     best = min(_median([r.final_train_loss for r in tracks["tuned"]]) for tracks in baselines)
     return best + 0.05 * abs(best) + 1e-8
@@ -124,6 +125,11 @@ def _plt():
     return plt
 
 
+def _stem(problem: str) -> str:
+    """A file name for a problem: ``deep_linear-depth-50-scheme-normalized``."""
+    return re.sub(r"[^A-Za-z0-9_]+", "-", problem)
+
+
 def _save(fig, out: Path, stem: str) -> str:
     out.mkdir(parents=True, exist_ok=True)
     fig.savefig(out / f"{stem}.png", dpi=100)
@@ -153,12 +159,14 @@ def _learning_curves(problem: str, results, out: Path) -> str:
     ax.set_ylabel("training loss (median, min–max over seeds)")
     ax.set_title(f"{problem}: learning curves at the tuned learning rate")
     ax.legend(fontsize=7, ncol=2)
-    return _save(fig, out, f"{problem}_curves")
+    return _save(fig, out, f"{_stem(problem)}_curves")
 
 
-def _sensitivity(problem: str, results, out: Path) -> str:
+def _sensitivity(problem: str, results, out: Path) -> str | None:
+    """Final loss against learning rate; None when no optimizer tried two learning rates (--budget 1)."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7, 4.5), constrained_layout=True)
+    drawn = False
     for name, tracks in results.items():
         by_lr: dict[float, list[float]] = {}
         for r in tracks["grid"]:
@@ -169,20 +177,24 @@ def _sensitivity(problem: str, results, out: Path) -> str:
         lrs = sorted(by_lr)
         med = [statistics.median(by_lr[lr]) for lr in lrs]
         ax.plot(lrs, [m if math.isfinite(m) else math.nan for m in med], marker="o", ms=3, label=name)
+        drawn = True
+    if not drawn:
+        plt.close(fig)
+        return None
     ax.set_xscale("log")
     ax.set_yscale("symlog", linthresh=1e-3)
     ax.set_xlabel("learning rate")
     ax.set_ylabel("final training loss (median over seeds; gaps: diverged)")
     ax.set_title(f"{problem}: learning-rate sensitivity")
     ax.legend(fontsize=7, ncol=2)
-    return _save(fig, out, f"{problem}_sensitivity")
+    return _save(fig, out, f"{_stem(problem)}_sensitivity")
 
 
 def _trajectories(problem: str, results, out: Path) -> str | None:
     runs = {n: t["tuned"][0] for n, t in results.items() if t["tuned"][0].trajectory and not t["tuned"][0].diverged}
     if not runs:
         return None
-    task = PROBLEMS[problem].build(0, True)
+    task = find_problem(problem).build(0, True)
     pts = torch.tensor([p for r in runs.values() for p in r.trajectory if all(map(math.isfinite, p))])
     lo, hi = pts.min(0).values, pts.max(0).values
     pad = (hi - lo).clamp_min(0.5) * 0.2
@@ -209,7 +221,7 @@ def _trajectories(problem: str, results, out: Path) -> str | None:
         ax.plot(t[:, 0], t[:, 1], marker=".", ms=2, lw=1, label=name)
     ax.set_title(f"{problem}: trajectories (tuned lr, seed 0; diverged runs left out) on log-loss contours")
     ax.legend(fontsize=6, ncol=2)
-    return _save(fig, out, f"{problem}_trajectories")
+    return _save(fig, out, f"{_stem(problem)}_trajectories")
 
 
 def _instrument_panel(problem: str, results, out: Path) -> str | None:
@@ -228,7 +240,7 @@ def _instrument_panel_inner(problem: str, results, out: Path) -> str | None:
         return None
     row = first[0]
     spec = OPTIMIZERS[row.optimizer]
-    task = PROBLEMS[problem].build(0, True)
+    task = find_problem(problem).build(0, True)
     opt = spec.make(task.model.parameters(), row.best_lr)
     every = max(1, task.steps // 25)
     monitor = dg.Monitor(task.model, task.loss, opt, instruments=[dg.Cheap(), dg.IllConditioning()],
@@ -257,7 +269,7 @@ def _instrument_panel_inner(problem: str, results, out: Path) -> str | None:
     twin.plot(hx, ghg, color="tab:red", marker=".")
     twin.set_ylabel("gᵀHg", color="tab:red")
     ax.set_title(f"{problem}: {row.optimizer} (lr {row.best_lr:.3g}) — the quantities of Fig. 8.1")
-    return _save(fig, out, f"{problem}_instruments")
+    return _save(fig, out, f"{_stem(problem)}_instruments")
 
 
 def _profile_figure(all_results: Results, out: Path) -> str:
@@ -273,6 +285,50 @@ def _profile_figure(all_results: Results, out: Path) -> str:
     ax.set_title("performance profile (Dolan & Moré 2002)")
     ax.legend(fontsize=6, ncol=2)
     return _save(fig, out, "performance_profile")
+
+
+def depth_study(all_results: Results) -> tuple[float, dict[str, dict[int, dict[str, float]]]]:
+    """Saxe et al. (2013) across the ``deep_linear`` variants of a run: a common target (the loosest
+    of their targets, so that every variant has an optimizer that reaches it) and, per
+    initialization scheme and depth, each optimizer's median gradient-equivalent evaluations
+    (epochs) to it, tuned runs."""
+    variants = {p: r for p, r in all_results.items() if base_name(p) == "deep_linear"}
+    common = max((target(r) for r in variants.values()), default=math.nan)
+    table: dict[str, dict[int, dict[str, float]]] = {}
+    for p, results in variants.items():
+        extra = find_problem(p).build(0, True).extra
+        table.setdefault(extra["scheme"], {})[extra["depth"]] = {
+            name: _median([_time_to(r, common)[1] for r in tracks["tuned"]]) for name, tracks in results.items()}
+    return common, table
+
+
+def _depth_figure(all_results: Results, out: Path) -> str | None:
+    common, table = depth_study(all_results)
+    depths = sorted({d for by_depth in table.values() for d in by_depth})
+    if len(depths) < 2:
+        return None
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), constrained_layout=True, sharey=True)
+    picks = (lambda t: t.get("SGD", math.inf), lambda t: min(t.values()))
+    for ax, pick, title in zip(axes, picks, ("SGD (tuned lr)", "the fastest optimizer at each depth")):
+        for scheme, by_depth in sorted(table.items()):
+            ds = sorted(by_depth)
+            ys = [pick(by_depth[d]) for d in ds]
+            line, = ax.plot(ds, ys, "o-", label=scheme)  # never reached: inf, not drawn
+            never = [d for d, y in zip(ds, ys) if not math.isfinite(y)]
+            if never:
+                ax.plot(never, [1.0] * len(never), "x", color=line.get_color(), ms=9, transform=ax.get_xaxis_transform(),
+                        clip_on=False, label=f"{scheme}: never")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xticks(depths, [str(d) for d in depths], minor=False)
+        ax.set_xticks([], minor=True)
+        ax.set_xlabel("depth (layers)")
+        ax.set_title(title, fontsize=10)
+        ax.legend(title="initialization", fontsize=8)
+    axes[0].set_ylabel(f"epochs to train loss {common:.3g}\n(median over seeds; 1/20 of the run resolution)")
+    fig.suptitle("deep linear network: training time against depth (Saxe et al. 2013)")
+    return _save(fig, out, "depth_initialization")
 
 
 # ------------------------------------------------------------------------------------- output
@@ -308,7 +364,7 @@ def terminal(all_results: Results, console) -> None:
 
     for problem, results in all_results.items():
         tgt, rows = leaderboard(results)
-        p = PROBLEMS[problem]
+        p = find_problem(problem)
         table = Table(title=f"{problem} — {p.challenge} — target train loss T = {tgt:.4g}", title_justify="left",
                       caption="lr: tuned learning rate; defaults: final train loss at default settings; →T: to the "
                               "target, median over seeds; diverged: runs of the grid; LS fails: steps whose line "
@@ -333,16 +389,20 @@ def write(all_results: Results, out: Path, meta: dict[str, Any]) -> Path:
              "undone (median over seeds; once a method has converged, every line search fails).</p>"]
     parts.append(f'<h2>Performance profile</h2><img alt="performance profile" '
                   f'src="data:image/png;base64,{_profile_figure(all_results, figs)}">')
+    depth = _depth_figure(all_results, figs)
+    if depth:
+        parts.append(f'<h2>Depth and initialization</h2><img alt="depth and initialization" '
+                     f'src="data:image/png;base64,{depth}">')
     for problem, results in all_results.items():
         tgt, rows = leaderboard(results)
-        p = PROBLEMS[problem]
+        p = find_problem(problem)
         parts.append(f"<h2 id='{problem}'>{problem}</h2><p>{html.escape(p.description)} — challenge: "
                      f"<b>{html.escape(p.challenge)}</b>; target training loss {tgt:.4g}</p>")
         head = "".join(f"<th>{html.escape(c)}</th>" for c in COLUMNS)
         body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in _cells(r)) + "</tr>" for r in rows)
         parts.append(f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
-        if problem in REFERENCES:
-            ref, comp = REFERENCES[problem]
+        if base_name(problem) in REFERENCES:
+            ref, comp = REFERENCES[base_name(problem)]
             parts.append(f"<p class='ref'>Reference: {html.escape(ref)} — <i>{html.escape(comp)}</i></p>")
         for maker in (_learning_curves, _sensitivity, _trajectories, _instrument_panel):
             data = maker(problem, results, figs)

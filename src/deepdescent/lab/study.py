@@ -72,10 +72,17 @@ def _optuna():
     return optuna
 
 
-def open_study(url: str, name: str):
+def open_study(url: str, name: str, *, create: bool = True, sampler=None):
+    """The study ``name`` in the storage ``url``; with ``create=False`` (reading a report) a study
+    that is not there raises :class:`Missing` instead of being created empty."""
     optuna = _optuna()
     try:
-        return optuna.create_study(study_name=name, storage=url, load_if_exists=True, direction="minimize")
+        if not create:
+            return optuna.load_study(study_name=name, storage=url, sampler=sampler)
+        return optuna.create_study(study_name=name, storage=url, load_if_exists=True, direction="minimize",
+                                   sampler=sampler)
+    except KeyError as err:  # load_study: no such study
+        raise Missing(name) from err
     except Exception as err:  # noqa: BLE001 - corrupt files and unreachable databases: say which
         raise RuntimeError(f"cannot open the result storage {url!r} ({type(err).__name__}: {err}); "
                            "a corrupt SQLite file must be moved away (or use another --out)") from err
@@ -143,7 +150,7 @@ def run_race(problem: Problem, spec: OptimizerSpec, protocol: Protocol, url: str
 def _track(problem: Problem, spec: OptimizerSpec, lr: float | None, seeds: list[int], protocol: Protocol, url: str,
            name: str, run: bool, progress: Callable[[str], None] | None) -> list[engine.RunResult]:
     """One setting, every seed, member by member (real wall times), stored and resumable."""
-    study = open_study(url, f"{name}/{protocol.tag()}")
+    study = open_study(url, f"{name}/{protocol.tag()}", create=run)
     done = stored(study)
     for s in seeds:
         if (lr, s) not in done:
@@ -166,7 +173,7 @@ def _members(problem: Problem, spec: OptimizerSpec, lrs: list[float], seeds: lis
 
 def _grid_search(problem, spec, protocol, url, prefix, seeds, run, progress):
     grid = lr_grid(spec.default_lr, protocol.budget)
-    study = open_study(url, f"{prefix}/grid/{protocol.tag()}")
+    study = open_study(url, f"{prefix}/grid/{protocol.tag()}", create=run)
     done = stored(study)
     missing_lrs = sorted({lr for lr in grid for s in seeds if (lr, s) not in done})
     if missing_lrs and not run:
@@ -188,11 +195,7 @@ def _sampled_search(problem, spec, protocol, url, prefix, seeds, run, progress):
     optuna = _optuna()
     sampler = optuna.samplers.QMCSampler(seed=0, scramble=True) if protocol.search == "qmc" else \
         optuna.samplers.TPESampler(seed=0, n_startup_trials=min(4, protocol.budget))
-    name = f"{prefix}/{protocol.search}/{protocol.tag()}"
-    try:
-        study = optuna.create_study(study_name=name, storage=url, load_if_exists=True, sampler=sampler)
-    except Exception as err:  # noqa: BLE001
-        raise RuntimeError(f"cannot open the result storage {url!r} ({type(err).__name__}: {err})") from err
+    study = open_study(url, f"{prefix}/{protocol.search}/{protocol.tag()}", create=run, sampler=sampler)
     low, high = lr_grid(spec.default_lr, 2)
     dist = {"lr": optuna.distributions.FloatDistribution(low, high, log=True)}
 
@@ -218,9 +221,17 @@ def _sampled_search(problem, spec, protocol, url, prefix, seeds, run, progress):
     return sorted({lr for lr, _ in done}), done
 
 
+#: Saxe et al. (2013): the deep linear network at three depths under orthogonal and scaled-uniform
+#: (Glorot) initialization; the report draws training time against depth.
+DEPTH_SUITE = [f"deep_linear:depth={d},scheme={s}" for s in ("orthogonal", "normalized") for d in (2, 8, 32)]
+SUITES = ("quick", "full", "depth")
+
+
 def suite(name: str) -> list[str]:
-    if name not in ("quick", "full"):
-        raise ValueError(f"unknown suite {name!r}; valid: quick, full")
+    if name not in SUITES:
+        raise ValueError(f"unknown suite {name!r}; valid: {', '.join(SUITES)}")
+    if name == "depth":
+        return list(DEPTH_SUITE)
     return [p.name for p in PROBLEMS.values() if name in p.suites]
 
 
