@@ -29,8 +29,8 @@ REFERENCES = {
     "adding": ("predicting the mean sum 1 gives MSE = Var(u₁ + u₂) = 1/6 ≈ 0.167 (Hochreiter & Schmidhuber "
                "1997's chance level)", "comparable: same data distribution"),
     "quadratic_deep": ("DeepOBS (Schneider et al. 2019) reports results after 100 epochs of batch 128",
-                       "not comparable: our runs take 100 steps (quick) or 1,000 (full); DeepOBS's eigenvalues are "
-                       "drawn by its own seed"),
+                       ("not comparable: our runs take 100 steps (quick) or 1,000 (full); DeepOBS's eigenvalues "
+                        "are drawn by its own seed")),
     "linear_autoencoder": ("the global minimum is the PCA reconstruction error (Baldi & Hornik 1989)",
                            "comparable: computed from the same data in the report"),
     "rosenbrock": ("global minimum f(1, 1) = 0 (Rosenbrock 1960)",
