@@ -25,7 +25,7 @@ from torch.func import functional_call, grad_and_value, vmap
 
 from deepdescent.lab.optimizers import OptimizerSpec
 from deepdescent.lab.problems import Problem, Task
-from deepdescent.second_order import LineSearchWarning
+from deepdescent.second_order import CurvatureSkipWarning, LineSearchWarning
 
 EVAL_POINTS = 20
 EVAL_EXAMPLES = 1000
@@ -148,8 +148,10 @@ def run_member(problem: Problem, spec: OptimizerSpec, lr: float | None, seed: in
                 loss = task.loss(out, task.y_train)
                 return (loss, out) if spec.closure_output else loss
             try:
-                with warnings.catch_warnings():  # counted below, not printed over the progress bar
+                with warnings.catch_warnings():
+                    # expected events of these methods, counted in their state; not printed over the progress bar
                     warnings.simplefilter("ignore", LineSearchWarning)
+                    warnings.simplefilter("ignore", CurvatureSkipWarning)
                     opt.step(closure)
             except Exception:  # noqa: BLE001 - a closure error (non-finite loss) ends the run as diverged
                 result.diverged = True
