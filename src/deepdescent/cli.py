@@ -166,8 +166,9 @@ def report_cmd(directory: Annotated[Path, typer.Argument(help="A run directory m
         raise typer.BadParameter(f"{str(meta_path)!r} is corrupt ({err.msg})", param_hint="DIRECTORY") from err
     version = meta["protocol"].split("-")[0]
     if version != f"v{study.PROTOCOL_VERSION}":
-        raise typer.BadParameter(f"{str(directory)!r} holds results of protocol {version}; this deepdescent reads "
-                                 f"v{study.PROTOCOL_VERSION} only: rerun `deepdescent bench` for it", param_hint="DIRECTORY")
+        raise typer.BadParameter(f"{str(directory)!r} holds results of protocol {version}; this deepdescent "
+                                 f"reads v{study.PROTOCOL_VERSION} only: rerun `deepdescent bench` for it",
+                                 param_hint="DIRECTORY")
     proto = study.Protocol.from_tag(meta["protocol"])
     results: report.Results = {}
     for p in meta["problems"]:

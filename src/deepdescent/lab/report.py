@@ -317,8 +317,8 @@ def _depth_figure(all_results: Results, out: Path) -> str | None:
             line, = ax.plot(ds, ys, "o-", label=scheme)  # never reached: inf, not drawn
             never = [d for d, y in zip(ds, ys) if not math.isfinite(y)]
             if never:
-                ax.plot(never, [1.0] * len(never), "x", color=line.get_color(), ms=9, transform=ax.get_xaxis_transform(),
-                        clip_on=False, label=f"{scheme}: never")
+                ax.plot(never, [1.0] * len(never), "x", color=line.get_color(), ms=9, clip_on=False,
+                        transform=ax.get_xaxis_transform(), label=f"{scheme}: never")  # at the top edge
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xticks(depths, [str(d) for d in depths], minor=False)
