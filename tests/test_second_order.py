@@ -161,8 +161,9 @@ def test_same_minimizer_as_scipy_with_comparable_evaluations(method, cls, kw, pr
     x0, f, x_star = PROBLEMS[problem]
     ref = _scipy(method, x0, f)
     got, state = _ours(cls, x0, f, **kw)
+    # ours against the exact minimizer; scipy only as the evaluation-count yardstick (its own
+    # accuracy depends on its stopping rules and this machine's BLAS, and is not ours to test)
     np.testing.assert_allclose(got, x_star, atol=2e-4)
-    np.testing.assert_allclose(ref.x, x_star, atol=2e-4)
     line = f"{problem:14s} {method:9s} ours nfev={state['func_evals']:5d} iters={state['n_iter']:5d} | scipy nfev={ref.nfev:5d} nit={ref.nit:5d}"
     print(line)
     assert state["func_evals"] <= 3 * ref.nfev + 20, line
@@ -183,7 +184,6 @@ def test_hessian_free_matches_scipy_newton_cg(problem):
         if torch.func.grad(f)(x.detach()).abs().max() < 1e-8:
             break
     np.testing.assert_allclose(x.detach().numpy(), x_star, atol=1e-5)
-    np.testing.assert_allclose(ref.x, x_star, atol=1e-4)
     st = opt.state[x]
     print(f"{problem}: HF iters={st['n_iter']} f-evals={st['func_evals']} HVPs={st['curvature_products']} | "
           f"scipy Newton-CG nit={ref.nit} nfev={ref.nfev} nhev={ref.nhev}")
