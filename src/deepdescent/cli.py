@@ -13,12 +13,12 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
 app = typer.Typer(help="deepdescent: optimization of deep models after chapter 8 of Deep Learning.",
                   no_args_is_help=True, add_completion=False)
-console = Console(width=None if os.isatty(1) else 140)
+console = Console(width=None if os.isatty(1) else 100)
 
 
 @app.callback()
@@ -36,21 +36,30 @@ def _check_out(out: Path) -> None:
         raise typer.BadParameter(f"cannot write to {str(out)!r}: {err.strerror}", param_hint="--out") from err
 
 
-def _die_with_parent() -> None:
+def _worker_init(started=None) -> None:
     """Pool initializer: a worker ends when the bench process does (even on kill -9), so that a
-    resumed bench never races an orphan over the same trials."""
+    resumed bench never races an orphan over the same trials; Ctrl-C is the parent's to handle (it
+    prints one line), not every worker's traceback."""
+    global _STARTED
     if sys.platform.startswith("linux"):
         import ctypes
 
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
         if os.getppid() == 1:  # the parent died before prctl took effect
             os._exit(1)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _STARTED = started
+
+
+_STARTED = None  # in a worker: the queue on which it says which job it starts
 
 
 def _job(args: tuple[str, str, dict, str]) -> tuple[str, str, dict]:
     from deepdescent.lab import optimizers, problems, study
 
     problem, optimizer, proto, url = args
+    if _STARTED is not None:
+        _STARTED.put((problem, optimizer))
     torch_threads = int(os.environ.get("DEEPDESCENT_THREADS", "0"))
     if torch_threads:
         import torch
@@ -60,10 +69,80 @@ def _job(args: tuple[str, str, dict, str]) -> tuple[str, str, dict]:
     return problem, optimizer, {k: [r.to_json() for r in v] for k, v in runs.items()}
 
 
+def _stored(problem: str, optimizer: str, proto, url: str):
+    """The finished results of one job, or None (reads only; creates nothing)."""
+    from deepdescent.lab import optimizers, problems, study
+
+    try:
+        return study.run_race(problems.problem(problem), optimizers.optimizer(optimizer), proto, url, run=False)
+    except study.Missing:
+        return None
+
+
+def _running(jobs: list[tuple[str, str]]) -> str:
+    names = [f"{p}/{o}" for p, o in jobs]
+    text = ", ".join(names[:2]) + (f" +{len(names) - 2}" if len(names) > 2 else "")
+    return f"running {text}" if names else "starting"
+
+
+def _race(args: list[tuple], workers: int, bar, task, done) -> None:
+    """Run the jobs (in ``workers`` processes), calling ``done(problem, optimizer, runs)`` as each ends."""
+    if workers > 1 and len(args) > 1:
+        os.environ.setdefault("DEEPDESCENT_THREADS", "1")  # each worker one thread: N workers, N cores
+        ctx = mp.get_context("spawn")
+        started = ctx.Queue()
+        with ctx.Pool(workers, initializer=_worker_init, initargs=(started,)) as pool:
+            pending = {pool.apply_async(_job, (a,)): (a[0], a[1]) for a in args}
+            running: list[tuple[str, str]] = []
+            while pending:
+                while not started.empty():
+                    running.append(started.get())
+                for res in [r for r in pending if r.ready()]:
+                    p, o, runs = res.get()  # a worker's exception is raised here
+                    job = pending.pop(res)
+                    if job in running:
+                        running.remove(job)
+                    done(p, o, runs)
+                    bar.advance(task)
+                bar.update(task, description=_running(running))
+                time.sleep(0.1)
+    else:
+        for a in args:
+            bar.update(task, description=_running([(a[0], a[1])]))
+            done(*_job(a))
+            bar.advance(task)
+
+
+def _redact(url: str) -> str:
+    """The storage URL with its password hidden (it is printed and written to meta.json)."""
+    try:
+        from sqlalchemy.engine import make_url
+
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # noqa: BLE001 - not a URL SQLAlchemy parses: nothing to hide
+        return url
+
+
+def _write_meta(out: Path, meta: dict) -> None:
+    tmp = out / "meta.json.tmp"
+    tmp.write_text(json.dumps(meta, indent=1))
+    os.replace(tmp, out / "meta.json")
+
+
+def _resume_hint(out: Path, done: int, total: int) -> str:
+    import shlex
+
+    command = "deepdescent " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    return f"interrupted: {done} of {total} races stored in {out}; resume with: {command}"
+
+
+QUICK_TIME = "about 6 minutes on 2 cores"  # measured: BENCHMARKS.md, "The quick suite"
+
+
 @app.command()
 def bench(
     suite: Annotated[str, typer.Option(
-        help="quick (≤ 5 min on 2 cores), full, or depth (deep linear network: depth × initialization).")] = "quick",
+        help=f"quick ({QUICK_TIME}), full, or depth (deep linear network: depth × initialization).")] = "quick",
     problem: Annotated[list[str] | None, typer.Option(
         help="Only these problems (repeatable); parameters as name:key=value,…, e.g. adding:T=100, "
              "deep_linear:depth=50,scheme=normalized.")] = None,
@@ -76,8 +155,16 @@ def bench(
     storage: Annotated[str | None, typer.Option(help="Optuna storage URL (default: SQLite under --out).")] = None,
     out: Annotated[Path, typer.Option(help="Run directory (results, figures, report.html).")] = Path("runs/bench"),
     device: Annotated[str, typer.Option(help="cpu, cuda or cuda:N: where the members train.")] = "cpu",
+    time_limit: Annotated[float | None, typer.Option(
+        min=0.001, help="Seconds per run (off by default). Cut runs are flagged ✂; results then depend on the "
+                        "machine's speed and load, so the limit is part of the study names.")] = None,
 ) -> None:
-    """Race the optimizers of chapter 8 on problems that each show one §8.2 challenge; resumable."""
+    """Race the optimizers of chapter 8 on problems that each show one §8.2 challenge, every optimizer
+    with the same compute budget; resumable (rerun the same command)."""
+    import platform
+
+    import torch
+
     from deepdescent.lab import optimizers, problems, report, study
 
     if search not in study.SEARCHES:
@@ -92,38 +179,47 @@ def bench(
         raise typer.BadParameter(str(err)) from err
     _check_out(out)
     proto = study.Protocol(suite=suite, budget=budget or (6 if suite == "quick" else 12),
-                           seeds=seeds or (2 if suite == "quick" else 3), search=search, device=device)
+                           seeds=seeds or (2 if suite == "quick" else 3), search=search, device=device,
+                           time_limit=time_limit)
     url = study.storage_url(out, storage)
+    study.open_study(url, "deepdescent-probe")  # a corrupt or unreachable storage fails here, clearly
     jobs = [(p, o) for p in names for o in opts
             if study.applicable(problems.problem(p), optimizers.optimizer(o), proto.quick)]
-    meta = {"suite": suite, "protocol": proto.tag(), "problems": names, "optimizers": opts, "storage": url,
-            "started": time.strftime("%Y-%m-%d %H:%M:%S")}
-    (out / "meta.json").write_text(json.dumps(meta, indent=1))
-    study.open_study(url, "deepdescent-probe")  # a corrupt or unreachable storage fails here, clearly
+    meta = {"suite": suite, "protocol": proto.tag(), "problems": names, "optimizers": opts, "storage": _redact(url),
+            "started": time.strftime("%Y-%m-%d %H:%M:%S"), "torch": torch.__version__,
+            "machine": f"{platform.machine()}, {os.cpu_count()} cores"}
+    _write_meta(out, {**meta, "storage": url})  # the report reconnects with it; pages show it redacted
     results: report.Results = {p: {} for p in names}
-    args = [(p, o, {"suite": proto.suite, "budget": proto.budget, "seeds": proto.seeds, "search": proto.search,
-                    "device": proto.device}, url) for p, o in jobs]
-    start = time.perf_counter()
-    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                  TimeElapsedColumn(), console=console, transient=True) as bar:
-        task = bar.add_task("racing", total=len(args))
-        workers = workers or min(4, os.cpu_count() or 1)  # small problems: processes beat intra-op threads
-        if workers > 1 and len(args) > 1:
-            os.environ.setdefault("DEEPDESCENT_THREADS", "1")  # each worker one thread: N workers, N cores
-            with mp.get_context("spawn").Pool(workers, initializer=_die_with_parent) as pool:
-                for p, o, runs in pool.imap_unordered(_job, args):
-                    results[p][o] = {k: [_from_json(r) for r in v] for k, v in runs.items()}
-                    bar.update(task, advance=1, description=f"{p} / {o}")
+    todo = []
+    for p, o in jobs:
+        runs = _stored(p, o, proto, url)
+        if runs is None:
+            todo.append((p, o, {"suite": proto.suite, "budget": proto.budget, "seeds": proto.seeds,
+                                "search": proto.search, "device": proto.device, "time_limit": proto.time_limit}, url))
         else:
-            for a in args:
-                bar.update(task, description=f"{a[0]} / {a[1]}")
-                p, o, runs = _job(a)
-                results[p][o] = {k: [_from_json(r) for r in v] for k, v in runs.items()}
-                bar.advance(task)
+            results[p][o] = runs
+    if len(todo) < len(jobs):
+        console.print(f"{len(jobs) - len(todo)} of {len(jobs)} races already stored in {out}")
+
+    def done(p: str, o: str, runs: dict) -> None:
+        results[p][o] = {k: [_from_json(r) for r in v] for k, v in runs.items()}
+
+    start = time.perf_counter()
+    with Progress(TextColumn("{task.description}", style="cyan"), BarColumn(bar_width=20),
+                  TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn(), TextColumn("ETA"),
+                  TimeRemainingColumn(), console=console, transient=True) as bar:
+        task = bar.add_task("starting", total=len(todo))
+        try:
+            _race(todo, min(workers or min(4, os.cpu_count() or 1), max(1, len(todo))), bar, task, done)
+        except KeyboardInterrupt:
+            bar.stop()
+            stored_now = sum(len(r) for r in results.values())
+            console.print(_resume_hint(out, stored_now, len(jobs)), soft_wrap=True)
+            raise typer.Exit(130) from None
     results = {p: r for p, r in results.items() if r}
     report.terminal(results, console)
     meta["seconds"] = round(time.perf_counter() - start, 1)
-    (out / "meta.json").write_text(json.dumps(meta, indent=1))
+    _write_meta(out, {**meta, "storage": url})
     with console.status("writing the report"):
         page = report.write(results, out, meta)
     console.print(f"report: {page}  (figures in {out / 'figures'}; rebuild with `deepdescent report {out}`)")
@@ -181,7 +277,7 @@ def report_cmd(directory: Annotated[Path, typer.Argument(help="A run directory m
     if not results:
         raise typer.BadParameter(f"no finished results in {meta['storage']!r}", param_hint="DIRECTORY")
     report.terminal(results, console)
-    console.print(f"report: {report.write(results, directory, meta)}")
+    console.print(f"report: {report.write(results, directory, {**meta, 'storage': _redact(meta['storage'])})}")
 
 
 @app.command("list")

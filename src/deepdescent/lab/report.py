@@ -1,36 +1,38 @@
-"""The report of a race: targets, leaderboards, performance profile, figures (PNG + SVG), one
-self-contained HTML page, and the terminal table."""
+"""The report of a race: the verdict, leaderboards, performance profile, figures (PNG at print
+resolution + SVG), one self-contained HTML page, and the terminal tables. Everything is drawn from
+the stored runs: writing the report never trains a model."""
 
 from __future__ import annotations
 
 import base64
 import html
 import io
-import json
 import math
 import re
 import statistics
-import warnings
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from deepdescent.lab import engine
 from deepdescent.lab.optimizers import OPTIMIZERS
 from deepdescent.lab.problems import base_name
 from deepdescent.lab.problems import problem as find_problem
+from deepdescent.lab.verdict import (Race, Results, Row, leaderboard, median, performance_profile, target,
+                                     time_to_target, verdict)
 
-Results = dict[str, dict[str, dict[str, list[engine.RunResult]]]]  # problem → optimizer → track → runs
+__all__ = ["REFERENCES", "Results", "depth_study", "leaderboard", "performance_profile", "target", "terminal",
+           "title", "write"]
+
+DPI = 200  # print resolution of the PNG figures
 
 #: Reference numbers a problem can be compared with, and whether they are comparable.
 REFERENCES = {
     "adding": ("predicting the mean sum 1 gives MSE = Var(u₁ + u₂) = 1/6 ≈ 0.167 (Hochreiter & Schmidhuber "
                "1997's chance level)", "comparable: same data distribution"),
     "quadratic_deep": ("DeepOBS (Schneider et al. 2019) reports results after 100 epochs of batch 128",
-                       ("not comparable: our runs take 100 steps (quick) or 1,000 (full); DeepOBS's eigenvalues "
-                        "are drawn by its own seed")),
+                       ("not comparable: our budget is 250 epochs (quick) or 1,000 (full) on 1,000 examples; "
+                        "DeepOBS's eigenvalues are drawn by its own seed")),
     "linear_autoencoder": ("the global minimum is the PCA reconstruction error (Baldi & Hornik 1989)",
                            "comparable: computed from the same data in the report"),
     "rosenbrock": ("global minimum f(1, 1) = 0 (Rosenbrock 1960)",
@@ -45,77 +47,35 @@ REFERENCES = {
 }
 
 
-@dataclass
-class Row:
-    optimizer: str
-    best_lr: float | None
-    final: float
-    defaults_final: float
-    test_loss: float
-    test_accuracy: float | None
-    steps_to_target: float
-    ge_to_target: float
-    wall_to_target: float
-    diverged: int
-    line_search_failures: float | None  # median over seeds; None for methods without a line search
-
-
-def _median(values: list[float]) -> float:
-    finite = [v for v in values if v is not None]
-    return statistics.median(finite) if finite else math.nan
-
-
-def _time_to(run: engine.RunResult, target: float) -> tuple[float, float, float]:
-    if run.diverged:
-        return math.inf, math.inf, math.inf
-    for s, ge, w, loss in zip(run.steps, run.grad_equiv, run.wall, run.train_loss):
-        if loss <= target:
-            return float(s), ge, w
-    return math.inf, math.inf, math.inf
-
-
-def target(results: dict[str, dict[str, list[engine.RunResult]]]) -> float:
-    """AlgoPerf-style: the best baseline's median final training loss (tuned track), plus 5%. The
-    baselines are the minibatch first-order methods; every method's time to that target is
-    reported, the second-order ones included."""
-    baselines = [t for n, t in results.items() if OPTIMIZERS[n].kind == "first"] or list(results.values())
-    best = min(_median([r.final_train_loss for r in tracks["tuned"]]) for tracks in baselines)
-    return best + 0.05 * abs(best) + 1e-8
-
-
-def leaderboard(results: dict[str, dict[str, list[engine.RunResult]]]) -> tuple[float, list[Row]]:
-    tgt = target(results)
-    rows = []
-    for name, tracks in results.items():
-        tuned = tracks["tuned"]
-        times = [_time_to(r, tgt) for r in tuned]
-        rows.append(Row(
-            name, tuned[0].lr, _median([r.final_train_loss for r in tuned]),
-            _median([r.final_train_loss for r in tracks["defaults"]]),
-            _median([r.test_loss for r in tuned]),
-            _median([r.test_accuracy for r in tuned]) if tuned[0].test_accuracy is not None else None,
-            _median([t[0] for t in times]), _median([t[1] for t in times]), _median([t[2] for t in times]),
-            sum(r.diverged for r in tracks["grid"]),
-            _median([r.line_search_failures for r in tuned]) if OPTIMIZERS[name].kind == "second" else None,
-        ))
-    rows.sort(key=lambda r: (r.ge_to_target, r.final))
-    return tgt, rows
-
-
-def performance_profile(all_results: Results) -> dict[str, list[float]]:
-    """Per optimizer, its gradient-equivalents to target divided by the best on each problem."""
-    ratios: dict[str, list[float]] = {}
-    for prob in all_results.values():
-        _, rows = leaderboard(prob)
-        best = min((r.ge_to_target for r in rows), default=math.inf)
-        for r in rows:
-            ratio = r.ge_to_target / best if math.isfinite(r.ge_to_target) and best > 0 else (
-                1.0 if r.ge_to_target == best else math.inf)
-            ratios.setdefault(r.optimizer, []).append(ratio)
-    return ratios
+def title(problem: str) -> str:
+    """The problem and the variant that actually ran: ``deep_linear (depth=20, scheme=orthogonal)``."""
+    extra = find_problem(problem).build(0, True).extra
+    shown = {k: v for k, v in extra.items() if isinstance(v, (int, float, str)) and not isinstance(v, bool)}
+    if "length" in shown:
+        shown["T"] = shown.pop("length")
+    variant = ", ".join(f"{k}={v}" for k, v in sorted(shown.items()))
+    return f"{base_name(problem)} ({variant})" if variant else base_name(problem)
 
 
 # ------------------------------------------------------------------------------------- figures
+_LINESTYLE = {"momentum": "-", "adaptive": "--", "second": "-."}
+
+
+#: One colour per optimizer (tab10, then Dark2's darker hues), in the order of the lab's registry.
+_COLOURS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
+            "#17becf", "#1b9e77", "#d95f02", "#7570b3", "#e7298a", "#66a61e", "#000000"]
+
+
+def style(name: str) -> dict[str, Any]:
+    """A colour of its own per optimizer and one line style per family (solid: SGD and momentum,
+    dashed: adaptive rates, dash-dot: second order), so that every curve is distinguishable."""
+    names = list(OPTIMIZERS)
+    index = names.index(name) if name in names else len(names) + sum(map(ord, name))
+    spec = OPTIMIZERS.get(name)
+    return {"color": _COLOURS[index % len(_COLOURS)], "linestyle": _LINESTYLE[spec.family if spec else "adaptive"],
+            "lw": 1.6}
+
+
 def _plt():
     import matplotlib
 
@@ -132,42 +92,78 @@ def _stem(problem: str) -> str:
 
 def _save(fig, out: Path, stem: str) -> str:
     out.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out / f"{stem}.png", dpi=100)
-    fig.savefig(out / f"{stem}.svg")
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
+    fig.savefig(buf, format="png", dpi=DPI)
+    (out / f"{stem}.png").write_bytes(buf.getvalue())
+    fig.savefig(out / f"{stem}.svg")
     _plt().close(fig)
     return base64.b64encode(buf.getvalue()).decode()
 
 
-def _learning_curves(problem: str, results, out: Path) -> str:
+def _loss_scale(ax, values: list[float], axis: str = "y") -> None:
+    """Log scale for a positive quantity (tick labels on every decade and, over less than one
+    decade, between them); linear where it can be zero or negative (the saddle's minimum is −1)."""
+    from matplotlib import ticker
+
+    finite = [v for v in values if math.isfinite(v)]
+    if not finite or min(finite) <= 0:
+        return
+    getattr(ax, f"set_{axis}scale")("log")
+    target = ax.yaxis if axis == "y" else ax.xaxis
+    if max(finite) / min(finite) < 100:  # few decades: label the minor ticks too
+        target.set_minor_formatter(ticker.LogFormatterSciNotation(labelOnlyBase=False, minor_thresholds=(3, 3)))
+
+
+def _legend(ax) -> None:
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0, frameon=False)
+
+
+def _curve(run, xs) -> list[float]:
+    """The run's recorded loss within its budget, interpolated at ``xs``. A run that spent its
+    budget holds its last point to the end (a step that would have crossed the budget does not
+    count); one cut short (time limit) stops at its last point."""
+    import numpy as np
+
+    n = run.within_budget()
+    ge, loss = run.grad_equiv[:n], run.train_loss[:n]
+    after = math.nan if run.truncated else loss[-1]
+    return list(np.interp(xs, ge, loss, right=after)) if n > 1 else [loss[0] if x == 0 else after for x in xs]
+
+
+def _learning_curves(problem: str, race: Race, out: Path) -> str:
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(7, 4.5), constrained_layout=True)
-    for name, tracks in results.items():
+    tgt = target(race)
+    budget = max(r.budget for tracks in race.values() for r in tracks["tuned"])
+    xs = [budget * i / 200 for i in range(201)]
+    fig, ax = plt.subplots(figsize=(8, 4.5), constrained_layout=True)
+    drawn: list[float] = [tgt]
+    for name, tracks in race.items():
         runs = [r for r in tracks["tuned"] if not r.diverged]
+        label = name + (f" ({len(tracks['tuned']) - len(runs)} diverged)" if len(runs) < len(tracks["tuned"]) else "")
         if not runs:
             continue
-        n = min(len(r.train_loss) for r in runs)
-        x = runs[0].grad_equiv[:n]
-        stacked = torch.tensor([r.train_loss[:n] for r in runs])
-        med = stacked.median(0).values
-        ax.plot(x, med, label=name, lw=1.2)
-        ax.fill_between(x, stacked.min(0).values, stacked.max(0).values, alpha=0.15)
-    ax.set_yscale("symlog", linthresh=1e-3)
-    ax.set_xscale("symlog", linthresh=1.0)
-    ax.set_xlabel("gradient-equivalent evaluations (full-batch gradients; linear below 1, log above)")
-    ax.set_ylabel("training loss (median, min–max over seeds)")
-    ax.set_title(f"{problem}: learning curves at the tuned learning rate")
-    ax.legend(fontsize=7, ncol=2)
+        curves = torch.tensor([_curve(r, xs) for r in runs], dtype=torch.float64)
+        med = curves.nanmedian(0).values
+        ax.plot(xs, med, label=label, **style(name))
+        if len(runs) > 1:
+            ax.fill_between(xs, curves.min(0).values, curves.max(0).values, color=style(name)["color"], alpha=0.10)
+        drawn += [float(v) for v in curves.flatten() if math.isfinite(v)]
+    ax.axhline(tgt, color="black", lw=0.9, ls=(0, (4, 3)), label=f"target T = {tgt:.3g}")
+    ax.set_xlim(0, budget)
+    _loss_scale(ax, drawn)
+    ax.set_xlabel("gradient-equivalents (full-batch gradients; every optimizer gets the same budget)")
+    ax.set_ylabel("training loss\n(median; band: min–max over seeds)")
+    ax.set_title(f"{title(problem)}: learning curves at the tuned learning rate", fontsize=10)
+    _legend(ax)
     return _save(fig, out, f"{_stem(problem)}_curves")
 
 
-def _sensitivity(problem: str, results, out: Path) -> str | None:
+def _sensitivity(problem: str, race: Race, out: Path) -> str | None:
     """Final loss against learning rate; None when no optimizer tried two learning rates (--budget 1)."""
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(7, 4.5), constrained_layout=True)
-    drawn = False
-    for name, tracks in results.items():
+    fig, ax = plt.subplots(figsize=(8, 4.5), constrained_layout=True)
+    drawn: list[float] = []
+    for name, tracks in race.items():
         by_lr: dict[float, list[float]] = {}
         for r in tracks["grid"]:
             if r.lr is not None:
@@ -176,22 +172,27 @@ def _sensitivity(problem: str, results, out: Path) -> str | None:
             continue
         lrs = sorted(by_lr)
         med = [statistics.median(by_lr[lr]) for lr in lrs]
-        ax.plot(lrs, [m if math.isfinite(m) else math.nan for m in med], marker="o", ms=3, label=name)
-        drawn = True
+        st = style(name)
+        ax.plot(lrs, [m if math.isfinite(m) else math.nan for m in med], marker="o", ms=3, label=name, **st)
+        best = tracks["tuned"][0].lr
+        ax.plot([best], [median(r.final_train_loss for r in tracks["tuned"])], marker="*", ms=10, color=st["color"])
+        failed = [lr for lr, m in zip(lrs, med) if not math.isfinite(m)]
+        ax.plot(failed, [1.0] * len(failed), "x", color=st["color"], transform=ax.get_xaxis_transform(), clip_on=False)
+        drawn += [m for m in med if math.isfinite(m)]
     if not drawn:
         plt.close(fig)
         return None
     ax.set_xscale("log")
-    ax.set_yscale("symlog", linthresh=1e-3)
-    ax.set_xlabel("learning rate")
-    ax.set_ylabel("final training loss (median over seeds; gaps: diverged)")
-    ax.set_title(f"{problem}: learning-rate sensitivity")
-    ax.legend(fontsize=7, ncol=2)
+    _loss_scale(ax, drawn)
+    ax.set_xlabel("learning rate (★ tuned; × at the top: diverged)")
+    ax.set_ylabel("final training loss\n(median over seeds)")
+    ax.set_title(f"{title(problem)}: learning-rate sensitivity", fontsize=10)
+    _legend(ax)
     return _save(fig, out, f"{_stem(problem)}_sensitivity")
 
 
-def _trajectories(problem: str, results, out: Path) -> str | None:
-    runs = {n: t["tuned"][0] for n, t in results.items() if t["tuned"][0].trajectory and not t["tuned"][0].diverged}
+def _trajectories(problem: str, race: Race, out: Path) -> str | None:
+    runs = {n: t["tuned"][0] for n, t in race.items() if t["tuned"][0].trajectory and not t["tuned"][0].diverged}
     if not runs:
         return None
     task = find_problem(problem).build(0, True)
@@ -201,7 +202,7 @@ def _trajectories(problem: str, results, out: Path) -> str | None:
     u = torch.linspace(float(lo[0] - pad[0]), float(hi[0] + pad[0]), 120)
     v = torch.linspace(float(lo[1] - pad[1]), float(hi[1] + pad[1]), 120)
     f = task.extra.get("f")
-    with torch.no_grad():
+    with torch.no_grad():  # the loss surface on a grid: evaluation only, nothing is trained
         if f is not None:
             z = torch.stack([torch.stack([f(torch.stack([a, b])) for a in u]) for b in v])
         else:  # evaluate the task's loss with the model's two parameters set on the grid
@@ -213,77 +214,64 @@ def _trajectories(problem: str, results, out: Path) -> str | None:
                     theta.copy_(torch.stack([a, b]))
                     z[j, i] = task.loss(model(task.x_train), task.y_train)
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(6.5, 5), constrained_layout=True)
+    fig, ax = plt.subplots(figsize=(8, 5.5), constrained_layout=True)
     zz = torch.log10(z - z[torch.isfinite(z)].min() + 1e-3)
-    ax.contourf(u, v, zz, levels=30, cmap="Greys")
+    filled = ax.contourf(u, v, zz, levels=30, cmap="Greys")
+    fig.colorbar(filled, ax=ax, location="left", pad=0.12).set_label("log₁₀(loss − min + 10⁻³)")
     for name, r in runs.items():
         t = torch.tensor(r.trajectory)
-        ax.plot(t[:, 0], t[:, 1], marker=".", ms=2, lw=1, label=name)
-    ax.set_title(f"{problem}: trajectories (tuned lr, seed 0; diverged runs left out) on log-loss contours")
-    ax.legend(fontsize=6, ncol=2)
+        ax.plot(t[:, 0], t[:, 1], marker=".", ms=2, label=name, **style(name))
+    names = ("w", "b") if f is None else ("θ₁", "θ₂")
+    ax.set_xlabel(names[0])
+    ax.set_ylabel(names[1])
+    ax.set_title(f"{title(problem)}: trajectories (tuned lr, seed 0)", fontsize=10)
+    _legend(ax)
     return _save(fig, out, f"{_stem(problem)}_trajectories")
 
 
-def _instrument_panel(problem: str, results, out: Path) -> str | None:
-    with warnings.catch_warnings():
-        return _instrument_panel_inner(problem, results, out)
-
-
-def _instrument_panel_inner(problem: str, results, out: Path) -> str | None:
-    """gradient norm and gᵀHg over training for the winning first-order optimizer (book Fig. 8.1)."""
-    from deepdescent import diagnostics as dg
-    from deepdescent.lab.optimizers import OPTIMIZERS
-
-    _, rows = leaderboard(results)
-    first = [r for r in rows if OPTIMIZERS[r.optimizer].kind == "first"]
-    if not first:
+def _instrument_panel(problem: str, race: Race, out: Path) -> str | None:
+    """‖g‖ and gᵀHg over training for the best first-order optimizer (the book's Figure 8.1), as
+    its instrumented run recorded them; each on its own logarithmic axis."""
+    _, rows = leaderboard(race)
+    run = next((race[r.optimizer]["instruments"][0] for r in rows if race[r.optimizer].get("instruments")
+                and race[r.optimizer]["instruments"][0].grad_norm), None)
+    if run is None:
         return None
-    row = first[0]
-    spec = OPTIMIZERS[row.optimizer]
-    task = find_problem(problem).build(0, True)
-    opt = spec.make(task.model.parameters(), row.best_lr)
-    every = max(1, task.steps // 25)
-    monitor = dg.Monitor(task.model, task.loss, opt, instruments=[dg.Cheap(), dg.IllConditioning()],
-                         every={"cheap": every, "ill_conditioning": every}, budget=1e9)
-    order = engine._order(len(task.x_train), 0)
-    records = []
-    warnings.simplefilter("ignore", RuntimeWarning)  # the reverse-over-reverse fallback note (mse_loss)
-    for step in range(task.steps):
-        idx = engine._batch_indices(order, step, task.batch_size)
-        x, y = task.x_train[idx], task.y_train[idx]
-        opt.zero_grad()
-        loss = task.loss(task.model(x), y)
-        loss.backward()
-        records += monitor.step(x, y, loss)
-        opt.step()
+    n = run.within_budget()
+    x, norm, curv = run.grad_equiv[:n], run.grad_norm[:n], run.gTHg[:n]
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(7, 4.5), constrained_layout=True)
-    gx = [r["step"] for r in records if r["instrument"] == "cheap"]
-    gn = [r["values"].get("grad_norm", math.nan) for r in records if r["instrument"] == "cheap"]
-    hx = [r["step"] for r in records if r["instrument"] == "ill_conditioning"]
-    ghg = [r["values"]["gTHg"] for r in records if r["instrument"] == "ill_conditioning"]
-    ax.plot(gx, gn, color="tab:blue")
-    ax.set_ylabel("gradient norm", color="tab:blue")
-    ax.set_xlabel("step")
+    fig, ax = plt.subplots(figsize=(8, 4.5), constrained_layout=True)
+    ax.plot(x, norm, color="tab:blue", marker=".")
+    _loss_scale(ax, norm)
+    ax.set_ylabel("gradient norm ‖g‖", color="tab:blue")
+    ax.set_xlabel("gradient-equivalents")
     twin = ax.twinx()
-    twin.plot(hx, ghg, color="tab:red", marker=".")
+    twin.plot(x, curv, color="tab:red", marker=".")
+    finite = [c for c in curv if math.isfinite(c)]
+    if finite and min(finite) > 0:
+        _loss_scale(twin, finite)
+    elif finite:
+        twin.set_yscale("symlog", linthresh=max(1e-12, 1e-3 * max(abs(c) for c in finite)))
     twin.set_ylabel("gᵀHg", color="tab:red")
-    ax.set_title(f"{problem}: {row.optimizer} (lr {row.best_lr:.3g}) — the quantities of Fig. 8.1")
+    ax.set_title(f"{title(problem)}: {run.optimizer} (lr {run.lr:.3g}, seed 0) — the quantities of Fig. 8.1",
+                 fontsize=10)
     return _save(fig, out, f"{_stem(problem)}_instruments")
 
 
 def _profile_figure(all_results: Results, out: Path) -> str:
     plt = _plt()
     ratios = performance_profile(all_results)
-    fig, ax = plt.subplots(figsize=(7, 4.5), constrained_layout=True)
+    fig, ax = plt.subplots(figsize=(8, 4.5), constrained_layout=True)
     taus = [1.0 * 10 ** (i / 20) for i in range(0, 61)]
     for name, rs in ratios.items():
-        ax.step(taus, [sum(r <= t for r in rs) / len(rs) for t in taus], where="post", label=name)
+        ax.step(taus, [sum(r <= t for r in rs) / len(rs) for t in taus], where="post", label=name, **style(name))
     ax.set_xscale("log")
-    ax.set_xlabel("τ (gradient-equivalents to target / best)")
-    ax.set_ylabel("fraction of problems within τ of the best")
-    ax.set_title("performance profile (Dolan & Moré 2002)")
-    ax.legend(fontsize=6, ncol=2)
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_xlabel("τ (epochs to target / the best optimizer's)")
+    ax.set_ylabel(f"fraction of the {len(all_results)} problems\nsolved within τ of the best")
+    ax.set_title("performance profile (Dolan & Moré 2002): solved = at least half the seeds reach the target",
+                 fontsize=10)
+    _legend(ax)
     return _save(fig, out, "performance_profile")
 
 
@@ -298,7 +286,7 @@ def depth_study(all_results: Results) -> tuple[float, dict[str, dict[int, dict[s
     for p, results in variants.items():
         extra = find_problem(p).build(0, True).extra
         table.setdefault(extra["scheme"], {})[extra["depth"]] = {
-            name: _median([_time_to(r, common)[1] for r in tracks["tuned"]]) for name, tracks in results.items()}
+            name: median(time_to_target(r, common) for r in tracks["tuned"]) for name, tracks in results.items()}
     return common, table
 
 
@@ -310,7 +298,7 @@ def _depth_figure(all_results: Results, out: Path) -> str | None:
     plt = _plt()
     fig, axes = plt.subplots(1, 2, figsize=(10, 4), constrained_layout=True, sharey=True)
     picks = (lambda t: t.get("SGD", math.inf), lambda t: min(t.values()))
-    for ax, pick, title in zip(axes, picks, ("SGD (tuned lr)", "the fastest optimizer at each depth")):
+    for ax, pick, name in zip(axes, picks, ("SGD (tuned lr)", "the fastest optimizer at each depth")):
         for scheme, by_depth in sorted(table.items()):
             ds = sorted(by_depth)
             ys = [pick(by_depth[d]) for d in ds]
@@ -324,14 +312,14 @@ def _depth_figure(all_results: Results, out: Path) -> str | None:
         ax.set_xticks(depths, [str(d) for d in depths], minor=False)
         ax.set_xticks([], minor=True)
         ax.set_xlabel("depth (layers)")
-        ax.set_title(title, fontsize=10)
+        ax.set_title(name, fontsize=10)
         ax.legend(title="initialization", fontsize=8)
     axes[0].set_ylabel(f"epochs to train loss {common:.3g}\n(median over seeds; 1/20 of the run resolution)")
     fig.suptitle("deep linear network: training time against depth (Saxe et al. 2013)")
     return _save(fig, out, "depth_initialization")
 
 
-# ------------------------------------------------------------------------------------- output
+# ------------------------------------------------------------------------------------- tables
 def _fmt(v: Any, digits: int = 4) -> str:
     if v is None:
         return "–"
@@ -339,80 +327,163 @@ def _fmt(v: Any, digits: int = 4) -> str:
         if math.isnan(v):
             return "–"
         if math.isinf(v):
-            return "never"
+            return "never" if v > 0 else "-inf"
         return f"{v:.{digits}g}"
     return str(v)
-
-
-COLUMNS = ("optimizer", "lr", "train loss", "defaults", "test loss", "acc", "steps→T", "grads→T", "secs→T",
-           "diverged", "LS fails")
 
 
 def _loss(v: float) -> str:
     return "diverged" if v == math.inf else _fmt(v)
 
 
-def _cells(row: Row) -> list[str]:
-    acc = None if row.test_accuracy is None else f"{100 * row.test_accuracy:.1f}%"
-    return [row.optimizer, _fmt(row.best_lr, 3), _loss(row.final), _loss(row.defaults_final), _fmt(row.test_loss),
-            acc or "–", _fmt(row.steps_to_target), _fmt(row.ge_to_target, 3), _fmt(row.wall_to_target, 3),
-            str(row.diverged), _fmt(row.line_search_failures)]
+def _lr(row: Row) -> str:
+    """The tuned learning rate; ``*`` when it is still at an edge of its (extended) grid."""
+    return _fmt(row.best_lr, 2) + ("*" if row.lr_interior is False else "")
+
+
+def _reached(row: Row) -> str:
+    return f"{row.reached}/{row.seeds}" + ("✂" if row.truncated else "")
+
+
+#: (header, cell) of the leaderboard; the terminal shows the first ``TERMINAL_COLUMNS``.
+COLUMNS = (
+    ("optimizer", lambda r: r.optimizer),
+    ("lr", _lr),
+    ("final loss", lambda r: _loss(r.final)),
+    ("≤T", _reached),
+    ("epochs→T", lambda r: _fmt(r.ge_to_target, 3)),
+    ("test loss", lambda r: _fmt(r.test_loss, 3)),
+    ("acc", lambda r: "–" if r.test_accuracy is None else f"{100 * r.test_accuracy:.1f}%"),
+    ("div", lambda r: str(r.diverged)),
+    ("defaults", lambda r: _loss(r.defaults_final)),
+    ("LS fails", lambda r: _fmt(r.line_search_failures)),
+)
+TERMINAL_COLUMNS = 8
+
+CAPTION = ("lr: tuned learning rate (* still at the edge of its grid after extending it); final loss: median "
+           "training loss when the budget is spent; ≤T: seeds that end at or below the target; epochs→T: "
+           "median epochs (gradient-equivalents) after which those seeds stay below it; div: diverged runs "
+           "of the grid; ✂: runs cut by --time-limit")
 
 
 def terminal(all_results: Results, console) -> None:
+    """One table per problem that fits 80 columns, and its verdict."""
+    from rich import box
     from rich.table import Table
 
-    for problem, results in all_results.items():
-        tgt, rows = leaderboard(results)
+    for problem, race in all_results.items():
+        tgt, rows = leaderboard(race)
         p = find_problem(problem)
-        table = Table(title=f"{problem} — {p.challenge} — target train loss T = {tgt:.4g}", title_justify="left",
-                      caption="lr: tuned learning rate; defaults: final train loss at default settings; →T: to the "
-                              "target, median over seeds; diverged: runs of the grid; LS fails: steps whose line "
-                              "search failed and was undone, median over seeds (after convergence every one fails)", caption_justify="left")
-        for c in COLUMNS:
-            table.add_column(c, justify="left" if c == "optimizer" else "right")
-        for row in rows:
-            table.add_row(*_cells(row))
+        table = Table(title=f"{title(problem)} — {p.challenge}\ntarget T = {tgt:.4g}, budget "
+                            f"{_fmt(max(r.budget for t in race.values() for r in t['tuned']), 4)} epochs",
+                      title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1))
+        for header, _ in COLUMNS[:TERMINAL_COLUMNS]:
+            table.add_column(header, justify="left" if header == "optimizer" else "right", no_wrap=True)
+        for r in rows:
+            table.add_row(*[cell(r) for _, cell in COLUMNS[:TERMINAL_COLUMNS]])
         console.print(table)
+        console.print(verdict(race, p.challenge)[1], soft_wrap=False, width=min(console.width, 100))
+        console.print()
+    console.print(CAPTION, width=min(console.width, 100))
+
+
+# ------------------------------------------------------------------------------------- the page
+def _table(headers: list[str], rows: list[list[str]], cls: str = "") -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
+    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>" for r in rows)
+    return f"<table class='{cls}'><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _verdict_matrix(all_results: Results) -> str:
+    """Problems × optimizers: seeds reaching the target, epochs to it, tuned learning rate."""
+    names = list(dict.fromkeys(n for race in all_results.values() for n in race))
+    rows = []
+    for problem, race in all_results.items():
+        board = {r.optimizer: r for r in leaderboard(race)[1]}
+        winner = verdict(race, find_problem(problem).challenge)[0]
+        cells = [f"<a href='#{_stem(problem)}'>{html.escape(title(problem))}</a>"]
+        for n in names:
+            r = board.get(n)
+            if r is None:
+                cells.append("<span class='na'>not run</span>")
+                continue
+            lr = "" if r.best_lr is None else f"<br><small>lr {html.escape(_lr(r))}</small>"
+            mark = " class='win'" if n == winner else (" class='ok'" if r.solved else "")
+            cells.append(f"<span{mark}>{r.reached}/{r.seeds} · {html.escape(_fmt(r.ge_to_target, 3))}</span>{lr}")
+        rows.append(cells)
+    return _table(["problem"] + names, rows, "matrix")
+
+
+def _meta_table(meta: dict[str, Any]) -> str:
+    labels = {"suite": "suite", "protocol": "protocol", "problems": "problems", "optimizers": "optimizers",
+              "storage": "result storage", "started": "started", "seconds": "race time (s, this machine)",
+              "torch": "torch", "machine": "machine"}
+    rows = []
+    for key, value in meta.items():
+        text = ", ".join(map(str, value)) if isinstance(value, list) else str(value)
+        rows.append([html.escape(labels.get(key, key)), html.escape(text)])
+    return _table(["", ""], rows, "meta")
+
+
+PROTOCOL_TEXT = (
+    "Every optimizer on a problem gets the same compute budget in gradient-equivalents (epochs): a full-batch "
+    "gradient counts 1, a minibatch gradient batch/n, a curvature-vector product 2, each line-search evaluation 1. "
+    "Results depend only on the protocol and the seeds, never on the machine's load. Each first-order "
+    "optimizer's learning rate is tuned on a log grid (4 decades around its default, extended while the best sits "
+    "at an edge) with several seeds; the tuned row shows the grid's runs at the best rate. Target: the best "
+    "first-order median final training loss plus 5% (AlgoPerf style). A seed reaches the target when it ends the "
+    "budget at or below it; its time is the point from which it stays there.")
 
 
 def write(all_results: Results, out: Path, meta: dict[str, Any]) -> Path:
     """Figures under ``out/figures`` (PNG and SVG) and ``out/report.html`` (self-contained)."""
     figs = out / "figures"
-    parts = [f"<h1>deepdescent bench — {html.escape(meta.get('suite', ''))} suite</h1>",
-             f"<p>{html.escape(json.dumps(meta))}</p>",
-             "<p>Protocol: each first-order optimizer's learning rate is tuned on a log grid (4 decades around its "
-             "default) with several seeds; the best (lowest median final training loss) is rerun on its own. "
-             "Targets: the best median final training loss on each problem plus 5% (AlgoPerf style); time to target "
-             "in steps, gradient-equivalent evaluations (a curvature product counts 2, a line-search evaluation 1) "
-             "and seconds; divergence never reaches the target. LS fails: steps whose line search failed and was "
-             "undone (median over seeds; once a method has converged, every line search fails).</p>"]
+    parts = [f"<h1>deepdescent bench — {html.escape(str(meta.get('suite', '')))} suite</h1>",
+             "<h2 id='verdict'>Verdict</h2>",
+             "<p>Each cell: seeds that reach the problem's target / seeds · median epochs to it (never: none did); "
+             "the tuned learning rate below (* at the edge of its grid). Green: the winner; light green: solved "
+             "(at least half the seeds).</p>", _verdict_matrix(all_results), "<ul class='verdicts'>"]
+    for problem, race in all_results.items():
+        sentence = verdict(race, find_problem(problem).challenge)[1]
+        parts.append(f"<li><b>{html.escape(title(problem))}</b>: {html.escape(sentence)}</li>")
+    parts.append("</ul>")
+    raced = list(dict.fromkeys(n for race in all_results.values() for n in race))
+    notes = [(n, OPTIMIZERS[n]) for n in raced if n in OPTIMIZERS and OPTIMIZERS[n].note]
+    if notes:
+        parts.append("<h3>Where the raced variant differs from the book</h3><ul>" + "".join(
+            f"<li><b>{html.escape(n)}</b> ({html.escape(s.book)}): {html.escape(s.note)}</li>" for n, s in notes)
+            + "</ul>")
+    parts += [f"<h2>Protocol</h2><p>{html.escape(PROTOCOL_TEXT)}</p>", _meta_table(meta)]
     parts.append(f'<h2>Performance profile</h2><img alt="performance profile" '
-                  f'src="data:image/png;base64,{_profile_figure(all_results, figs)}">')
+                 f'src="data:image/png;base64,{_profile_figure(all_results, figs)}">')
     depth = _depth_figure(all_results, figs)
     if depth:
         parts.append(f'<h2>Depth and initialization</h2><img alt="depth and initialization" '
                      f'src="data:image/png;base64,{depth}">')
-    for problem, results in all_results.items():
-        tgt, rows = leaderboard(results)
+    for problem, race in all_results.items():
+        tgt, rows = leaderboard(race)
         p = find_problem(problem)
-        parts.append(f"<h2 id='{problem}'>{problem}</h2><p>{html.escape(p.description)} — challenge: "
-                     f"<b>{html.escape(p.challenge)}</b>; target training loss {tgt:.4g}</p>")
-        head = "".join(f"<th>{html.escape(c)}</th>" for c in COLUMNS)
-        body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in _cells(r)) + "</tr>" for r in rows)
-        parts.append(f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
+        budget = max(r.budget for t in race.values() for r in t["tuned"])
+        parts.append(f"<h2 id='{_stem(problem)}'>{html.escape(title(problem))}</h2><p>{html.escape(p.description)}"
+                     f" — challenge: <b>{html.escape(p.challenge)}</b>; budget {_fmt(budget)} epochs; target "
+                     f"training loss T = {tgt:.4g}</p>")
+        parts.append(_table([h for h, _ in COLUMNS], [[html.escape(c(r)) for _, c in COLUMNS] for r in rows]))
+        parts.append(f"<p class='cap'>{html.escape(CAPTION)}</p>")
         if base_name(problem) in REFERENCES:
             ref, comp = REFERENCES[base_name(problem)]
             parts.append(f"<p class='ref'>Reference: {html.escape(ref)} — <i>{html.escape(comp)}</i></p>")
         for maker in (_learning_curves, _sensitivity, _trajectories, _instrument_panel):
-            data = maker(problem, results, figs)
+            data = maker(problem, race, figs)
             if data:
                 parts.append(f'<img alt="{problem} {maker.__name__.strip("_")}" src="data:image/png;base64,{data}">')
-    style = ("body{font-family:sans-serif;max-width:1100px;margin:auto;padding:1em}table{border-collapse:collapse;"
-             "font-size:13px}td,th{border:1px solid #ccc;padding:3px 6px;text-align:right}td:first-child{text-align:"
-             "left}img{max-width:100%;display:block;margin:1em 0}.ref{color:#555}")
+    style_ = ("body{font-family:sans-serif;max-width:1200px;margin:auto;padding:1em}table{border-collapse:collapse;"
+              "font-size:13px;margin:.5em 0}td,th{border:1px solid #ccc;padding:3px 6px;text-align:right}"
+              "td:first-child{text-align:left}img{max-width:100%;display:block;margin:1em 0}.ref,.cap{color:#555;"
+              "font-size:12px}.matrix td{font-size:12px;white-space:nowrap}.win{background:#9be29b;padding:1px 3px}"
+              ".ok{background:#dff5df;padding:1px 3px}.na{color:#999}.meta td{text-align:left}"
+              ".matrix{display:block;overflow-x:auto}")
     page = (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>deepdescent bench</title>"
-            f"<style>{style}</style></head><body>{''.join(parts)}</body></html>")
+            f"<style>{style_}</style></head><body>{''.join(parts)}</body></html>")
     path = out / "report.html"
     path.write_text(page, encoding="utf-8")
     return path

@@ -1,18 +1,27 @@
 """The protocol of a race and where its results live.
 
-Protocol (per problem and optimizer, the same for everyone):
+Protocol (per problem and optimizer, the same for everyone; DeepOBS/AlgoPerf-style fairness):
 
+* **equal compute** — every optimizer on a problem gets the problem's budget in
+  gradient-equivalents (one full-batch gradient = 1; a minibatch gradient batch/n; a
+  curvature-vector product 2; a line-search evaluation 1); results depend only on the protocol
+  and the seeds, never on the clock (a time limit is an explicit option, and it flags the runs it
+  cuts);
 * **tuned track** — the learning rate is tuned on a log grid of ``budget`` points (4 decades around
   the optimizer's default), ``seeds`` seeds per point; the best point is the one with the lowest
-  median final training loss (a diverged run counts as +∞);
+  median final training loss (a diverged run counts as +∞). While the best sits at an edge of the
+  grid, the grid grows by one point (the same spacing) beyond that edge, at most
+  ``MAX_EXTENSION`` times per side, so the tuned value is interior or the report says it is not;
 * **defaults track** — the optimizer at its default hyperparameters, ``seeds`` seeds
   (Schmidt et al. 2021: several optimizers at their defaults are about as good as tuning one);
-* methods without a learning rate (line searches, Newton, HF) have one setting: both tracks are it.
+* methods without a learning rate (line searches, Newton, HF) have one setting: both tracks are it;
+* **instruments** — one extra run of each first-order optimizer (tuned learning rate, seed 0)
+  records Figure 8.1's ‖g‖ and gᵀHg, so that the report draws them without training anything.
 
 Storage: every member run is an Optuna trial (params ``lr`` and ``seed``, value = final training
 loss, the whole :class:`RunResult` in its user attributes) in the study
-``<problem>/<optimizer>/<track>/v<PROTOCOL_VERSION>``, in a SQLite file under the run directory by
-default, or any RDB URL (``--storage``) shared by several workers or machines. A member whose
+``<problem>/<optimizer>/<track>/v<PROTOCOL_VERSION>…``, in a SQLite file under the run directory
+by default, or any RDB URL (``--storage``) shared by several workers or machines. A member whose
 trial is complete is never run again, so an interrupted race (Ctrl-C, kill -9) resumes with the
 same command, losing and repeating nothing finished; the version in the study name keeps results
 of another protocol version (or quick/full suite) from being mixed in.
@@ -31,7 +40,10 @@ from deepdescent.lab import engine
 from deepdescent.lab.optimizers import OPTIMIZERS, OptimizerSpec, lr_grid
 from deepdescent.lab.problems import PROBLEMS, Problem
 
-PROTOCOL_VERSION = 2  # 2: runs record their failed line searches
+#: 2: runs record their failed line searches; 3: equal gradient-equivalent budgets, no clock,
+#: extended grids, instrumented runs
+PROTOCOL_VERSION = 3
+MAX_EXTENSION = 3  # grid points added beyond an edge at most, per side
 
 
 SEARCHES = ("grid", "qmc", "tpe")
@@ -44,6 +56,11 @@ class Protocol:
     seeds: int = 2
     search: str = "grid"  # grid (log grid, vectorized), qmc (quasi-random, Sobol), tpe (Optuna's TPE)
     device: str = "cpu"  # where the members train; part of the study name (results of two devices never mix)
+    time_limit: float | None = None  # seconds per run; None: none (results never depend on the clock)
+
+    def __post_init__(self) -> None:
+        if self.time_limit is not None and not self.time_limit > 0:
+            raise ValueError(f"invalid time_limit={self.time_limit!r}: seconds must be > 0")
 
     @property
     def quick(self) -> bool:
@@ -51,14 +68,20 @@ class Protocol:
 
     def tag(self) -> str:
         on = "" if self.device == "cpu" else f"-{self.device.replace(':', '.')}"
-        return f"v{PROTOCOL_VERSION}-{self.suite}-b{self.budget}-s{self.seeds}-{self.search}{on}"
+        limit = "" if self.time_limit is None else f"-t{self.time_limit:g}"
+        return f"v{PROTOCOL_VERSION}-{self.suite}-b{self.budget}-s{self.seeds}-{self.search}{on}{limit}"
 
     @classmethod
     def from_tag(cls, tag: str) -> Protocol:
         parts = tag.split("-")
+        extra = parts[5:]
+        device = next((p.replace(".", ":") for p in extra if p.startswith("cuda")), "cpu")
+        limit = next((float(p[1:]) for p in extra if p.startswith("t")), None)
         return cls(suite=parts[1], budget=int(parts[2][1:]), seeds=int(parts[3][1:]),
-                   search=parts[4] if len(parts) > 4 else "grid",
-                   device=parts[5].replace(".", ":") if len(parts) > 5 else "cpu")
+                   search=parts[4] if len(parts) > 4 else "grid", device=device, time_limit=limit)
+
+    def run_options(self) -> dict:
+        return {"device": self.device, "time_limit": self.time_limit}
 
 
 def storage_url(out: Path, storage: str | None) -> str:
@@ -127,29 +150,45 @@ class Missing(LookupError):
 
 def run_race(problem: Problem, spec: OptimizerSpec, protocol: Protocol, url: str,
              progress: Callable[[str], None] | None = None, *, run: bool = True) -> dict[str, list[engine.RunResult]]:
-    """Run (or resume) both tracks of one optimizer on one problem; returns the runs per track:
-    ``grid`` (tuning), ``tuned`` (best learning rate), ``defaults``. With ``run=False`` only
-    stored results are read (:class:`Missing` if some are not there)."""
+    """Run (or resume) one optimizer on one problem; returns the runs per track: ``grid``
+    (tuning), ``tuned`` (the grid's runs at the best learning rate), ``defaults`` and
+    ``instruments`` (first-order: the tuned setting, seed 0, with Figure 8.1's quantities). With
+    ``run=False`` only stored results are read (:class:`Missing` if some are not there)."""
     seeds = list(range(protocol.seeds))
     prefix = f"{problem.name}/{spec.name}"
     if spec.kind == "second":
         runs = _track(problem, spec, None, seeds, protocol, url, f"{prefix}/defaults", run, progress)
-        return {"grid": runs, "tuned": runs, "defaults": runs}
+        return {"grid": runs, "tuned": runs, "defaults": runs, "instruments": []}
     if protocol.search == "grid":
         grid, done = _grid_search(problem, spec, protocol, url, prefix, seeds, run, progress)
     else:
         grid, done = _sampled_search(problem, spec, protocol, url, prefix, seeds, run, progress)
-    best = min(grid, key=lambda lr: median_final([done[(lr, s)] for s in seeds]))
+    best = best_lr(grid, done, seeds)
+    if spec.default_lr in grid:
+        defaults = [done[(spec.default_lr, s)] for s in seeds]
+    else:
+        defaults = _vectorized_track(problem, spec, spec.default_lr, seeds, protocol, url, f"{prefix}/defaults", run,
+                                     progress)
     return {
         "grid": [done[(lr, s)] for lr in grid for s in seeds],
-        "tuned": _track(problem, spec, best, seeds, protocol, url, f"{prefix}/tuned", run, progress),
-        "defaults": _track(problem, spec, spec.default_lr, seeds, protocol, url, f"{prefix}/defaults", run, progress),
+        "tuned": [done[(best, s)] for s in seeds],
+        "defaults": defaults,
+        "instruments": _track(problem, spec, best, seeds[:1], protocol, url, f"{prefix}/instruments", run, progress,
+                              instruments=True),
     }
 
 
+def best_lr(grid: list[float], done: dict, seeds: list[int]) -> float:
+    """The learning rate with the lowest median final loss; ties go to the point nearer the middle
+    of the grid (so that equal losses never push the grid outwards)."""
+    middle = (len(grid) - 1) / 2
+    return min(grid, key=lambda lr: (median_final([done[(lr, s)] for s in seeds]), abs(grid.index(lr) - middle)))
+
+
 def _track(problem: Problem, spec: OptimizerSpec, lr: float | None, seeds: list[int], protocol: Protocol, url: str,
-           name: str, run: bool, progress: Callable[[str], None] | None) -> list[engine.RunResult]:
-    """One setting, every seed, member by member (real wall times), stored and resumable."""
+           name: str, run: bool, progress: Callable[[str], None] | None, *,
+           instruments: bool = False) -> list[engine.RunResult]:
+    """One setting, every seed, member by member, stored and resumable."""
     study = open_study(url, f"{name}/{protocol.tag()}", create=run)
     done = stored(study)
     for s in seeds:
@@ -158,34 +197,61 @@ def _track(problem: Problem, spec: OptimizerSpec, lr: float | None, seeds: list[
                 raise Missing(name)
             if progress:
                 progress(f"{name} lr={lr} seed {s}")
-            done[(lr, s)] = r = engine.run_member(problem, spec, lr, s, protocol.quick, device=protocol.device)
+            done[(lr, s)] = r = engine.run_member(problem, spec, lr, s, protocol.quick, instruments=instruments,
+                                                  **protocol.run_options())
             record(study, r)
     return [done[(lr, s)] for s in seeds]
 
 
+def _vectorized_track(problem: Problem, spec: OptimizerSpec, lr: float, seeds: list[int], protocol: Protocol,
+                      url: str, name: str, run: bool, progress: Callable[[str], None] | None) -> list[engine.RunResult]:
+    """One learning rate, every seed, trained together like the grid; stored and resumable."""
+    study = open_study(url, f"{name}/{protocol.tag()}", create=run)
+    done = stored(study)
+    if any((lr, s) not in done for s in seeds):
+        if not run:
+            raise Missing(name)
+        _run_missing(problem, spec, [lr], seeds, protocol, study, done, progress, name)
+    return [done[(lr, s)] for s in seeds]
+
+
 def _members(problem: Problem, spec: OptimizerSpec, lrs: list[float], seeds: list[int],
-             quick: bool, device: str = "cpu") -> list[engine.RunResult]:
+             protocol: Protocol) -> list[engine.RunResult]:
     try:
-        return engine.run_vectorized(problem, spec, lrs, seeds, quick, device=device)
+        return engine.run_vectorized(problem, spec, lrs, seeds, protocol.quick, **protocol.run_options())
     except Exception:  # noqa: BLE001 - vmap cannot run this model (e.g. cuDNN's RNN): member by member
-        return [engine.run_member(problem, spec, lr, s, quick, device=device) for lr in lrs for s in seeds]
+        return [engine.run_member(problem, spec, lr, s, protocol.quick, **protocol.run_options())
+                for lr in lrs for s in seeds]
+
+
+def _run_missing(problem, spec, lrs, seeds, protocol, study, done, progress, name) -> None:
+    missing = sorted({lr for lr in lrs for s in seeds if (lr, s) not in done})
+    if progress:
+        progress(f"{name}: {len(missing)} learning rates × {len(seeds)} seeds")
+    for r in _members(problem, spec, missing, seeds, protocol):
+        if (r.lr, r.seed) not in done:
+            record(study, r)
+            done[(r.lr, r.seed)] = r
 
 
 def _grid_search(problem, spec, protocol, url, prefix, seeds, run, progress):
-    grid = lr_grid(spec.default_lr, protocol.budget)
+    """The log grid, extended one point at a time beyond an edge that holds the best learning rate."""
     study = open_study(url, f"{prefix}/grid/{protocol.tag()}", create=run)
     done = stored(study)
-    missing_lrs = sorted({lr for lr in grid for s in seeds if (lr, s) not in done})
-    if missing_lrs and not run:
-        raise Missing(prefix)
-    if missing_lrs:
-        if progress:
-            progress(f"{prefix}: {len(missing_lrs)} learning rates × {len(seeds)} seeds")
-        for r in _members(problem, spec, missing_lrs, seeds, protocol.quick, protocol.device):
-            if (r.lr, r.seed) not in done:
-                record(study, r)
-                done[(r.lr, r.seed)] = r
-    return grid, done
+    below = above = 0
+    while True:
+        grid = lr_grid(spec.default_lr, protocol.budget, extend=(below, above))
+        if any((lr, s) not in done for lr in grid for s in seeds):
+            if not run:
+                raise Missing(prefix)
+            _run_missing(problem, spec, grid, seeds, protocol, study, done, progress, prefix)
+        best = best_lr(grid, done, seeds)
+        if len(grid) > 1 and best == grid[0] and below < MAX_EXTENSION:
+            below += 1
+        elif len(grid) > 1 and best == grid[-1] and above < MAX_EXTENSION:
+            above += 1
+        else:
+            return grid, done
 
 
 def _sampled_search(problem, spec, protocol, url, prefix, seeds, run, progress):
@@ -209,7 +275,7 @@ def _sampled_search(problem, spec, protocol, url, prefix, seeds, run, progress):
         lr = trial.params["lr"]
         if progress:
             progress(f"{prefix}: {protocol.search} proposal {len(completed()) + 1}/{protocol.budget}, lr={lr:.3g}")
-        runs = _members(problem, spec, [lr], seeds, protocol.quick, protocol.device)
+        runs = _members(problem, spec, [lr], seeds, protocol)
         trial.set_user_attr("runs", json.dumps([r.to_json() for r in runs]))
         value = median_final(runs)
         study.tell(trial, value if math.isfinite(value) else 1e300)

@@ -1,0 +1,190 @@
+"""The numbers a race is judged by: targets, seeds reaching them, leaderboards, the performance
+profile and each problem's verdict. Pure functions of the stored runs (no clock, no training).
+
+* **Target** (AlgoPerf style): the best median final training loss among the minibatch first-order
+  methods (tuned), plus 5%.
+* **Reaching it**: a seed reaches the target when its loss at the end of the budget is at or below
+  it; its time to target is the first recorded point from which the loss stays at or below it (a
+  run that touched the target and bounced off has not reached it). A row reports how many seeds
+  reached it (2/3) and the median time among those that did (the lower median: a recorded value).
+* **Ranking**: seeds reaching the target first, then time, then final loss.
+* **Performance profile** (Dolan & Moré 2002): a problem counts as solved by an optimizer when at
+  least half of its seeds reach the target; an optimizer that did not (or could not) run on a
+  problem has failed it.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from deepdescent.lab import engine
+from deepdescent.lab.optimizers import OPTIMIZERS
+
+Results = dict[str, dict[str, dict[str, list[engine.RunResult]]]]  # problem → optimizer → track → runs
+Race = dict[str, dict[str, list[engine.RunResult]]]  # optimizer → track → runs
+
+
+@dataclass
+class Row:
+    optimizer: str
+    best_lr: float | None
+    lr_interior: bool | None  # the tuned lr lies strictly inside its grid; None: nothing was tuned
+    grid_points: int
+    final: float  # median over seeds of the loss when the budget was spent
+    defaults_final: float
+    test_loss: float
+    test_accuracy: float | None
+    reached: int  # seeds whose final loss is at or below the target
+    seeds: int
+    ge_to_target: float  # median (lower) epochs to the target among the seeds that reached it
+    diverged: int  # diverged runs of the whole grid
+    truncated: int  # tuned runs cut by an explicit time limit
+    line_search_failures: float | None  # median over seeds; None for methods without a line search
+
+    @property
+    def solved(self) -> bool:
+        return 2 * self.reached >= self.seeds and self.reached > 0
+
+
+def median(values: Iterable[float | None]) -> float:
+    finite = [v for v in values if v is not None]
+    return statistics.median(finite) if finite else math.nan
+
+
+def time_to_target(run: engine.RunResult, target: float) -> float:
+    """Epochs (gradient-equivalents) from which the run's loss stays at or below ``target`` up to
+    the end of its budget; +∞ when it does not end there."""
+    n = run.within_budget()
+    if run.diverged or n == 0 or not run.train_loss[n - 1] <= target:
+        return math.inf
+    i = n - 1
+    while i > 0 and run.train_loss[i - 1] <= target:
+        i -= 1
+    return run.grad_equiv[i]
+
+
+def _kind(name: str) -> str:
+    spec = OPTIMIZERS.get(name)
+    return spec.kind if spec else "first"
+
+
+def target(results: Race) -> float:
+    """The best baseline's median final training loss (tuned track), plus 5%. The baselines are
+    the minibatch first-order methods; every method's time to that target is reported, the
+    second-order ones included."""
+    baselines = [t for n, t in results.items() if _kind(n) == "first"] or list(results.values())
+    best = min(median(r.final_train_loss for r in tracks["tuned"]) for tracks in baselines)
+    return best + 0.05 * abs(best) + 1e-8
+
+
+def _tuning(tracks: dict[str, list[engine.RunResult]]) -> tuple[float | None, bool | None, int]:
+    best = tracks["tuned"][0].lr
+    lrs = sorted({r.lr for r in tracks["grid"] if r.lr is not None})
+    if best is None or len(lrs) < 2:
+        return best, None, len(lrs)
+    return best, lrs[0] < best < lrs[-1], len(lrs)
+
+
+def row(name: str, tracks: dict[str, list[engine.RunResult]], tgt: float) -> Row:
+    tuned = tracks["tuned"]
+    times = [time_to_target(r, tgt) for r in tuned]
+    reached = [t for t in times if math.isfinite(t)]
+    best, interior, points = _tuning(tracks)
+    return Row(
+        name, best, interior, points, median(r.final_train_loss for r in tuned),
+        median(r.final_train_loss for r in tracks["defaults"]), median(r.test_loss for r in tuned),
+        median(r.test_accuracy for r in tuned) if tuned[0].test_accuracy is not None else None,
+        len(reached), len(tuned), statistics.median_low(reached) if reached else math.inf,
+        sum(r.diverged for r in tracks["grid"]), sum(r.truncated for r in tuned),
+        median(r.line_search_failures for r in tuned) if _kind(name) == "second" else None,
+    )
+
+
+def leaderboard(results: Race) -> tuple[float, list[Row]]:
+    tgt = target(results)
+    rows = [row(name, tracks, tgt) for name, tracks in results.items()]
+    rows.sort(key=lambda r: (-r.reached / r.seeds, r.ge_to_target, r.final))
+    return tgt, rows
+
+
+def performance_profile(all_results: Results) -> dict[str, list[float]]:
+    """Per optimizer and problem (every problem of the run, in order): its epochs to the target
+    divided by the best optimizer's; +∞ where it did not solve the problem or did not run on it."""
+    names = list(dict.fromkeys(n for race in all_results.values() for n in race))
+    ratios: dict[str, list[float]] = {n: [] for n in names}
+    for race in all_results.values():
+        _, rows = leaderboard(race)
+        times = {r.optimizer: r.ge_to_target if r.solved else math.inf for r in rows}
+        best = min(times.values(), default=math.inf)
+        for n in names:
+            ratios[n].append(_ratio(times.get(n, math.inf), best))
+    return ratios
+
+
+def _ratio(t: float, best: float) -> float:
+    if not math.isfinite(t):
+        return math.inf
+    if best == 0:  # solved at the first point (the start already met the target)
+        return 1.0 if t == 0 else math.inf
+    return t / best
+
+
+# ------------------------------------------------------------------------------------- verdicts
+#: What the chapter says each challenge does to optimization.
+CHALLENGE_WHY = {
+    "ill-conditioning": "ill-conditioning (§8.2.1): the step size is capped by the largest curvature, so progress "
+                        "along low-curvature directions is slow",
+    "ill-conditioning, plateaus": "ill-conditioning and plateaus (§8.2.1, §8.2.3): small gradients over long flat "
+                                  "stretches, large curvature elsewhere",
+    "saddle points": "saddle points (§8.2.3): the gradient vanishes at the saddle; gradient methods escape along "
+                     "the negative curvature, Newton's method is drawn to it",
+    "cliffs": "cliffs (§8.2.4): one step on the cliff face can throw the parameters far away",
+    "long-term dependencies": "long-term dependencies (§8.2.5): repeated multiplication by the same weights makes "
+                              "gradients vanish or explode",
+    "vanishing/exploding gradients": "vanishing and exploding gradients (§8.2.5, §8.4): in a deep product of "
+                                     "matrices the gradient's scale depends on the depth and the initialization",
+    "none (baseline)": "no particular challenge (a baseline)",
+    "none (convex)": "a convex problem (a baseline)",
+}
+
+#: The chapter's account of why a family of methods helps.
+FAMILY_WHY = {
+    "sgd": "the plain gradient step (Alg. 8.1) needs nothing more here",
+    "momentum": "momentum accumulates past gradients and moves faster along directions of consistent, low "
+                "curvature (§8.3.2)",
+    "adaptive": "per-parameter learning rates scaled by the accumulated squared gradients even out directions of "
+                "different curvature (§8.5)",
+    "second": "curvature information (or line searches along conjugate / quasi-Newton directions) scales each "
+              "step to the local geometry (§8.6)",
+}
+
+
+def family(name: str) -> str:
+    spec = OPTIMIZERS.get(name)
+    if spec is None:
+        return "adaptive"
+    return "sgd" if name == "SGD" else spec.family
+
+
+def _epochs(t: float) -> str:
+    return f"{t:.3g} epochs" if math.isfinite(t) else "never"
+
+
+def verdict(race: Race, challenge: str) -> tuple[str | None, str]:
+    """(winner, a sentence that says what won and why, in the chapter's words, with the numbers)."""
+    tgt, rows = leaderboard(race)
+    why = CHALLENGE_WHY.get(challenge, challenge)
+    win = rows[0]
+    if not win.reached:
+        return None, f"No optimizer ends at the target T = {tgt:.4g} within the budget — {why}."
+    text = (f"{win.optimizer} wins: {win.reached}/{win.seeds} seeds end at or below T = {tgt:.4g}, after "
+            f"{_epochs(win.ge_to_target)}")
+    sgd = next((r for r in rows if r.optimizer == "SGD"), None)
+    if sgd is not None and win.optimizer != "SGD":
+        text += f"; SGD: {sgd.reached}/{sgd.seeds} seeds, {_epochs(sgd.ge_to_target)}"
+        if math.isfinite(sgd.ge_to_target) and sgd.ge_to_target > 0:
+            text += f" ({win.ge_to_target / sgd.ge_to_target:.2g}× SGD's time)"
+    return win.optimizer, f"{text}. Challenge: {why}; {FAMILY_WHY[family(win.optimizer)]}."
