@@ -247,11 +247,28 @@ def test_the_report_never_trains(tiny_race, tmp_path, monkeypatch):
 
 
 def test_terminal_tables_fit_80_columns(tiny_race):
+    wide = _run([2.3, 0.5, 0.1, 0.0001234], name="RMSProp+Nesterov", lr=0.00063)  # the widest cells
+    wide.test_loss, wide.test_accuracy = 0.0975, 0.978
+    broken = _run([2.3, math.inf], name="DeltaBarDelta", lr=2.5e-5)
+    broken.diverged, broken.test_accuracy = True, 0.1
     console = Console(width=80, record=True, color_system=None)
-    report.terminal(tiny_race, console)
+    report.terminal({**tiny_race, "digits_mlp": {"RMSProp+Nesterov": _race([wide]),
+                                                 "DeltaBarDelta": _race([broken])}}, console)
     text = console.export_text()
     assert "…" not in text and max(len(line) for line in text.splitlines()) <= 80
     assert "2/2" in text and "wins" in text
+
+
+def test_targets_are_relative_to_the_problems_floor():
+    """A large irreducible loss (the noisy quadratic's) must not make the target trivial: 5% of the
+    distance to the known floor, not of the loss."""
+    task = problems.problem("quadratic_deep").build(0, True)
+    theta = task.x_train.mean(0)  # the exact minimizer of the training loss
+    assert task.floor == pytest.approx(float(task.loss(theta.expand(len(task.x_train), -1), task.x_train)), rel=1e-5)
+    assert task.floor > 200
+    race = {"SGD": _race([_run([300.0, task.floor + 0.2])])}
+    assert verdict.board("quadratic_deep", race)[0] == pytest.approx(task.floor + 0.2 + 0.01, abs=1e-3)
+    assert verdict.board("digits_mlp", {"SGD": _race([_run([2.0, 0.1])])})[0] == pytest.approx(0.105)
 
 
 def test_protocol_tags_round_trip_with_a_time_limit():

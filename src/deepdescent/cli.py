@@ -18,7 +18,7 @@ from rich.table import Table
 
 app = typer.Typer(help="deepdescent: optimization of deep models after chapter 8 of Deep Learning.",
                   no_args_is_help=True, add_completion=False)
-console = Console(width=None if os.isatty(1) else 100)
+console = Console(width=None if os.isatty(1) or "COLUMNS" in os.environ else 100)
 
 
 @app.callback()

@@ -37,6 +37,9 @@ class Task:
     #: The data are noise samples added to an analytic function: a gradient evaluation costs 1
     #: whatever the minibatch (the function is evaluated once), a noise-free one included.
     oracle: bool = False
+    #: The training loss's infimum where it is known (else 0): targets are set relative to it, so
+    #: that a large irreducible loss (a noisy quadratic) does not make every target trivial.
+    floor: float = 0.0
     extra: dict = field(default_factory=dict)
 
     def step_cost(self, batch: int) -> float:
@@ -107,8 +110,10 @@ def quadratic_deep(seed: int, quick: bool) -> Task:
     hess = (q * eig) @ q.T
     x_train, x_test = torch.randn(1000, 100, generator=g), torch.randn(1000, 100, generator=g)
     start = torch.ones(100) + 0.1 * torch.randn(100, generator=_gen(seed))
+    centred = x_train - x_train.mean(0)  # the minimum is at θ = x̄: ½ mean (x − x̄)ᵀQ(x − x̄)
+    floor = float(0.5 * ((centred.double() @ hess.double()) * centred.double()).sum(1).mean())
     return Task(Point(start), QuadraticLoss(hess), x_train, x_train, x_test, x_test, 128, 250 if quick else 1000,
-                extra={"hessian": hess})
+                floor=floor, extra={"hessian": hess})
 
 
 class QuadraticLoss:
@@ -135,7 +140,8 @@ def _stochastic_2d(f: Callable[[Tensor], Tensor], start: tuple[float, float], no
             return f(out[0]) + (out * xi).sum(1).mean()
 
         return Task(Point(_jitter(start, seed, 1e-4 if f is saddle else 0.01)), loss, xi_train, xi_train, xi_test,
-                    xi_test, 1, budget // (2 if quick else 1), trajectory_2d=True, oracle=True, extra={"f": f})
+                    xi_test, 1, budget // (2 if quick else 1), trajectory_2d=True, oracle=True,
+                    floor=-1.0 if f is saddle else 0.0, extra={"f": f})
     return build
 
 
@@ -365,6 +371,13 @@ def problem(name: str) -> Problem:
     canonical = f"{base}:" + ",".join(f"{k}={values[k]}" for k in sorted(values))
     kwargs = {p.params[k][0]: v for k, v in values.items()}
     return replace(p, name=canonical, build=functools.partial(p.build, **kwargs))
+
+
+@functools.lru_cache(maxsize=64)
+def reference(name: str) -> Task:
+    """The task of seed 0 (quick), built once per process: what the report reads of a problem
+    (its variant, budget and floor) without building it again for every table and figure."""
+    return problem(name).build(0, True)
 
 
 def base_name(name: str) -> str:

@@ -16,9 +16,9 @@ from typing import Any
 import torch
 
 from deepdescent.lab.optimizers import OPTIMIZERS
-from deepdescent.lab.problems import base_name
+from deepdescent.lab.problems import base_name, reference
 from deepdescent.lab.problems import problem as find_problem
-from deepdescent.lab.verdict import (Race, Results, Row, leaderboard, median, performance_profile, target,
+from deepdescent.lab.verdict import (Race, Results, Row, board, leaderboard, median, performance_profile, target,
                                      time_to_target, verdict)
 
 __all__ = ["REFERENCES", "Results", "depth_study", "leaderboard", "performance_profile", "target", "terminal",
@@ -49,7 +49,7 @@ REFERENCES = {
 
 def title(problem: str) -> str:
     """The problem and the variant that actually ran: ``deep_linear (depth=20, scheme=orthogonal)``."""
-    extra = find_problem(problem).build(0, True).extra
+    extra = reference(problem).extra
     shown = {k: v for k, v in extra.items() if isinstance(v, (int, float, str)) and not isinstance(v, bool)}
     if "length" in shown:
         shown["T"] = shown.pop("length")
@@ -132,7 +132,7 @@ def _curve(run, xs) -> list[float]:
 
 def _learning_curves(problem: str, race: Race, out: Path) -> str:
     plt = _plt()
-    tgt = target(race)
+    tgt = board(problem, race)[0]
     budget = max(r.budget for tracks in race.values() for r in tracks["tuned"])
     xs = [budget * i / 200 for i in range(201)]
     fig, ax = plt.subplots(figsize=(8, 4.5), constrained_layout=True)
@@ -195,7 +195,7 @@ def _trajectories(problem: str, race: Race, out: Path) -> str | None:
     runs = {n: t["tuned"][0] for n, t in race.items() if t["tuned"][0].trajectory and not t["tuned"][0].diverged}
     if not runs:
         return None
-    task = find_problem(problem).build(0, True)
+    task = reference(problem)
     pts = torch.tensor([p for r in runs.values() for p in r.trajectory if all(map(math.isfinite, p))])
     lo, hi = pts.min(0).values, pts.max(0).values
     pad = (hi - lo).clamp_min(0.5) * 0.2
@@ -232,7 +232,7 @@ def _trajectories(problem: str, race: Race, out: Path) -> str | None:
 def _instrument_panel(problem: str, race: Race, out: Path) -> str | None:
     """‖g‖ and gᵀHg over training for the best first-order optimizer (the book's Figure 8.1), as
     its instrumented run recorded them; each on its own logarithmic axis."""
-    _, rows = leaderboard(race)
+    _, rows = board(problem, race)
     run = next((race[r.optimizer]["instruments"][0] for r in rows if race[r.optimizer].get("instruments")
                 and race[r.optimizer]["instruments"][0].grad_norm), None)
     if run is None:
@@ -284,7 +284,7 @@ def depth_study(all_results: Results) -> tuple[float, dict[str, dict[int, dict[s
     common = max((target(r) for r in variants.values()), default=math.nan)
     table: dict[str, dict[int, dict[str, float]]] = {}
     for p, results in variants.items():
-        extra = find_problem(p).build(0, True).extra
+        extra = reference(p).extra
         table.setdefault(extra["scheme"], {})[extra["depth"]] = {
             name: median(time_to_target(r, common) for r in tracks["tuned"]) for name, tracks in results.items()}
     return common, table
@@ -372,17 +372,17 @@ def terminal(all_results: Results, console) -> None:
     from rich.table import Table
 
     for problem, race in all_results.items():
-        tgt, rows = leaderboard(race)
+        tgt, rows = board(problem, race)
         p = find_problem(problem)
         table = Table(title=f"{title(problem)} — {p.challenge}\ntarget T = {tgt:.4g}, budget "
                             f"{_fmt(max(r.budget for t in race.values() for r in t['tuned']), 4)} epochs",
-                      title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1))
+                      title_justify="left", box=box.SIMPLE_HEAD, show_edge=False, padding=(0, 1, 0, 0))
         for header, _ in COLUMNS[:TERMINAL_COLUMNS]:
             table.add_column(header, justify="left" if header == "optimizer" else "right", no_wrap=True)
         for r in rows:
             table.add_row(*[cell(r) for _, cell in COLUMNS[:TERMINAL_COLUMNS]])
         console.print(table)
-        console.print(verdict(race, p.challenge)[1], soft_wrap=False, width=min(console.width, 100))
+        console.print(verdict(problem, race)[1], soft_wrap=False, width=min(console.width, 100))
         console.print()
     console.print(CAPTION, width=min(console.width, 100))
 
@@ -395,23 +395,27 @@ def _table(headers: list[str], rows: list[list[str]], cls: str = "") -> str:
 
 
 def _verdict_matrix(all_results: Results) -> str:
-    """Problems × optimizers: seeds reaching the target, epochs to it, tuned learning rate."""
+    """Optimizers × problems: seeds reaching the target, epochs to it, tuned learning rate."""
     names = list(dict.fromkeys(n for race in all_results.values() for n in race))
+    boards = {p: {r.optimizer: r for r in board(p, race)[1]} for p, race in all_results.items()}
+    winners = {p: verdict(p, race)[0] for p, race in all_results.items()}
     rows = []
-    for problem, race in all_results.items():
-        board = {r.optimizer: r for r in leaderboard(race)[1]}
-        winner = verdict(race, find_problem(problem).challenge)[0]
-        cells = [f"<a href='#{_stem(problem)}'>{html.escape(title(problem))}</a>"]
-        for n in names:
-            r = board.get(n)
+    for n in names:
+        book = f" <small>({html.escape(OPTIMIZERS[n].book)})</small>" if n in OPTIMIZERS else ""
+        cells = [f"{html.escape(n)}{book}"]
+        for p in all_results:
+            r = boards[p].get(n)
             if r is None:
                 cells.append("<span class='na'>not run</span>")
                 continue
             lr = "" if r.best_lr is None else f"<br><small>lr {html.escape(_lr(r))}</small>"
-            mark = " class='win'" if n == winner else (" class='ok'" if r.solved else "")
+            mark = " class='win'" if n == winners[p] else (" class='ok'" if r.solved else "")
             cells.append(f"<span{mark}>{r.reached}/{r.seeds} · {html.escape(_fmt(r.ge_to_target, 3))}</span>{lr}")
         rows.append(cells)
-    return _table(["problem"] + names, rows, "matrix")
+    heads = "".join(f"<th><a href='#{_stem(p)}'>{html.escape(title(p))}</a><br><small>"
+                    f"{html.escape(find_problem(p).challenge)}</small></th>" for p in all_results)
+    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>" for r in rows)
+    return f"<table class='matrix'><thead><tr><th>optimizer</th>{heads}</tr></thead><tbody>{body}</tbody></table>"
 
 
 def _meta_table(meta: dict[str, Any]) -> str:
@@ -431,8 +435,9 @@ PROTOCOL_TEXT = (
     "Results depend only on the protocol and the seeds, never on the machine's load. Each first-order "
     "optimizer's learning rate is tuned on a log grid (4 decades around its default, extended while the best sits "
     "at an edge) with several seeds; the tuned row shows the grid's runs at the best rate. Target: the best "
-    "first-order median final training loss plus 5% (AlgoPerf style). A seed reaches the target when it ends the "
-    "budget at or below it; its time is the point from which it stays there.")
+    "first-order median final training loss plus 5% of its distance to the problem's floor (0, or the loss's known "
+    "minimum), AlgoPerf style. A seed reaches the target when it ends the budget at or below it; its time is the "
+    "point from which it stays there. Ranking: seeds reaching the target, then time, then final loss.")
 
 
 def write(all_results: Results, out: Path, meta: dict[str, Any]) -> Path:
@@ -440,11 +445,11 @@ def write(all_results: Results, out: Path, meta: dict[str, Any]) -> Path:
     figs = out / "figures"
     parts = [f"<h1>deepdescent bench — {html.escape(str(meta.get('suite', '')))} suite</h1>",
              "<h2 id='verdict'>Verdict</h2>",
-             "<p>Each cell: seeds that reach the problem's target / seeds · median epochs to it (never: none did); "
-             "the tuned learning rate below (* at the edge of its grid). Green: the winner; light green: solved "
-             "(at least half the seeds).</p>", _verdict_matrix(all_results), "<ul class='verdicts'>"]
+             "<p>Each cell: seeds that reach the problem's target / seeds · median epochs to it (never: none did), "
+             "every optimizer with the same budget; the tuned learning rate below (* at the edge of its grid). "
+             "Green: the problem's winner; light green: solved (at least half the seeds).</p>", _verdict_matrix(all_results), "<ul class='verdicts'>"]
     for problem, race in all_results.items():
-        sentence = verdict(race, find_problem(problem).challenge)[1]
+        sentence = verdict(problem, race)[1]
         parts.append(f"<li><b>{html.escape(title(problem))}</b>: {html.escape(sentence)}</li>")
     parts.append("</ul>")
     raced = list(dict.fromkeys(n for race in all_results.values() for n in race))
@@ -461,7 +466,7 @@ def write(all_results: Results, out: Path, meta: dict[str, Any]) -> Path:
         parts.append(f'<h2>Depth and initialization</h2><img alt="depth and initialization" '
                      f'src="data:image/png;base64,{depth}">')
     for problem, race in all_results.items():
-        tgt, rows = leaderboard(race)
+        tgt, rows = board(problem, race)
         p = find_problem(problem)
         budget = max(r.budget for t in race.values() for r in t["tuned"])
         parts.append(f"<h2 id='{_stem(problem)}'>{html.escape(title(problem))}</h2><p>{html.escape(p.description)}"

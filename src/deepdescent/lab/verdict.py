@@ -2,7 +2,8 @@
 profile and each problem's verdict. Pure functions of the stored runs (no clock, no training).
 
 * **Target** (AlgoPerf style): the best median final training loss among the minibatch first-order
-  methods (tuned), plus 5%.
+  methods (tuned), plus 5% of its distance to the problem's floor (0, or the loss's known
+  infimum: the noisy quadratic's irreducible loss, the saddle problem's minimum −1).
 * **Reaching it**: a seed reaches the target when its loss at the end of the budget is at or below
   it; its time to target is the first recorded point from which the loss stays at or below it (a
   run that touched the target and bounced off has not reached it). A row reports how many seeds
@@ -22,6 +23,7 @@ from dataclasses import dataclass
 
 from deepdescent.lab import engine
 from deepdescent.lab.optimizers import OPTIMIZERS
+from deepdescent.lab.problems import PROBLEMS, base_name, reference
 
 Results = dict[str, dict[str, dict[str, list[engine.RunResult]]]]  # problem → optimizer → track → runs
 Race = dict[str, dict[str, list[engine.RunResult]]]  # optimizer → track → runs
@@ -71,13 +73,14 @@ def _kind(name: str) -> str:
     return spec.kind if spec else "first"
 
 
-def target(results: Race) -> float:
-    """The best baseline's median final training loss (tuned track), plus 5%. The baselines are
-    the minibatch first-order methods; every method's time to that target is reported, the
-    second-order ones included."""
+def target(results: Race, floor: float = 0.0) -> float:
+    """The best baseline's median final training loss (tuned track) plus 5% of its distance to the
+    problem's ``floor`` (0, or the loss's known infimum). The baselines are the minibatch
+    first-order methods; every method's time to that target is reported, the second-order ones
+    included."""
     baselines = [t for n, t in results.items() if _kind(n) == "first"] or list(results.values())
     best = min(median(r.final_train_loss for r in tracks["tuned"]) for tracks in baselines)
-    return best + 0.05 * abs(best) + 1e-8
+    return best + 0.05 * abs(best - floor) + 1e-8 + 1e-6 * abs(floor)
 
 
 def _tuning(tracks: dict[str, list[engine.RunResult]]) -> tuple[float | None, bool | None, int]:
@@ -103,11 +106,16 @@ def row(name: str, tracks: dict[str, list[engine.RunResult]], tgt: float) -> Row
     )
 
 
-def leaderboard(results: Race) -> tuple[float, list[Row]]:
-    tgt = target(results)
+def leaderboard(results: Race, floor: float = 0.0) -> tuple[float, list[Row]]:
+    tgt = target(results, floor)
     rows = [row(name, tracks, tgt) for name, tracks in results.items()]
     rows.sort(key=lambda r: (-r.reached / r.seeds, r.ge_to_target, r.final))
     return tgt, rows
+
+
+def board(problem: str, race: Race) -> tuple[float, list[Row]]:
+    """The leaderboard of a lab problem (its target relative to the problem's floor)."""
+    return leaderboard(race, reference(problem).floor if base_name(problem) in PROBLEMS else 0.0)
 
 
 def performance_profile(all_results: Results) -> dict[str, list[float]]:
@@ -115,8 +123,8 @@ def performance_profile(all_results: Results) -> dict[str, list[float]]:
     divided by the best optimizer's; +∞ where it did not solve the problem or did not run on it."""
     names = list(dict.fromkeys(n for race in all_results.values() for n in race))
     ratios: dict[str, list[float]] = {n: [] for n in names}
-    for race in all_results.values():
-        _, rows = leaderboard(race)
+    for problem, race in all_results.items():
+        _, rows = board(problem, race)
         times = {r.optimizer: r.ge_to_target if r.solved else math.inf for r in rows}
         best = min(times.values(), default=math.inf)
         for n in names:
@@ -173,9 +181,10 @@ def _epochs(t: float) -> str:
     return f"{t:.3g} epochs" if math.isfinite(t) else "never"
 
 
-def verdict(race: Race, challenge: str) -> tuple[str | None, str]:
+def verdict(problem: str, race: Race) -> tuple[str | None, str]:
     """(winner, a sentence that says what won and why, in the chapter's words, with the numbers)."""
-    tgt, rows = leaderboard(race)
+    tgt, rows = board(problem, race)
+    challenge = PROBLEMS[base_name(problem)].challenge if base_name(problem) in PROBLEMS else ""
     why = CHALLENGE_WHY.get(challenge, challenge)
     win = rows[0]
     if not win.reached:
