@@ -158,6 +158,28 @@ def test_killed_bench_resumes_without_losing_or_repeating(tmp_path):
     assert len(after) == sum(2 * len(g) + 1 + 2 for g in grids.values())
 
 
+def test_ctrl_c_prints_one_line_with_the_command_to_resume(tmp_path):
+    """Ctrl-C (SIGINT to the whole process group, as a terminal sends it) with two workers: one
+    line naming the command that resumes, no worker's traceback."""
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "deepdescent.cli", "bench", *TINY, "--workers", "2", "--out", str(out)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+        try:
+            if len(_complete(out / "results.db")) >= 2:
+                break
+        except sqlite3.Error:
+            continue
+    os.killpg(proc.pid, signal.SIGINT)
+    output, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 130, output
+    assert "Traceback" not in output and "KeyboardInterrupt" not in output, output
+    lines = [line for line in output.splitlines() if "resume with" in line]
+    assert len(lines) == 1 and "deepdescent bench --problem saddle" in lines[0] and str(out) in lines[0]
+
+
 @pytest.mark.parametrize("search", ["qmc", "tpe"])
 def test_sampled_searches_store_and_resume(search, tmp_path):
     args = ["bench", "--problem", "saddle", "--optimizer", "Adam", "--budget", "3", "--seeds", "2",

@@ -136,7 +136,7 @@ def _resume_hint(out: Path, done: int, total: int) -> str:
     return f"interrupted: {done} of {total} races stored in {out}; resume with: {command}"
 
 
-QUICK_TIME = "about 6 minutes on 2 cores"  # measured: BENCHMARKS.md, "The quick suite"
+QUICK_TIME = "about 4 minutes on 2 cores"  # measured: BENCHMARKS.md, "The quick suite"
 
 
 @app.command()

@@ -13,6 +13,7 @@ use (about a minute, once per machine: ``scripts/setup.sh`` does it) and cached 
 from __future__ import annotations
 
 import hashlib
+import numbers
 import os
 import platform
 import sys
@@ -43,16 +44,19 @@ class FusedUnavailable(RuntimeError):
     """The fused CPU path cannot be built here (no C++ compiler, or the build failed)."""
 
 
-def _numeric(group: dict[str, Any]) -> dict[str, float]:
+def _numeric(group: dict[str, Any], keys: Any) -> dict[str, float]:
+    """The group's numeric hyperparameters among ``keys`` (the algorithm's own, its defaults): keys
+    that schedulers (OneCycleLR's max_lr, …) or users (timm's lr_scale, tags) add never reach a
+    kernel, so they never change its structure or trigger a compilation."""
     out = {}
     for key, value in group.items():
-        if key in ("params", "param_names", "initial_lr", "name") or isinstance(value, (bool, str)):
+        if key not in keys or isinstance(value, (bool, str)):
             continue
         if isinstance(value, (tuple, list)):
             out.update({f"{key}{i}": float(v) for i, v in enumerate(value)})
         elif isinstance(value, Tensor):
             out[key] = float(value.item())
-        elif isinstance(value, (int, float)):
+        elif isinstance(value, numbers.Real):
             out[key] = float(value)
     return out
 
@@ -73,8 +77,8 @@ def _symbolic_group(group: dict[str, Any], syms: dict[str, Any]) -> dict[str, An
 
 def _trace_for(optimizer: Any, group: dict[str, Any], lookahead: bool,
                names: tuple[str, ...]) -> tuple[Trace, list[str], str]:
-    numeric = _numeric(group)
-    others = {k: v for k, v in group.items() if isinstance(v, (bool, str))}
+    numeric = _numeric(group, optimizer.defaults)
+    others = {k: v for k, v in group.items() if k in optimizer.defaults and isinstance(v, (bool, str))}
     key = (type(optimizer), structure_key({**numeric, **others}), lookahead, names)
     if key not in _TRACES:
         def update(lists, syms, tsyms):
@@ -151,7 +155,7 @@ def device_update(optimizer: Any, group: dict[str, Any], lookahead: bool, plan: 
 
     with _LOCK:
         tr, scalar_names, _ = _trace_for(optimizer, group, lookahead, plan.names)
-    numeric = _numeric(group)
+    numeric = _numeric(group, optimizer.defaults)
     triton_backend.update(tr, plan.dtype, plan.blocks, table, plan.step_table, len(plan.steps),
                           [numeric[k] for k in scalar_names], found, aligned)
 
@@ -165,7 +169,7 @@ def fused_update(optimizer: Any, group: dict[str, Any], lookahead: bool, names: 
 
         with _LOCK:
             tr, scalar_names, _ = _trace_for(optimizer, group, lookahead, names)
-        numeric = _numeric(group)
+        numeric = _numeric(group, optimizer.defaults)
         triton_backend.launch(tr, lists, [numeric[k] for k in scalar_names], steps)
         return
     if _DISABLED:
@@ -177,7 +181,7 @@ def fused_update(optimizer: Any, group: dict[str, Any], lookahead: bool, names: 
                 build()  # the standard set in one extension, then look again
             if name not in _FUNCTIONS:
                 _compile([tr])
-    numeric = _numeric(group)
+    numeric = _numeric(group, optimizer.defaults)
     _FUNCTIONS[name](lists, [numeric[k] for k in scalar_names], [float(s) for s in steps])
 
 

@@ -316,7 +316,7 @@ def launch(trace: Trace, lists: list[list[Tensor]], scalars: list[float], steps:
     addresses = [t.data_ptr() for lst in lists for t in lst]
     update(trace, lists[0][0].dtype, tables(tuple(t.numel() for t in lists[0]), device),
            pointer_table(addresses, device), pointer_table([x.data_ptr() for x in steps], device), len(lists[0]),
-           scalars, found if found is not None else torch.zeros((), device=device),
+           scalars, found if found is not None else torch.zeros((), dtype=torch.float32, device=device),
            all(a % 16 == 0 for a in addresses))
 
 

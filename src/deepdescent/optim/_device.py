@@ -107,7 +107,7 @@ def step(opt: BookOptimizer, lookahead: bool) -> bool:
     if not work or len({plan.device for _, plan, _ in work}) != 1:
         return False
     device = work[0][1].device
-    found = torch.zeros((), device=device)
+    found = torch.zeros((), dtype=torch.float32, device=device)
     tables = []
     for _, plan, grads in work:
         gptrs = [g.data_ptr() for g in grads]
@@ -116,7 +116,7 @@ def step(opt: BookOptimizer, lookahead: bool) -> bool:
         if opt.nonfinite == "skip":
             tb.check(plan.sizes, tb.pointer_table(gptrs, device), plan.dtype, found)
     if opt._skipped_device is None:
-        opt._skipped_device = torch.zeros((), device=device)
+        opt._skipped_device = torch.zeros((), dtype=torch.float32, device=device)
     for i, (_, plan, _) in enumerate(work):  # the counters first: the update reads the new t
         tb.bump(plan.step_table, len(plan.steps), found, opt._skipped_device if i == 0 else None)
     for (group, plan, _), (table, aligned) in zip(work, tables):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Iterable
 from typing import Any
 
@@ -14,7 +15,7 @@ def _as_float(name: str, value: Any) -> float:
         if value.numel() != 1 or value.dim() != 0:
             raise ValueError(f"{name} must be a float or a 0-dim tensor, got a tensor of shape {tuple(value.shape)}")
         value = value.item()
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):  # numpy scalars and Fractions are Real
         raise ValueError(f"{name} must be a real number, got {value!r} ({type(value).__name__})")
     return float(value)
 

@@ -10,6 +10,7 @@ methods, executes the update in cache-sized chunks on the CPU, and checks what
 from __future__ import annotations
 
 import contextlib
+import numbers
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from typing import Any, Literal
@@ -25,8 +26,6 @@ from deepdescent.optim import _device
 from deepdescent.optim import _validation as check
 
 NonFinite = Literal["skip", "raise", "propagate"]
-#: Keys that torch's LR schedulers and named parameters add to a param group.
-_FOREIGN_GROUP_KEYS = frozenset({"params", "param_names", "initial_lr", "name"})
 #: Parameter dtypes whose optimizer state is kept in float32 (and whose update is computed in float32).
 LOW_PRECISION = (torch.bfloat16, torch.float16)
 #: Parameter dtypes of the fused paths, per device kind.
@@ -82,12 +81,8 @@ class BookOptimizer(Optimizer):
 
     # ------------------------------------------------------------------ hyperparameters
     def add_param_group(self, param_group: dict[str, Any]) -> None:
-        unknown = set(param_group) - set(self.defaults) - _FOREIGN_GROUP_KEYS
-        if unknown:
-            raise ValueError(
-                f"unknown option(s) {sorted(unknown)} for {type(self).__name__}; "
-                f"valid: {sorted(self.defaults)}"
-            )
+        """As torch.optim: keys the optimizer does not know (timm's ``lr_scale``, a scheduler's
+        ``max_lr``, user tags) are kept in the group and ignored by the update."""
         super().add_param_group(param_group)
         if hasattr(self, "_plans"):
             self._plans.clear()
@@ -311,6 +306,8 @@ class BookOptimizer(Optimizer):
         for group in self.param_groups:
             if self._uses_interim_point(group) and group["weight_decay"] != 0:
                 params = [p for p in group["params"] if p.grad is not None]
+                if not params:  # a frozen group, or one whose gradients appear later
+                    continue
                 decayed = with_weight_decay([p.grad for p in params], params, group["weight_decay"])
                 self._interim_grads.update(zip(params, decayed))
 
@@ -334,6 +331,23 @@ class BookOptimizer(Optimizer):
             with torch.no_grad():
                 for params, backup in saved:
                     torch._foreach_copy_(params, backup)
+
+    # ------------------------------------------------------------------ copies
+    #: What a copy must keep besides torch's defaults/state/param_groups.
+    _COPIED = ("impl", "nonfinite", "_fused_off", "_interim_mode")
+
+    def __getstate__(self) -> dict[str, Any]:
+        """deepcopy and pickle keep the execution path, the non-finite policy, the skipped-step
+        count and Nesterov's mode, so that a copy continues with the same iterates; device-side
+        plans are rebuilt on the first step."""
+        state = super().__getstate__()
+        state.update({k: getattr(self, k) for k in self._COPIED}, _skipped=self.skipped_steps)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        self.defaults.pop("differentiable", None)  # torch adds it for its own classes' old pickles
+        self._skipped_device, self._plans, self._interim_grads = None, {}, {}
 
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict[str, Any]:
@@ -417,10 +431,10 @@ def _found_nonfinite(grads: list[Tensor]) -> Tensor:
     its unscale by 1.0 leaves the values as they are). Where that op is missing, per-tensor
     min/max: finite exactly when every element is (a sum of squares could overflow for finite g).
     """
-    found = torch.zeros((), device=grads[0].device)
+    found = torch.zeros((), dtype=torch.float32, device=grads[0].device)
     check = getattr(torch, "_amp_foreach_non_finite_check_and_unscale_", None)
     if check is not None and grads[0].dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
-        check(grads, found, torch.ones((), device=grads[0].device))
+        check(grads, found, torch.ones((), dtype=torch.float32, device=grads[0].device))
         return found
     extremes = torch.stack([torch.stack(torch.aminmax(g)) for g in grads if g.numel()] or [found.expand(2)])
     return (~extremes.isfinite()).any()
@@ -437,7 +451,7 @@ def _lr(group: dict[str, Any]) -> Any:
     lr = group["lr"]
     if isinstance(lr, Tensor):
         return lr.item()
-    return float(lr) if isinstance(lr, (int, float)) else lr
+    return float(lr) if isinstance(lr, numbers.Real) else lr
 
 
 def _chunks(lists: list[list[Tensor]], steps: list[int]) -> Iterator[tuple[list[list[Tensor]], list[int]]]:

@@ -1,0 +1,194 @@
+"""The torch.optim contract where real programs reach it: another default dtype, deepcopy and
+pickle (EMA/SWA helpers, Ray/Optuna checkpoints, multiprocessing), frozen groups under
+``step(closure)`` (Lightning), extra param-group keys (timm, HF), schedulers that add keys
+(OneCycleLR, CyclicLR) and learning rates of any real type."""
+
+from __future__ import annotations
+
+import copy
+import fractions
+import multiprocessing as mp
+import pickle
+
+import numpy as np
+import pytest
+import torch
+from resume_helper import CONFIGS
+from torch import nn
+
+from deepdescent import kernels, optim
+
+ALL = {**CONFIGS, "delta-bar-delta": lambda p: optim.DeltaBarDelta(p, lr=0.01)}
+
+
+def _model(seed: int = 0, dtype: torch.dtype = torch.float32) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 2)).to(dtype)
+
+
+def _train(model: nn.Module, opt, steps: range, closure: bool = False) -> None:
+    for k in steps:
+        gen = torch.Generator().manual_seed(1000 + k)
+        dtype = next(model.parameters()).dtype
+        x, y = torch.randn(16, 6, generator=gen, dtype=dtype), torch.randn(16, 2, generator=gen, dtype=dtype)
+
+        def loss_fn():
+            opt.zero_grad()
+            loss = nn.functional.mse_loss(model(x), y)
+            loss.backward()
+            return loss
+        if closure:
+            opt.step(loss_fn)
+        else:
+            loss_fn()
+            opt.step()
+
+
+def _params(model: nn.Module) -> list[torch.Tensor]:
+    return [p.detach().clone() for p in model.parameters()]
+
+
+def _make(name: str, params, impl: str):
+    opt = ALL[name](params)
+    opt.impl = impl  # the eager path (and its non-finite check) where the fused one would serve
+    return opt
+
+
+@pytest.mark.parametrize("impl", ["auto", "eager"])
+@pytest.mark.parametrize("default", [torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("name", list(ALL))
+def test_another_default_dtype_changes_nothing(name, default, impl):
+    """Scientific code sets float64 by default: every internal tensor has an explicit dtype, so
+    float32 parameters train bit for bit as under the float32 default, on every path."""
+    model = _model()
+    _train(model, _make(name, model.parameters(), impl), range(4))
+    expected = _params(model)
+    model = _model()
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(default)
+    try:
+        _train(model, _make(name, model.parameters(), impl), range(4))
+    finally:
+        torch.set_default_dtype(old)
+    for p, q in zip(_params(model), expected):
+        assert torch.equal(p, q)
+
+
+@pytest.mark.parametrize("name", list(ALL))
+def test_deepcopy_continues_bit_identically(name):
+    model = _model()
+    opt = ALL[name](model.parameters())
+    _train(model, opt, range(3))
+    twin_model, twin_opt = copy.deepcopy((model, opt))  # as EMA/SWA helpers copy them
+    _train(model, opt, range(3, 7))
+    _train(twin_model, twin_opt, range(3, 7))
+    for p, q in zip(_params(model), _params(twin_model)):
+        assert torch.equal(p, q)
+    assert twin_opt.impl == opt.impl and twin_opt.nonfinite == opt.nonfinite
+    assert twin_opt._interim_mode == opt._interim_mode
+
+
+def _continue_elsewhere(payload: bytes, queue) -> None:
+    model, opt = pickle.loads(payload)
+    _train(model, opt, range(3, 7))
+    queue.put(pickle.dumps((_params(model), opt.skipped_steps)))
+
+
+@pytest.mark.parametrize("name", ["nesterov", "rmsprop-nesterov", "adam", "delta-bar-delta"])
+def test_pickle_round_trip_into_a_new_process_continues_bit_identically(name):
+    model = _model()
+    opt = ALL[name](model.parameters(), ) if name != "adam" else optim.Adam(model.parameters(), nonfinite="raise")
+    _train(model, opt, range(3))
+    payload = pickle.dumps((model, opt))
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=_continue_elsewhere, args=(payload, queue))
+    proc.start()
+    params, skipped = pickle.loads(queue.get(timeout=120))
+    proc.join(60)
+    _train(model, opt, range(3, 7))
+    assert skipped == opt.skipped_steps
+    for p, q in zip(params, _params(model)):
+        assert torch.equal(p, q)
+    restored = pickle.loads(payload)[1]
+    assert restored.nonfinite == opt.nonfinite and "differentiable" not in restored.defaults
+
+
+@pytest.mark.parametrize("name", list(ALL))
+def test_frozen_and_late_groups_under_step_with_a_closure(name):
+    """Lightning always calls ``step(closure=...)``: a group without gradients (frozen, or whose
+    gradients appear later) must not crash, for every optimizer, with weight decay too."""
+    model = _model()
+    head = nn.Linear(2, 2)  # never used in the loss at first: its gradients stay None
+    opt = ALL[name]([{"params": model.parameters()}, {"params": head.parameters(), "lr": 0.01}])
+    for group in opt.param_groups:
+        group["weight_decay"] = 1e-3
+    opt.add_param_group({"params": [], "lr": 0.1})  # an empty group too
+    _train(model, opt, range(3), closure=True)
+    assert all(p.grad is None for p in head.parameters())
+    before = [p.detach().clone() for p in head.parameters()]
+    x, y = torch.randn(16, 6), torch.randn(16, 2)
+
+    def with_head():  # the head's gradients appear
+        opt.zero_grad()
+        loss = nn.functional.mse_loss(head(model(x)), y)
+        loss.backward()
+        return loss
+    for _ in range(2):
+        opt.step(with_head)
+    assert all(not torch.equal(p, b) for p, b in zip(head.parameters(), before))
+
+
+def test_extra_group_keys_are_kept_and_ignored_by_the_math():
+    """timm's layer decay and user tags put their own keys in a group: torch keeps them."""
+    a, b = _model(), _model()
+    tagged = optim.Adam([{"params": a.parameters(), "lr_scale": 0.5, "tag": "backbone"}], lr=1e-2)
+    plain = optim.Adam(b.parameters(), lr=1e-2)
+    _train(a, tagged, range(4))
+    _train(b, plain, range(4))
+    assert tagged.param_groups[0]["lr_scale"] == 0.5 and tagged.param_groups[0]["tag"] == "backbone"
+    assert all(torch.equal(p, q) for p, q in zip(_params(a), _params(b)))
+    tagged.load_state_dict(tagged.state_dict())
+    assert tagged.param_groups[0]["lr_scale"] == 0.5
+
+
+@pytest.mark.parametrize("make_sched", [
+    lambda o: torch.optim.lr_scheduler.OneCycleLR(o, max_lr=0.1, total_steps=20, cycle_momentum=True,
+                                                  base_momentum=0.8, max_momentum=0.95),
+    lambda o: torch.optim.lr_scheduler.CyclicLR(o, base_lr=0.01, max_lr=0.1, step_size_up=3, cycle_momentum=True,
+                                                base_momentum=0.8, max_momentum=0.95),
+], ids=["OneCycleLR", "CyclicLR"])
+def test_schedulers_that_add_keys_never_compile_a_kernel(make_sched, monkeypatch):
+    """OneCycleLR/CyclicLR add numeric keys and change momentum every step: only the keys the
+    algorithm reads may enter a kernel's structure, so nothing compiles (a compilation takes
+    minutes on 2 cores)."""
+    if kernels.available("cpu"):
+        pytest.skip(f"no fused CPU path here: {kernels.available('cpu')}")
+    warm = _model()
+    _train(warm, optim.SGD(warm.parameters(), lr=0.01, momentum=0.9), range(1))  # loads the standard kernels
+
+    def no_compile(*args, **kwargs):
+        raise AssertionError("a kernel was compiled")
+    monkeypatch.setattr(kernels, "_compile", no_compile)
+    model = _model()
+    opt = optim.SGD(model.parameters(), lr=0.01, momentum=0.9, impl="fused")
+    sched = make_sched(opt)
+    for k in range(8):
+        _train(model, opt, range(k, k + 1))
+        sched.step()
+    assert opt.param_groups[0]["momentum"] != 0.9 and set(opt.param_groups[0]) - set(opt.defaults) - {"params"}
+
+
+@pytest.mark.parametrize("lr", [np.float32(0.01), np.float64(0.01), fractions.Fraction(1, 100), 1 / 100],
+                         ids=["numpy32", "numpy64", "Fraction", "float"])
+@pytest.mark.parametrize("impl", ["eager", "fused"])
+def test_learning_rates_of_any_real_type(lr, impl):
+    if impl == "fused" and kernels.available("cpu"):
+        pytest.skip(f"no fused CPU path here: {kernels.available('cpu')}")
+    a, b = _model(), _model()
+    _train(a, optim.SGD(a.parameters(), lr=lr, momentum=0.9, impl=impl), range(3))
+    _train(b, optim.SGD(b.parameters(), lr=float(np.float32(lr)) if isinstance(lr, np.float32) else float(lr),
+                        momentum=0.9, impl=impl), range(3))
+    assert all(torch.equal(p, q) for p, q in zip(_params(a), _params(b)))
+    with pytest.raises(ValueError, match="lr must be a real number"):
+        optim.SGD(a.parameters(), lr="0.01")
