@@ -101,8 +101,8 @@ def _save(fig, out: Path, stem: str) -> str:
 
 
 def _loss_scale(ax, values: list[float], axis: str = "y") -> None:
-    """Log scale for a positive quantity (tick labels on every decade and, over less than one
-    decade, between them); linear where it can be zero or negative (the saddle's minimum is −1)."""
+    """Log scale for a positive quantity (tick labels on every decade and, over less than two
+    decades, between them); linear where it can be zero or negative."""
     from matplotlib import ticker
 
     finite = [v for v in values if math.isfinite(v)]
@@ -130,29 +130,61 @@ def _curve(run, xs) -> list[float]:
     return list(np.interp(xs, ge, loss, right=after)) if n > 1 else [loss[0] if x == 0 else after for x in xs]
 
 
+class _LossAxis:
+    """How losses are drawn: on a log axis as the distance to the problem's floor (0, or the
+    known minimum) when every value lies at or above it — an exact 0 drawn a decade under the
+    smallest positive distance, and said so — else on a linear axis (a noisy loss can dip
+    below its floor)."""
+
+    def __init__(self, values: list[float], floor: float) -> None:
+        finite = [v for v in values if math.isfinite(v)]
+        self.log = bool(finite) and min(finite) >= floor - 1e-6 * max(1.0, abs(floor))  # float32 rounding
+        self.floor = floor if self.log else 0.0
+        gaps = [v - floor for v in finite if v > floor]
+        self.tiny = min(gaps) / 10 if gaps else 1e-12
+        self.zeros = self.log and any(v <= floor for v in finite)
+        self.drawn = self(finite)
+
+    def __call__(self, values):
+        if not self.log:
+            return values
+        return [max(v - self.floor, self.tiny) if math.isfinite(v) else v for v in values]
+
+    def label(self, text: str) -> str:
+        if not self.log:
+            return text
+        shifted = text if self.floor == 0 else f"{text} − ({self.floor:.4g})"
+        return shifted + (f"\n(0 drawn at {self.tiny:.0e})" if self.zeros else "")
+
+    def apply(self, ax) -> None:
+        if self.log:
+            _loss_scale(ax, self.drawn)
+
+
 def _learning_curves(problem: str, race: Race, out: Path) -> str:
     plt = _plt()
     tgt = board(problem, race)[0]
     budget = max(r.budget for tracks in race.values() for r in tracks["tuned"])
     xs = [budget * i / 200 for i in range(201)]
     fig, ax = plt.subplots(figsize=(8, 4.5), constrained_layout=True)
-    drawn: list[float] = [tgt]
+    drawn: dict[str, tuple[str, torch.Tensor]] = {}
     for name, tracks in race.items():
         runs = [r for r in tracks["tuned"] if not r.diverged]
-        label = name + (f" ({len(tracks['tuned']) - len(runs)} diverged)" if len(runs) < len(tracks["tuned"]) else "")
-        if not runs:
-            continue
-        curves = torch.tensor([_curve(r, xs) for r in runs], dtype=torch.float64)
-        med = curves.nanmedian(0).values
-        ax.plot(xs, med, label=label, **style(name))
-        if len(runs) > 1:
-            ax.fill_between(xs, curves.min(0).values, curves.max(0).values, color=style(name)["color"], alpha=0.10)
-        drawn += [float(v) for v in curves.flatten() if math.isfinite(v)]
-    ax.axhline(tgt, color="black", lw=0.9, ls=(0, (4, 3)), label=f"target T = {tgt:.3g}")
+        if runs:
+            label = name + (f" ({len(tracks['tuned']) - len(runs)} diverged)" if len(runs) < len(tracks["tuned"])
+                            else "")
+            drawn[name] = label, torch.tensor([_curve(r, xs) for r in runs], dtype=torch.float64)
+    axis = _LossAxis([tgt] + [float(v) for _, c in drawn.values() for v in c.flatten()], reference(problem).floor)
+    for name, (label, curves) in drawn.items():
+        ax.plot(xs, axis(curves.nanmedian(0).values.tolist()), label=label, **style(name))
+        if len(curves) > 1:
+            ax.fill_between(xs, axis(curves.min(0).values.tolist()), axis(curves.max(0).values.tolist()),
+                            color=style(name)["color"], alpha=0.10)
+    ax.axhline(axis([tgt])[0], color="black", lw=0.9, ls=(0, (4, 3)), label=f"target T = {tgt:.3g}")
     ax.set_xlim(0, budget)
-    _loss_scale(ax, drawn)
+    axis.apply(ax)
     ax.set_xlabel("gradient-equivalents (full-batch gradients; every optimizer gets the same budget)")
-    ax.set_ylabel("training loss\n(median; band: min–max over seeds)")
+    ax.set_ylabel(axis.label("training loss") + "\nmedian; band: min–max over seeds")
     ax.set_title(f"{title(problem)}: learning curves at the tuned learning rate", fontsize=10)
     _legend(ax)
     return _save(fig, out, f"{_stem(problem)}_curves")
@@ -161,31 +193,32 @@ def _learning_curves(problem: str, race: Race, out: Path) -> str:
 def _sensitivity(problem: str, race: Race, out: Path) -> str | None:
     """Final loss against learning rate; None when no optimizer tried two learning rates (--budget 1)."""
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(8, 4.5), constrained_layout=True)
-    drawn: list[float] = []
+    lines = {}
     for name, tracks in race.items():
         by_lr: dict[float, list[float]] = {}
         for r in tracks["grid"]:
             if r.lr is not None:
                 by_lr.setdefault(r.lr, []).append(r.final_train_loss)
-        if len(by_lr) < 2:
-            continue
-        lrs = sorted(by_lr)
-        med = [statistics.median(by_lr[lr]) for lr in lrs]
+        if len(by_lr) >= 2:
+            lrs = sorted(by_lr)
+            lines[name] = lrs, [statistics.median(by_lr[lr]) for lr in lrs]
+    values = [m for _, med in lines.values() for m in med if math.isfinite(m)]
+    if not values:
+        return None
+    axis = _LossAxis(values, reference(problem).floor)
+    fig, ax = plt.subplots(figsize=(8, 4.5), constrained_layout=True)
+    for name, (lrs, med) in lines.items():
         st = style(name)
-        ax.plot(lrs, [m if math.isfinite(m) else math.nan for m in med], marker="o", ms=3, label=name, **st)
-        best = tracks["tuned"][0].lr
-        ax.plot([best], [median(r.final_train_loss for r in tracks["tuned"])], marker="*", ms=10, color=st["color"])
+        ax.plot(lrs, axis([m if math.isfinite(m) else math.nan for m in med]), marker="o", ms=3, label=name, **st)
+        tracks = race[name]
+        ax.plot([tracks["tuned"][0].lr], axis([median(r.final_train_loss for r in tracks["tuned"])]), marker="*",
+                ms=10, color=st["color"])
         failed = [lr for lr, m in zip(lrs, med) if not math.isfinite(m)]
         ax.plot(failed, [1.0] * len(failed), "x", color=st["color"], transform=ax.get_xaxis_transform(), clip_on=False)
-        drawn += [m for m in med if math.isfinite(m)]
-    if not drawn:
-        plt.close(fig)
-        return None
     ax.set_xscale("log")
-    _loss_scale(ax, drawn)
+    axis.apply(ax)
     ax.set_xlabel("learning rate (★ tuned; × at the top: diverged)")
-    ax.set_ylabel("final training loss\n(median over seeds)")
+    ax.set_ylabel(axis.label("final training loss") + "\nmedian over seeds")
     ax.set_title(f"{title(problem)}: learning-rate sensitivity", fontsize=10)
     _legend(ax)
     return _save(fig, out, f"{_stem(problem)}_sensitivity")
