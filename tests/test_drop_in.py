@@ -50,7 +50,8 @@ def _params(model: nn.Module) -> list[torch.Tensor]:
 
 def _make(name: str, params, impl: str):
     opt = ALL[name](params)
-    opt.impl = impl  # the eager path (and its non-finite check) where the fused one would serve
+    if impl == "eager":
+        opt.impl = impl  # the eager path (and its non-finite check) where the fused one would serve
     return opt
 
 
@@ -192,3 +193,82 @@ def test_learning_rates_of_any_real_type(lr, impl):
     assert all(torch.equal(p, q) for p, q in zip(_params(a), _params(b)))
     with pytest.raises(ValueError, match="lr must be a real number"):
         optim.SGD(a.parameters(), lr="0.01")
+
+
+def test_distributed_checkpoint_state_dicts_round_trip():
+    """torch.distributed.checkpoint's get/set_optimizer_state_dict (the FSDP2/DCP path) rebuild
+    the dict without deepdescent's entry: it loads, and training continues bit-identically."""
+    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict, set_optimizer_state_dict
+
+    model = _model()
+    opt = optim.Adam(model.parameters(), lr=1e-2)
+    _train(model, opt, range(3))
+    # (the dict holds the live state tensors: a checkpoint is a copy of it)
+    saved_model, saved = copy.deepcopy(model.state_dict()), copy.deepcopy(get_optimizer_state_dict(model, opt))
+    assert "deepdescent" not in saved and "0.weight" in saved["state"]
+    _train(model, opt, range(3, 6))
+    expected = _params(model)
+    other = _model(seed=5)
+    other.load_state_dict(saved_model)
+    fresh = optim.Adam(other.parameters(), lr=1e-2)
+    set_optimizer_state_dict(other, fresh, saved)
+    _train(other, fresh, range(3, 6))
+    assert all(torch.equal(p, q) for p, q in zip(_params(other), expected))
+
+
+def _bad(sd: dict, edit) -> dict:
+    sd = copy.deepcopy(sd)
+    edit(sd)
+    return sd
+
+
+BAD_CHECKPOINTS = {
+    "lr=nan": (lambda sd: sd["param_groups"][0].update(lr=float("nan")), "lr"),
+    "lr=-1": (lambda sd: sd["param_groups"][0].update(lr=-1.0), "lr"),
+    "eps=0": (lambda sd: sd["param_groups"][0].update(eps=0.0), "eps"),
+    "three betas": (lambda sd: sd["param_groups"][0].update(betas=(0.9, 0.99, 0.5)), "betas"),
+    "missing key": (lambda sd: sd["param_groups"][0].pop("betas"), "lacks \\['betas'\\]"),
+    "string lr": (lambda sd: sd["param_groups"][0].update(lr="0.1"), "lr"),
+    "wrong shape": (lambda sd: sd["state"][0].update(exp_avg=torch.zeros(3)), "shape"),
+    "integer state": (lambda sd: sd["state"][0].update(exp_avg=torch.zeros(8, 6, dtype=torch.long)), "floating"),
+    "step 1.5": (lambda sd: sd["state"][0].update(step=1.5), "step"),
+    "step -1": (lambda sd: sd["state"][0].update(step=-1), "step"),
+    "skipped_steps": (lambda sd: sd["deepdescent"].update(skipped_steps="2"), "skipped_steps"),
+    "interim_mode": (lambda sd: sd["deepdescent"].update(interim_mode="sideways"), "interim_mode"),
+    "other class": (lambda sd: sd["deepdescent"].update(optimizer="SGD"), "of SGD into Adam"),
+    "group count": (lambda sd: sd["param_groups"].append(dict(sd["param_groups"][0])), "param groups"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_CHECKPOINTS))
+def test_a_bad_checkpoint_is_refused_and_changes_nothing(case):
+    model = _model()
+    opt = optim.Adam(model.parameters(), lr=1e-2)
+    _train(model, opt, range(3))
+    edit, message = BAD_CHECKPOINTS[case]
+    bad = _bad(opt.state_dict(), edit)
+    before = copy.deepcopy(opt.state_dict())
+    with pytest.raises(ValueError, match=message):
+        opt.load_state_dict(bad)
+    after = opt.state_dict()
+    assert after["param_groups"] == before["param_groups"] and after["deepdescent"] == before["deepdescent"]
+    for i, s in before["state"].items():
+        assert all(torch.equal(torch.as_tensor(v), torch.as_tensor(after["state"][i][k])) for k, v in s.items())
+
+
+def test_hooks_run_in_torchs_order():
+    model = _model()
+    opt = optim.Adam(model.parameters(), lr=1e-2)
+    _train(model, opt, range(2))
+    seen = {}
+    opt.register_state_dict_post_hook(lambda o, sd: seen.update(meta="deepdescent" in sd))
+    sd = opt.state_dict()
+    assert seen["meta"]  # the metadata is there when post-hooks run
+
+    def repair(o, sd):  # a pre-hook that mends a dict runs before the checks
+        sd["param_groups"][0]["lr"] = 0.5
+        return sd
+    opt.register_load_state_dict_pre_hook(repair)
+    opt.register_load_state_dict_post_hook(lambda o: seen.update(lr=o.param_groups[0]["lr"]))
+    opt.load_state_dict(_bad(sd, lambda d: d["param_groups"][0].update(lr=float("nan"))))
+    assert opt.param_groups[0]["lr"] == 0.5 and seen["lr"] == 0.5

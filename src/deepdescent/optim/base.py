@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import numbers
-from collections import defaultdict
+import warnings
+from collections import OrderedDict, defaultdict
 from collections.abc import Callable, Iterator
 from typing import Any, Literal
 
@@ -351,29 +352,113 @@ class BookOptimizer(Optimizer):
 
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict[str, Any]:
-        sd = super().state_dict()
+        """torch.optim's state dict and a ``"deepdescent"`` entry (class, skipped steps, Nesterov's
+        mode), added before the state_dict post-hooks run (as torch orders them)."""
+        post = self._optimizer_state_dict_post_hooks
+        self._optimizer_state_dict_post_hooks = OrderedDict()
+        try:
+            sd = super().state_dict()
+        finally:
+            self._optimizer_state_dict_post_hooks = post
         sd["deepdescent"] = {
             "optimizer": type(self).__name__,
             "skipped_steps": self.skipped_steps,
             "interim_mode": self._interim_mode,
         }
+        for hook in post.values():
+            result = hook(self, sd)
+            if result is not None:
+                sd = result
         return sd
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        if not isinstance(state_dict, dict) or "state" not in state_dict or "param_groups" not in state_dict:
-            raise ValueError("state_dict must be a dict with 'state' and 'param_groups' (from Optimizer.state_dict())")
-        meta = state_dict.get("deepdescent")
-        name = type(self).__name__
-        if meta is None or meta.get("optimizer") != name:
-            found = meta.get("optimizer") if meta else "an optimizer that is not from deepdescent"
-            raise ValueError(f"cannot load a state_dict of {found} into {name}")
-        self._check_shapes(state_dict)
-        body = {k: v for k, v in state_dict.items() if k != "deepdescent"}
-        self._plans.clear()
-        super().load_state_dict(body)
+        """Load a state dict from :meth:`state_dict` — or one of the same layout without the
+        ``"deepdescent"`` entry (``torch.distributed.checkpoint``'s get/set_optimizer_state_dict
+        rebuild it without), then with default metadata. torch's order: load pre-hooks, then
+        every check (hyperparameters as the constructor checks them, state tensors' dtype and
+        shape, step counts, metadata), then the state is replaced in one go, then post-hooks.
+        A failed check raises ValueError and changes nothing."""
+        if not isinstance(state_dict, dict):
+            raise ValueError(f"state_dict must be a dict (from Optimizer.state_dict()), got {type(state_dict).__name__}")
+        state_dict = dict(state_dict)
+        for hook in self._optimizer_load_state_dict_pre_hooks.values():
+            result = hook(self, state_dict)
+            if result is not None:
+                state_dict = result
+        meta = self._check_checkpoint(state_dict)
+        hooks = self._optimizer_load_state_dict_pre_hooks, self._optimizer_load_state_dict_post_hooks
+        self._optimizer_load_state_dict_pre_hooks = self._optimizer_load_state_dict_post_hooks = OrderedDict()
+        try:
+            self._plans.clear()
+            super().load_state_dict({k: v for k, v in state_dict.items() if k != "deepdescent"})
+        finally:
+            self._optimizer_load_state_dict_pre_hooks, self._optimizer_load_state_dict_post_hooks = hooks
         self._restore_state_dtype(state_dict)
         self._skipped, self._skipped_device = int(meta.get("skipped_steps", 0)), None
         self._interim_mode = meta.get("interim_mode")
+        for hook in self._optimizer_load_state_dict_post_hooks.values():
+            hook(self)
+
+    def _check_checkpoint(self, state_dict: dict[str, Any]) -> dict[str, Any]:
+        """Every check of :meth:`load_state_dict`; returns the metadata (defaults where absent)."""
+        name = type(self).__name__
+        if not isinstance(state_dict.get("state"), dict) or not isinstance(state_dict.get("param_groups"), list):
+            raise ValueError("state_dict must be a dict with 'state' and 'param_groups' (a dict and a list, as "
+                             "Optimizer.state_dict() returns)")
+        meta = state_dict.get("deepdescent")
+        if meta is None:
+            self._check_layout(state_dict)
+            meta = {}
+            if state_dict["state"] and any(self._uses_interim_point(g) for g in self.param_groups):
+                warnings.warn(f"{name}: the state_dict has no 'deepdescent' entry, so whether the parameters hold "
+                              "θ or Nesterov's look-ahead point θ̃ is unknown; the next step() fixes it (with or "
+                              "without a closure)", RuntimeWarning, stacklevel=3)
+        elif not isinstance(meta, dict) or meta.get("optimizer") != name:
+            found = meta.get("optimizer") if isinstance(meta, dict) else repr(meta)
+            raise ValueError(f"cannot load a state_dict of {found} into {name}")
+        skipped = meta.get("skipped_steps", 0)
+        if isinstance(skipped, bool) or not isinstance(skipped, int) or skipped < 0:
+            raise ValueError(f"invalid deepdescent.skipped_steps={skipped!r}: must be an integer >= 0")
+        if meta.get("interim_mode") not in (None, "closure", "lookahead"):
+            raise ValueError(f"invalid deepdescent.interim_mode={meta.get('interim_mode')!r}: must be None, "
+                             "'closure' or 'lookahead'")
+        saved_groups = state_dict["param_groups"]
+        if len(saved_groups) != len(self.param_groups):
+            raise ValueError(f"state_dict has {len(saved_groups)} param groups, {name} has {len(self.param_groups)}")
+        for i, (saved, group) in enumerate(zip(saved_groups, self.param_groups)):
+            if not isinstance(saved, dict) or not isinstance(saved.get("params"), list):
+                raise ValueError(f"param_groups[{i}] of the state_dict must be a dict with a 'params' list")
+            missing = sorted(set(self.defaults) - set(saved))
+            if missing:
+                raise ValueError(f"param_groups[{i}] of the state_dict lacks {missing}")
+            try:
+                self._validate_group({**group, **saved})
+            except ValueError as err:
+                raise ValueError(f"param_groups[{i}] of the state_dict: {err}") from None
+        self._check_shapes(state_dict)
+        return meta
+
+    def _check_layout(self, state_dict: dict[str, Any]) -> None:
+        """A dict without the metadata entry must have this optimizer's layout: no group key and
+        no state entry that this optimizer would not have written (a torch.optim dict carries
+        options such as ``amsgrad`` or ``maximize`` whose meaning would be lost)."""
+        name = type(self).__name__
+        known = {"params", "param_names", "initial_lr"}
+        params = [p for g in self.param_groups for p in g["params"]]
+        saved_ids = [i for g in state_dict["param_groups"] if isinstance(g, dict) for i in g.get("params", [])]
+        owner = {i: g for g, saved in zip(self.param_groups, state_dict["param_groups"]) if isinstance(saved, dict)
+                 for i in saved.get("params", [])}
+        for saved, group in zip(state_dict["param_groups"], self.param_groups):
+            extra = sorted(set(saved) - set(group) - known) if isinstance(saved, dict) else []
+            if extra:
+                raise ValueError(f"cannot load this state_dict into {name}: it is not from deepdescent (no "
+                                 f"'deepdescent' entry) and its param groups hold options {name} does not have: {extra}")
+        for i, s in state_dict["state"].items():
+            if i in owner and isinstance(s, dict) and len(saved_ids) == len(params):
+                extra = sorted(set(s) - set(self._state_names(owner[i])) - {"step"})
+                if extra:
+                    raise ValueError(f"cannot load this state_dict into {name}: it is not from deepdescent (no "
+                                     f"'deepdescent' entry) and its state holds {extra}, which {name} does not keep")
 
     def _restore_state_dtype(self, state_dict: dict[str, Any]) -> None:
         # torch.optim casts floating state to the parameter's dtype; the float32 state of a
@@ -400,12 +485,15 @@ class BookOptimizer(Optimizer):
             p = index.get(i)
             if p is None:
                 raise ValueError(f"state_dict has state for parameter index {i!r}, which no group lists")
+            if not isinstance(s, dict):
+                raise ValueError(f"the state of parameter {self._param_name(p)} must be a dict, got {type(s).__name__}")
             for key, value in s.items():
-                if isinstance(value, Tensor) and value.dim() > 0 and value.shape != p.shape:
-                    raise ValueError(
-                        f"state {key!r} of parameter {self._param_name(p)} has shape {tuple(value.shape)}, "
-                        f"the parameter has shape {tuple(p.shape)}"
-                    )
+                where = f"state {key!r} of parameter {self._param_name(p)}"
+                if key == "step":
+                    _check_step(where, value)
+                elif isinstance(value, Tensor) and (value.shape != p.shape or not value.is_floating_point()):
+                    raise ValueError(f"{where} is a {value.dtype} tensor of shape {tuple(value.shape)}; it must be "
+                                     f"a floating tensor of the parameter's shape {tuple(p.shape)}")
 
     # ------------------------------------------------------------------ helpers
     def _param_name(self, p: Tensor) -> str:
@@ -416,6 +504,13 @@ class BookOptimizer(Optimizer):
                     where = f"param_groups[{gi}]['params'][{pi}]"
                     return f"{names[pi]!r} ({where}, shape {tuple(p.shape)})" if names else f"{where} (shape {tuple(p.shape)})"
         return f"(shape {tuple(p.shape)})"
+
+
+def _check_step(where: str, value: Any) -> None:
+    """A step count: an integer >= 0 (a 0-dim tensor holding one on the device path)."""
+    number = value.item() if isinstance(value, Tensor) and value.dim() == 0 else value
+    if isinstance(number, bool) or not isinstance(number, numbers.Real) or number < 0 or number != int(number):
+        raise ValueError(f"invalid {where}={value!r}: must be an integer >= 0")
 
 
 def state_dtype(dtype: torch.dtype) -> torch.dtype:
