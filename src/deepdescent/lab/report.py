@@ -171,8 +171,9 @@ def _learning_curves(problem: str, race: Race, out: Path) -> str:
     for name, tracks in race.items():
         runs = [r for r in tracks["tuned"] if not r.diverged]
         if runs:
-            label = name + (f" ({len(tracks['tuned']) - len(runs)} diverged)" if len(runs) < len(tracks["tuned"])
-                            else "")
+            diverged, cut = len(tracks["tuned"]) - len(runs), sum(r.truncated for r in runs)
+            label = name + (f" ({diverged} diverged)" if diverged else "") + (f" (✂ {cut} cut by the time limit)"
+                                                                               if cut else "")
             drawn[name] = label, torch.tensor([_curve(r, xs) for r in runs], dtype=torch.float64)
     axis = _LossAxis([tgt] + [float(v) for _, c in drawn.values() for v in c.flatten()], reference(problem).floor)
     for name, (label, curves) in drawn.items():
@@ -341,7 +342,7 @@ def _depth_figure(all_results: Results, out: Path) -> str | None:
                 ax.plot(never, [1.0] * len(never), "x", color=line.get_color(), ms=9, clip_on=False,
                         transform=ax.get_xaxis_transform(), label=f"{scheme}: never")  # at the top edge
         ax.set_xscale("log")
-        ax.set_yscale("log")
+        _loss_scale(ax, [pick(by_depth[d]) for by_depth in table.values() for d in by_depth])
         ax.set_xticks(depths, [str(d) for d in depths], minor=False)
         ax.set_xticks([], minor=True)
         ax.set_xlabel("depth (layers)")
