@@ -272,3 +272,109 @@ def test_hooks_run_in_torchs_order():
     opt.register_load_state_dict_post_hook(lambda o: seen.update(lr=o.param_groups[0]["lr"]))
     opt.load_state_dict(_bad(sd, lambda d: d["param_groups"][0].update(lr=float("nan"))))
     assert opt.param_groups[0]["lr"] == 0.5 and seen["lr"] == 0.5
+
+
+# ------------------------------------------------------------------ the second-order methods
+SECOND = {
+    "Newton": lambda p, **k: optim.Newton(p, **k),
+    "HessianFree": lambda p, **k: optim.HessianFree(p, curvature="hessian", **k),
+    "CG": lambda p, **k: optim.ConjugateGradient(p, **k),
+    "BFGS": lambda p, **k: optim.BFGS(p, **k),
+    "L-BFGS": lambda p, **k: optim.LBFGS(p, **k),
+}
+_A = torch.tensor([[3.0, 0.5], [0.5, 1.0]], dtype=torch.float64)
+
+
+def _quadratic(*params):
+    def closure():
+        x = torch.cat([p.reshape(-1) for p in params])
+        return 0.5 * x @ _A @ x - x.sum()
+    return closure
+
+
+@pytest.mark.parametrize("name", list(SECOND))
+def test_second_order_methods_take_an_lr_that_schedulers_drive(name):
+    x = nn.Parameter(torch.tensor([1.0, -1.0], dtype=torch.float64))
+    opt = SECOND[name]([x])
+    assert opt.param_groups[0]["lr"] == 1.0  # torch.optim.LBFGS's default
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: 0.0 if k == 0 else 1.0)  # every torch scheduler needs lr
+    before = x.detach().clone()
+    loss = opt.step(_quadratic(x))
+    assert torch.equal(x.detach(), before)  # lr = 0: nothing moves
+    assert isinstance(loss, torch.Tensor) and loss.item() == pytest.approx(_quadratic(before)().item())
+    sched.step()
+    for _ in range(30):
+        opt.step(_quadratic(x))
+    torch.testing.assert_close(x.detach(), torch.linalg.solve(_A, torch.ones(2, dtype=torch.float64)))
+
+
+def test_newtons_lr_scales_its_step():
+    x = nn.Parameter(torch.tensor([1.0, -1.0], dtype=torch.float64))
+    optim.Newton([x], lr=0.5).step(_quadratic(x))
+    start = torch.tensor([1.0, -1.0], dtype=torch.float64)
+    newton = -torch.linalg.solve(_A, _A @ start - 1)
+    torch.testing.assert_close(x.detach(), start + 0.5 * newton)
+
+
+@pytest.mark.parametrize("name", list(SECOND))
+def test_second_order_groups_added_later_are_optimized(name):
+    a = nn.Parameter(torch.tensor([1.0], dtype=torch.float64))
+    b = nn.Parameter(torch.tensor([-1.0], dtype=torch.float64))
+    frozen = nn.Parameter(torch.zeros(1), requires_grad=False)
+    opt = SECOND[name]([frozen])  # no parameter requires grad yet: allowed, as in torch
+    opt.add_param_group({"params": [a]})
+    opt.add_param_group({"params": [b], "tag": "late"})
+    for _ in range(30):
+        opt.step(_quadratic(a, b))
+    torch.testing.assert_close(torch.cat([a, b]).detach(), torch.linalg.solve(_A, torch.ones(2, dtype=torch.float64)))
+    with pytest.raises(ValueError, match="cannot differ per param group"):
+        opt.add_param_group({"params": [nn.Parameter(torch.zeros(1))], "lr": 0.5})
+    assert len(opt.param_groups) == 3
+
+
+@pytest.mark.parametrize("name", ["CG", "BFGS", "L-BFGS"])
+def test_closures_may_return_a_number_after_backward(name):
+    """torch.optim.LBFGS accepts a closure that calls backward() and returns a float."""
+    x, y = (nn.Parameter(torch.tensor([1.0, -1.0], dtype=torch.float64)) for _ in range(2))
+    opt_x, opt_y = SECOND[name]([x]), SECOND[name]([y])
+
+    def number():
+        opt_y.zero_grad()
+        loss = _quadratic(y)()
+        loss.backward()
+        return loss.item()
+    for _ in range(3):
+        opt_x.step(_quadratic(x))
+        assert isinstance(opt_y.step(number), float)
+    # the same iterates (autograd.grad and backward() may round the gradient differently in the last bit)
+    torch.testing.assert_close(x.detach(), y.detach(), rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match="tolerance_grad"):
+        SECOND[name]([x], tolerance_grad=float("nan"))
+    still = SECOND[name]([x], tolerance_grad=float("inf"))  # stop at once, as torch allows
+    before = x.detach().clone()
+    still.step(_quadratic(x))
+    assert torch.equal(x.detach(), before)
+
+
+def test_hessian_free_gauss_newton_on_a_loss_linear_in_the_output():
+    model = nn.Linear(3, 1)
+    opt = optim.HessianFree(model.parameters())
+    x = torch.randn(8, 3)
+
+    def closure():
+        out = model(x)
+        return out.sum() + 0.5 * sum((p ** 2).sum() for p in model.parameters()), out
+    opt.step(closure)  # the loss's Hessian in the output is 0: GN products are 0, damping does the rest
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+@pytest.mark.parametrize("name", list(SECOND))
+def test_second_order_deepcopy_continues_bit_identically(name):
+    x = nn.Parameter(torch.tensor([1.0, -1.0], dtype=torch.float64))
+    opt = SECOND[name]([x], lr=0.7)
+    opt.step(_quadratic(x))
+    x2, opt2 = copy.deepcopy((x, opt))
+    for _ in range(2):
+        opt.step(_quadratic(x))
+        opt2.step(_quadratic(x2))
+    assert torch.equal(x.detach(), x2.detach())

@@ -4,6 +4,7 @@ curvature products). Model-agnostic: whatever the closure computes, with any par
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -27,6 +28,7 @@ class ClosureEvaluation:
     grad: Tensor
     grads: tuple[Tensor, ...]  # per parameter, with graph when create_graph
     output: Tensor | None = None
+    returned: Any = None  # the loss as the closure returned it (what ``step`` returns, as torch.optim's)
 
     @property
     def value(self) -> float:
@@ -40,8 +42,10 @@ def _split(result: Any, want_output: bool) -> tuple[Tensor, Tensor | None]:
         loss, output = result
     else:
         loss, output = result, None
+    if isinstance(loss, numbers.Real) and not isinstance(loss, bool):  # as torch.optim.LBFGS: backward() ran
+        loss = torch.tensor(float(loss), dtype=torch.float64)  # the number as given (never rounded to float32)
     if not isinstance(loss, Tensor):
-        raise ClosureError(f"the closure must return the loss as a tensor, got {type(loss).__name__}")
+        raise ClosureError(f"the closure must return the loss (a tensor or a number), got {type(loss).__name__}")
     if loss.numel() != 1:
         raise ClosureError(f"the closure must return a scalar loss, got a tensor of shape {tuple(loss.shape)}")
     if not math.isfinite(float(loss.detach())):
@@ -62,7 +66,15 @@ def evaluate_closure(closure: Callable[[], Any], params: list[Tensor], *, create
     Raises :class:`ClosureError` for a missing, non-scalar or non-finite loss or gradient.
     """
     with torch.enable_grad():
-        loss, output = _split(closure(), want_output)
+        result = closure()
+        loss, output = _split(result, want_output)
+        if not isinstance(result[0] if isinstance(result, tuple) else result, Tensor):
+            if create_graph:
+                raise ClosureError("this optimizer differentiates the loss twice: the closure must return it as a "
+                                   "tensor with its graph, not a number (the closure returned a number)")
+            if all(p.grad is None for p in params):
+                raise ClosureError("the closure returned a number and no parameter has a gradient: call backward() "
+                                   "in the closure (torch.optim.LBFGS's convention) or return the loss tensor")
         grads: tuple[Tensor, ...] | None = None
         if loss.requires_grad:
             try:
@@ -83,7 +95,8 @@ def evaluate_closure(closure: Callable[[], Any], params: list[Tensor], *, create
     g = flat([x.detach() for x in grads])
     if not torch.isfinite(g).all():
         raise ClosureError("the gradient of the loss contains NaN or Inf")
-    return ClosureEvaluation(loss, g, grads, output)
+    returned = result[0] if isinstance(result, tuple) else result
+    return ClosureEvaluation(loss, g, grads, output, returned.detach() if isinstance(returned, Tensor) else returned)
 
 
 def hvp(evaluation: ClosureEvaluation, params: list[Tensor], v: list[Tensor]) -> Tensor:
@@ -109,7 +122,9 @@ def gnvp(evaluation: ClosureEvaluation, params: list[Tensor], v: list[Tensor]) -
         pairs = [(a, b) for a, b in zip(jt_u, v) if a is not None]
         jv = torch.autograd.grad(sum((a * b).sum() for a, b in pairs), u, retain_graph=True)[0]
         dl_dz = torch.autograd.grad(evaluation.loss, z, create_graph=True, retain_graph=True)[0]
-        hjv = torch.autograd.grad((dl_dz * jv.detach()).sum(), z, retain_graph=True, allow_unused=True)[0]
+        hjv = None
+        if dl_dz.requires_grad:  # else the loss is linear in z (e.g. out.sum()): its Hessian in z is 0
+            hjv = torch.autograd.grad((dl_dz * jv.detach()).sum(), z, retain_graph=True, allow_unused=True)[0]
         if hjv is None:  # the loss is linear in z
             hjv = torch.zeros_like(z)
         out = torch.autograd.grad(z, params, hjv, retain_graph=True, allow_unused=True)

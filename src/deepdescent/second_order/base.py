@@ -28,26 +28,43 @@ class SecondOrderOptimizer(Optimizer):
     def __init__(self, params: Any, defaults: dict[str, Any]) -> None:
         self._check(defaults)
         super().__init__(params, defaults)
-        for group in self.param_groups:
-            for key, value in group.items():
-                if key not in ("params", "param_names", "initial_lr", "name") and value != defaults.get(key, value):
-                    raise ValueError(f"{type(self).__name__} solves over all parameters at once: hyperparameter "
-                                     f"{key}={value!r} cannot differ per param group (default {defaults.get(key)!r})")
-                if key not in defaults and key not in ("params", "param_names", "initial_lr", "name"):
-                    raise ValueError(f"unknown option {key!r} for {type(self).__name__}; valid: {sorted(defaults)}")
-        self._params = [p for g in self.param_groups for p in g["params"] if p.requires_grad]
-        if not self._params:
-            raise ValueError("no parameter requires grad")
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """As torch.optim (later groups are optimized too; unknown keys are kept), but a
+        hyperparameter of the method must be the same in every group: one solve covers them all."""
+        super().add_param_group(param_group)
+        for key, value in self.param_groups[-1].items():
+            if key in self.defaults and key != "params" and value != self.defaults[key]:
+                del self.param_groups[-1]
+                raise ValueError(f"{type(self).__name__} solves over all parameters at once: hyperparameter "
+                                 f"{key}={value!r} cannot differ per param group (default {self.defaults[key]!r})")
+        limit = self.defaults.get("max_params")
         n = sum(p.numel() for p in self._params)
-        limit = defaults.get("max_params")
         if limit is not None and n > limit:
+            del self.param_groups[-1]
             raise ValueError(self._too_many(n, limit))
+
+    @property
+    def _params(self) -> list[Tensor]:
+        """The parameters that require grad, over all groups (one flat vector)."""
+        return [p for g in self.param_groups for p in g["params"] if p.requires_grad]
+
+    @property
+    def _lr(self) -> float:
+        """The step scale ``lr`` (1: the method's own step), the same in every group; a scheduler
+        that sets the groups apart is refused."""
+        rates = {float(g["lr"]) for g in self.param_groups}
+        if len(rates) > 1:
+            raise ValueError(f"{type(self).__name__} solves over all parameters at once: the param groups' lr "
+                             f"must agree, got {sorted(rates)}")
+        return rates.pop()
 
     def _too_many(self, n: int, limit: int) -> str:
         return f"{type(self).__name__} keeps O(n²) memory: {n} parameters exceed max_params={limit}"
 
     def _check(self, defaults: dict[str, Any]) -> None:
         """Validate hyperparameters (subclasses extend)."""
+        check.non_negative("lr", defaults.get("lr", 1.0))
         if "line_search" in defaults and defaults["line_search"] is not None:
             check.choice("line_search", defaults["line_search"], ls.METHODS)
         if "on_line_search_failure" in defaults:
@@ -106,9 +123,14 @@ class SecondOrderOptimizer(Optimizer):
         warnings.warn(text, LineSearchWarning, stacklevel=3)
 
     def _guarded(self, closure: Callable[[], Any], body: Callable[[Callable[[], Any]], Any]) -> Any:
-        """Run one step; on any error put the parameters back as they were before it."""
+        """Run one step; on any error put the parameters back as they were before it. Without a
+        parameter that requires grad, or at lr = 0, the closure is evaluated and nothing moves."""
         if closure is None:
             raise ValueError(f"{type(self).__name__}.step needs a closure that re-evaluates the loss")
+        if not self._params or self._lr == 0:
+            with torch.enable_grad():
+                result = closure()
+            return result[0] if isinstance(result, tuple) else result
         x0 = self._get()
         try:
             return body(closure)
@@ -128,8 +150,10 @@ class LineSearchOptimizer(SecondOrderOptimizer):
         super()._check(defaults)
         if not isinstance(defaults["max_iter"], int) or defaults["max_iter"] < 1:
             raise ValueError(f"invalid max_iter={defaults['max_iter']!r}: must be an integer >= 1")
-        check.non_negative("tolerance_grad", defaults["tolerance_grad"])
-        check.non_negative("tolerance_change", defaults["tolerance_change"])
+        for name in ("tolerance_grad", "tolerance_change"):  # +inf allowed (stop at once), as torch.optim.LBFGS
+            value = defaults[name]
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+                raise ValueError(f"invalid {name}={value!r}: must be a number >= 0 (inf allowed)")
 
     def _direction(self, g: Tensor) -> Tensor:
         raise NotImplementedError
@@ -145,13 +169,14 @@ class LineSearchOptimizer(SecondOrderOptimizer):
             return min(1.0, 1.0 / float(g.abs().sum()))
         return 1.0
 
-    def step(self, closure: Callable[[], Any]) -> float:  # type: ignore[override]
-        """Up to ``max_iter`` iterations; returns the loss at the start of the step."""
-        def body(closure: Callable[[], Any]) -> float:
+    def step(self, closure: Callable[[], Any]) -> Any:  # type: ignore[override]
+        """Up to ``max_iter`` iterations; returns the closure's loss at the start of the step (as
+        torch.optim.LBFGS). ``lr`` scales each line search's first trial step (torch's LBFGS)."""
+        def body(closure: Callable[[], Any]) -> Any:
             state, hp = self._state, self.defaults
             ev = self._evaluate(closure)
             f, g = ev.value, ev.grad
-            f_start = f
+            f_start = ev.returned
             for _ in range(hp["max_iter"]):
                 if float(g.abs().max()) <= hp["tolerance_grad"]:
                     break
@@ -160,7 +185,7 @@ class LineSearchOptimizer(SecondOrderOptimizer):
                     self._reset()
                     d = -g
                 x0 = self._get()
-                result = self._line_search(closure, x0, f, g, d, max(self._initial_step(g, d), 1e-10),
+                result = self._line_search(closure, x0, f, g, d, max(self._lr * self._initial_step(g, d), 1e-10),
                                            hp["line_search"], c2=self._c2)
                 if not result.success:
                     self._failed(x0, result.message)

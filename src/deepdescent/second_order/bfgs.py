@@ -34,8 +34,8 @@ class BFGS(LineSearchOptimizer):
 
     def __init__(self, params: Any, line_search: str = "strong_wolfe", max_params: int = 5000, *, max_iter: int = 20,
                  tolerance_grad: float = 1e-7, tolerance_change: float = 1e-9,
-                 on_line_search_failure: str = "warn") -> None:
-        super().__init__(params, dict(line_search=line_search, max_params=max_params, max_iter=max_iter,
+                 on_line_search_failure: str = "warn", lr: float = 1.0) -> None:
+        super().__init__(params, dict(lr=lr, line_search=line_search, max_params=max_params, max_iter=max_iter,
                                       tolerance_grad=tolerance_grad, tolerance_change=tolerance_change,
                                       on_line_search_failure=on_line_search_failure))
 
@@ -80,10 +80,10 @@ class LBFGS(LineSearchOptimizer):
 
     def __init__(self, params: Any, history: int = 10, line_search: str = "strong_wolfe", *, max_iter: int = 20,
                  tolerance_grad: float = 1e-7, tolerance_change: float = 1e-9,
-                 on_line_search_failure: str = "warn") -> None:
+                 on_line_search_failure: str = "warn", lr: float = 1.0) -> None:
         if isinstance(history, bool) or not isinstance(history, int) or history < 1:
             raise ValueError(f"invalid history={history!r}: must be an integer >= 1")
-        super().__init__(params, dict(history=history, line_search=line_search, max_iter=max_iter,
+        super().__init__(params, dict(lr=lr, history=history, line_search=line_search, max_iter=max_iter,
                                       tolerance_grad=tolerance_grad, tolerance_change=tolerance_change,
                                       on_line_search_failure=on_line_search_failure))
 

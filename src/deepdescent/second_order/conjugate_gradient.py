@@ -33,8 +33,8 @@ class ConjugateGradient(LineSearchOptimizer):
 
     def __init__(self, params: Any, beta: str = "polak_ribiere", restart_every: int | None = None,
                  line_search: str = "strong_wolfe", *, max_iter: int = 20, tolerance_grad: float = 1e-7,
-                 tolerance_change: float = 1e-9, on_line_search_failure: str = "warn") -> None:
-        super().__init__(params, dict(beta=beta, restart_every=restart_every, line_search=line_search,
+                 tolerance_change: float = 1e-9, on_line_search_failure: str = "warn", lr: float = 1.0) -> None:
+        super().__init__(params, dict(lr=lr, beta=beta, restart_every=restart_every, line_search=line_search,
                                       max_iter=max_iter, tolerance_grad=tolerance_grad,
                                       tolerance_change=tolerance_change,
                                       on_line_search_failure=on_line_search_failure))

@@ -40,8 +40,8 @@ class HessianFree(SecondOrderOptimizer):
 
     def __init__(self, params: Any, damping: float = 1.0, curvature: str = "gauss_newton", cg_max_iter: int = 250,
                  *, cg_tol: float = 5e-4, cg_decay: float = 0.95, min_damping: float = 1e-8,
-                 on_line_search_failure: str = "warn") -> None:
-        super().__init__(params, dict(damping=damping, curvature=curvature, cg_max_iter=cg_max_iter, cg_tol=cg_tol,
+                 on_line_search_failure: str = "warn", lr: float = 1.0) -> None:
+        super().__init__(params, dict(lr=lr, damping=damping, curvature=curvature, cg_max_iter=cg_max_iter, cg_tol=cg_tol,
                                       cg_decay=cg_decay, min_damping=min_damping,
                                       on_line_search_failure=on_line_search_failure))
 
@@ -100,9 +100,11 @@ class HessianFree(SecondOrderOptimizer):
             saved.append((0, x.clone(), 0.5 * float(x @ (product(x) + lam * x)) + float(g @ x)))
         return saved
 
-    def step(self, closure: Callable[[], Any]) -> float:  # type: ignore[override]
-        """One HF step (a CG solve, backtracking, a damping update); returns the loss before it."""
-        def body(closure: Callable[[], Any]) -> float:
+    def step(self, closure: Callable[[], Any]) -> Any:  # type: ignore[override]
+        """One HF step (a CG solve, backtracking, a damping update); returns the closure's loss
+        before it. ``lr`` scales the accepted step (1: Martens's; the damping adapts to the
+        method's own step)."""
+        def body(closure: Callable[[], Any]) -> Any:
             state = self._state
             gn = self.defaults["curvature"] == "gauss_newton"
             ev = self._evaluate(closure, create_graph=True, want_output=gn)
@@ -133,7 +135,7 @@ class HessianFree(SecondOrderOptimizer):
             if not best_f < f0:
                 state["damping"] = lam * 1.5
                 self._failed(theta0, "no CG iterate lowered the loss")
-                return f0
+                return ev.returned
             d = step * best_d
             # undamped quadratic model at d, from φ (the graph of g is stale once θ moved):
             # ½xᵀBx = φ(x) − gᵀx − ½λ‖x‖²
@@ -144,8 +146,8 @@ class HessianFree(SecondOrderOptimizer):
             state["damping"] = max(lam, self.defaults["min_damping"])
             state["reduction_ratio"] = rho
             state["cg_iterations"] = saved[-1][0]
-            self._set(theta0 + d)
-            return f0
+            self._set(theta0 + self._lr * d)
+            return ev.returned
         return self._guarded(closure, body)
 
     def _loss_at(self, closure: Callable[[], Any], x: Tensor) -> float:

@@ -36,8 +36,9 @@ class Newton(SecondOrderOptimizer):
     """
 
     def __init__(self, params: Any, damping: float = 0.0, line_search: str | None = None, *, saddle_free: bool = False,
-                 indefinite: str = "damp", max_params: int = 2000, on_line_search_failure: str = "warn") -> None:
-        super().__init__(params, dict(damping=damping, line_search=line_search, saddle_free=saddle_free,
+                 indefinite: str = "damp", max_params: int = 2000, on_line_search_failure: str = "warn",
+                 lr: float = 1.0) -> None:
+        super().__init__(params, dict(lr=lr, damping=damping, line_search=line_search, saddle_free=saddle_free,
                                       indefinite=indefinite, max_params=max_params,
                                       on_line_search_failure=on_line_search_failure))
 
@@ -56,6 +57,7 @@ class Newton(SecondOrderOptimizer):
     def hessian(self, closure: Callable[[], Any]) -> tuple[float, Tensor, Tensor]:
         """(loss, gradient, Hessian) at the current parameters, the Hessian by n HVPs."""
         ev = self._evaluate(closure, create_graph=True)
+        self._returned = ev.returned
         n = ev.grad.numel()
         eye = torch.eye(n, dtype=ev.grad.dtype, device=ev.grad.device)
         rows = [hvp(ev, self._params, unflat_like(eye[i], self._params)) for i in range(n)]
@@ -79,9 +81,10 @@ class Newton(SecondOrderOptimizer):
             alpha = max(2 * alpha, floor)
         raise RuntimeError("could not make H + αI positive definite (the Hessian holds NaN or Inf?)")
 
-    def step(self, closure: Callable[[], Any]) -> float:  # type: ignore[override]
-        """One Newton step; returns the loss before it."""
-        def body(closure: Callable[[], Any]) -> float:
+    def step(self, closure: Callable[[], Any]) -> Any:  # type: ignore[override]
+        """One Newton step; returns the closure's loss before it. ``lr`` scales the step (without a
+        line search) or the line search's first trial step (1: the full Newton step)."""
+        def body(closure: Callable[[], Any]) -> Any:
             f0, g, h = self.hessian(closure)
             d, alpha = self._direction(g, h)
             self._state["damping_used"] = alpha
@@ -89,12 +92,12 @@ class Newton(SecondOrderOptimizer):
             x0 = self._get()
             method = self.defaults["line_search"]
             if method is None:
-                self._set(x0 + d)
+                self._set(x0 + self._lr * d)
             else:
-                result = self._line_search(closure, x0, f0, g, d, 1.0, method, c2=0.9)
+                result = self._line_search(closure, x0, f0, g, d, self._lr, method, c2=0.9)
                 if result.success:
                     self._set(x0 + result.step * d)
                 else:
                     self._failed(x0, result.message)
-            return f0
+            return self._returned
         return self._guarded(closure, body)
