@@ -378,3 +378,32 @@ def test_second_order_deepcopy_continues_bit_identically(name):
         opt.step(_quadratic(x))
         opt2.step(_quadratic(x2))
     assert torch.equal(x.detach(), x2.detach())
+
+
+def _delta_bar_delta_box(w, grads, lr0, factors, kappa=1e-3, phi=0.1, theta=0.7):
+    """Jacobs (1988) in float64, the step scaled by the schedule's factor lr_k/lr_0."""
+    eps, avg = torch.full_like(w, lr0), torch.zeros_like(w)
+    for g, c in zip(grads, factors):
+        agree = avg * g
+        eps = torch.where(agree > 0, eps + kappa, torch.where(agree < 0, eps * (1 - phi), eps))
+        avg = theta * avg + (1 - theta) * g
+        w = w - c * eps * g
+    return w
+
+
+def test_delta_bar_delta_follows_its_learning_rate():
+    """Schedulers (and lr = 0 for a frozen group) drive DeltaBarDelta like any optimizer."""
+    gen = torch.Generator().manual_seed(0)
+    grads = [torch.randn(5, generator=gen, dtype=torch.float64) for _ in range(8)]
+    factors = [1.0, 1.0, 0.5, 0.5, 0.25, 0.25, 0.0, 0.0]
+    w = nn.Parameter(torch.ones(5, dtype=torch.float64))
+    frozen = nn.Parameter(torch.ones(3, dtype=torch.float64))
+    opt = optim.DeltaBarDelta([{"params": [w]}, {"params": [frozen]}], lr=0.05)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, [lambda k: factors[min(k, 7)], lambda k: 0.0])
+    for g in grads:
+        w.grad, frozen.grad = g.clone(), torch.ones(3, dtype=torch.float64)
+        opt.step()
+        sched.step()
+    torch.testing.assert_close(w.detach(), _delta_bar_delta_box(torch.ones(5, dtype=torch.float64), grads, 0.05,
+                                                                factors), rtol=1e-12, atol=1e-14)
+    assert torch.equal(frozen.detach(), torch.ones(3, dtype=torch.float64))

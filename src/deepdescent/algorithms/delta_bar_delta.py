@@ -26,11 +26,16 @@ def init(params: list[Tensor], *, lr: float) -> tuple[list[Tensor], list[Tensor]
 
 
 def update(params: list[Tensor], grads: list[Tensor], rates: list[Tensor], bar_delta: list[Tensor], *,
-           kappa: float, phi: float, theta: float, weight_decay: float) -> None:
-    """One step; updates ``params``, ``rates`` (ε) and ``bar_delta`` (δ̄) in place."""
+           kappa: float, phi: float, theta: float, weight_decay: float, scale: float | list[Tensor] = 1.0) -> None:
+    """One step; updates ``params``, ``rates`` (ε) and ``bar_delta`` (δ̄) in place. The step is
+    ``scale``·ε⊙g (1: the box; a learning-rate schedule's factor, per tensor or one for all)."""
     grads = with_weight_decay(grads, params, weight_decay)
-    for p, g, eps, avg in zip(params, grads, rates, bar_delta):
+    scales = scale if isinstance(scale, list) else [scale] * len(params)
+    for p, g, eps, avg, c in zip(params, grads, rates, bar_delta, scales):
         agreement = avg * g
         eps.copy_(torch.where(agreement > 0, eps + kappa, torch.where(agreement < 0, eps * (1 - phi), eps)))
         avg.lerp_(g, 1 - theta)  # δ̄ ← θδ̄ + (1 − θ)g
-        p.addcmul_(eps, g, value=-1.0)
+        if isinstance(c, Tensor):
+            p.sub_(eps * g * c)
+        else:
+            p.addcmul_(eps, g, value=-c)

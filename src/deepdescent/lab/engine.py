@@ -334,7 +334,7 @@ def run_vectorized(problem: Problem, spec: OptimizerSpec, lrs: list[float], seed
     base_group = {k: v for k, v in proto.param_groups[0].items() if k != "params"}
     groups = []  # (lo, hi, group) per learning rate: members are ordered by lr, then seed
     for i, lr in enumerate(lrs):
-        groups.append((i * len(seeds), (i + 1) * len(seeds), {**base_group, "lr": lr}))
+        groups.append((i * len(seeds), (i + 1) * len(seeds), {**base_group, "lr": lr, "initial_lr": lr}))
     state_names = proto._state_names(base_group)  # type: ignore[attr-defined]
     state = {sn: {n: torch.zeros_like(params[n]) for n in names} for sn in state_names}
     for lo, hi, group in groups:  # state that does not start at 0 (delta-bar-delta's rates)
@@ -344,7 +344,8 @@ def run_vectorized(problem: Problem, spec: OptimizerSpec, lrs: list[float], seed
     lookahead = proto._uses_interim_point(base_group)  # type: ignore[attr-defined]
     # one update for all members: the learning rate as one (members, 1, …, 1) tensor per parameter
     rates = torch.tensor([lr for lr, _ in members], device=device)
-    member_group = {**base_group, "lr": [rates.view(-1, *[1] * (params[n_].dim() - 1)) for n_ in names]}
+    member_lr = [rates.view(-1, *[1] * (params[n_].dim() - 1)) for n_ in names]
+    member_group = {**base_group, "lr": member_lr, "initial_lr": member_lr}  # each member at its own lr
 
     def member_loss(p: dict[str, Tensor], x: Tensor, y: Tensor) -> Tensor:
         return task.loss(functional_call(model, p, (x,)), y)
