@@ -407,3 +407,10 @@ def test_delta_bar_delta_follows_its_learning_rate():
     torch.testing.assert_close(w.detach(), _delta_bar_delta_box(torch.ones(5, dtype=torch.float64), grads, 0.05,
                                                                 factors), rtol=1e-12, atol=1e-14)
     assert torch.equal(frozen.detach(), torch.ones(3, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("make", [*ALL.values(), *SECOND.values()])
+def test_complex_parameters_are_refused_not_silently_wrong(make):
+    z = nn.Parameter(torch.randn(3, dtype=torch.complex64))
+    with pytest.raises(ValueError, match="complex parameters.*view_as_real"):
+        make([z])

@@ -92,6 +92,9 @@ class BookOptimizer(Optimizer):
         for p in group["params"]:
             if not p.is_leaf and p.requires_grad:
                 raise ValueError("can't optimize a non-leaf tensor")
+            if p.is_complex():  # refused rather than updated with the real-valued formulas (silently wrong)
+                raise ValueError(f"{type(self).__name__} does not support complex parameters yet (got {p.dtype}, shape "
+                                 f"{tuple(p.shape)}); optimize torch.view_as_real(p) as a real parameter instead")
 
     def _validate_group(self, group: dict[str, Any]) -> None:
         """Raise ValueError for any invalid hyperparameter of ``group``."""

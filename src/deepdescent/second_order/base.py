@@ -33,6 +33,10 @@ class SecondOrderOptimizer(Optimizer):
         """As torch.optim (later groups are optimized too; unknown keys are kept), but a
         hyperparameter of the method must be the same in every group: one solve covers them all."""
         super().add_param_group(param_group)
+        if any(p.is_complex() for p in self.param_groups[-1]["params"]):
+            del self.param_groups[-1]
+            raise ValueError(f"{type(self).__name__} does not support complex parameters yet; optimize "
+                             "torch.view_as_real(p) as a real parameter instead")
         for key, value in self.param_groups[-1].items():
             if key in self.defaults and key != "params" and value != self.defaults[key]:
                 del self.param_groups[-1]
