@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from deepdescent.curvature.vectors import flat
+from deepdescent.curvature.vectors import flat, real_dot
 
 
 class ClosureError(ValueError):
@@ -101,9 +101,9 @@ def evaluate_closure(closure: Callable[[], Any], params: list[Tensor], *, create
 
 def hvp(evaluation: ClosureEvaluation, params: list[Tensor], v: list[Tensor]) -> Tensor:
     """H v (flat) by differentiating gᵀv, where g was computed with ``create_graph=True``."""
-    dot = sum((g * vi).sum() for g, vi in zip(evaluation.grads, v) if g.requires_grad)
+    dot = sum(real_dot(g, vi) for g, vi in zip(evaluation.grads, v) if g.requires_grad)
     if not isinstance(dot, Tensor) or not dot.requires_grad:
-        return torch.zeros(sum(p.numel() for p in params), dtype=params[0].dtype, device=params[0].device)
+        return torch.zeros_like(flat([p.detach() for p in params]))
     out = torch.autograd.grad(dot, params, retain_graph=True, allow_unused=True)
     return flat([torch.zeros_like(p) if o is None else o for p, o in zip(params, out)])
 
@@ -120,7 +120,7 @@ def gnvp(evaluation: ClosureEvaluation, params: list[Tensor], v: list[Tensor]) -
         u = torch.zeros_like(z, requires_grad=True)
         jt_u = torch.autograd.grad(z, params, u, create_graph=True, retain_graph=True, allow_unused=True)
         pairs = [(a, b) for a, b in zip(jt_u, v) if a is not None]
-        jv = torch.autograd.grad(sum((a * b).sum() for a, b in pairs), u, retain_graph=True)[0]
+        jv = torch.autograd.grad(sum(real_dot(a, b) for a, b in pairs), u, retain_graph=True)[0]
         dl_dz = torch.autograd.grad(evaluation.loss, z, create_graph=True, retain_graph=True)[0]
         hjv = None
         if dl_dz.requires_grad:  # else the loss is linear in z (e.g. out.sum()): its Hessian in z is 0

@@ -92,9 +92,9 @@ class BookOptimizer(Optimizer):
         for p in group["params"]:
             if not p.is_leaf and p.requires_grad:
                 raise ValueError("can't optimize a non-leaf tensor")
-            if p.is_complex():  # refused rather than updated with the real-valued formulas (silently wrong)
-                raise ValueError(f"{type(self).__name__} does not support complex parameters yet (got {p.dtype}, shape "
-                                 f"{tuple(p.shape)}); optimize torch.view_as_real(p) as a real parameter instead")
+            if p.dtype == torch.complex32:  # no real view of it has a fused or eager float path
+                raise ValueError(f"{type(self).__name__} supports complex64 and complex128 parameters, got "
+                                 f"{p.dtype} (shape {tuple(p.shape)}); use p.to(torch.complex64)")
 
     def _validate_group(self, group: dict[str, Any]) -> None:
         """Raise ValueError for any invalid hyperparameter of ``group``."""
@@ -171,7 +171,8 @@ class BookOptimizer(Optimizer):
                 )
             batch = buckets[(p.device, p.dtype)]
             batch.params.append(p)
-            batch.grads.append(self._interim_grads.pop(p, p.grad) if self._interim_grads else p.grad)
+            grad = self._interim_grads.pop(p, p.grad) if self._interim_grads else p.grad
+            batch.grads.append(_real(grad))
         return buckets
 
     def _gradients_finite(self, batches: list[dict[Any, _Batch]]) -> bool:
@@ -217,10 +218,13 @@ class BookOptimizer(Optimizer):
             state["step"] = state.get("step", 0) + 1
             for name in names:
                 if name not in state:  # new, or a hyperparameter (e.g. momentum) became non-zero
-                    state[name] = self._init_buffer(name, p, group).to(state_dtype(p.dtype))
+                    state[name] = _like(p, self._init_buffer(name, _real(p), group).to(state_dtype(_real(p).dtype)))
             batch.states.append(state)
         group, group_lookahead = self._group_for_update(group, lookahead)
-        lists = [batch.params, batch.grads, *([s[n] for s in batch.states] for n in names)]
+        # a complex parameter is updated as its real view (torch.optim's convention); its state
+        # is kept complex, as torch keeps it, and updated through the same view
+        lists = [[_real(p) for p in batch.params], batch.grads,
+                 *([_real(s[n]) for s in batch.states] for n in names)]
         steps = [s["step"] for s in batch.states]
         if self._use_fused(lists):
             try:
@@ -494,9 +498,11 @@ class BookOptimizer(Optimizer):
                 where = f"state {key!r} of parameter {self._param_name(p)}"
                 if key == "step":
                     _check_step(where, value)
-                elif isinstance(value, Tensor) and (value.shape != p.shape or not value.is_floating_point()):
+                elif isinstance(value, Tensor) and (value.shape != p.shape or not (
+                        value.is_complex() if p.is_complex() else value.is_floating_point())):
+                    kind = "complex" if p.is_complex() else "floating"
                     raise ValueError(f"{where} is a {value.dtype} tensor of shape {tuple(value.shape)}; it must be "
-                                     f"a floating tensor of the parameter's shape {tuple(p.shape)}")
+                                     f"a {kind} tensor of the parameter's shape {tuple(p.shape)}")
 
     # ------------------------------------------------------------------ helpers
     def _param_name(self, p: Tensor) -> str:
@@ -520,6 +526,16 @@ def state_dtype(dtype: torch.dtype) -> torch.dtype:
     """The dtype of the optimizer state (and of the update's arithmetic) for parameters of ``dtype``:
     float32 for bfloat16/float16 parameters, the parameters' own dtype otherwise."""
     return torch.float32 if dtype in LOW_PRECISION else dtype
+
+
+def _real(t: Tensor) -> Tensor:
+    """A complex tensor as its real view (``[..., 2]``, sharing memory); any other tensor as is."""
+    return torch.view_as_real(t) if t.is_complex() else t
+
+
+def _like(p: Tensor, buffer: Tensor) -> Tensor:
+    """A state buffer built on the real view of ``p``, kept in ``p``'s kind (complex for complex p)."""
+    return torch.view_as_complex(buffer.contiguous()) if p.is_complex() else buffer
 
 
 def _found_nonfinite(grads: list[Tensor]) -> Tensor:

@@ -33,17 +33,17 @@ class SecondOrderOptimizer(Optimizer):
         """As torch.optim (later groups are optimized too; unknown keys are kept), but a
         hyperparameter of the method must be the same in every group: one solve covers them all."""
         super().add_param_group(param_group)
-        if any(p.is_complex() for p in self.param_groups[-1]["params"]):
+        if any(p.dtype == torch.complex32 for p in self.param_groups[-1]["params"]):
             del self.param_groups[-1]
-            raise ValueError(f"{type(self).__name__} does not support complex parameters yet; optimize "
-                             "torch.view_as_real(p) as a real parameter instead")
+            raise ValueError(f"{type(self).__name__} supports complex64 and complex128 parameters (as their real "
+                             "views), not complex32; use p.to(torch.complex64)")
         for key, value in self.param_groups[-1].items():
             if key in self.defaults and key != "params" and value != self.defaults[key]:
                 del self.param_groups[-1]
                 raise ValueError(f"{type(self).__name__} solves over all parameters at once: hyperparameter "
                                  f"{key}={value!r} cannot differ per param group (default {self.defaults[key]!r})")
         limit = self.defaults.get("max_params")
-        n = sum(p.numel() for p in self._params)
+        n = sum(p.numel() * (2 if p.is_complex() else 1) for p in self._params)
         if limit is not None and n > limit:
             del self.param_groups[-1]
             raise ValueError(self._too_many(n, limit))
