@@ -50,10 +50,12 @@ class Plan:
 def _build(opt: BookOptimizer, group: dict[str, Any], params: list[Tensor], names: tuple[str, ...]) -> Plan | None:
     """A plan for ``params`` (or None where the fused device step does not apply: then the general
     path runs). Creates the state the step needs, counters as float32 device tensors."""
-    from deepdescent.optim.base import _FUSED_DTYPES, state_dtype
+    from deepdescent.optim.base import _FUSED_DTYPES, _is_dtensor, state_dtype
 
     first = params[0]
     if first.device.type not in kernels.TRITON_DEVICES or first.dtype not in _FUSED_DTYPES["cuda"]:
+        return None
+    if any(_is_dtensor(p) for p in params):  # sharded (FSDP2): the general path updates the local shards
         return None
     if kernels.available("cuda") is not None:
         return None

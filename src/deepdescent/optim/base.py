@@ -42,12 +42,16 @@ class NonFiniteGradientError(FloatingPointError):
 
 
 class _Batch:
-    """The tensors of one param group that take part in a step, bucketed by (device, dtype)."""
+    """The tensors of one param group that take part in a step, bucketed by (device, dtype).
+
+    ``params`` are the parameters themselves (the keys of the state); ``grads`` are what the update
+    reads: the local shard of a DTensor gradient (FSDP2), the real view of a complex one."""
 
     def __init__(self) -> None:
         self.params: list[Tensor] = []
         self.grads: list[Tensor] = []
         self.states: list[dict[str, Any]] = []
+        self.sharded = False
 
 
 class BookOptimizer(Optimizer):
@@ -172,23 +176,26 @@ class BookOptimizer(Optimizer):
             batch = buckets[(p.device, p.dtype)]
             batch.params.append(p)
             grad = self._interim_grads.pop(p, p.grad) if self._interim_grads else p.grad
-            batch.grads.append(_real(grad))
+            batch.sharded |= _is_dtensor(grad)
+            batch.grads.append(_plain(grad))
         return buckets
 
     def _gradients_finite(self, batches: list[dict[Any, _Batch]]) -> bool:
         if self.nonfinite == "propagate":
             return True
-        flags = [self._found_nonfinite(b.grads) for buckets in batches for b in buckets.values()]
+        flags = [self._found_nonfinite(b.grads) for buckets in batches for b in buckets.values() if b.grads]
+        if any(b.sharded for buckets in batches for b in buckets.values()):
+            flags = [_found_on_any_rank(flags)]  # every shard takes the same decision
         if not any(bool(f) for f in flags):  # on the CPU, reading a CPU scalar is not a sync
             return True
         if self.nonfinite == "raise":
-            bad = next(
+            bad = next((
                 p for buckets in batches for b in buckets.values()
                 for p, g in zip(b.params, b.grads) if not bool(torch.isfinite(g).all())
-            )
+            ), None)
+            where = f"parameter {self._param_name(bad)}" if bad is not None else "the shard of another rank"
             raise NonFiniteGradientError(
-                f"non-finite gradient in parameter {self._param_name(bad)}; parameters and optimizer "
-                "state were left unchanged"
+                f"non-finite gradient in {where}; parameters and optimizer state were left unchanged"
             )
         return False
 
@@ -223,8 +230,8 @@ class BookOptimizer(Optimizer):
         group, group_lookahead = self._group_for_update(group, lookahead)
         # a complex parameter is updated as its real view (torch.optim's convention); its state
         # is kept complex, as torch keeps it, and updated through the same view
-        lists = [[_real(p) for p in batch.params], batch.grads,
-                 *([_real(s[n]) for s in batch.states] for n in names)]
+        lists = [[_plain(p) for p in batch.params], batch.grads,
+                 *([_plain(s[n]) for s in batch.states] for n in names)]
         steps = [s["step"] for s in batch.states]
         if self._use_fused(lists):
             try:
@@ -531,6 +538,34 @@ def state_dtype(dtype: torch.dtype) -> torch.dtype:
 def _real(t: Tensor) -> Tensor:
     """A complex tensor as its real view (``[..., 2]``, sharing memory); any other tensor as is."""
     return torch.view_as_real(t) if t.is_complex() else t
+
+
+try:
+    from torch.distributed.tensor import DTensor as _DTensor
+except ImportError:  # a build without torch.distributed
+    _DTensor = None
+
+
+def _is_dtensor(t: Tensor) -> bool:
+    return _DTensor is not None and isinstance(t, _DTensor)
+
+
+def _plain(t: Tensor) -> Tensor:
+    """What the update works on: a DTensor's local shard (every box of §8.3–8.5 is elementwise, so
+    each rank updates its shard exactly as one process would), a complex tensor's real view."""
+    return _real(t.to_local() if _is_dtensor(t) else t)
+
+
+def _found_on_any_rank(flags: list[Any]) -> Tensor:
+    """The non-finite flag of all ranks (a max all-reduce over the default group): sharded ranks
+    must skip, or not, together."""
+    import torch.distributed as dist
+
+    found = torch.stack([torch.as_tensor(f, dtype=torch.float32).reshape(()) for f in flags]).amax() \
+        if flags else torch.zeros(())
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(found, op=dist.ReduceOp.MAX)
+    return found
 
 
 def _like(p: Tensor, buffer: Tensor) -> Tensor:
