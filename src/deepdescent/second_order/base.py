@@ -48,6 +48,10 @@ class SecondOrderOptimizer(Optimizer):
             del self.param_groups[-1]
             raise ValueError(self._too_many(n, limit))
 
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        self.defaults.pop("differentiable", None)  # torch adds it for its own classes' old pickles
+
     @property
     def _params(self) -> list[Tensor]:
         """The parameters that require grad, over all groups (one flat vector)."""

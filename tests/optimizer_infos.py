@@ -1,0 +1,95 @@
+"""Every deepdescent optimizer in one list, with the configurations the generic contract tests
+(test_optim_contract.py, after PyTorch's test/test_optim.py + common_optimizers.py) run it in, the
+invalid inputs its constructor must refuse, and its documented deviations from torch.optim."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from deepdescent import optim
+
+
+@dataclass(frozen=True)
+class OptimizerInfo:
+    cls: type
+    configs: list[dict[str, Any]]
+    errors: list[tuple[dict[str, Any], str]]  # (kwargs, the argument the error message must name)
+    second_order: bool = False  # steps take a closure returning the loss (differentiated inside)
+    # torch.optim tests that do not apply, with the reason (the README lists each deviation)
+    deviations: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.cls.__name__
+
+
+#: The deviations every optimizer shares (README, "Deviations from torch.optim").
+COMMON = {
+    "maximize": "no maximize=True option: minimize the negated loss",
+    "differentiable": "no differentiable=True option (no optimizer step inside an autograd graph)",
+    "sparse": "dense gradients only: a sparse gradient raises (use torch.optim.SparseAdam)",
+    "foreach": "no foreach=/fused= arguments: impl='auto'|'fused'|'eager' chooses the path",
+}
+SECOND_ORDER = {
+    **COMMON,
+    "no_closure": "step(closure) is required, as for torch.optim.LBFGS",
+    "per_group": "one solve over all parameters: hyperparameters (lr included) are the same in every group",
+}
+
+FIRST = [
+    OptimizerInfo(optim.SGD, [
+        dict(lr=0.01), dict(lr=0.01, weight_decay=0.1), dict(lr=0.002, momentum=0.9),
+        dict(lr=0.002, momentum=0.9, nesterov=True, weight_decay=0.1),
+        dict(lr=0.002, momentum=0.9, nesterov=True, convention="torch"),
+        dict(lr=0.002, momentum=0.9, convention="torch", weight_decay=0.1),
+    ], [(dict(lr=-0.1), "lr"), (dict(lr=0.1, momentum=-0.5), "momentum"), (dict(lr=0.1, momentum=1.0), "momentum"),
+        (dict(lr=0.1, weight_decay=-1.0), "weight_decay"), (dict(lr=0.1, nesterov=True), "nesterov"),
+        (dict(lr=0.1, convention="keras"), "convention"), (dict(lr=float("nan")), "lr"), (dict(), "lr")],
+        deviations={**COMMON, "dampening": "no dampening option (the book's momentum, Alg. 8.2)"}),
+    OptimizerInfo(optim.AdaGrad, [dict(lr=0.1), dict(lr=0.1, weight_decay=0.1), dict(lr=0.1, eps=1e-3)],
+                  [(dict(lr=-1.0), "lr"), (dict(eps=-1.0), "eps"), (dict(weight_decay=-0.1), "weight_decay")],
+                  deviations={**COMMON, "lr_decay": "no lr_decay/initial_accumulator_value (Alg. 8.4 as written)"}),
+    OptimizerInfo(optim.RMSProp, [
+        dict(lr=0.01), dict(lr=0.01, weight_decay=0.1), dict(lr=0.002, momentum=0.9),
+        dict(lr=0.002, momentum=0.9, nesterov=True, weight_decay=0.1), dict(lr=0.01, rho=0.5, eps=1e-3),
+        dict(lr=0.01, momentum=0.9, convention="torch"),
+    ], [(dict(lr=-1.0), "lr"), (dict(rho=1.0), "rho"), (dict(eps=-1.0), "eps"), (dict(momentum=1.5), "momentum"),
+        (dict(weight_decay=-1.0), "weight_decay")],
+        deviations={**COMMON, "centered": "no centered option (Alg. 8.5/8.6 as written)"}),
+    OptimizerInfo(optim.Adam, [dict(lr=0.01), dict(lr=0.01, weight_decay=0.1), dict(lr=0.01, betas=(0.5, 0.9)),
+                               dict(lr=0.01, eps=1e-3)],
+                  [(dict(lr=-1.0), "lr"), (dict(betas=(1.0, 0.999)), "betas"), (dict(betas=(0.9, -0.1)), "betas"),
+                   (dict(eps=-1.0), "eps"), (dict(weight_decay=-1.0), "weight_decay")],
+                  deviations={**COMMON, "amsgrad": "no amsgrad option (Alg. 8.7 as written)"}),
+    OptimizerInfo(optim.AdaDelta, [dict(), dict(lr=0.5, weight_decay=0.1), dict(rho=0.5, eps=1e-3)],
+                  [(dict(lr=-1.0), "lr"), (dict(rho=1.0), "rho"), (dict(eps=-1.0), "eps"),
+                   (dict(weight_decay=-1.0), "weight_decay")],
+                  deviations=COMMON),
+    OptimizerInfo(optim.DeltaBarDelta, [dict(lr=0.01), dict(lr=0.01, weight_decay=0.1),
+                                        dict(lr=0.01, kappa=0.01, phi=0.5, theta=0.3)],
+                  [(dict(lr=-1.0), "lr"), (dict(kappa=-1.0), "kappa"), (dict(phi=1.0), "phi"), (dict(theta=1.0), "theta"),
+                   (dict(weight_decay=-1.0), "weight_decay")],
+                  deviations={**COMMON, "fused": "per-element branches: the eager path only"}),
+]
+SECOND = [
+    OptimizerInfo(optim.Newton, [dict(), dict(damping=1.0), dict(damping=0.1, line_search="armijo")],
+                  [(dict(damping=-1.0), "damping"), (dict(line_search="exact"), "line_search"),
+                   (dict(max_params=0), "max_params"), (dict(lr=-1.0), "lr")], True, SECOND_ORDER),
+    OptimizerInfo(optim.HessianFree, [dict(curvature="hessian"), dict(curvature="hessian", damping=0.1, cg_max_iter=10)],
+                  [(dict(damping=-1.0), "damping"), (dict(curvature="fisher"), "curvature"),
+                   (dict(cg_max_iter=0), "cg_max_iter"), (dict(lr=-1.0), "lr")], True,
+                  {**SECOND_ORDER, "gauss_newton": "curvature='gauss_newton' (the default) needs a closure returning "
+                   "(loss, output): the generic tests run curvature='hessian'"}),
+    OptimizerInfo(optim.ConjugateGradient, [dict(max_iter=3), dict(beta="fletcher_reeves", max_iter=3)],
+                  [(dict(beta="hestenes"), "beta"), (dict(max_iter=0), "max_iter"), (dict(lr=-1.0), "lr")],
+                  True, SECOND_ORDER),
+    OptimizerInfo(optim.BFGS, [dict(max_iter=3), dict(max_iter=3, line_search="armijo")],
+                  [(dict(line_search="exact"), "line_search"), (dict(max_iter=0), "max_iter"), (dict(lr=-1.0), "lr")],
+                  True, SECOND_ORDER),
+    OptimizerInfo(optim.LBFGS, [dict(max_iter=3), dict(history=2, max_iter=3)],
+                  [(dict(history=0), "history"), (dict(max_iter=0), "max_iter"), (dict(lr=-1.0), "lr"),
+                   (dict(tolerance_grad=-1.0), "tolerance_grad")],
+                  True, {**SECOND_ORDER, "history_size": "the memory is history= (torch: history_size=)"}),
+]
+ALL = FIRST + SECOND
