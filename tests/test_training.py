@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import math
 
+import os
+
 import pytest
 import torch
 from scipy import stats
@@ -63,6 +65,28 @@ def test_growing_batch_sampler_and_linear_lr_rule():
 def test_sampler_bad_size(n):
     with pytest.raises(ValueError, match="number of examples"):
         T.ShuffleOnce(n)
+
+
+@pytest.mark.parametrize("make,match", [
+    (lambda: T.ShuffleOnce("10"), "data_source='10'.*not a string"),
+    (lambda: T.Reshuffle(b"10"), "data_source=b'10'"),
+    (lambda: T.ShuffleOnce(10, seed="1"), "seed='1'"),
+    (lambda: T.ShuffleOnce(10, seed=1.5), "seed=1.5"),
+    (lambda: T.WithReplacement(10, seed=True), "seed=True"),
+    (lambda: T.Reshuffle(10, seed=None), "seed=None: must be an integer$"),
+    (lambda: T.Stream(10, seed="x"), "seed='x'"),
+])
+def test_samplers_refuse_wrong_types(make, match):
+    with pytest.raises(TypeError, match=match):
+        make()
+
+
+def test_samplers_take_numpy_integers():
+    import numpy as np
+
+    assert T.ShuffleOnce(np.int64(5), seed=np.int32(1)).order == T.ShuffleOnce(5, seed=1).order
+    with pytest.raises(ValueError, match="epoch=-1"):
+        T.Reshuffle(5).set_epoch(-1)
 
 
 def test_growing_batch_bad_schedule():
@@ -293,6 +317,53 @@ def test_early_stopping_max_mode_and_nan():
     stopper = T.EarlyStopping(nn.Linear(1, 1), mode="max", patience=0)
     assert not stopper.step(0.5)
     assert stopper.step(float("nan"))  # NaN never improves
+
+
+def test_early_stopping_removes_stale_temporaries_and_fsyncs_the_folder(tmp_path, monkeypatch):
+    stale = tmp_path / ".best.pt.abc123.tmp"  # what a run killed mid-write leaves
+    stale.write_bytes(b"half")
+    other = tmp_path / ".other.pt.x.tmp"  # another file's temporary is not ours to remove
+    other.write_bytes(b"x")
+    synced = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: synced.append(os.path.isdir(f"/proc/self/fd/{fd}")) or real_fsync(fd))
+    stopper = T.EarlyStopping(nn.Linear(1, 1), checkpoint=tmp_path / "best.pt")
+    assert not stale.exists() and other.exists()
+    stopper.step(1.0)
+    assert synced == [False, True]  # the file, then its folder after the rename
+
+
+def test_early_stopping_with_only_nan_metrics_says_so():
+    model = nn.Linear(1, 1)
+    before = model.weight.detach().clone()
+    stopper = T.EarlyStopping(model, patience=1)
+    assert not stopper.step(float("nan"))
+    with pytest.warns(RuntimeWarning, match="all 2 metrics were NaN"):
+        assert stopper.step(torch.tensor(float("nan")))
+    assert torch.equal(model.weight.detach(), before)
+    with pytest.raises(RuntimeError, match="all 2 metrics were NaN"):
+        stopper.restore()
+
+
+@pytest.mark.parametrize("change,match", [
+    ({"steps": -1}, "steps=-1"), ({"bad_steps": 1.5}, "bad_steps=1.5"), ({"best": "low"}, "best='low'"),
+    ({"best": float("nan")}, "best=nan"), ({"stopped": 1}, "stopped=1"), ({"best_state": {"w": 1}}, "best_state"),
+    ({"best_state": {"weight": torch.zeros(3), "bias": torch.zeros(1)}}, r"best_state\['weight'\]"),
+])
+def test_early_stopping_load_state_dict_is_checked_and_atomic(change, match):
+    model = nn.Linear(1, 1)
+    stopper = T.EarlyStopping(model, patience=3)
+    for m in (1.0, 0.5, 0.7):
+        stopper.step(m)
+    good = stopper.state_dict()
+    fresh = T.EarlyStopping(model, patience=3)
+    before = fresh.state_dict()
+    with pytest.raises(ValueError, match=match):
+        fresh.load_state_dict({**good, **change})
+    assert fresh.state_dict() == before  # nothing applied
+    fresh.load_state_dict(good)
+    assert {k: v for k, v in fresh.state_dict().items() if k != "best_state"} == \
+        {k: v for k, v in good.items() if k != "best_state"}
 
 
 def test_early_stopping_bad_input(tmp_path):

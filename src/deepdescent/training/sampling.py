@@ -7,6 +7,7 @@ sequential order, and online learning from a stream where each example is used o
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Iterator, Sized
 
 import torch
@@ -14,15 +15,24 @@ from torch.utils.data import Sampler
 
 
 def _check_size(n: int) -> int:
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+    if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1:
         raise ValueError(f"invalid number of examples {n!r}: must be an integer >= 1")
-    return n
+    return int(n)
 
 
 def _size(data_source: Sized | int) -> int:
+    if isinstance(data_source, (str, bytes)):  # Sized, but surely a mistyped number, not a data set
+        raise TypeError(f"invalid data_source={data_source!r}: must be a data set (anything with len()) or the "
+                        "number of examples as an integer, not a string")
     if isinstance(data_source, Sized):
         return _check_size(len(data_source))
     return _check_size(data_source)  # type: ignore[arg-type]
+
+
+def _check_seed(seed: int | None, optional: bool = True) -> int | None:
+    if (seed is None and optional) or (isinstance(seed, numbers.Integral) and not isinstance(seed, bool)):
+        return None if seed is None else int(seed)
+    raise TypeError(f"invalid seed={seed!r}: must be an integer{' or None' if optional else ''}")
 
 
 def _seeded(seed: int | None) -> torch.Generator:
@@ -36,7 +46,7 @@ class ShuffleOnce(Sampler[int]):
 
     def __init__(self, data_source: Sized | int, seed: int | None = None) -> None:
         self.n = _size(data_source)
-        self.order = torch.randperm(self.n, generator=_seeded(seed)).tolist()
+        self.order = torch.randperm(self.n, generator=_seeded(_check_seed(seed))).tolist()
 
     def __iter__(self) -> Iterator[int]:
         return iter(self.order)
@@ -50,10 +60,12 @@ class Reshuffle(Sampler[int]):
     epoch can be reproduced (``set_epoch``, as with DistributedSampler)."""
 
     def __init__(self, data_source: Sized | int, seed: int = 0) -> None:
-        self.n, self.seed, self.epoch = _size(data_source), seed, 0
+        self.n, self.seed, self.epoch = _size(data_source), _check_seed(seed, optional=False), 0
 
     def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+        if isinstance(epoch, bool) or not isinstance(epoch, numbers.Integral) or epoch < 0:
+            raise ValueError(f"invalid epoch={epoch!r}: must be an integer >= 0")
+        self.epoch = int(epoch)
 
     def __iter__(self) -> Iterator[int]:
         order = torch.randperm(self.n, generator=_seeded(self.seed + self.epoch)).tolist()
@@ -70,7 +82,7 @@ class WithReplacement(Sampler[int]):
     def __init__(self, data_source: Sized | int, num_samples: int | None = None, seed: int | None = None) -> None:
         self.n = _size(data_source)
         self.num_samples = self.n if num_samples is None else _check_size(num_samples)
-        self.generator = _seeded(seed)
+        self.generator = _seeded(_check_seed(seed))
 
     def __iter__(self) -> Iterator[int]:
         return iter(torch.randint(self.n, (self.num_samples,), generator=self.generator).tolist())
@@ -99,7 +111,7 @@ class Stream(Sampler[int]):
 
     def __init__(self, data_source: Sized | int, seed: int | None = None) -> None:
         self.n = _size(data_source)
-        self.order = torch.randperm(self.n, generator=_seeded(seed)).tolist()
+        self.order = torch.randperm(self.n, generator=_seeded(_check_seed(seed))).tolist()
         self.position = 0
 
     def __iter__(self) -> Iterator[int]:
