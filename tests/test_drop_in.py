@@ -356,6 +356,36 @@ def test_closures_may_return_a_number_after_backward(name):
     assert torch.equal(x.detach(), before)
 
 
+BAD_SECOND_ORDER = {
+    "lr=-1": (lambda sd: sd["param_groups"][0].update(lr=-1.0), "lr=-1"),
+    "line_search": (lambda sd: sd["param_groups"][0].update(line_search="exact"), "line_search='exact'"),
+    "missing key": (lambda sd: sd["param_groups"][0].pop("max_iter"), "lacks \\['max_iter'\\]"),
+    "counter": (lambda sd: sd["state"][0].update(n_iter=-2), "'n_iter'=-2"),
+    "matrix shape": (lambda sd: sd["state"][0].update(inverse_hessian=torch.eye(3, dtype=torch.float64)), "3, 3"),
+    "integer matrix": (lambda sd: sd["state"][0].update(inverse_hessian=torch.eye(2, dtype=torch.long)), "floating"),
+    "group count": (lambda sd: sd["param_groups"].append(dict(sd["param_groups"][0])), "param groups"),
+    "not a dict": (lambda sd: sd.update(state=[]), "'state' and 'param_groups'"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_SECOND_ORDER))
+def test_a_bad_second_order_checkpoint_is_refused_and_changes_nothing(case):
+    w = nn.Parameter(torch.tensor([1.0, -1.0], dtype=torch.float64))
+    opt = optim.BFGS([w], max_iter=2)
+    opt.step(_quadratic(w))
+    edit, message = BAD_SECOND_ORDER[case]
+    before = copy.deepcopy(opt.state_dict())
+    with pytest.raises(ValueError, match=message):
+        opt.load_state_dict(_bad(opt.state_dict(), edit))
+    after = opt.state_dict()
+    assert after["param_groups"] == before["param_groups"]
+    assert all(_equal(v, after["state"][0][k]) for k, v in before["state"][0].items())
+
+
+def _equal(a, b) -> bool:
+    return torch.equal(a, b) if isinstance(a, torch.Tensor) else a == b
+
+
 def test_hessian_free_gauss_newton_on_a_loss_linear_in_the_output():
     model = nn.Linear(3, 1)
     opt = optim.HessianFree(model.parameters())

@@ -4,7 +4,6 @@ delta-bar-delta, curriculum."""
 from __future__ import annotations
 
 import math
-
 import os
 
 import pytest

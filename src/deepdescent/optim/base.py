@@ -24,6 +24,7 @@ from deepdescent.algorithms import momentum as _momentum
 from deepdescent import kernels
 from deepdescent.algorithms._common import with_weight_decay
 from deepdescent.optim import _device
+from deepdescent.optim._checkpoint import check_group_keys, check_layout, load_checked
 from deepdescent.optim import _validation as check
 
 NonFinite = Literal["skip", "raise", "propagate"]
@@ -392,33 +393,19 @@ class BookOptimizer(Optimizer):
         every check (hyperparameters as the constructor checks them, state tensors' dtype and
         shape, step counts, metadata), then the state is replaced in one go, then post-hooks.
         A failed check raises ValueError and changes nothing."""
-        if not isinstance(state_dict, dict):
-            raise ValueError(f"state_dict must be a dict (from Optimizer.state_dict()), got {type(state_dict).__name__}")
-        state_dict = dict(state_dict)
-        for hook in self._optimizer_load_state_dict_pre_hooks.values():
-            result = hook(self, state_dict)
-            if result is not None:
-                state_dict = result
-        meta = self._check_checkpoint(state_dict)
-        hooks = self._optimizer_load_state_dict_pre_hooks, self._optimizer_load_state_dict_post_hooks
-        self._optimizer_load_state_dict_pre_hooks = self._optimizer_load_state_dict_post_hooks = OrderedDict()
-        try:
-            self._plans.clear()
-            super().load_state_dict({k: v for k, v in state_dict.items() if k != "deepdescent"})
-        finally:
-            self._optimizer_load_state_dict_pre_hooks, self._optimizer_load_state_dict_post_hooks = hooks
+        load_checked(self, state_dict, self._check_checkpoint, self._apply_checkpoint)
+
+    def _apply_checkpoint(self, state_dict: dict[str, Any], meta: dict[str, Any]) -> None:
+        self._plans.clear()
+        super().load_state_dict({k: v for k, v in state_dict.items() if k != "deepdescent"})
         self._restore_state_dtype(state_dict)
         self._skipped, self._skipped_device = int(meta.get("skipped_steps", 0)), None
         self._interim_mode = meta.get("interim_mode")
-        for hook in self._optimizer_load_state_dict_post_hooks.values():
-            hook(self)
 
     def _check_checkpoint(self, state_dict: dict[str, Any]) -> dict[str, Any]:
         """Every check of :meth:`load_state_dict`; returns the metadata (defaults where absent)."""
         name = type(self).__name__
-        if not isinstance(state_dict.get("state"), dict) or not isinstance(state_dict.get("param_groups"), list):
-            raise ValueError("state_dict must be a dict with 'state' and 'param_groups' (a dict and a list, as "
-                             "Optimizer.state_dict() returns)")
+        pairs = check_layout(self, state_dict)
         meta = state_dict.get("deepdescent")
         if meta is None:
             self._check_layout(state_dict)
@@ -436,15 +423,8 @@ class BookOptimizer(Optimizer):
         if meta.get("interim_mode") not in (None, "closure", "lookahead"):
             raise ValueError(f"invalid deepdescent.interim_mode={meta.get('interim_mode')!r}: must be None, "
                              "'closure' or 'lookahead'")
-        saved_groups = state_dict["param_groups"]
-        if len(saved_groups) != len(self.param_groups):
-            raise ValueError(f"state_dict has {len(saved_groups)} param groups, {name} has {len(self.param_groups)}")
-        for i, (saved, group) in enumerate(zip(saved_groups, self.param_groups)):
-            if not isinstance(saved, dict) or not isinstance(saved.get("params"), list):
-                raise ValueError(f"param_groups[{i}] of the state_dict must be a dict with a 'params' list")
-            missing = sorted(set(self.defaults) - set(saved))
-            if missing:
-                raise ValueError(f"param_groups[{i}] of the state_dict lacks {missing}")
+        for i, (saved, group) in enumerate(pairs):
+            check_group_keys(self, i, saved)
             try:
                 self._validate_group({**group, **saved})
             except ValueError as err:

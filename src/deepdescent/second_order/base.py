@@ -14,7 +14,12 @@ from torch.optim import Optimizer
 from deepdescent.curvature.autograd import ClosureEvaluation, evaluate_closure
 from deepdescent.curvature.vectors import flat, unflat_like
 from deepdescent.optim import _validation as check
+from deepdescent.optim._checkpoint import check_group_keys, check_layout, load_checked
 from deepdescent.second_order import line_search as ls
+
+
+#: The counters every second-order method keeps (integers >= 0).
+_COUNTERS = ("func_evals", "grad_evals", "curvature_products", "n_iter", "line_search_failures", "cg_iterations")
 
 
 class LineSearchWarning(RuntimeWarning):
@@ -51,6 +56,36 @@ class SecondOrderOptimizer(Optimizer):
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
         self.defaults.pop("differentiable", None)  # torch adds it for its own classes' old pickles
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """As torch.optim (load pre-hooks, load, post-hooks), but every check first — layout, each
+        saved group's hyperparameters as the constructor checks them, counters, and state tensors
+        (floating, of the flat parameter vector's size n: vectors, n×n matrices, lists of vectors) —
+        so that a bad dict raises ValueError and changes nothing."""
+        load_checked(self, state_dict, self._check_checkpoint,
+                     lambda sd, _: super(SecondOrderOptimizer, self).load_state_dict(sd))
+
+    def _check_checkpoint(self, state_dict: dict[str, Any]) -> None:
+        name = type(self).__name__
+        for i, (saved, _) in enumerate(check_layout(self, state_dict)):
+            check_group_keys(self, i, saved)
+            try:
+                self._check({**self.defaults, **{k: v for k, v in saved.items() if k != "params"}})
+            except (ValueError, TypeError) as err:
+                raise ValueError(f"param_groups[{i}] of the state_dict: {err}") from None
+        n = sum(p.numel() * (2 if p.is_complex() else 1) for p in self._params)
+        for index, entry in state_dict["state"].items():
+            if not isinstance(entry, dict):
+                raise ValueError(f"the state of parameter index {index!r} must be a dict, got {type(entry).__name__}")
+            for key, value in entry.items():
+                where = f"{name} state {key!r}"
+                if key in _COUNTERS and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+                    raise ValueError(f"invalid {where}={value!r}: must be an integer >= 0")
+                for t in value if isinstance(value, list) else [value]:
+                    if isinstance(t, Tensor) and (not t.is_floating_point() or t.dim() > 2 or
+                                                  any(size != n for size in t.shape)):
+                        raise ValueError(f"{where} is a {t.dtype} tensor of shape {tuple(t.shape)}; it must be a "
+                                         f"floating vector of {n} elements or a {n}×{n} matrix")
 
     @property
     def _params(self) -> list[Tensor]:

@@ -1,0 +1,59 @@
+"""``load_state_dict`` in torch's order, with every check before anything changes (shared by the
+first- and second-order optimizers)."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any
+
+from torch.optim import Optimizer
+
+
+def load_checked(opt: Optimizer, state_dict: Any, check: Callable[[dict[str, Any]], Any],
+                 apply: Callable[[dict[str, Any], Any], None]) -> None:
+    """Load pre-hooks (which may replace the dict), then ``check`` (raises ValueError, changes
+    nothing), then ``apply(state_dict, checked)`` with torch's own hooks switched off (they ran
+    already), then the load post-hooks."""
+    if not isinstance(state_dict, dict):
+        raise ValueError(f"state_dict must be a dict (from Optimizer.state_dict()), got {type(state_dict).__name__}")
+    state_dict = dict(state_dict)
+    for hook in opt._optimizer_load_state_dict_pre_hooks.values():
+        result = hook(opt, state_dict)
+        if result is not None:
+            state_dict = result
+    checked = check(state_dict)
+    hooks = opt._optimizer_load_state_dict_pre_hooks, opt._optimizer_load_state_dict_post_hooks
+    opt._optimizer_load_state_dict_pre_hooks = opt._optimizer_load_state_dict_post_hooks = OrderedDict()
+    try:
+        apply(state_dict, checked)
+    finally:
+        opt._optimizer_load_state_dict_pre_hooks, opt._optimizer_load_state_dict_post_hooks = hooks
+    for hook in opt._optimizer_load_state_dict_post_hooks.values():
+        hook(opt)
+
+
+def check_layout(opt: Optimizer, state_dict: dict[str, Any]) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """The shape every optimizer's state dict has: 'state' (a dict) and 'param_groups' (a list of
+    dicts with a 'params' list), as many groups and parameters as ``opt``. Returns (saved, own)
+    group pairs."""
+    name = type(opt).__name__
+    if not isinstance(state_dict.get("state"), dict) or not isinstance(state_dict.get("param_groups"), list):
+        raise ValueError("state_dict must be a dict with 'state' and 'param_groups' (a dict and a list, as "
+                         "Optimizer.state_dict() returns)")
+    saved_groups = state_dict["param_groups"]
+    if len(saved_groups) != len(opt.param_groups):
+        raise ValueError(f"state_dict has {len(saved_groups)} param groups, {name} has {len(opt.param_groups)}")
+    for i, (saved, group) in enumerate(zip(saved_groups, opt.param_groups)):
+        if not isinstance(saved, dict) or not isinstance(saved.get("params"), list):
+            raise ValueError(f"param_groups[{i}] of the state_dict must be a dict with a 'params' list")
+        if len(saved["params"]) != len(group["params"]):
+            raise ValueError(f"param_groups[{i}] of the state_dict has {len(saved['params'])} parameters, {name}'s "
+                             f"has {len(group['params'])}")
+    return list(zip(saved_groups, opt.param_groups))
+
+
+def check_group_keys(opt: Optimizer, i: int, saved: dict[str, Any]) -> None:
+    missing = sorted(set(opt.defaults) - set(saved))
+    if missing:
+        raise ValueError(f"param_groups[{i}] of the state_dict lacks {missing}")
