@@ -180,6 +180,27 @@ def test_schedulers_that_add_keys_never_compile_a_kernel(make_sched, monkeypatch
     assert opt.param_groups[0]["momentum"] != 0.9 and set(opt.param_groups[0]) - set(opt.defaults) - {"params"}
 
 
+@pytest.mark.parametrize("name", ["momentum", "nesterov", "adagrad", "rmsprop-nesterov", "adam", "adadelta"])
+def test_per_group_hyperparameters_in_any_key_order_never_compile_a_kernel(name, monkeypatch):
+    """HF's decay/no-decay groups list weight_decay (and tags) before the defaults are filled in;
+    traced in a fresh process (no trace cached yet), such a group must map onto the standard
+    kernels, not compile a new extension (minutes on 2 cores)."""
+    if kernels.available("cpu"):
+        pytest.skip(f"no fused CPU path here: {kernels.available('cpu')}")
+    kernels.build()  # the standard extension (setup.sh built it; loading it compiles nothing)
+    monkeypatch.setattr(kernels, "_TRACES", {})  # as in a new process: nothing traced yet
+
+    def no_compile(*args, **kwargs):
+        raise AssertionError("a kernel was compiled")
+    monkeypatch.setattr(kernels, "_compile", no_compile)
+    model = _model()
+    groups = [{"weight_decay": 0.01, "lr_scale": 0.5, "params": list(model[0].parameters())},
+              {"tag": "head", "weight_decay": 0.0, "params": list(model[2].parameters())}]
+    opt = ALL[name](groups)
+    opt.impl = "fused"
+    _train(model, opt, range(2))
+
+
 @pytest.mark.parametrize("lr", [np.float32(0.01), np.float64(0.01), fractions.Fraction(1, 100), 1 / 100],
                          ids=["numpy32", "numpy64", "Fraction", "float"])
 @pytest.mark.parametrize("impl", ["eager", "fused"])

@@ -47,9 +47,11 @@ class FusedUnavailable(RuntimeError):
 def _numeric(group: dict[str, Any], keys: Any) -> dict[str, float]:
     """The group's numeric hyperparameters among ``keys`` (the algorithm's own, its defaults): keys
     that schedulers (OneCycleLR's max_lr, …) or users (timm's lr_scale, tags) add never reach a
-    kernel, so they never change its structure or trigger a compilation."""
+    kernel, so they never change its structure or trigger a compilation. Sorted by key: the order
+    in which a group lists its keys (a per-group ``weight_decay`` comes first) must not change the
+    generated code, else a new process would compile what the standard set already holds."""
     out = {}
-    for key, value in group.items():
+    for key, value in sorted(group.items(), key=lambda item: item[0]):
         if key not in keys or isinstance(value, (bool, str)):
             continue
         if isinstance(value, (tuple, list)):
