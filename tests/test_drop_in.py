@@ -89,29 +89,47 @@ def test_deepcopy_continues_bit_identically(name):
     assert twin_opt._interim_mode == opt._interim_mode
 
 
-def _continue_elsewhere(payload: bytes, queue) -> None:
-    model, opt = pickle.loads(payload)
-    _train(model, opt, range(3, 7))
-    queue.put(pickle.dumps((_params(model), opt.skipped_steps)))
+def _continue_elsewhere(payloads: dict[str, bytes], queue) -> None:
+    results = {}
+    for name, payload in payloads.items():
+        model, opt = pickle.loads(payload)
+        _train(model, opt, range(3, 7))
+        results[name] = (_params(model), opt.skipped_steps)
+    queue.put(pickle.dumps(results))
 
 
-@pytest.mark.parametrize("name", ["nesterov", "rmsprop-nesterov", "adam", "delta-bar-delta"])
-def test_pickle_round_trip_into_a_new_process_continues_bit_identically(name):
-    model = _model()
-    opt = ALL[name](model.parameters(), ) if name != "adam" else optim.Adam(model.parameters(), nonfinite="raise")
-    _train(model, opt, range(3))
-    payload = pickle.dumps((model, opt))
+PICKLED = ["nesterov", "rmsprop-nesterov", "adam", "delta-bar-delta"]
+
+
+@pytest.fixture(scope="module")
+def continued_in_a_new_process():
+    """Each optimizer of PICKLED trained 3 steps, pickled with its model, and continued for 4 more
+    in one fresh (spawned) process; returns the originals, the pickles and that process's results."""
+    originals, payloads = {}, {}
+    for name in PICKLED:
+        model = _model()
+        opt = ALL[name](model.parameters()) if name != "adam" else optim.Adam(model.parameters(), nonfinite="raise")
+        _train(model, opt, range(3))
+        originals[name], payloads[name] = (model, opt), pickle.dumps((model, opt))
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
-    proc = ctx.Process(target=_continue_elsewhere, args=(payload, queue))
+    proc = ctx.Process(target=_continue_elsewhere, args=(payloads, queue))
     proc.start()
-    params, skipped = pickle.loads(queue.get(timeout=120))
+    results = pickle.loads(queue.get(timeout=180))
     proc.join(60)
+    return originals, payloads, results
+
+
+@pytest.mark.parametrize("name", PICKLED)
+def test_pickle_round_trip_into_a_new_process_continues_bit_identically(name, continued_in_a_new_process):
+    originals, payloads, results = continued_in_a_new_process
+    model, opt = originals[name]
     _train(model, opt, range(3, 7))
+    params, skipped = results[name]
     assert skipped == opt.skipped_steps
     for p, q in zip(params, _params(model)):
         assert torch.equal(p, q)
-    restored = pickle.loads(payload)[1]
+    restored = pickle.loads(payloads[name])[1]
     assert restored.nonfinite == opt.nonfinite and "differentiable" not in restored.defaults
 
 

@@ -128,7 +128,7 @@ def _complete(db):
 
 def test_killed_bench_resumes_without_losing_or_repeating(tmp_path):
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "deepdescent.cli", "bench", *TINY, "--out", str(out)]
+    cmd = [sys.executable, "-m", "deepdescent.cli", "bench", *TINY, "--out", str(out), "--no-report"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     db = out / "results.db"
     deadline = time.time() + 120
@@ -148,6 +148,7 @@ def test_killed_bench_resumes_without_losing_or_repeating(tmp_path):
     before = _complete(db)
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
+    assert "deepdescent report" in done.stdout and not (out / "report.html").exists()  # --no-report
     after = _complete(db)
     assert len(after) == len(set(after))  # nothing repeated
     assert set(before) <= set(after)  # nothing lost
@@ -183,7 +184,7 @@ def test_ctrl_c_prints_one_line_with_the_command_to_resume(tmp_path):
 @pytest.mark.parametrize("search", ["qmc", "tpe"])
 def test_sampled_searches_store_and_resume(search, tmp_path):
     args = ["bench", "--problem", "saddle", "--optimizer", "Adam", "--budget", "3", "--seeds", "2",
-            "--search", search, "--out", str(tmp_path / "run")]
+            "--search", search, "--out", str(tmp_path / "run"), "--no-report"]
     first = CliRunner().invoke(app, args)
     assert first.exit_code == 0, first.output
     import optuna
@@ -337,7 +338,7 @@ def test_every_problem_builds_deterministically(name):
 def test_bench_with_two_worker_processes(tmp_path):
     out = tmp_path / "run"
     args = ["bench", "--problem", "saddle", "--optimizer", "Adam", "--optimizer", "L-BFGS", "--budget", "2",
-            "--seeds", "1", "--workers", "2", "--out", str(out)]
+            "--seeds", "1", "--workers", "2", "--out", str(out), "--no-report"]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     rows = _complete(out / "results.db")

@@ -20,9 +20,17 @@ def _cases():
         yield case, "closure" if "nesterov" in case else "plain"
 
 
-@pytest.mark.parametrize("path,dtype", [("eager", "bfloat16"), ("eager", "float16"), ("fused", "bfloat16"),
-                                        ("fused", "float16"), ("triton", "bfloat16"), ("triton", "float16")])
-@pytest.mark.parametrize("case,mode", list(_cases()))
+def _path_cases():
+    """Every case on every path in both dtypes, except that Triton's interpreter (seconds per case)
+    runs float16 for one case: the kernel differs between the dtypes only in its loads and stores."""
+    for case, mode in _cases():
+        for path in ("eager", "fused", "triton"):
+            for dtype in ("bfloat16", "float16"):
+                if path != "triton" or dtype == "bfloat16" or case == "adam":
+                    yield case, mode, path, dtype
+
+
+@pytest.mark.parametrize("case,mode,path,dtype", list(_path_cases()))
 def test_low_precision_parameters_match_the_rounded_box(case, mode, path, dtype, request, monkeypatch):
     if path == "triton":
         request.getfixturevalue("triton_interpreter")

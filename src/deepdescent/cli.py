@@ -158,6 +158,9 @@ def bench(
     time_limit: Annotated[float | None, typer.Option(
         min=0.001, help="Seconds per run (off by default). Cut runs are flagged ✂; results then depend on the "
                         "machine's speed and load, so the limit is part of the study names.")] = None,
+    write_report: Annotated[bool, typer.Option(
+        "--report/--no-report", help="Write report.html and the figures when the race is done (--no-report: "
+                                     "only the tables; `deepdescent report OUT` writes it later).")] = True,
 ) -> None:
     """Race the optimizers of chapter 8 on problems that each show one §8.2 challenge, every optimizer
     with the same compute budget; resumable (rerun the same command)."""
@@ -220,6 +223,9 @@ def bench(
     report.terminal(results, console)
     meta["seconds"] = round(time.perf_counter() - start, 1)
     _write_meta(out, {**meta, "storage": url})
+    if not write_report:
+        console.print(f"results stored; write the report with `deepdescent report {out}`")
+        return
     with console.status("writing the report"):
         page = report.write(results, out, meta)
     console.print(f"report: {page}  (figures in {out / 'figures'}; rebuild with `deepdescent report {out}`)")

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import Tensor
 
 from deepdescent.lab.optimizers import OPTIMIZERS
 from deepdescent.lab.problems import base_name, reference
@@ -225,6 +226,21 @@ def _sensitivity(problem: str, race: Race, out: Path) -> str | None:
     return _save(fig, out, f"{_stem(problem)}_sensitivity")
 
 
+def _surface(task: Any, f: Any, u: Tensor, v: Tensor) -> Tensor:
+    """The loss on the grid u × v (rows: v), evaluated in one vectorized call per chunk of points:
+    the analytic f, or the task's loss with the model's two parameters set to each point."""
+    grid = torch.cartesian_prod(v, u)[:, [1, 0]]  # (θ₁, θ₂) with θ₂ = v outer, as the rows of z
+    if f is None:
+        name = next(n for n, _ in task.model.named_parameters())
+
+        def f(theta: Tensor) -> Tensor:
+            out = torch.func.functional_call(task.model, {name: theta}, (task.x_train,))
+            return task.loss(out, task.y_train)
+    with torch.no_grad():  # evaluation only, nothing is trained
+        z = torch.cat([torch.vmap(f)(chunk) for chunk in grid.split(2048)])
+    return z.reshape(len(v), len(u))
+
+
 def _trajectories(problem: str, race: Race, out: Path) -> str | None:
     runs = {n: t["tuned"][0] for n, t in race.items() if t["tuned"][0].trajectory and not t["tuned"][0].diverged}
     if not runs:
@@ -236,17 +252,7 @@ def _trajectories(problem: str, race: Race, out: Path) -> str | None:
     u = torch.linspace(float(lo[0] - pad[0]), float(hi[0] + pad[0]), 120)
     v = torch.linspace(float(lo[1] - pad[1]), float(hi[1] + pad[1]), 120)
     f = task.extra.get("f")
-    with torch.no_grad():  # the loss surface on a grid: evaluation only, nothing is trained
-        if f is not None:
-            z = torch.stack([torch.stack([f(torch.stack([a, b])) for a in u]) for b in v])
-        else:  # evaluate the task's loss with the model's two parameters set on the grid
-            model = task.model
-            theta = next(model.parameters())
-            z = torch.empty(len(v), len(u))
-            for j, b in enumerate(v):
-                for i, a in enumerate(u):
-                    theta.copy_(torch.stack([a, b]))
-                    z[j, i] = task.loss(model(task.x_train), task.y_train)
+    z = _surface(task, f, u, v)
     plt = _plt()
     fig, ax = plt.subplots(figsize=(8, 5.5), constrained_layout=True)
     zz = torch.log10(z - z[torch.isfinite(z)].min() + 1e-3)
