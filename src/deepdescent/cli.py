@@ -36,16 +36,18 @@ def _check_out(out: Path) -> None:
         raise typer.BadParameter(f"cannot write to {str(out)!r}: {err.strerror}", param_hint="--out") from err
 
 
-def _worker_init(started=None) -> None:
+def _worker_init(started=None, parent: int | None = None) -> None:
     """Pool initializer: a worker ends when the bench process does (even on kill -9), so that a
     resumed bench never races an orphan over the same trials; Ctrl-C is the parent's to handle (it
-    prints one line), not every worker's traceback."""
+    prints one line), not every worker's traceback. It runs before the worker imports torch
+    (``import deepdescent.cli`` does not), so an orphan lives a fraction of a second, not the
+    seconds of those imports."""
     global _STARTED
     if sys.platform.startswith("linux"):
         import ctypes
 
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-        if os.getppid() == 1:  # the parent died before prctl took effect
+        if os.getppid() != (parent or os.getppid()):  # the parent died before prctl took effect
             os._exit(1)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _STARTED = started
@@ -91,7 +93,7 @@ def _race(args: list[tuple], workers: int, bar, task, done) -> None:
         os.environ.setdefault("DEEPDESCENT_THREADS", "1")  # each worker one thread: N workers, N cores
         ctx = mp.get_context("spawn")
         started = ctx.Queue()
-        with ctx.Pool(workers, initializer=_worker_init, initargs=(started,)) as pool:
+        with ctx.Pool(workers, initializer=_worker_init, initargs=(started, os.getpid())) as pool:
             pending = {pool.apply_async(_job, (a,)): (a[0], a[1]) for a in args}
             running: list[tuple[str, str]] = []
             while pending:
@@ -113,20 +115,16 @@ def _race(args: list[tuple], workers: int, bar, task, done) -> None:
             bar.advance(task)
 
 
-def _redact(url: str) -> str:
-    """The storage URL with its password hidden (it is printed and written to meta.json)."""
-    try:
-        from sqlalchemy.engine import make_url
-
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:  # noqa: BLE001 - not a URL SQLAlchemy parses: nothing to hide
-        return url
-
-
 def _write_meta(out: Path, meta: dict) -> None:
     tmp = out / "meta.json.tmp"
     tmp.write_text(json.dumps(meta, indent=1))
     os.replace(tmp, out / "meta.json")
+
+
+def _fail(message: str) -> typer.Exit:
+    """One line on the console, exit status 1 (no traceback: the message names the cause)."""
+    console.print(f"[red]error:[/red] {message}", soft_wrap=True, highlight=False)
+    return typer.Exit(1)
 
 
 def _resume_hint(out: Path, done: int, total: int) -> str:
@@ -185,13 +183,20 @@ def bench(
                            seeds=seeds or (2 if suite == "quick" else 3), search=search, device=device,
                            time_limit=time_limit)
     url = study.storage_url(out, storage)
-    study.open_study(url, "deepdescent-probe")  # a corrupt or unreachable storage fails here, clearly
+    try:
+        study.open_study(url, "deepdescent-probe")  # a corrupt or unreachable storage fails here, clearly
+    except study.StorageError as err:
+        raise _fail(str(err)) from None
     jobs = [(p, o) for p in names for o in opts
             if study.applicable(problems.problem(p), optimizers.optimizer(o), proto.quick)]
-    meta = {"suite": suite, "protocol": proto.tag(), "problems": names, "optimizers": opts, "storage": _redact(url),
+    # the password never reaches meta.json (`deepdescent report --storage URL` gives it back); the
+    # default SQLite file is named relative to the run directory, so a copied run reads its own
+    meta = {"suite": suite, "protocol": proto.tag(), "problems": names, "optimizers": opts,
+            **({"storage": study.redact(url)} if storage else
+               {"storage": "results.db in the run directory", "database": "results.db"}),
             "started": time.strftime("%Y-%m-%d %H:%M:%S"), "torch": torch.__version__,
             "machine": f"{platform.machine()}, {os.cpu_count()} cores"}
-    _write_meta(out, {**meta, "storage": url})  # the report reconnects with it; pages show it redacted
+    _write_meta(out, meta)
     results: report.Results = {p: {} for p in names}
     todo = []
     for p, o in jobs:
@@ -219,10 +224,13 @@ def bench(
             stored_now = sum(len(r) for r in results.values())
             console.print(_resume_hint(out, stored_now, len(jobs)), soft_wrap=True)
             raise typer.Exit(130) from None
+        except study.StorageError as err:  # e.g. the disk filled up mid-race: what is stored stays
+            bar.stop()
+            raise _fail(str(err)) from None
     results = {p: r for p, r in results.items() if r}
     report.terminal(results, console)
     meta["seconds"] = round(time.perf_counter() - start, 1)
-    _write_meta(out, {**meta, "storage": url})
+    _write_meta(out, meta)
     if not write_report:
         console.print(f"results stored; write the report with `deepdescent report {out}`")
         return
@@ -254,7 +262,12 @@ def _from_json(d):
 
 
 @app.command("report")
-def report_cmd(directory: Annotated[Path, typer.Argument(help="A run directory made by `deepdescent bench`.")]) -> None:
+def report_cmd(
+    directory: Annotated[Path, typer.Argument(help="A run directory made by `deepdescent bench`.")],
+    storage: Annotated[str | None, typer.Option(
+        help="The run's storage URL, when it was given to bench with a password (meta.json keeps it "
+             "hidden).")] = None,
+) -> None:
     """Rebuild the report of a run directory from its stored results."""
     from deepdescent.lab import optimizers, problems, report, study
 
@@ -272,18 +285,26 @@ def report_cmd(directory: Annotated[Path, typer.Argument(help="A run directory m
                                  f"reads v{study.PROTOCOL_VERSION} only: rerun `deepdescent bench` for it",
                                  param_hint="DIRECTORY")
     proto = study.Protocol.from_tag(meta["protocol"])
+    url = storage or (f"sqlite:///{(directory / meta['database']).resolve()}" if meta.get("database")
+                      else meta["storage"])
+    if not storage and "***" in url:
+        raise typer.BadParameter(f"the storage URL's password is not kept in meta.json ({study.redact(url)}): "
+                                 "pass it with --storage URL", param_hint="--storage")
     results: report.Results = {}
-    for p in meta["problems"]:
-        for o in meta["optimizers"]:
-            try:
-                runs = study.run_race(problems.problem(p), optimizers.optimizer(o), proto, meta["storage"], run=False)
-            except study.Missing:
-                continue
-            results.setdefault(p, {})[o] = runs
+    try:
+        for p in meta["problems"]:
+            for o in meta["optimizers"]:
+                try:
+                    runs = study.run_race(problems.problem(p), optimizers.optimizer(o), proto, url, run=False)
+                except study.Missing:
+                    continue
+                results.setdefault(p, {})[o] = runs
+    except study.StorageError as err:
+        raise _fail(str(err)) from None
     if not results:
-        raise typer.BadParameter(f"no finished results in {meta['storage']!r}", param_hint="DIRECTORY")
+        raise typer.BadParameter(f"no finished results in {study.redact(url)}", param_hint="DIRECTORY")
     report.terminal(results, console)
-    console.print(f"report: {report.write(results, directory, {**meta, 'storage': _redact(meta['storage'])})}")
+    console.print(f"report: {report.write(results, directory, {**meta, 'storage': study.redact(url)})}")
 
 
 @app.command("list")

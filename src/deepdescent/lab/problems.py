@@ -305,10 +305,11 @@ def deep_linear(seed: int, quick: bool, depth: int = 20, scheme: str = "orthogon
                 extra={"depth": depth, "scheme": scheme})
 
 
-def _int_at_least(low: int) -> Callable[[str], object]:
+def _int_between(low: int, high: int, why: str) -> Callable[[str], object]:
+    """An integer parameter in [low, high]; ``why`` says what the upper limit protects."""
     def convert(text: str) -> int:
-        if not text.isdigit() or int(text) < low:
-            raise ValueError(f"must be an integer >= {low}")
+        if not text.isdigit() or not low <= int(text) <= high:
+            raise ValueError(f"must be an integer from {low} to {high} ({why})")
         return int(text)
     return convert
 
@@ -332,7 +333,8 @@ PROBLEMS: dict[str, Problem] = {p.name: p for p in [
             linear_autoencoder, suites=("full",)),
     Problem("cliff", "cliffs", "one-unit RNN of Pascanu et al. (2013), 50 steps", cliff),
     Problem("adding", "long-term dependencies", "RNN adding problem (T = 20 quick, 50 full; adding:T=100)",
-            adding, suites=("full",), params={"T": ("length", _int_at_least(2))}),
+            adding, suites=("full",), params={"T": ("length", _int_between(2, 10_000, "longer sequences exceed this machine's memory "
+                                                              "and hours of training"))}),
     Problem("digits_mlp", "none (baseline)", "MLP 64-64-64-10 on scikit-learn's digits", digits_mlp),
     Problem("digits_autoencoder", "ill-conditioning, plateaus", "deep sigmoid autoencoder on digits",
             digits_autoencoder, suites=("full",)),
@@ -343,7 +345,8 @@ PROBLEMS: dict[str, Problem] = {p.name: p for p in [
             "deep linear network (Saxe et al. 2013), 20 layers, orthogonal init; "
             "deep_linear:depth=50,scheme=normalized",
             deep_linear, suites=("quick", "full", "depth"),  # depth: variants, see study.DEPTH_SUITE
-            params={"depth": ("depth", _int_at_least(1)), "scheme": ("scheme", _scheme)}),
+            params={"depth": ("depth", _int_between(1, 1000, "deeper networks take hours per run")),
+                    "scheme": ("scheme", _scheme)}),
 ]}
 
 

@@ -32,6 +32,7 @@ from __future__ import annotations
 import json
 import math
 import statistics
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -95,20 +96,98 @@ def _optuna():
     return optuna
 
 
+class StorageError(RuntimeError):
+    """The result storage cannot be opened or used; the message is one line naming the cause."""
+
+
+def redact(url: str) -> str:
+    """The storage URL with its password hidden (SQLAlchemy's rendering), for every message,
+    page and file."""
+    try:
+        from sqlalchemy.engine import make_url
+
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # noqa: BLE001 - not a URL SQLAlchemy parses: nothing to hide
+        return url
+
+
 def open_study(url: str, name: str, *, create: bool = True, sampler=None):
     """The study ``name`` in the storage ``url``; with ``create=False`` (reading a report) a study
-    that is not there raises :class:`Missing` instead of being created empty."""
+    that is not there raises :class:`Missing` instead of being created empty. Opening a fresh
+    database from several processes at once is retried (their schema creations race); any other
+    failure raises :class:`StorageError` with its cause in one line."""
     optuna = _optuna()
-    try:
-        if not create:
-            return optuna.load_study(study_name=name, storage=url, sampler=sampler)
-        return optuna.create_study(study_name=name, storage=url, load_if_exists=True, direction="minimize",
-                                   sampler=sampler)
-    except KeyError as err:  # load_study: no such study
-        raise Missing(name) from err
-    except Exception as err:  # noqa: BLE001 - corrupt files and unreachable databases: say which
-        raise RuntimeError(f"cannot open the result storage {url!r} ({type(err).__name__}: {err}); "
-                           "a corrupt SQLite file must be moved away (or use another --out)") from err
+    _check_sqlite_folder(url)
+    for attempt in range(_RETRIES):
+        try:
+            if not create:
+                return optuna.load_study(study_name=name, storage=url, sampler=sampler)
+            return optuna.create_study(study_name=name, storage=url, load_if_exists=True, direction="minimize",
+                                       sampler=sampler)
+        except KeyError as err:  # load_study: no such study
+            raise Missing(name) from err
+        except Exception as err:  # noqa: BLE001 - classified below: retried, or one line naming the cause
+            if _is_race(err) and attempt < _RETRIES - 1:
+                time.sleep(0.2 * (attempt + 1))
+                continue
+            raise StorageError(f"cannot open the result storage {redact(url)}: {_cause(err, url)}") from err
+    raise AssertionError("unreachable")
+
+
+_RETRIES = 8
+
+
+def _messages(err: BaseException) -> str:
+    text = []
+    while err is not None:
+        text.append(f"{type(err).__name__}: {err}")
+        err = err.__cause__ or err.__context__
+    return "\n".join(text).lower()
+
+
+def _is_race(err: BaseException) -> bool:
+    """A schema creation that lost to another process's (the tables or their version row appeared
+    meanwhile), or SQLite's lock held by another writer: trying again succeeds."""
+    text = _messages(err)
+    return any(s in text for s in ("integrityerror", "already exists", "database is locked", "unique constraint",
+                                   "duplicate key"))
+
+
+def _cause(err: BaseException, url: str) -> str:
+    text = _messages(err)
+    scheme = url.split(":", 1)[0]
+    if "could not parse sqlalchemy url" in text or "://" not in url:
+        return ("not a database URL (expected e.g. sqlite:////abs/path/results.db or "
+                "postgresql+psycopg://user:password@host/db)")
+    if "failed to import db access module" in text or "no module named" in text:
+        driver = {"postgresql": "psycopg (pip install 'psycopg[binary]', URL postgresql+psycopg://…)",
+                  "mysql": "a MySQL driver (pip install pymysql, URL mysql+pymysql://…)"}.get(scheme.split("+")[0],
+                                                                                             "its database driver")
+        return f"the Python driver for {scheme} is not installed: install {driver}"
+    if "disk is full" in text or "no space left" in text:
+        return "the disk is full (free space, or choose another --out/--storage)"
+    if "database disk image is malformed" in text:
+        return ("the SQLite file is corrupt (SQLite reports it malformed): move it away to start afresh, or restore "
+                "it from a copy")
+    if "file is not a database" in text:
+        return "the file is not an SQLite database (another kind of file, or truncated before its header)"
+    if "unable to open database file" in text or "readonly database" in text or "permission denied" in text:
+        return "the database file cannot be opened or written (permissions, or a folder in its path is missing)"
+    if "connection refused" in text or "could not connect" in text or "could not translate host" in text \
+            or "connection to server" in text:
+        return "the database server cannot be reached (is it running, and are host and port right?)"
+    if "password authentication failed" in text or "authentication" in text:
+        return "the database refused the login (user or password)"
+    first = str(err).splitlines()[0] if str(err) else type(err).__name__
+    return f"{type(err).__name__}: {redact(first) if '://' in first else first}"
+
+
+def _check_sqlite_folder(url: str) -> None:
+    if url.startswith("sqlite:///"):
+        path = Path(url[len("sqlite:///"):])
+        if str(path) and str(path) != ":memory:" and not path.parent.is_dir():
+            raise StorageError(f"cannot open the result storage {redact(url)}: the folder {str(path.parent)!r} "
+                               "does not exist")
 
 
 def stored(study) -> dict[tuple[float | None, int], engine.RunResult]:

@@ -1,0 +1,134 @@
+"""Faults of the result storage: each gives one line that names the real cause (only a file SQLite
+reports as malformed is called corrupt), destroys nothing, and never shows a password."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+
+import pytest
+import sqlalchemy.exc
+from typer.testing import CliRunner
+
+from deepdescent.cli import app
+from deepdescent.lab import study
+
+TINY = ["--problem", "saddle", "--optimizer", "Adam", "--budget", "2", "--seeds", "1", "--no-report"]
+HAS_PSYCOPG = importlib.util.find_spec("psycopg") is not None
+
+
+def _bench(tmp_path, storage: str):
+    result = CliRunner().invoke(app, ["bench", *TINY, "--storage", storage, "--out", str(tmp_path / "run")])
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    return result, lines
+
+
+def _valid_sqlite(path) -> bytes:
+    study.open_study(f"sqlite:///{path}", "some-study")  # a real results file: Optuna's schema, one study
+    return path.read_bytes()
+
+
+@pytest.mark.parametrize("case", ["not a URL", "no driver or no server", "missing folder", "not SQLite",
+                                  "truncated", "disk full"])
+def test_each_storage_fault_gives_one_line_naming_its_cause(case, tmp_path, monkeypatch):
+    kept = None
+    if case == "not a URL":
+        storage, cause = "not-a-url", "not a database URL"
+    elif case == "no driver or no server":
+        storage = "postgresql+psycopg://someone:s3cret@127.0.0.1:1/db"
+        cause = "cannot be reached" if HAS_PSYCOPG else "driver for postgresql+psycopg is not installed"
+    elif case == "missing folder":
+        storage, cause = f"sqlite:///{tmp_path}/nowhere/results.db", "nowhere' does not exist"
+    elif case == "not SQLite":
+        (tmp_path / "x.db").write_bytes(b"this is not a database" * 100)
+        storage, cause, kept = f"sqlite:///{tmp_path}/x.db", "not an SQLite database", tmp_path / "x.db"
+    elif case == "truncated":
+        whole = _valid_sqlite(tmp_path / "whole.db")
+        (tmp_path / "x.db").write_bytes(whole[:5000])
+        storage, cause, kept = f"sqlite:///{tmp_path}/x.db", "is corrupt (SQLite reports it malformed)", tmp_path / "x.db"
+    else:
+        import optuna
+
+        def full(*args, **kwargs):
+            raise sqlalchemy.exc.OperationalError("INSERT", {}, sqlite3.OperationalError("database or disk is full"))
+        monkeypatch.setattr(optuna, "create_study", full)
+        storage, cause = f"sqlite:///{tmp_path}/results.db", "the disk is full"
+    before = kept.read_bytes() if kept else None
+    result, lines = _bench(tmp_path, storage)
+    assert result.exit_code == 1, result.output
+    assert len(lines) == 1 and "Traceback" not in result.output, result.output
+    assert cause in lines[0] and "s3cret" not in result.output
+    if case != "truncated":
+        assert "corrupt" not in lines[0]  # only what SQLite calls malformed is called corrupt
+    if kept:
+        assert kept.read_bytes() == before  # nothing written to the file
+    assert not (tmp_path / "run" / "meta.json").exists()  # written only once the storage opened
+
+
+def test_a_failing_storage_never_overwrites_a_finished_runs_metadata(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "meta.json").write_text(json.dumps({"finished": True}))
+    result = CliRunner().invoke(app, ["bench", *TINY, "--storage", "not-a-url", "--out", str(out)])
+    assert result.exit_code == 1
+    assert json.loads((out / "meta.json").read_text()) == {"finished": True}
+
+
+def test_passwords_are_hidden_and_the_report_asks_for_them(tmp_path):
+    url = "postgresql+psycopg://someone:s3cret@db.example:5432/results"
+    assert "s3cret" not in study.redact(url) and "someone" in study.redact(url)
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "meta.json").write_text(json.dumps({"protocol": study.Protocol().tag(), "problems": [], "optimizers": [],
+                                               "storage": study.redact(url)}))
+    result = CliRunner().invoke(app, ["report", str(out)])
+    assert result.exit_code != 0 and "--storage" in result.output and "s3cret" not in result.output
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                out.append(int(entry))
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the parent-death signal is Linux's")
+def test_workers_die_with_a_killed_bench_at_once(tmp_path):
+    """kill -9 of `bench` while its workers are still starting (importing torch): they end within
+    two seconds, not after their imports."""
+    cmd = [sys.executable, "-m", "deepdescent.cli", "bench", "--problem", "saddle", "--problem", "cliff",
+           "--optimizer", "Adam", "--budget", "2", "--seeds", "1", "--workers", "2", "--no-report",
+           "--out", str(tmp_path / "run")]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline, workers = time.time() + 60, []
+    while time.time() < deadline and proc.poll() is None and len(workers) < 2:
+        workers = [c for c in _children(proc.pid) if "spawn_main" in open(f"/proc/{c}/cmdline").read()]
+        time.sleep(0.02)
+    assert len(workers) == 2, "the workers did not start"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    end = time.time() + 2.0
+    while time.time() < end and any(_alive(w) for w in workers):
+        time.sleep(0.05)
+    assert not any(_alive(w) for w in workers)
