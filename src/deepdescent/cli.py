@@ -56,8 +56,9 @@ def _worker_init(started=None, parent: int | None = None) -> None:
 _STARTED = None  # in a worker: the queue on which it says which job it starts
 
 
-def _job(args: tuple[str, str, dict, str]) -> tuple[str, str, dict]:
-    from deepdescent.lab import optimizers, problems, study
+def _job(args: tuple[str, str, dict, str]) -> tuple[str, str, dict | None]:
+    """One race (problem, optimizer); None for its runs when another process holds its next batch."""
+    from deepdescent.lab import claims, optimizers, problems, study
 
     problem, optimizer, proto, url = args
     if _STARTED is not None:
@@ -67,7 +68,12 @@ def _job(args: tuple[str, str, dict, str]) -> tuple[str, str, dict]:
         import torch
 
         torch.set_num_threads(torch_threads)
-    runs = study.run_race(problems.problem(problem), optimizers.optimizer(optimizer), study.Protocol(**proto), url)
+    try:
+        runs = study.run_race(problems.problem(problem), optimizers.optimizer(optimizer), study.Protocol(**proto), url,
+                              wait=False)
+    except claims.Busy:  # another process trains this race's next batch: come back to it later
+        time.sleep(study.POLL)
+        return problem, optimizer, None
     return problem, optimizer, {k: [r.to_json() for r in v] for k, v in runs.items()}
 
 
@@ -88,30 +94,41 @@ def _running(jobs: list[tuple[str, str]]) -> str:
 
 
 def _race(args: list[tuple], workers: int, bar, task, done) -> None:
-    """Run the jobs (in ``workers`` processes), calling ``done(problem, optimizer, runs)`` as each ends."""
+    """Run the jobs (in ``workers`` processes), calling ``done(problem, optimizer, runs)`` as each ends.
+    A job whose next batch another process (here or on another machine) trains goes back to the
+    end of the queue."""
     if workers > 1 and len(args) > 1:
         os.environ.setdefault("DEEPDESCENT_THREADS", "1")  # each worker one thread: N workers, N cores
         ctx = mp.get_context("spawn")
         started = ctx.Queue()
         with ctx.Pool(workers, initializer=_worker_init, initargs=(started, os.getpid())) as pool:
-            pending = {pool.apply_async(_job, (a,)): (a[0], a[1]) for a in args}
+            pending = {pool.apply_async(_job, (a,)): a for a in args}
             running: list[tuple[str, str]] = []
             while pending:
                 while not started.empty():
                     running.append(started.get())
                 for res in [r for r in pending if r.ready()]:
                     p, o, runs = res.get()  # a worker's exception is raised here
-                    job = pending.pop(res)
-                    if job in running:
-                        running.remove(job)
+                    a = pending.pop(res)
+                    if (p, o) in running:
+                        running.remove((p, o))
+                    if runs is None:
+                        pending[pool.apply_async(_job, (a,))] = a
+                        continue
                     done(p, o, runs)
                     bar.advance(task)
                 bar.update(task, description=_running(running))
                 time.sleep(0.1)
     else:
-        for a in args:
+        queue = list(args)
+        while queue:
+            a = queue.pop(0)
             bar.update(task, description=_running([(a[0], a[1])]))
-            done(*_job(a))
+            p, o, runs = _job(a)
+            if runs is None:
+                queue.append(a)
+                continue
+            done(p, o, runs)
             bar.advance(task)
 
 

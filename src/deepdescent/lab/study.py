@@ -29,15 +29,17 @@ of another protocol version (or quick/full suite) from being mixed in.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
+import os
 import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from deepdescent.lab import engine
+from deepdescent.lab import claims, engine
 from deepdescent.lab.optimizers import OPTIMIZERS, OptimizerSpec, lr_grid
 from deepdescent.lab.problems import PROBLEMS, Problem
 
@@ -111,27 +113,56 @@ def redact(url: str) -> str:
         return url
 
 
-def open_study(url: str, name: str, *, create: bool = True, sampler=None):
-    """The study ``name`` in the storage ``url``; with ``create=False`` (reading a report) a study
-    that is not there raises :class:`Missing` instead of being created empty. Opening a fresh
-    database from several processes at once is retried (their schema creations race); any other
-    failure raises :class:`StorageError` with its cause in one line."""
-    optuna = _optuna()
-    _check_sqlite_folder(url)
+_STORAGES: dict[tuple[str, int], object] = {}
+
+
+def storage(url: str):
+    """One Optuna storage object per URL and process. SQLite waits up to a minute for another
+    process's write lock instead of failing; the creation of a fresh database's schema, which
+    several processes may race, is retried."""
+    key = (url, os.getpid())
+    if key not in _STORAGES:
+        optuna = _optuna()
+        _check_sqlite_folder(url)
+        kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
+        _STORAGES[key] = _retried(url, lambda: optuna.storages.RDBStorage(url, engine_kwargs=kwargs))
+    return _STORAGES[key]
+
+
+def study_names(url: str) -> list[str]:
+    return _retried(url, lambda: _optuna().get_all_study_names(storage=storage(url)))
+
+
+def _retried(url: str, fn):
     for attempt in range(_RETRIES):
         try:
-            if not create:
-                return optuna.load_study(study_name=name, storage=url, sampler=sampler)
-            return optuna.create_study(study_name=name, storage=url, load_if_exists=True, direction="minimize",
-                                       sampler=sampler)
-        except KeyError as err:  # load_study: no such study
-            raise Missing(name) from err
+            return fn()
         except Exception as err:  # noqa: BLE001 - classified below: retried, or one line naming the cause
             if _is_race(err) and attempt < _RETRIES - 1:
                 time.sleep(0.2 * (attempt + 1))
                 continue
             raise StorageError(f"cannot open the result storage {redact(url)}: {_cause(err, url)}") from err
     raise AssertionError("unreachable")
+
+
+def open_study(url: str, name: str, *, create: bool = True, sampler=None):
+    """The study ``name`` in the storage ``url``; with ``create=False`` (reading a report) a study
+    that is not there raises :class:`Missing` instead of being created empty. Opening a fresh
+    database from several processes at once is retried (their schema creations race); any other
+    failure raises :class:`StorageError` with its cause in one line."""
+    optuna = _optuna()
+
+    def attempt():
+        if not create:
+            return optuna.load_study(study_name=name, storage=storage(url), sampler=sampler)
+        return optuna.create_study(study_name=name, storage=storage(url), load_if_exists=True, direction="minimize",
+                                   sampler=sampler)
+    try:
+        return _retried(url, attempt)
+    except StorageError as err:
+        if isinstance(err.__cause__, KeyError):  # load_study: no such study
+            raise Missing(name) from err.__cause__
+        raise
 
 
 _RETRIES = 8
@@ -200,7 +231,13 @@ def stored(study) -> dict[tuple[float | None, int], engine.RunResult]:
 
 
 def record(study, result: engine.RunResult) -> None:
+    """Store one member's result, unless it is stored already (a claim taken over from a process
+    that was slow, not dead, may finish twice: the first result stays)."""
     optuna = _optuna()
+    lr = result.lr if result.lr is not None else 0.0
+    if any(t.params.get("lr") == lr and t.params.get("seed") == result.seed
+           for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))):
+        return
     value = result.final_train_loss
     trial = optuna.trial.create_trial(
         params={"lr": result.lr if result.lr is not None else 0.0, "seed": result.seed},
@@ -228,11 +265,19 @@ class Missing(LookupError):
 
 
 def run_race(problem: Problem, spec: OptimizerSpec, protocol: Protocol, url: str,
-             progress: Callable[[str], None] | None = None, *, run: bool = True) -> dict[str, list[engine.RunResult]]:
+             progress: Callable[[str], None] | None = None, *, run: bool = True,
+             wait: bool = True) -> dict[str, list[engine.RunResult]]:
     """Run (or resume) one optimizer on one problem; returns the runs per track: ``grid``
     (tuning), ``tuned`` (the grid's runs at the best learning rate), ``defaults`` and
     ``instruments`` (first-order: the tuned setting, seed 0, with Figure 8.1's quantities). With
-    ``run=False`` only stored results are read (:class:`Missing` if some are not there)."""
+    ``run=False`` only stored results are read (:class:`Missing` if some are not there).
+
+    Every batch of members is claimed before it trains (:mod:`.claims`), so that any number of
+    processes on one storage split the work. A batch another live process holds is waited for
+    (``wait=True``) or raises :class:`claims.Busy` (``wait=False``: the caller does other work
+    and comes back)."""
+    global _WAIT
+    _WAIT = wait
     seeds = list(range(protocol.seeds))
     prefix = f"{problem.name}/{spec.name}"
     if spec.kind == "second":
@@ -264,6 +309,34 @@ def best_lr(grid: list[float], done: dict, seeds: list[int]) -> float:
     return min(grid, key=lambda lr: (median_final([done[(lr, s)] for s in seeds]), abs(grid.index(lr) - middle)))
 
 
+_WAIT = True  # run_race's wait, for the batches of the race it runs
+POLL = 0.5  # seconds between looks at a batch another process holds
+
+
+def _claim_and_run(study, url: str, done: dict, members: list[tuple], compute: Callable[[list[tuple]], list]) -> None:
+    """Train ``members`` ((lr, seed) pairs) missing from ``done`` as one batch under a claim, and
+    record them; when another live process holds that batch, wait for its results (or raise
+    :class:`claims.Busy` when not waiting)."""
+    while True:
+        done.update(stored(study))
+        missing = [m for m in members if m not in done]
+        if not missing:
+            return
+        key = hashlib.sha1(f"{study.study_name}|{missing!r}".encode()).hexdigest()[:20]
+        try:
+            with claims.claimed(url, key):
+                done.update(stored(study))  # finished while we claimed: nothing to train twice
+                todo = [m for m in missing if m not in done]
+                for r in compute(todo) if todo else []:
+                    if (r.lr, r.seed) not in done:
+                        record(study, r)
+                        done[(r.lr, r.seed)] = r
+        except claims.Busy:
+            if not _WAIT:
+                raise
+            time.sleep(POLL)
+
+
 def _track(problem: Problem, spec: OptimizerSpec, lr: float | None, seeds: list[int], protocol: Protocol, url: str,
            name: str, run: bool, progress: Callable[[str], None] | None, *,
            instruments: bool = False) -> list[engine.RunResult]:
@@ -276,9 +349,9 @@ def _track(problem: Problem, spec: OptimizerSpec, lr: float | None, seeds: list[
                 raise Missing(name)
             if progress:
                 progress(f"{name} lr={lr} seed {s}")
-            done[(lr, s)] = r = engine.run_member(problem, spec, lr, s, protocol.quick, instruments=instruments,
-                                                  **protocol.run_options())
-            record(study, r)
+            _claim_and_run(study, url, done, [(lr, s)], lambda todo: [
+                engine.run_member(problem, spec, lr, seed, protocol.quick, instruments=instruments,
+                                  **protocol.run_options()) for _, seed in todo])
     return [done[(lr, s)] for s in seeds]
 
 
@@ -290,7 +363,7 @@ def _vectorized_track(problem: Problem, spec: OptimizerSpec, lr: float, seeds: l
     if any((lr, s) not in done for s in seeds):
         if not run:
             raise Missing(name)
-        _run_missing(problem, spec, [lr], seeds, protocol, study, done, progress, name)
+        _run_missing(problem, spec, [lr], seeds, protocol, study, done, progress, name, url)
     return [done[(lr, s)] for s in seeds]
 
 
@@ -303,14 +376,15 @@ def _members(problem: Problem, spec: OptimizerSpec, lrs: list[float], seeds: lis
                 for lr in lrs for s in seeds]
 
 
-def _run_missing(problem, spec, lrs, seeds, protocol, study, done, progress, name) -> None:
-    missing = sorted({lr for lr in lrs for s in seeds if (lr, s) not in done})
+def _run_missing(problem, spec, lrs, seeds, protocol, study, done, progress, name, url) -> None:
+    """The missing members of lrs × seeds, trained together (vectorized) as one claimed batch."""
+    members = [(lr, s) for lr in sorted(lrs) for s in seeds if (lr, s) not in done]
     if progress:
-        progress(f"{name}: {len(missing)} learning rates × {len(seeds)} seeds")
-    for r in _members(problem, spec, missing, seeds, protocol):
-        if (r.lr, r.seed) not in done:
-            record(study, r)
-            done[(r.lr, r.seed)] = r
+        progress(f"{name}: {len({lr for lr, _ in members})} learning rates × {len(seeds)} seeds")
+
+    def compute(todo):
+        return _members(problem, spec, sorted({lr for lr, _ in todo}), sorted({s for _, s in todo}), protocol)
+    _claim_and_run(study, url, done, members, compute)
 
 
 def _grid_search(problem, spec, protocol, url, prefix, seeds, run, progress):
@@ -323,7 +397,7 @@ def _grid_search(problem, spec, protocol, url, prefix, seeds, run, progress):
         if any((lr, s) not in done for lr in grid for s in seeds):
             if not run:
                 raise Missing(prefix)
-            _run_missing(problem, spec, grid, seeds, protocol, study, done, progress, prefix)
+            _run_missing(problem, spec, grid, seeds, protocol, study, done, progress, prefix, url)
         best = best_lr(grid, done, seeds)
         if len(grid) > 1 and best == grid[0] and below < MAX_EXTENSION:
             below += 1

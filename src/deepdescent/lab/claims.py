@@ -1,0 +1,130 @@
+"""Claims: which process computes which batch of members, when many processes (on one or several
+machines) work on one study.
+
+A batch is what one process would train in one go: a learning-rate grid's missing points × seeds
+(one vectorized call), or one member. Before it trains a batch, a process claims it by creating an
+Optuna study named after it — the storage's unique study names make the claim atomic on SQLite and
+PostgreSQL alike — and keeps a heartbeat in that study while it works. A claim whose heartbeat is
+older than ``DEEPDESCENT_CLAIM_TIMEOUT`` seconds (default 60) belongs to a process that died: the next
+process takes it over by creating the claim's next generation (again atomic). Claims are deleted
+once their batch is recorded; results are recorded at most once (``study.record`` checks first).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import threading
+import time
+from collections.abc import Iterator
+
+TIMEOUT = float(os.environ.get("DEEPDESCENT_CLAIM_TIMEOUT", "60"))
+PREFIX = "claim:"
+
+_held: set[tuple[str, str]] = set()  # (url, claim study name) this process beats for
+_lock = threading.Lock()
+_first_seen: dict[str, float] = {}  # claims seen without a heartbeat yet: since when
+_beating: threading.Thread | None = None
+
+
+class Busy(Exception):
+    """Another live process holds the claim on this batch."""
+
+
+@contextlib.contextmanager
+def claimed(url: str, key: str) -> Iterator[None]:
+    """Hold the claim on batch ``key`` in the storage ``url`` for the block, or raise :class:`Busy`."""
+
+    name = _take(url, key)
+    with _lock:
+        _held.add((url, name))
+    _start_heartbeat()
+    try:
+        yield
+    finally:
+        with _lock:
+            _held.discard((url, name))
+        _delete(url, name)
+
+
+def _take(url: str, key: str) -> str:
+    from deepdescent.lab import study
+
+    optuna = study._optuna()
+    storage = study.storage(url)
+    prefix = f"{PREFIX}{key}:g"
+    generations = sorted(int(n[len(prefix):]) for n in study.study_names(url) if n.startswith(prefix)
+                         and n[len(prefix):].isdigit())
+    if generations and _alive(storage, prefix + str(generations[-1])):
+        raise Busy(key)
+    name = prefix + str(generations[-1] + 1 if generations else 0)
+    try:
+        claim = optuna.create_study(study_name=name, storage=storage)
+    except optuna.exceptions.DuplicatedStudyError:
+        raise Busy(key) from None
+    claim.set_user_attr("beat", time.time())
+    claim.set_user_attr("owner", f"{socket.gethostname()}:{os.getpid()}")
+    for g in generations:  # the stale claims this one replaces
+        _delete(url, prefix + str(g))
+    return name
+
+
+def _alive(storage, name: str) -> bool:
+    from deepdescent.lab import study
+
+    try:
+        attrs = study._optuna().load_study(study_name=name, storage=storage).user_attrs
+    except KeyError:  # deleted meanwhile: its batch is done or given up
+        return False
+    host, _, pid = str(attrs.get("owner", "")).rpartition(":")
+    if host == socket.gethostname() and pid.isdigit() and not _running(int(pid)):
+        return False  # its process on this machine is gone (killed): no need to wait for the heartbeat
+    beat, now = attrs.get("beat"), time.time()
+    if beat is None:  # just created, its first beat not yet written (or its creator died right then)
+        return now - _first_seen.setdefault(name, now) < TIMEOUT
+    return now - float(beat) < TIMEOUT
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    try:  # a zombie (killed, not yet reaped) is not running
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return True
+
+
+def _delete(url: str, name: str) -> None:
+    from deepdescent.lab import study
+
+    with contextlib.suppress(KeyError):
+        study._optuna().delete_study(study_name=name, storage=study.storage(url))
+
+
+def _start_heartbeat() -> None:
+    global _beating
+    with _lock:
+        if _beating is not None and _beating.is_alive():
+            return
+        _beating = threading.Thread(target=_beat, name="deepdescent-claims", daemon=True)
+        _beating.start()
+
+
+def _beat() -> None:
+    from deepdescent.lab import study
+
+    optuna = study._optuna()
+    while True:
+        time.sleep(max(TIMEOUT / 6, 0.2))
+        with _lock:
+            held = list(_held)
+        for url, name in held:
+            with contextlib.suppress(Exception):  # a missed beat is retried; a lapsed claim is taken over
+                s = optuna.load_study(study_name=name, storage=study.storage(url))
+                s.set_user_attr("beat", time.time())

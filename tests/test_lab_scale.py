@@ -1,0 +1,135 @@
+"""Many processes on one study: three `deepdescent bench` processes (two workers each) on one
+storage — SQLite under one --out, and a throw-away PostgreSQL server — one of them killed with -9
+mid-run and started again. The finished study holds every member exactly once, with the values of
+a single-process run, and no claim is left behind."""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+import pytest
+
+from deepdescent.lab import claims, study
+
+ARGS = ["--problem", "saddle", "--problem", "cliff", "--optimizer", "Adam", "--optimizer", "Momentum",
+        "--optimizer", "L-BFGS", "--budget", "3", "--seeds", "2", "--no-report"]
+
+
+def _members(url: str) -> dict[tuple[str, float, int], float]:
+    optuna = study._optuna()
+    out: dict[tuple[str, float, int], float] = {}
+    for name in study.study_names(url):
+        assert not name.startswith(claims.PREFIX), f"a claim was left behind: {name}"
+        s = optuna.load_study(study_name=name, storage=study.storage(url))
+        for t in s.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+            key = (name, t.params["lr"], t.params["seed"])
+            assert key not in out, f"member stored twice: {key}"
+            out[key] = t.value
+    return out
+
+
+def _bench(*extra: str, env=None) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "deepdescent.cli", "bench", *ARGS, *extra],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+
+
+def _race_three(url: str, outs: list[str], storage: list[str]) -> None:
+    env = {**os.environ, "DEEPDESCENT_CLAIM_TIMEOUT": "5"}
+    procs = [_bench("--workers", "2", "--out", out, *storage, env=env) for out in outs]
+    deadline = time.time() + 300
+    while time.time() < deadline and len(_stored_now(url)) < 2:
+        time.sleep(0.2)
+    procs[0].send_signal(signal.SIGKILL)
+    procs[0].wait()
+    procs[0] = _bench("--workers", "2", "--out", outs[0], *storage, env=env)
+    for p in procs:
+        output, _ = p.communicate(timeout=600)
+        assert p.returncode == 0, output
+
+
+def _stored_now(url: str) -> list:
+    try:
+        return [n for n in study.study_names(url) if not n.startswith(claims.PREFIX) and "/grid/" in n]
+    except study.StorageError:
+        return []
+
+
+@pytest.fixture(scope="module")
+def single_process(tmp_path_factory):
+    out = tmp_path_factory.mktemp("single")
+    p = _bench("--workers", "1", "--out", str(out))
+    output, _ = p.communicate(timeout=600)
+    assert p.returncode == 0, output
+    return _members(f"sqlite:///{out / 'results.db'}")
+
+
+@pytest.mark.slow
+def test_three_processes_on_one_sqlite_run_directory(single_process, tmp_path):
+    out = str(tmp_path / "run")
+    _race_three(f"sqlite:///{tmp_path / 'run' / 'results.db'}", [out] * 3, [])
+    assert _members(f"sqlite:///{tmp_path / 'run' / 'results.db'}") == single_process
+
+
+def _postgres_bin() -> str | None:
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"))
+    return os.path.dirname(found[-1]) if found else None
+
+
+@pytest.fixture(scope="module")
+def postgres():
+    """A throw-away PostgreSQL server (as the `postgres` user: it refuses to run as root), reached
+    over a Unix socket in a temporary folder; stopped and removed afterwards."""
+    pytest.importorskip("psycopg", reason="psycopg (the PostgreSQL driver) is not installed")
+    bindir = _postgres_bin()
+    if bindir is None or shutil.which("runuser") is None:
+        pytest.skip("PostgreSQL's server binaries (Debian package postgresql) or runuser are not here")
+    as_postgres = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+    if os.geteuid() != 0 and os.environ.get("USER") != "postgres":
+        pytest.skip("starting a PostgreSQL server needs root (to run it as `postgres`) or the postgres user")
+    folder = tempfile.mkdtemp(prefix="deepdescent-pg-", dir="/tmp")
+    os.chmod(folder, 0o777)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    data = os.path.join(folder, "data")
+    run = lambda *cmd: subprocess.run([*as_postgres, *cmd], check=True, capture_output=True, text=True)  # noqa: E731
+    run(f"{bindir}/initdb", "-D", data, "-A", "trust", "-U", "postgres")
+    run(f"{bindir}/pg_ctl", "-D", data, "-l", os.path.join(folder, "log"), "-w",
+        "-o", f"-k {folder} -p {port} -c listen_addresses='' -c max_connections=200", "start")
+    try:
+        yield f"postgresql+psycopg://postgres@/postgres?host={folder}&port={port}"
+    finally:
+        subprocess.run([*as_postgres, f"{bindir}/pg_ctl", "-D", data, "-m", "immediate", "stop"], capture_output=True)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.mark.slow
+def test_three_processes_on_one_postgresql_study(single_process, postgres, tmp_path):
+    outs = [str(tmp_path / f"machine{i}") for i in range(3)]  # as if on three machines: one URL, own folders
+    _race_three(postgres, outs, ["--storage", postgres])
+    assert _members(postgres) == single_process
+
+
+def test_a_lapsed_claim_of_another_machine_is_taken_over(tmp_path, monkeypatch):
+    url = f"sqlite:///{tmp_path / 'claims.db'}"
+    optuna = study._optuna()
+    monkeypatch.setattr(claims, "TIMEOUT", 5.0)
+    other = optuna.create_study(study_name=f"{claims.PREFIX}batch:g0", storage=study.storage(url))
+    other.set_user_attr("owner", "another-machine:4242")
+    other.set_user_attr("beat", time.time())
+    with pytest.raises(claims.Busy):  # alive: its heartbeat is fresh
+        with claims.claimed(url, "batch"):
+            pass
+    other.set_user_attr("beat", time.time() - 6)  # its heartbeat lapsed: the machine died
+    with claims.claimed(url, "batch"):
+        names = study.study_names(url)
+        assert f"{claims.PREFIX}batch:g1" in names and f"{claims.PREFIX}batch:g0" not in names
+    assert not [n for n in study.study_names(url) if n.startswith(claims.PREFIX)]
