@@ -19,7 +19,7 @@ import pytest
 
 from deepdescent.lab import claims, study
 
-ARGS = ["--problem", "saddle", "--problem", "cliff", "--optimizer", "Adam", "--optimizer", "Momentum",
+ARGS = ["--problem", "saddle", "--problem", "cliff", "--optimizer", "Adam",
         "--optimizer", "L-BFGS", "--budget", "3", "--seeds", "2", "--no-report"]
 
 
@@ -133,3 +133,36 @@ def test_a_lapsed_claim_of_another_machine_is_taken_over(tmp_path, monkeypatch):
         names = study.study_names(url)
         assert f"{claims.PREFIX}batch:g1" in names and f"{claims.PREFIX}batch:g0" not in names
     assert not [n for n in study.study_names(url) if n.startswith(claims.PREFIX)]
+
+
+def test_a_sampled_search_resumes_a_dead_processs_proposal_under_its_own_trial(tmp_path):
+    """kill -9 during a --search qmc proposal left a RUNNING trial: the resumed search trains that
+    proposal under the same trial (no trial stays RUNNING) and proposes exactly the learning rates
+    of an uninterrupted search."""
+    from deepdescent.lab import optimizers, problems
+
+    proto = study.Protocol(budget=3, seeds=1, search="qmc")
+    problem, spec = problems.problem("saddle"), optimizers.optimizer("Adam")
+    whole = f"sqlite:///{tmp_path / 'whole.db'}"
+    study.run_race(problem, spec, proto, whole)
+    expected = sorted(t.params["lr"] for t in _trials(whole))
+
+    killed = f"sqlite:///{tmp_path / 'killed.db'}"
+    optuna = study._optuna()
+    s = study.open_study(killed, f"saddle/Adam/qmc/{proto.tag()}",
+                         sampler=optuna.samplers.QMCSampler(seed=0, scramble=True))
+    low, high = study.lr_grid(spec.default_lr, 2)
+    trial = s.ask({"lr": optuna.distributions.FloatDistribution(low, high, log=True)})  # the dead process's
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    study.storage(killed).set_trial_user_attr(trial._trial_id, "owner", f"{socket.gethostname()}:{dead.stdout.strip()}")
+    study.run_race(problem, spec, proto, killed)
+    trials = _trials(killed, every=True)
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in trials) and len(trials) == 3
+    assert sorted(t.params["lr"] for t in trials) == expected
+
+
+def _trials(url: str, every: bool = False):
+    optuna = study._optuna()
+    name = next(n for n in study.study_names(url) if "/qmc/" in n)
+    states = None if every else (optuna.trial.TrialState.COMPLETE,)
+    return optuna.load_study(study_name=name, storage=study.storage(url)).get_trials(deepcopy=False, states=states)

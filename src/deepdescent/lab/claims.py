@@ -22,7 +22,7 @@ from collections.abc import Iterator
 TIMEOUT = float(os.environ.get("DEEPDESCENT_CLAIM_TIMEOUT", "60"))
 PREFIX = "claim:"
 
-_held: set[tuple[str, str]] = set()  # (url, claim study name) this process beats for
+_held: set[tuple[str, str | int]] = set()  # (url, claim study name or trial id) this process beats for
 _lock = threading.Lock()
 _first_seen: dict[str, float] = {}  # claims seen without a heartbeat yet: since when
 _beating: threading.Thread | None = None
@@ -48,6 +48,40 @@ def claimed(url: str, key: str) -> Iterator[None]:
         _delete(url, name)
 
 
+@contextlib.contextmanager
+def holding_trial(url: str, trial_id: int) -> Iterator[None]:
+    """Mark a RUNNING trial (a sampled search's proposal) as this process's, with a heartbeat, for
+    the block; :func:`owner_alive` tells the others whether to wait for it or take it over."""
+    from deepdescent.lab import study
+
+    storage = study.storage(url)
+    storage.set_trial_user_attr(trial_id, "owner", _me())
+    storage.set_trial_user_attr(trial_id, "beat", time.time())
+    with _lock:
+        _held.add((url, trial_id))
+    _start_heartbeat()
+    try:
+        yield
+    finally:
+        with _lock:
+            _held.discard((url, trial_id))
+
+
+def owner_alive(attrs: dict, name: str) -> bool:
+    """Whether the process that wrote ``owner`` and ``beat`` into ``attrs`` still works on it."""
+    host, _, pid = str(attrs.get("owner", "")).rpartition(":")
+    if host == socket.gethostname() and pid.isdigit() and not _running(int(pid)):
+        return False  # its process on this machine is gone (killed): no need to wait for the heartbeat
+    beat, now = attrs.get("beat"), time.time()
+    if beat is None:  # just created, its first beat not yet written (or its creator died right then)
+        return now - _first_seen.setdefault(name, now) < TIMEOUT
+    return now - float(beat) < TIMEOUT
+
+
+def _me() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
 def _take(url: str, key: str) -> str:
     from deepdescent.lab import study
 
@@ -64,7 +98,7 @@ def _take(url: str, key: str) -> str:
     except optuna.exceptions.DuplicatedStudyError:
         raise Busy(key) from None
     claim.set_user_attr("beat", time.time())
-    claim.set_user_attr("owner", f"{socket.gethostname()}:{os.getpid()}")
+    claim.set_user_attr("owner", _me())
     for g in generations:  # the stale claims this one replaces
         _delete(url, prefix + str(g))
     return name
@@ -77,13 +111,7 @@ def _alive(storage, name: str) -> bool:
         attrs = study._optuna().load_study(study_name=name, storage=storage).user_attrs
     except KeyError:  # deleted meanwhile: its batch is done or given up
         return False
-    host, _, pid = str(attrs.get("owner", "")).rpartition(":")
-    if host == socket.gethostname() and pid.isdigit() and not _running(int(pid)):
-        return False  # its process on this machine is gone (killed): no need to wait for the heartbeat
-    beat, now = attrs.get("beat"), time.time()
-    if beat is None:  # just created, its first beat not yet written (or its creator died right then)
-        return now - _first_seen.setdefault(name, now) < TIMEOUT
-    return now - float(beat) < TIMEOUT
+    return owner_alive(attrs, name)
 
 
 def _running(pid: int) -> bool:
@@ -126,5 +154,8 @@ def _beat() -> None:
             held = list(_held)
         for url, name in held:
             with contextlib.suppress(Exception):  # a missed beat is retried; a lapsed claim is taken over
+                if isinstance(name, int):  # a trial
+                    study.storage(url).set_trial_user_attr(name, "beat", time.time())
+                    continue
                 s = optuna.load_study(study_name=name, storage=study.storage(url))
                 s.set_user_attr("beat", time.time())

