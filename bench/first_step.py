@@ -9,9 +9,13 @@ from torch import nn
 from deepdescent import optim
 name = sys.argv[1]
 m = nn.Sequential(nn.Linear(64, 64), nn.Tanh(), nn.Linear(64, 10))
-groups = [{"params": [m[0].weight], "weight_decay": 0.01, "lr_scale": 0.5}, {"params": [m[0].bias, m[2].weight, m[2].bias], "weight_decay": 0.0}]
-make = {"adam": lambda: optim.Adam(groups, lr=1e-3), "sgd": lambda: optim.SGD(groups, lr=0.1, momentum=0.9, nesterov=True),
-        "rmsprop": lambda: optim.RMSProp(groups, lr=1e-3, momentum=0.9), "adagrad": lambda: optim.AdaGrad(groups), "adadelta": lambda: optim.AdaDelta(groups)}[name]
+groups = [{"params": [m[0].weight], "weight_decay": 0.01, "lr_scale": 0.5},  # HF's decay group, a timm-style tag
+          {"params": [m[0].bias, m[2].weight, m[2].bias], "weight_decay": 0.0}]
+make = {"adam": lambda: optim.Adam(groups, lr=1e-3),
+        "sgd": lambda: optim.SGD(groups, lr=0.1, momentum=0.9, nesterov=True),
+        "rmsprop": lambda: optim.RMSProp(groups, lr=1e-3, momentum=0.9),
+        "adagrad": lambda: optim.AdaGrad(groups),
+        "adadelta": lambda: optim.AdaDelta(groups)}[name]
 opt = make()
 if name in ("sgd", "rmsprop", "adam"):
     s = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.1, total_steps=10, cycle_momentum=True)

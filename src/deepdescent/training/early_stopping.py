@@ -84,7 +84,8 @@ class EarlyStopping:
     def _never_improved(self) -> str:
         if self._nan_steps == self.steps:
             return f"all {self.steps} metrics were NaN"
-        return f"{self.steps} metrics, {self._nan_steps} of them NaN, none {'<' if self.mode == 'min' else '>'} {self.best}"
+        better = "<" if self.mode == "min" else ">"
+        return f"{self.steps} metrics, {self._nan_steps} of them NaN, none {better} {self.best}"
 
     def restore(self) -> None:
         """Load the best parameters seen so far into the model."""
