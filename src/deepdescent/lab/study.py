@@ -231,13 +231,7 @@ def stored(study) -> dict[tuple[float | None, int], engine.RunResult]:
 
 
 def record(study, result: engine.RunResult) -> None:
-    """Store one member's result, unless it is stored already (a claim taken over from a process
-    that was slow, not dead, may finish twice: the first result stays)."""
     optuna = _optuna()
-    lr = result.lr if result.lr is not None else 0.0
-    if any(t.params.get("lr") == lr and t.params.get("seed") == result.seed
-           for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))):
-        return
     value = result.final_train_loss
     trial = optuna.trial.create_trial(
         params={"lr": result.lr if result.lr is not None else 0.0, "seed": result.seed},
@@ -317,8 +311,7 @@ def _claim_and_run(study, url: str, done: dict, members: list[tuple], compute: C
     """Train ``members`` ((lr, seed) pairs) missing from ``done`` as one batch under a claim, and
     record them; when another live process holds that batch, wait for its results (or raise
     :class:`claims.Busy` when not waiting)."""
-    while True:
-        done.update(stored(study))
+    while True:  # the caller's ``done`` was read just before: the first look needs no new read
         missing = [m for m in members if m not in done]
         if not missing:
             return
@@ -327,7 +320,10 @@ def _claim_and_run(study, url: str, done: dict, members: list[tuple], compute: C
             with claims.claimed(url, key):
                 done.update(stored(study))  # finished while we claimed: nothing to train twice
                 todo = [m for m in missing if m not in done]
-                for r in compute(todo) if todo else []:
+                results = compute(todo) if todo else []
+                if results:  # a claim taken over from a slow (not dead) process: its results stay
+                    done.update(stored(study))
+                for r in results:
                     if (r.lr, r.seed) not in done:
                         record(study, r)
                         done[(r.lr, r.seed)] = r
@@ -335,6 +331,7 @@ def _claim_and_run(study, url: str, done: dict, members: list[tuple], compute: C
             if not _WAIT:
                 raise
             time.sleep(POLL)
+            done.update(stored(study))
 
 
 def _track(problem: Problem, spec: OptimizerSpec, lr: float | None, seeds: list[int], protocol: Protocol, url: str,
