@@ -25,4 +25,4 @@ x = torch.randn(32, 64); m(x).sum().backward()
 t = time.perf_counter(); opt.step(); dt = time.perf_counter() - t
 s.step(); m(x).sum().backward(); opt.step()
 # a compilation takes a minute or more on 2 cores; loading the cached standard set, ~0.1 s
-print(name, f"first step {dt * 1000:.1f} ms", "(eager fallback)" if opt._fused_off else "(fused)")
+print(name, f"first step {dt * 1000:.1f} ms", "(eager fallback)" if opt.executor.fused_off else "(fused)")

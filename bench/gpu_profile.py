@@ -82,10 +82,10 @@ def stages(n: int, size: int) -> None:
     params = make(n, size)
     opt = optim.Adam(params)
     opt.step()
-    plan = opt._plans[id(opt.param_groups[0])]
-    group = opt.param_groups[0]
-    tr, scalar_names, _ = kernels._trace_for(opt, group, False, plan.names)
-    numeric = kernels._numeric(group)
+    plan = opt.executor.plans[id(opt.param_groups[0])]
+    h = {k: v for k, v in opt.param_groups[0].items() if k != "params"}
+    tr, scalar_names = kernels.traced(opt.algorithm, h)
+    numeric = kernels.scalar_values(opt.algorithm, h)
     scalars = [numeric[k] for k in scalar_names]
     grads = [p.grad for p in params]
     gtable = tb.pointer_table([g.data_ptr() for g in grads], torch.device("cuda"))

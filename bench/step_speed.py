@@ -22,25 +22,38 @@ from datetime import date
 
 import torch
 
-from deepdescent import optim
+from deepdescent.lab.optimizers import OPTIMIZERS
 
-# name: (make ours, torch class, torch kwargs, bytes/param of minimal traffic, note on torch's math)
-CASES: dict[str, tuple[Callable, type, dict, int, str]] = {
-    "SGD": (lambda p: optim.SGD(p, lr=1e-3), torch.optim.SGD, dict(lr=1e-3), 12, "same"),
-    "SGD+momentum": (lambda p: optim.SGD(p, lr=1e-3, momentum=0.9), torch.optim.SGD,
-                     dict(lr=1e-3, momentum=0.9), 20, "same at constant lr"),
-    "SGD+Nesterov": (lambda p: optim.SGD(p, lr=1e-3, momentum=0.9, nesterov=True), torch.optim.SGD,
-                     dict(lr=1e-3, momentum=0.9, nesterov=True), 20, "same at constant lr"),
-    "AdaGrad": (lambda p: optim.AdaGrad(p), torch.optim.Adagrad, dict(lr=1e-2, eps=1e-7), 20, "same"),
-    "RMSProp": (lambda p: optim.RMSProp(p), torch.optim.RMSprop, dict(lr=1e-3, alpha=0.9, eps=1e-6), 20,
-                "δ outside √"),
-    "RMSProp+momentum": (lambda p: optim.RMSProp(p, momentum=0.9), torch.optim.RMSprop,
-                         dict(lr=1e-3, alpha=0.9, momentum=0.9), 28, "δ outside √"),
-    "RMSProp+Nesterov": (lambda p: optim.RMSProp(p, momentum=0.9, nesterov=True), torch.optim.RMSprop,
-                         dict(lr=1e-3, alpha=0.9, momentum=0.9), 28, "nearest: momentum, no Nesterov"),
-    "Adam": (lambda p: optim.Adam(p), torch.optim.Adam, dict(lr=1e-3), 28, "same"),
-    "AdaDelta": (lambda p: optim.AdaDelta(p), torch.optim.Adadelta, dict(rho=0.95), 28, "same"),
-}
+
+
+def _torch_reference(spec, h: dict) -> tuple[type, dict, str] | None:
+    """torch.optim's class and options for the same math (or the nearest: torch's convention)."""
+    options = spec.torch_options(h) if spec.torch_options else None
+    note = "same at constant lr" if h.get("convention") == "book" and h.get("momentum") else "same"
+    if options is None and spec.torch_options and "convention" in h:
+        options = spec.torch_options({**h, "convention": "torch", "nesterov": False})
+        note = "nearest: torch's δ outside √" + (", no Nesterov" if h.get("nesterov") else "")
+    return None if options is None else (getattr(torch.optim, spec.torch_class), options, note)
+
+
+def _cases() -> dict[str, tuple[Callable, type, dict, int, str]]:
+    """name: (make ours, torch class, torch kwargs, bytes/param of minimal traffic, note on torch's
+    math), for every minibatch variant of the registry (the lab's list) that torch.optim has."""
+    out = {}
+    for name, o in OPTIMIZERS.items():
+        if o.kind != "first" or o.algorithm is None:
+            continue
+        h = o.hyperparameters(None if o.default_lr is not None else 1e-3)
+        reference = _torch_reference(o.algorithm, h)
+        if reference is None:
+            continue
+        cls, options, note = reference
+        nbytes = 12 + 8 * len(o.algorithm.buffers(h))  # read θ, g, state; write θ, state (float32)
+        out[name] = (lambda p, o=o: o.make(p, None), cls, options, nbytes, note)
+    return out
+
+
+CASES = _cases()
 LAYOUTS = {"50x200k": (50, 200_000), "1000x10k": (1000, 10_000), "100x1M": (100, 1_000_000)}
 
 

@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from deepdescent import optim
+from deepdescent.algorithms import REGISTRY
+from deepdescent.algorithms import validation as check
 
 
 @dataclass(frozen=True)
@@ -37,40 +39,63 @@ SECOND_ORDER = {
     "per_group": "one solve over all parameters: hyperparameters (lr included) are the same in every group",
 }
 
-FIRST = [
-    OptimizerInfo(optim.SGD, [
+#: Configurations and refused inputs chosen by hand for the book's methods; any other registered
+#: algorithm gets generated ones (:func:`_generated`), so a new algorithm needs no entry here.
+_CHOSEN: dict[str, tuple[list[dict[str, Any]], list[tuple[dict[str, Any], str]]]] = {
+    "SGD": ([
         dict(lr=0.01), dict(lr=0.01, weight_decay=0.1), dict(lr=0.002, momentum=0.9),
         dict(lr=0.002, momentum=0.9, nesterov=True, weight_decay=0.1),
         dict(lr=0.002, momentum=0.9, nesterov=True, convention="torch"),
         dict(lr=0.002, momentum=0.9, convention="torch", weight_decay=0.1),
     ], [(dict(lr=-0.1), "lr"), (dict(lr=0.1, momentum=-0.5), "momentum"), (dict(lr=0.1, momentum=1.0), "momentum"),
         (dict(lr=0.1, weight_decay=-1.0), "weight_decay"), (dict(lr=0.1, nesterov=True), "nesterov"),
-        (dict(lr=0.1, convention="keras"), "convention"), (dict(lr=float("nan")), "lr"), (dict(), "lr")],
-        deviations={**COMMON, "dampening": "no dampening option (the book's momentum, Alg. 8.2)"}),
-    OptimizerInfo(optim.AdaGrad, [dict(lr=0.1), dict(lr=0.1, weight_decay=0.1), dict(lr=0.1, eps=1e-3)],
-                  [(dict(lr=-1.0), "lr"), (dict(eps=-1.0), "eps"), (dict(weight_decay=-0.1), "weight_decay")],
-                  deviations={**COMMON, "lr_decay": "no lr_decay/initial_accumulator_value (Alg. 8.4 as written)"}),
-    OptimizerInfo(optim.RMSProp, [
+        (dict(lr=0.1, convention="keras"), "convention"), (dict(lr=float("nan")), "lr"), (dict(), "lr")]),
+    "AdaGrad": ([dict(lr=0.1), dict(lr=0.1, weight_decay=0.1), dict(lr=0.1, eps=1e-3)],
+                [(dict(lr=-1.0), "lr"), (dict(eps=-1.0), "eps"), (dict(weight_decay=-0.1), "weight_decay")]),
+    "RMSProp": ([
         dict(lr=0.01), dict(lr=0.01, weight_decay=0.1), dict(lr=0.002, momentum=0.9),
         dict(lr=0.002, momentum=0.9, nesterov=True, weight_decay=0.1), dict(lr=0.01, rho=0.5, eps=1e-3),
         dict(lr=0.01, momentum=0.9, convention="torch"),
     ], [(dict(lr=-1.0), "lr"), (dict(rho=1.0), "rho"), (dict(eps=-1.0), "eps"), (dict(momentum=1.5), "momentum"),
-        (dict(weight_decay=-1.0), "weight_decay")],
-        deviations={**COMMON, "centered": "no centered option (Alg. 8.5/8.6 as written)"}),
-    OptimizerInfo(optim.Adam, [dict(lr=0.01), dict(lr=0.01, weight_decay=0.1), dict(lr=0.01, betas=(0.5, 0.9)),
-                               dict(lr=0.01, eps=1e-3)],
-                  [(dict(lr=-1.0), "lr"), (dict(betas=(1.0, 0.999)), "betas"), (dict(betas=(0.9, -0.1)), "betas"),
-                   (dict(eps=-1.0), "eps"), (dict(weight_decay=-1.0), "weight_decay")],
-                  deviations={**COMMON, "amsgrad": "no amsgrad option (Alg. 8.7 as written)"}),
-    OptimizerInfo(optim.AdaDelta, [dict(), dict(lr=0.5, weight_decay=0.1), dict(rho=0.5, eps=1e-3)],
-                  [(dict(lr=-1.0), "lr"), (dict(rho=1.0), "rho"), (dict(eps=-1.0), "eps"),
-                   (dict(weight_decay=-1.0), "weight_decay")],
-                  deviations=COMMON),
-    OptimizerInfo(optim.DeltaBarDelta, [dict(lr=0.01), dict(lr=0.01, weight_decay=0.1),
-                                        dict(lr=0.01, kappa=0.01, phi=0.5, theta=0.3)],
-                  [(dict(lr=-1.0), "lr"), (dict(kappa=-1.0), "kappa"), (dict(phi=1.0), "phi"), (dict(theta=1.0), "theta"),
-                   (dict(weight_decay=-1.0), "weight_decay")],
-                  deviations={**COMMON, "fused": "per-element branches: the eager path only"}),
+        (dict(weight_decay=-1.0), "weight_decay")]),
+    "Adam": ([dict(lr=0.01), dict(lr=0.01, weight_decay=0.1), dict(lr=0.01, betas=(0.5, 0.9)), dict(lr=0.01, eps=1e-3),
+              dict(lr=0.01, amsgrad=True, weight_decay=0.1)],
+             [(dict(lr=-1.0), "lr"), (dict(betas=(1.0, 0.999)), "betas"), (dict(betas=(0.9, -0.1)), "betas"),
+              (dict(eps=-1.0), "eps"), (dict(weight_decay=-1.0), "weight_decay"), (dict(amsgrad=1), "amsgrad")]),
+    "AdaDelta": ([dict(), dict(lr=0.5, weight_decay=0.1), dict(rho=0.5, eps=1e-3)],
+                 [(dict(lr=-1.0), "lr"), (dict(rho=1.0), "rho"), (dict(eps=-1.0), "eps"),
+                  (dict(weight_decay=-1.0), "weight_decay")]),
+    "DeltaBarDelta": ([dict(lr=0.01), dict(lr=0.01, weight_decay=0.1), dict(lr=0.01, kappa=0.01, phi=0.5, theta=0.3)],
+                      [(dict(lr=-1.0), "lr"), (dict(kappa=-1.0), "kappa"), (dict(phi=1.0), "phi"),
+                       (dict(theta=1.0), "theta"), (dict(weight_decay=-1.0), "weight_decay")]),
+}
+#: Deviations of single optimizers, besides COMMON.
+_DEVIATES = {
+    "SGD": {"dampening": "no dampening option (the book's momentum, Alg. 8.2)"},
+    "AdaGrad": {"lr_decay": "no lr_decay/initial_accumulator_value (Alg. 8.4 as written)"},
+    "RMSProp": {"centered": "no centered option (Alg. 8.5/8.6 as written)"},
+    "DeltaBarDelta": {"fused": "per-element branches: the eager path only"},
+}
+#: A value each kind of check refuses (the spec names the check of every hyperparameter).
+_INVALID = {check.non_negative: -1.0, check.positive: -1.0, check.unit_interval: 1.0, check.flag: 1,
+            check.betas: (0.9, 1.0), check.convention: "keras"}
+
+
+def _generated(spec: Any) -> tuple[list[dict[str, Any]], list[tuple[dict[str, Any], str]]]:
+    """The defaults at lr 0.01, each kernel structure, weight decay, other betas/eps; one invalid
+    value per hyperparameter."""
+    lr = {"lr": 0.01} if "lr" in spec.names else {}
+    configs = [dict(lr), *({**lr, **o} for o in spec.structures if o)]
+    configs += [{**lr, k: v} for k, v in (("weight_decay", 0.1), ("betas", (0.5, 0.9)), ("eps", 1e-3))
+                if k in spec.names]
+    errors = [({hp.name: _INVALID[hp.check]}, hp.name) for hp in spec.hyperparameters]
+    return configs, errors
+
+
+FIRST = [
+    OptimizerInfo(optim.optimizer_class(spec), *(_CHOSEN.get(name) or _generated(spec)),
+                  deviations={**COMMON, **_DEVIATES.get(name, {})})
+    for name, spec in REGISTRY.items()
 ]
 SECOND = [
     OptimizerInfo(optim.Newton, [dict(), dict(damping=1.0), dict(damping=0.1, line_search="armijo")],

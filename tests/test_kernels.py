@@ -103,9 +103,8 @@ def test_impl_option_is_validated():
 
 def test_trace_records_the_box_of_adam():
     """The traced graph of Adam evaluates, element by element, to the box's formula."""
-    opt = optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=0.1, betas=(0.8, 0.9), eps=1e-3)
-    group = {k: v for k, v in opt.param_groups[0].items() if k != "params"}
-    t, names, _ = kernels._trace_for(opt, group, False, ("exp_avg", "exp_avg_sq"))
+    spec = optim.Adam.algorithm
+    t, names = kernels.traced(spec, spec.defaults(lr=0.1, betas=(0.8, 0.9), eps=1e-3))
     values = {"lr": 0.1, "betas0": 0.8, "betas1": 0.9, "eps": 1e-3, "weight_decay": 0.0}
     inputs = [0.5, 2.0, 0.1, 0.3]  # θ, g, s, r
     env = []

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from deepdescent import optim
-from deepdescent.optim import base
+from deepdescent import executor
 from test_reference import CASES, Problem, low_precision_grad, run_reference, train
 
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -65,9 +65,9 @@ def test_state_stays_float32_through_a_checkpoint():
 
 
 def test_state_dtype_is_documented_and_applied():
-    assert base.state_dtype(torch.bfloat16) == torch.float32
-    assert base.state_dtype(torch.float16) == torch.float32
-    assert base.state_dtype(torch.float64) == torch.float64
+    assert executor.state_dtype(torch.bfloat16) == torch.float32
+    assert executor.state_dtype(torch.float16) == torch.float32
+    assert executor.state_dtype(torch.float64) == torch.float64
     p = torch.nn.Parameter(torch.ones(3, dtype=torch.float16))
     opt = optim.RMSProp([p], momentum=0.9)
     p.grad = torch.ones(3, dtype=torch.float16)

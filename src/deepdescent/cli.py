@@ -349,10 +349,11 @@ def digits(
     seed: Annotated[int, typer.Option(help="Seed of the split, the initialization and the minibatch order.")] = 0,
     optimizer: Annotated[list[str] | None, typer.Option(help="Race only these optimizers (repeatable).")] = None,
 ) -> None:
-    """The digits MLP with every first-order optimizer at a sensible learning rate: one table."""
+    """The digits MLP with every first-order optimizer of chapter 8 at a sensible learning rate: one table
+    (descendants such as AdamW with --optimizer)."""
     from deepdescent.lab import digits as dg
 
-    chosen = optimizer or list(dg.OPTIMIZERS)
+    chosen = optimizer or dg.BOOK
     unknown = [o for o in chosen if o not in dg.OPTIMIZERS]
     if unknown:
         raise typer.BadParameter(f"unknown optimizer(s) {unknown}; valid: {', '.join(dg.OPTIMIZERS)}",

@@ -1,4 +1,4 @@
-"""The functional core: one module per algorithm box of chapter 8.
+"""The functional core: one module per algorithm box of chapter 8 (and its descendants).
 
 Each module holds pure-Python functions over *lists* of tensors, written with multi-tensor
 (``torch._foreach_*``) operations and no data-dependent control flow:
@@ -6,12 +6,44 @@ Each module holds pure-Python functions over *lists* of tensors, written with mu
 * ``init(params) -> state``: the algorithm's state, zero-initialised as the box says;
 * ``update(params, grads, state, *, <hyperparameters>) -> None``: one step of the box, which
   updates ``params`` and ``state`` **in place** (an optimizer step is memory-bound; copying the
-  state would double its cost). ``grads`` are never modified.
+  state would double its cost). ``grads`` are never modified;
+* ``SPEC``: the :class:`~deepdescent.algorithms.spec.Algorithm` every other layer reads.
 
-These functions are the one place where each formula is written. ``deepdescent.optim`` wraps
-them in ``torch.optim.Optimizer`` subclasses; faster execution paths call the same functions.
+These functions are the one place where each formula is written. :data:`REGISTRY` lists every
+module's spec, found by name: a new algorithm module is registered by being here.
 """
 
-from deepdescent.algorithms import adadelta, adagrad, adam, delta_bar_delta, momentum, rmsprop, sgd
+from __future__ import annotations
 
-__all__ = ["adadelta", "adagrad", "adam", "delta_bar_delta", "momentum", "rmsprop", "sgd"]
+import importlib
+import pkgutil
+
+from deepdescent.algorithms.spec import Algorithm, Hyperparameter, Variant
+
+
+def _discover() -> dict[str, Algorithm]:
+    specs = []
+    for info in pkgutil.iter_modules(__path__):
+        if not info.name.startswith("_") and info.name not in ("spec", "validation"):
+            module = importlib.import_module(f"{__name__}.{info.name}")
+            if isinstance(getattr(module, "SPEC", None), Algorithm):
+                specs.append(module.SPEC)
+    return {s.name: s for s in specs}
+
+
+#: Every first-order algorithm, by name, in the order of the book (then its descendants).
+REGISTRY: dict[str, Algorithm] = _discover()
+
+_ORDER = ("SGD", "AdaGrad", "RMSProp", "Adam", "AdaDelta", "DeltaBarDelta")
+REGISTRY = dict(sorted(REGISTRY.items(), key=lambda kv: (_ORDER.index(kv[0]) if kv[0] in _ORDER else len(_ORDER),
+                                                          kv[0])))
+
+
+def algorithm(name: str) -> Algorithm:
+    """The spec named ``name`` (ValueError listing the valid names otherwise)."""
+    if name not in REGISTRY:
+        raise ValueError(f"unknown algorithm {name!r}; valid: {', '.join(REGISTRY)}")
+    return REGISTRY[name]
+
+
+__all__ = ["REGISTRY", "Algorithm", "Hyperparameter", "Variant", "algorithm"]

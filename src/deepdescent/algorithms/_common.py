@@ -49,3 +49,12 @@ def addcdiv_scaled_(ys: list[Tensor], num: list[Tensor], den: list[Tensor], a: R
         torch._foreach_addcdiv_(ys, num, den, a)
     else:
         torch._foreach_addcdiv_(ys, num, den, value=a)
+
+
+def where_positive(x: Any, a: Any, b: Any) -> Any:
+    """``a()`` where the per-tensor value ``x`` is > 0, else ``b()`` (a branch on the step count,
+    such as RAdam's ρₜ > 5). While a kernel is traced ``x`` is symbolic: both are recorded and the
+    kernel selects per tensor."""
+    if hasattr(x, "where_positive"):
+        return x.where_positive(a(), b())
+    return a() if x > 0 else b()

@@ -17,7 +17,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from deepdescent.algorithms import validation as check
 from deepdescent.algorithms._common import Rate, add_scaled_, scaled, with_weight_decay, zeros_like
+from deepdescent.algorithms.spec import Algorithm, Hyper, Hyperparameter, Variant
 
 
 def init(params: list[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
@@ -49,3 +51,26 @@ def update(
     torch._foreach_mul_(acc_delta, rho)
     torch._foreach_addcmul_(acc_delta, delta, delta, value=1.0 - rho)  # E[Δθ²]
     add_scaled_(params, delta, scaled(lr, -1.0))  # θ ← θ + ε_lr Δθ
+
+
+def _step(h: Hyper, params: list[Tensor], grads: list[Tensor], bufs: dict[str, list[Tensor]], steps: list[int],
+          lookahead: bool) -> None:
+    update(params, grads, bufs["square_avg"], bufs["acc_delta"], lr=h["lr"], rho=h["rho"], eps=h["eps"],
+           weight_decay=h["weight_decay"])
+
+
+SPEC = Algorithm(
+    name="AdaDelta",
+    reference="§8.5.4; Zeiler (2012)",
+    hyperparameters=(
+        Hyperparameter("lr", 1.0, check.non_negative, "", "scales the step (1.0 is Zeiler's method)"),
+        Hyperparameter("rho", 0.95, check.unit_interval, "ρ", "decay rate of both accumulations"),
+        Hyperparameter("eps", 1e-6, check.positive, "ε", "the paper's ε, inside both roots"),
+        Hyperparameter("weight_decay", 0.0, check.non_negative, "λ", "adds λθ to g (L2 penalty)"),
+    ),
+    buffers=lambda h: ("square_avg", "acc_delta"),
+    update=_step,
+    variants=(Variant("AdaDelta", "§8.5.4"),),
+    torch_class="Adadelta",
+    torch_options=lambda h: dict(h),
+)

@@ -15,7 +15,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from deepdescent.algorithms import validation as check
 from deepdescent.algorithms._common import Rate, addcdiv_scaled_, scaled, with_weight_decay, zeros_like
+from deepdescent.algorithms.spec import Algorithm, Hyper, Hyperparameter, Variant
 
 
 def init(params: list[Tensor]) -> list[Tensor]:
@@ -38,3 +40,24 @@ def update(
     denom = torch._foreach_sqrt(sum_sq)
     torch._foreach_add_(denom, eps)  # δ + √r
     addcdiv_scaled_(params, grads, denom, scaled(lr, -1.0))  # θ ← θ − ε g/(δ + √r)
+
+
+def _step(h: Hyper, params: list[Tensor], grads: list[Tensor], bufs: dict[str, list[Tensor]], steps: list[int],
+          lookahead: bool) -> None:
+    update(params, grads, bufs["sum_sq"], lr=h["lr"], eps=h["eps"], weight_decay=h["weight_decay"])
+
+
+SPEC = Algorithm(
+    name="AdaGrad",
+    reference="Algorithm 8.4; Duchi et al. (2011)",
+    hyperparameters=(
+        Hyperparameter("lr", 0.01, check.non_negative, "ε", "global learning rate"),
+        Hyperparameter("eps", 1e-7, check.positive, "δ", "outside the root: δ + √r"),
+        Hyperparameter("weight_decay", 0.0, check.non_negative, "λ", "adds λθ to g (L2 penalty)"),
+    ),
+    buffers=lambda h: ("sum_sq",),
+    update=_step,
+    variants=(Variant("AdaGrad", "Alg. 8.4"),),
+    torch_class="Adagrad",
+    torch_options=lambda h: dict(h),
+)

@@ -35,7 +35,9 @@ import torch
 from torch import Tensor
 
 from deepdescent.algorithms import momentum as _momentum
+from deepdescent.algorithms import validation as check
 from deepdescent.algorithms._common import Rate, addcdiv_scaled_, scaled, with_weight_decay, zeros_like
+from deepdescent.algorithms.spec import Algorithm, Hyper, Hyperparameter, Variant
 
 
 def init(params: list[Tensor], *, momentum: float) -> tuple[list[Tensor], list[Tensor]]:
@@ -86,3 +88,55 @@ def update(
     _momentum.update(
         params, velocity, direction, lr=lr, momentum=momentum, lookahead=lookahead, convention=convention
     )
+
+
+def _step(h: Hyper, params: list[Tensor], grads: list[Tensor], bufs: dict[str, list[Tensor]], steps: list[int],
+          lookahead: bool) -> None:
+    update(params, grads, bufs["square_avg"], bufs.get("velocity", []), lr=h["lr"], rho=h["rho"], eps=h["eps"],
+           momentum=h["momentum"], nesterov=h["nesterov"], lookahead=lookahead, convention=h["convention"],
+           weight_decay=h["weight_decay"])
+
+
+def _consistent(h: Hyper) -> None:
+    if h["nesterov"] and h["momentum"] == 0:
+        raise ValueError("nesterov=True requires momentum > 0 (got momentum=0)")
+    if h["nesterov"] and h["convention"] == "torch":
+        raise ValueError("nesterov=True is Algorithm 8.6 and needs convention='book' "
+                         "(torch.optim.RMSprop has no Nesterov variant)")
+
+
+def _torch_options(h: Hyper) -> dict | None:
+    if h["convention"] != "torch":  # the book puts δ inside the root
+        return None
+    return dict(lr=h["lr"], alpha=h["rho"], eps=h["eps"], momentum=h["momentum"], weight_decay=h["weight_decay"])
+
+
+SPEC = Algorithm(
+    name="RMSProp",
+    reference="Algorithm 8.5, §8.5.4 (with momentum), Algorithm 8.6 (Nesterov); Hinton (2012)",
+    hyperparameters=(
+        Hyperparameter("lr", 0.001, check.non_negative, "ε", "global learning rate"),
+        Hyperparameter("rho", 0.9, check.unit_interval, "ρ", "decay rate of the squared-gradient average"),
+        Hyperparameter("eps", 1e-6, check.positive, "δ", "inside the root: √(δ + r) (unused by Alg. 8.6)"),
+        Hyperparameter("momentum", 0.0, check.unit_interval, "α", "momentum in [0, 1)"),
+        Hyperparameter("nesterov", False, check.flag, "", "gradient at the interim point (Alg. 8.6)"),
+        Hyperparameter("weight_decay", 0.0, check.non_negative, "λ", "adds λθ to g (L2 penalty)"),
+        Hyperparameter("convention", "book", check.convention, "", "book (δ inside the root) or torch.optim's"),
+    ),
+    buffers=lambda h: ("square_avg", "velocity") if h["momentum"] != 0 else ("square_avg",),
+    update=_step,
+    interim=lambda h: bool(h["nesterov"]),
+    displacement=lambda h, velocity: _momentum.interim_displacement(
+        velocity, lr=h["lr"], momentum=h["momentum"], convention=h["convention"]),
+    consistent=_consistent,
+    structures=(*(dict(convention=c, **o) for c in ("book", "torch") for o in ({}, {"momentum": 0.9})),
+                {"momentum": 0.9, "nesterov": True}),
+    variants=(
+        Variant("RMSProp", "Alg. 8.5"),
+        Variant("RMSProp+Momentum", "§8.5.4", {"momentum": 0.9}),
+        Variant("RMSProp+Nesterov", "Alg. 8.6", {"momentum": 0.9, "nesterov": True},
+                note="√r clamped at the smallest normal float where the box (which has no δ) divides 0 by 0"),
+    ),
+    torch_class="RMSprop",
+    torch_options=_torch_options,
+)

@@ -1,7 +1,7 @@
 """Fused optimizer steps generated from the functional core.
 
-:func:`fused_update` traces an optimizer's ``_update`` (the algorithm box, as written in
-``deepdescent.algorithms``) into an expression graph (:mod:`.trace`), generates one fused C++
+:func:`fused_update` traces an algorithm's ``update`` (the box, as written in
+``deepdescent.algorithms`` and described by its spec) into an expression graph (:mod:`.trace`), generates one fused C++
 loop from it (:mod:`.cpp`) and runs it over all elements of all tensors: one pass over memory per
 step instead of one per operation. The standard kernels are compiled into one extension on first
 use (about a minute, once per machine: ``scripts/setup.sh`` does it) and cached on disk by
@@ -26,6 +26,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from deepdescent.algorithms import REGISTRY
+from deepdescent.algorithms.spec import Algorithm
 from deepdescent.kernels import cpp
 from deepdescent.kernels.trace import Trace, structure_key, trace
 
@@ -63,11 +65,9 @@ def _numeric(group: dict[str, Any], keys: Any) -> dict[str, float]:
     return out
 
 
-def _symbolic_group(group: dict[str, Any], syms: dict[str, Any]) -> dict[str, Any]:
+def _symbolic(h: dict[str, Any], syms: dict[str, Any]) -> dict[str, Any]:
     out = {}
-    for key, value in group.items():
-        if key == "params":
-            continue
+    for key, value in h.items():
         if isinstance(value, (tuple, list)) and not isinstance(value, str) and f"{key}0" in syms:
             out[key] = tuple(syms[f"{key}{i}"] for i in range(len(value)))
         elif key in syms:
@@ -77,19 +77,31 @@ def _symbolic_group(group: dict[str, Any], syms: dict[str, Any]) -> dict[str, An
     return out
 
 
-def _trace_for(optimizer: Any, group: dict[str, Any], lookahead: bool,
+def _trace_for(spec: Algorithm, h: dict[str, Any], lookahead: bool,
                names: tuple[str, ...]) -> tuple[Trace, list[str], str]:
-    numeric = _numeric(group, optimizer.defaults)
-    others = {k: v for k, v in group.items() if k in optimizer.defaults and isinstance(v, (bool, str))}
-    key = (type(optimizer), structure_key({**numeric, **others}), lookahead, names)
+    numeric = _numeric(h, spec.names)
+    others = {k: v for k, v in h.items() if k in spec.names and isinstance(v, (bool, str))}
+    key = (spec.name, structure_key({**numeric, **others}), lookahead, names)
     if key not in _TRACES:
         def update(lists, syms, tsyms):
             params, grads, *bufs = lists
-            optimizer._update(_symbolic_group(group, syms), params, grads, dict(zip(names, bufs)),
-                              [tsyms["step"]], lookahead)
+            spec.update(_symbolic(h, syms), params, grads, dict(zip(names, bufs)), [tsyms["step"]], lookahead)
         tr = trace(update, 2 + len(names), numeric, {"step": 1.0})
         _TRACES[key] = (tr, list(numeric), cpp.function_name(tr))
     return _TRACES[key]
+
+
+def traced(spec: Algorithm, h: dict[str, Any], lookahead: bool = False) -> tuple[Trace, list[str]]:
+    """The expression graph of ``spec``'s update with hyperparameters ``h`` (cached), and the
+    names of the scalars its kernel takes, in order (:func:`scalar_values` gives their values)."""
+    with _LOCK:
+        tr, names, _ = _trace_for(spec, h, lookahead, spec.buffers(h))
+    return tr, names
+
+
+def scalar_values(spec: Algorithm, h: dict[str, Any]) -> dict[str, float]:
+    """The numeric hyperparameters a kernel of ``spec`` takes (pairs as ``betas0``, ``betas1``)."""
+    return _numeric(h, spec.names)
 
 
 def _cpu_tag() -> str:
@@ -149,41 +161,42 @@ def _compile(traces: list[Trace]) -> None:
         _FUNCTIONS[name] = getattr(module, name)
 
 
-def device_update(optimizer: Any, group: dict[str, Any], lookahead: bool, plan: Any, table: Tensor, aligned: bool,
+def device_update(spec: Algorithm, h: dict[str, Any], lookahead: bool, plan: Any, table: Tensor, aligned: bool,
                   found: Tensor) -> None:
-    """The generated Triton kernel for ``group`` over the tensors of ``plan`` (optim/_device.py),
-    their addresses at ``table``; skipped (nothing written) when ``found`` is set."""
+    """The generated Triton kernel for ``spec`` with hyperparameters ``h`` over the tensors of
+    ``plan`` (executor/device.py), their addresses at ``table``; skipped (nothing written) when
+    ``found`` is set."""
     from deepdescent.kernels import triton_backend
 
     with _LOCK:
-        tr, scalar_names, _ = _trace_for(optimizer, group, lookahead, plan.names)
-    numeric = _numeric(group, optimizer.defaults)
+        tr, scalar_names, _ = _trace_for(spec, h, lookahead, plan.names)
+    numeric = _numeric(h, spec.names)
     triton_backend.update(tr, plan.dtype, plan.blocks, table, plan.step_table, len(plan.steps),
                           [numeric[k] for k in scalar_names], found, aligned)
 
 
-def fused_update(optimizer: Any, group: dict[str, Any], lookahead: bool, names: tuple[str, ...],
+def fused_update(spec: Algorithm, h: dict[str, Any], lookahead: bool, names: tuple[str, ...],
                  lists: list[list[Tensor]], steps: list[Any]) -> None:
-    """Run the optimizer's update for ``group`` on tensor lists (params, grads, buffers...): the
-    generated C++ loop on the CPU, the generated Triton kernel on CUDA."""
+    """Run ``spec``'s update with hyperparameters ``h`` on tensor lists (params, grads,
+    buffers...): the generated C++ loop on the CPU, the generated Triton kernel on CUDA."""
     if lists[0][0].device.type in TRITON_DEVICES:
         from deepdescent.kernels import triton_backend
 
         with _LOCK:
-            tr, scalar_names, _ = _trace_for(optimizer, group, lookahead, names)
-        numeric = _numeric(group, optimizer.defaults)
+            tr, scalar_names, _ = _trace_for(spec, h, lookahead, names)
+        numeric = _numeric(h, spec.names)
         triton_backend.launch(tr, lists, [numeric[k] for k in scalar_names], steps)
         return
     if _DISABLED:
         raise FusedUnavailable(_DISABLED)
     with _LOCK:
-        tr, scalar_names, name = _trace_for(optimizer, group, lookahead, names)
+        tr, scalar_names, name = _trace_for(spec, h, lookahead, names)
         if name not in _FUNCTIONS:
             if not _FUNCTIONS:
                 build()  # the standard set in one extension, then look again
             if name not in _FUNCTIONS:
                 _compile([tr])
-    numeric = _numeric(group, optimizer.defaults)
+    numeric = _numeric(h, spec.names)
     _FUNCTIONS[name](lists, [numeric[k] for k in scalar_names], [float(s) for s in steps])
 
 
@@ -201,38 +214,14 @@ def any_nonfinite(tensors: list[Tensor]) -> bool | None:
         raise
 
 
-def standard_configurations() -> list[tuple[Any, dict[str, Any], bool]]:
-    """(optimizer, group, lookahead) for every structure of the chapter's first-order methods."""
-    from deepdescent import optim
-
-    p = [torch.nn.Parameter(torch.zeros(1))]
-    out = []
-    for wd in (0.0, 0.1):
-        out.append((optim.AdaGrad(p, weight_decay=wd), False))
-        out.append((optim.Adam(p, weight_decay=wd), False))
-        out.append((optim.AdaDelta(p, weight_decay=wd), False))
-        for conv in ("book", "torch"):
-            out.append((optim.SGD(p, lr=0.1, weight_decay=wd, convention=conv), False))
-            out.append((optim.SGD(p, lr=0.1, momentum=0.9, weight_decay=wd, convention=conv), False))
-            out.append((optim.RMSProp(p, weight_decay=wd, convention=conv), False))
-            out.append((optim.RMSProp(p, momentum=0.9, weight_decay=wd, convention=conv), False))
-            for look in (False, True):
-                out.append((optim.SGD(p, lr=0.1, momentum=0.9, nesterov=True, weight_decay=wd, convention=conv),
-                            look))
-        for look in (False, True):
-            out.append((optim.RMSProp(p, momentum=0.9, nesterov=True, weight_decay=wd), look))
-    configs = []
-    for opt, look in out:
-        group = {k: v for k, v in opt.param_groups[0].items() if k != "params"}
-        configs.append((opt, group, look))
-    return configs
+def standard_configurations() -> list[tuple[Algorithm, dict[str, Any], bool]]:
+    """(spec, hyperparameters, lookahead) for every kernel structure of every registered algorithm."""
+    return [(spec, h, look) for spec in REGISTRY.values() for h, look in spec.kernel_structures()]
 
 
 def build() -> int:
     """Trace and compile the standard kernels (or load them from the disk cache); their count."""
-    traces = []
-    for opt, group, look in standard_configurations():
-        traces.append(_trace_for(opt, group, look, tuple(opt._state_names(group)))[0])
+    traces = [_trace_for(spec, h, look, spec.buffers(h))[0] for spec, h, look in standard_configurations()]
     _compile(traces)
     return len(_FUNCTIONS)
 
@@ -246,8 +235,3 @@ def available(device: str = "cpu") -> str | None:
 
         return triton_backend.available(interpret="cpu" in TRITON_DEVICES)
     return _DISABLED
-
-
-def warn_unavailable(reason: str) -> None:
-    warnings.warn(f"deepdescent: the fused CPU optimizer path is unavailable ({reason}); using the eager "
-                  "multi-tensor path", RuntimeWarning, stacklevel=4)

@@ -8,7 +8,8 @@ import hashlib
 from deepdescent.kernels.trace import Trace
 
 _FN = {"add": "({a} + {b})", "sub": "({a} - {b})", "mul": "({a} * {b})", "div": "({a} / {b})", "neg": "(-{a})",
-       "sqrt": "std::sqrt({a})", "max": "std::max({a}, {b})", "pow": "std::pow({a}, {b})"}
+       "sqrt": "std::sqrt({a})", "max": "std::max({a}, {b})", "pow": "std::pow({a}, {b})", "abs": "std::abs({a})",
+       "where": "({a} > 0 ? {b} : {c})"}
 
 
 def _uniform(trace: Trace) -> list[bool]:
@@ -59,14 +60,15 @@ def source_body(trace: Trace) -> str:
         elif kind == "const":
             pro.append(f"const double v{i} = {node[1]!r};")
         elif uni[i]:
-            pro.append(f"const double v{i} = " + _FN[kind].format(**dict(zip("ab", (f"v{a}" for a in node[1:])))) + ";")
+            args = dict(zip("abc", (f"v{a}" for a in node[1:])))
+            pro.append(f"const double v{i} = " + _FN[kind].format(**args) + ";")
         elif kind == "div" and uni[node[2]]:  # x / u as x · (1/u): a multiply per element, not a divide
             pro.append(f"const double r{i} = 1.0 / v{node[2]};")
             a = f"v{node[1]}" if not uni[node[1]] else f"static_cast<S>(v{node[1]})"
             body.append(f"const S v{i} = ({a} * static_cast<S>(r{i}));")
         else:
             args = [f"v{a}" if not uni[a] else f"static_cast<S>(v{a})" for a in node[1:]]
-            body.append(f"const S v{i} = " + _FN[kind].format(**dict(zip("ab", args))) + ";")
+            body.append(f"const S v{i} = " + _FN[kind].format(**dict(zip("abc", args))) + ";")
     stores = [f"p{li}[j] = static_cast<{'P' if li < 2 else 'S'}>(static_cast<S>(v{n}));"
               for li, n in sorted(trace.outputs.items())]
     ptrs = [f"{'P' if li < 2 else 'S'}* __restrict__ p{li} = static_cast<{'P' if li < 2 else 'S'}*>(ptr[{li}][t]);"

@@ -7,9 +7,15 @@ of all lists, the hyperparameters and per-tensor scalars (Adam's step t). A code
 writes one fused loop (C++ here, other back ends alike) from that graph: the math is never
 written a second time, so it cannot drift.
 
+The core calls ``torch._foreach_*`` on lists of :class:`Sym`; torch hands those calls to
+``Sym.__torch_function__`` (its protocol for tensor-like objects), which records them. Nothing in
+torch's namespace is replaced, so other threads running optimizers meanwhile are unaffected.
+
 Python control flow in the core (``if momentum == 0``) is resolved during tracing with the
 concrete hyperparameter values; the trace is valid for every configuration with the same
-outcomes, which :func:`structure_key` captures.
+outcomes, which :func:`structure_key` captures. Only ``==`` and ``!=`` may decide a branch
+(zero or not is what the key records); using a symbolic scalar as a bool (``if momentum:``) or
+ordering it (``<``) raises TypeError instead of silently taking one branch.
 """
 
 from __future__ import annotations
@@ -26,7 +32,8 @@ import torch
 @dataclass
 class Graph:
     """Nodes are tuples: ("load", list_index) | ("scalar", name) | ("tensor_scalar", name) |
-    ("const", value) | (op, *node_ids) with op in add, sub, mul, div, neg, sqrt, pow, max."""
+    ("const", value) | (op, *node_ids) with op in add, sub, mul, div, neg, sqrt, pow, max, abs, and
+    where (its first argument > 0 selects the second, else the third)."""
 
     nodes: list[tuple] = field(default_factory=list)
     memo: dict[tuple, int] = field(default_factory=dict)
@@ -107,6 +114,26 @@ class Sym:
     def __hash__(self) -> int:
         return hash(self.node)
 
+    def where_positive(self, a: Any, b: Any) -> Sym:
+        """``a`` where this value is > 0, else ``b`` (both computed; one kept): a branch on a
+        per-tensor value such as RAdam's ρₜ > 5, which the kernel takes per tensor."""
+        assert _G is not None
+        value = _val(a) if self.value > 0 else _val(b)
+        return Sym(_G.add(("where", self.node, _node(a), _node(b))), value, self.dtype)
+
+    def __bool__(self) -> bool:
+        raise TypeError("a symbolic hyperparameter cannot decide a branch by its truth value; compare it with "
+                        "== 0 or != 0 (the kernel's structure records zero/non-zero) or take the branch outside "
+                        "the traced update")
+
+    @classmethod
+    def __torch_function__(cls, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
+        op = _OPS.get(getattr(func, "__name__", ""))
+        if op is None:
+            raise TypeError(f"the kernel tracer cannot follow torch.{getattr(func, '__name__', func)}; mark the "
+                            "algorithm fused=False or write it with the traced multi-tensor ops")
+        return op(*args, **(kwargs or {}))
+
 
 def _val(x: Any) -> float:
     return x.value if isinstance(x, Sym) else float(x)
@@ -166,6 +193,9 @@ def _ops() -> dict[str, Callable[..., Any]]:
         "addcdiv": addc("div"),
         "sqrt": lambda xs: _map(_sqrt, xs),
         "clamp_min": lambda xs, c: _map(_max, xs, c),
+        "maximum": lambda xs, other: _map(_max, xs, other),
+        "abs": lambda xs: _map(lambda x: x._op("abs"), xs),
+        "neg": lambda xs: _map(lambda x: -x, xs),
         "lerp": lambda xs, ends, w: _map(_lerp, xs, ends, w),
     }
     out: dict[str, Callable[..., Any]] = {}
@@ -175,18 +205,18 @@ def _ops() -> dict[str, Callable[..., Any]]:
     return out
 
 
+_OPS = _ops()
+
+
 @contextlib.contextmanager
 def _tracing(graph: Graph) -> Iterator[None]:
     global _G
-    saved = {name: getattr(torch, name) for name in _ops()}
+    if _G is not None:
+        raise RuntimeError("a trace is already running (traces are serialized by the kernels' lock)")
     _G = graph
     try:
-        for name, fn in _ops().items():
-            setattr(torch, name, fn)
         yield
     finally:
-        for name, fn in saved.items():
-            setattr(torch, name, fn)
         _G = None
 
 

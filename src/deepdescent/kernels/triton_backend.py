@@ -31,7 +31,8 @@ CHECK_BLOCK = int(os.environ.get("DEEPDESCENT_TRITON_CHECK_BLOCK", 8192))
 CHECK_WARPS = int(os.environ.get("DEEPDESCENT_TRITON_CHECK_WARPS", 16))
 _MODULES: dict[str, Any] = {}
 _TL = {"add": "({a} + {b})", "sub": "({a} - {b})", "mul": "({a} * {b})", "div": "({a} / {b})", "neg": "(-{a})",
-       "sqrt": "tl.sqrt({a})", "max": "tl.maximum({a}, {b})"}
+       "sqrt": "tl.sqrt({a})", "max": "tl.maximum({a}, {b})", "abs": "tl.abs({a})",
+       "where": "tl.where({a} > 0, {b}, {c})"}
 
 
 def _needed(trace: Trace) -> set[int]:
@@ -71,7 +72,9 @@ def _uniform_closure(trace: Trace) -> list[int]:
     return sorted(keep)
 
 
-_TL64 = {**_TL, "pow": "libdevice.pow({a}, {b})"}
+# a^b with b not a step counter (NAdam's 0.96^ψ): as 2^(b·log₂a), in float64, for a ≥ 0 (every base
+# of the chapter's formulas is a decay rate); core Triton ops, which its interpreter has too
+_TL64 = {**_TL, "pow": "tl.where({b} == 0, 1.0, tl.exp2(tl.log2({a}) * {b}))"}
 # β^t with t a step counter (a whole number): by squaring, in float64; float32 → bfloat16 rounded to
 # nearest even with integer operations. Both run the same in Triton's interpreter (which has no
 # libdevice and truncates casts to bfloat16), so the CPU tests execute the very same kernel text.
@@ -133,7 +136,7 @@ def source(trace: Trace, name: str, param_dtype: str = "float32") -> str:
         elif node[0] == "pow" and trace.graph.nodes[node[2]] == ("const", 0.5):
             lines.append(f"    u{i} = tl.sqrt(u{node[1]})")
         else:
-            lines.append(f"    u{i} = " + _TL64[node[0]].format(**dict(zip("ab", (f"u{a}" for a in node[1:])))))
+            lines.append(f"    u{i} = " + _TL64[node[0]].format(**dict(zip("abc", (f"u{a}" for a in node[1:])))))
     for c in cols:
         lines.append(f"    v{c} = u{c}.to(tl.float32)")
     for li in lists:  # addresses from a table carry no alignment: say it, so loads are vectorized
@@ -147,7 +150,7 @@ def source(trace: Trace, name: str, param_dtype: str = "float32") -> str:
         if node[0] == "load":
             lines.append(f"    v{i} = tl.load(p{node[1]} + offs, mask=mask, other=1.0).to(tl.float32)")
         else:
-            args = dict(zip("ab", (f"v{a}" for a in node[1:])))
+            args = dict(zip("abc", (f"v{a}" for a in node[1:])))
             lines.append(f"    v{i} = " + _TL[node[0]].format(**args))
     for li, n in sorted(trace.outputs.items()):
         value = f"v{n}" if li >= 2 or param_dtype == "float32" else f"v{n}.to(tl.{param_dtype})"

@@ -4,10 +4,11 @@ first-order optimizer at once.
 Vectorized members: the parameters of all members are stacked along a leading member axis, the
 forward and backward passes run under ``torch.func.vmap`` over ``functional_call`` (for a
 ``Sequential`` of ``Linear`` layers and activations, as batched matrix products with one backward
-pass for all members, which is faster), and one update applies the optimizer's own functional
-core (``deepdescent.algorithms``, reached through the optimizer class's ``_update``) to all members,
-the learning rate a per-member tensor. Members are
-independent: one that diverges does not affect the others. Methods with line searches and
+pass for all members, which is faster), and one update applies the algorithm (its spec, through
+the public executor that the optimizer classes use, mixed precision included) to all members,
+the learning rate a per-member tensor. Members are independent: one that diverges does not
+affect the others. A non-finite gradient ends a member's run as diverged, in both engines (the
+optimizer classes would skip that step; the race counts it). Methods with line searches and
 closures run member by member.
 """
 
@@ -23,6 +24,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, grad_and_value, vmap
 
+from deepdescent import executor as ex
 from deepdescent.lab.optimizers import OptimizerSpec
 from deepdescent.lab.problems import Problem, Task
 from deepdescent.second_order import CurvatureSkipWarning, LineSearchWarning
@@ -142,6 +144,17 @@ def figure_8_1(model: nn.Module, loss_fn, x: Tensor, y: Tensor) -> tuple[float, 
     return norm, sum(float((a * b).sum()) for a, b in zip(gd, hg))
 
 
+class NotVectorizable(Exception):
+    """This (problem, optimizer) cannot run as stacked members: run it member by member."""
+
+
+def _vmap_failure(err: BaseException) -> bool:
+    """Whether an error of the first vectorized step comes from torch.func's batching (an op
+    without a batching rule, data-dependent control flow) rather than from the engine."""
+    text = str(err)
+    return any(s in text for s in ("vmap", "functorch", "Batching rule", "batching rule", "BatchedTensor"))
+
+
 class _Deadline:
     """An explicit time limit (None: none, and the clock is never read)."""
 
@@ -222,6 +235,9 @@ def _minibatch_loop(task: Task, spec: OptimizerSpec, opt, model, order, evaluate
         opt.zero_grad()
         task.loss(model(x), y).backward()
         opt.step()
+        if getattr(opt, "skipped_steps", 0):  # a non-finite gradient: the member diverged
+            result.diverged = True
+            return
         cut = deadline.passed()
         if step in points or cut:
             if evaluate(step, step * cost):
@@ -330,22 +346,26 @@ def run_vectorized(problem: Problem, spec: OptimizerSpec, lrs: list[float], seed
     names = [n for n, p in model.named_parameters() if p.requires_grad]
     params = {n: torch.stack([dict(tasks[s].model.named_parameters())[n].detach() for _, s in members]).clone()
               for n in names}
-    proto = spec.make([nn.Parameter(torch.zeros(1))], lrs[0])
-    base_group = {k: v for k, v in proto.param_groups[0].items() if k != "params"}
-    groups = []  # (lo, hi, group) per learning rate: members are ordered by lr, then seed
-    for i, lr in enumerate(lrs):
-        groups.append((i * len(seeds), (i + 1) * len(seeds), {**base_group, "lr": lr, "initial_lr": lr}))
-    state_names = proto._state_names(base_group)  # type: ignore[attr-defined]
+    algo = spec.algorithm
+    if algo is None:
+        raise NotVectorizable(f"{spec.name} is not a first-order algorithm of the registry")
+    base = spec.hyperparameters(lrs[0])
+    state_names = algo.buffers(base)
     state = {sn: {n: torch.zeros_like(params[n]) for n in names} for sn in state_names}
-    for lo, hi, group in groups:  # state that does not start at 0 (delta-bar-delta's rates)
-        for sn in state_names:
+    for i, lr in enumerate(lrs):  # members are ordered by lr, then seed; state that does not start at 0
+        lo, hi, h = i * len(seeds), (i + 1) * len(seeds), {**base, "lr": lr, "initial_lr": lr}
+        for sn in state_names:  # (delta-bar-delta's rates)
             for n in names:
-                state[sn][n][lo:hi] = proto._init_buffer(sn, params[n][lo:hi], group)  # type: ignore[attr-defined]
-    lookahead = proto._uses_interim_point(base_group)  # type: ignore[attr-defined]
+                state[sn][n][lo:hi] = algo.init(sn, params[n][lo:hi], h)
+    lookahead = algo.interim(base)
     # one update for all members: the learning rate as one (members, 1, …, 1) tensor per parameter
     rates = torch.tensor([lr for lr, _ in members], device=device)
     member_lr = [rates.view(-1, *[1] * (params[n_].dim() - 1)) for n_ in names]
-    member_group = {**base_group, "lr": member_lr, "initial_lr": member_lr}  # each member at its own lr
+    member_h = {**base, "lr": member_lr, "initial_lr": member_lr}  # each member at its own lr
+    # the eager multi-tensor path (measured faster than a fused C++ call per learning rate: 36
+    # calls' overhead exceeds the memory traffic saved)
+    runner = ex.Executor("eager")
+    nonfinite = torch.zeros(len(members), dtype=torch.bool, device=device)
 
     def member_loss(p: dict[str, Tensor], x: Tensor, y: Tensor) -> Tensor:
         return task.loss(functional_call(model, p, (x,)), y)
@@ -385,7 +405,8 @@ def run_vectorized(problem: Problem, spec: OptimizerSpec, lrs: list[float], seed
     def theta() -> dict[str, Tensor]:
         if not lookahead:
             return params
-        disp = proto._velocity_displacement(member_group, [state["velocity"][n_] for n_ in names])  # type: ignore[attr-defined]
+        assert algo.displacement is not None
+        disp = algo.displacement(member_h, [state["velocity"][n_] for n_ in names])
         return {n_: params[n_] - d for n_, d in zip(names, disp)}  # θ = θ̃ − αv
 
     def evaluate(step: int) -> None:
@@ -394,7 +415,7 @@ def run_vectorized(problem: Problem, spec: OptimizerSpec, lrs: list[float], seed
             th = theta()
             losses = eval_fn(th, x_eval, y_eval)
         first = losses.clone() if first is None else first
-        bad = ~torch.isfinite(losses) | (losses > DIVERGED * first.abs().clamp_min(1e-12))
+        bad = ~torch.isfinite(losses) | (losses > DIVERGED * first.abs().clamp_min(1e-12)) | nonfinite
         for i, r in enumerate(results):
             r.steps.append(step)
             r.grad_equiv.append(step * cost)
@@ -407,12 +428,18 @@ def run_vectorized(problem: Problem, spec: OptimizerSpec, lrs: list[float], seed
     for step in range(1, steps + 1):
         start_ = ((step - 1) * batch) % n  # the same position for every member, each in its own order
         idx = orders[:, torch.arange(start_, start_ + batch, device=orders.device) % n]
-        grads, _ = step_fn(params, task.x_train[idx], task.y_train[idx])
-        with torch.no_grad():  # one multi-tensor update for all members (measured faster than a fused
-            # C++ call per learning rate: 36 calls' overhead exceeds the memory traffic saved)
-            proto._update(member_group, [params[n_] for n_ in names],  # type: ignore[attr-defined]
-                          [grads[n_] for n_ in names], {sn: [state[sn][n_] for n_ in names] for sn in state_names},
-                          [step] * len(names), lookahead)
+        try:
+            grads, _ = step_fn(params, task.x_train[idx], task.y_train[idx])
+        except (RuntimeError, NotImplementedError) as err:
+            if step == 1 and _vmap_failure(err):
+                raise NotVectorizable(f"torch.func cannot batch {problem.name}'s model: {err}") from err
+            raise
+        g = [grads[n_] for n_ in names]
+        nonfinite |= ex.nonfinite_members(g)
+        with torch.no_grad():
+            runner.run(algo, member_h, [[params[n_] for n_ in names], g,
+                                        *([state[sn][n_] for n_ in names] for sn in state_names)],
+                       [step] * len(names), lookahead)
         cut = deadline.passed()
         if step in points or cut:
             evaluate(step)

@@ -1,14 +1,18 @@
-"""The optimizers that race in the lab: every algorithm of chapter 8, with its defaults."""
+"""The optimizers that race in the lab: every variant of every registered first-order algorithm
+(``deepdescent.algorithms.REGISTRY``, with the options its spec names) and the second-order
+methods of §8.6, with their defaults."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
 from deepdescent import optim
+from deepdescent.algorithms import REGISTRY
+from deepdescent.algorithms.spec import Algorithm, Variant
 
 
 @dataclass(frozen=True)
@@ -26,6 +30,11 @@ class OptimizerSpec:
     closure_output: bool = False  # the closure returns (loss, output) (Gauss–Newton)
     #: How the raced variant differs from the book's box (shown in the report), if it does.
     note: str = ""
+    #: The first-order algorithm and the options of this variant (None for second-order methods):
+    #: what the vectorized engine runs through the executor.
+    in_book: bool = True  # a method of chapter 8: raced by default (the others on request)
+    algorithm: Algorithm | None = field(default=None, compare=False)
+    options: dict[str, Any] | None = field(default=None, compare=False)
 
     @property
     def family(self) -> str:
@@ -33,29 +42,29 @@ class OptimizerSpec:
         second (curvature or line searches, §8.6): one line style per family in the figures."""
         if self.kind == "second":
             return "second"
-        return "momentum" if self.book in ("Alg. 8.1", "Alg. 8.2", "Alg. 8.3") else "adaptive"
+        return self.algorithm.family if self.algorithm is not None else "adaptive"
+
+    def hyperparameters(self, lr: float | None) -> dict[str, Any]:
+        """The first-order variant's full hyperparameters at learning rate ``lr`` (None: its default)."""
+        assert self.algorithm is not None and self.options is not None
+        h = self.algorithm.defaults(**self.options)
+        h["lr"] = self.default_lr if lr is None else lr
+        return h
 
 
-def _lr(lr: float | None, default: float) -> float:
-    return default if lr is None else lr
+def _first_order(spec: Algorithm, variant: Variant) -> OptimizerSpec:
+    cls = optim.optimizer_class(spec)
+    options = dict(variant.options)
+    default_lr = options.pop("lr", spec.defaults()["lr"])
+
+    def make(params: Any, lr: float | None) -> torch.optim.Optimizer:
+        return cls(params, lr=default_lr if lr is None else lr, **options)
+    return OptimizerSpec(variant.name, variant.book, make, default_lr, kind=variant.kind, note=variant.note,
+                         in_book=variant.in_book, algorithm=spec, options=options)
 
 
 OPTIMIZERS: dict[str, OptimizerSpec] = {s.name: s for s in [
-    OptimizerSpec("SGD", "Alg. 8.1", lambda p, lr: optim.SGD(p, lr=_lr(lr, 0.01)), 0.01),
-    OptimizerSpec("Momentum", "Alg. 8.2", lambda p, lr: optim.SGD(p, lr=_lr(lr, 0.01), momentum=0.9), 0.01),
-    OptimizerSpec("Nesterov", "Alg. 8.3",
-                  lambda p, lr: optim.SGD(p, lr=_lr(lr, 0.01), momentum=0.9, nesterov=True), 0.01),
-    OptimizerSpec("AdaGrad", "Alg. 8.4", lambda p, lr: optim.AdaGrad(p, lr=_lr(lr, 0.01)), 0.01),
-    OptimizerSpec("RMSProp", "Alg. 8.5", lambda p, lr: optim.RMSProp(p, lr=_lr(lr, 1e-3)), 1e-3),
-    OptimizerSpec("RMSProp+Momentum", "§8.5.4",
-                  lambda p, lr: optim.RMSProp(p, lr=_lr(lr, 1e-3), momentum=0.9), 1e-3),
-    OptimizerSpec("RMSProp+Nesterov", "Alg. 8.6",
-                  lambda p, lr: optim.RMSProp(p, lr=_lr(lr, 1e-3), momentum=0.9, nesterov=True), 1e-3,
-                  note="√r clamped at the smallest normal float where the box (which has no δ) divides 0 by 0"),
-    OptimizerSpec("Adam", "Alg. 8.7", lambda p, lr: optim.Adam(p, lr=_lr(lr, 1e-3)), 1e-3),
-    OptimizerSpec("AdaDelta", "§8.5.4", lambda p, lr: optim.AdaDelta(p, lr=_lr(lr, 1.0)), 1.0),
-    OptimizerSpec("DeltaBarDelta", "§8.5", lambda p, lr: optim.DeltaBarDelta(p, lr=_lr(lr, 0.01)), 0.01,
-                  kind="full_batch", note="full batch, as Jacobs (1988) requires"),
+    *(_first_order(spec, v) for spec in REGISTRY.values() for v in spec.variants),
     OptimizerSpec("Newton", "Alg. 8.8", lambda p, lr: optim.Newton(p, indefinite="solve"), None,
                   kind="second", max_params=2000,
                   note="the box as written: full steps Δθ = −H⁻¹g through any H, so it is drawn to saddle points "

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import os
 import statistics
@@ -96,6 +97,9 @@ def _optuna():
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     return optuna
+
+
+_log = logging.getLogger("deepdescent.lab")
 
 
 class StorageError(RuntimeError):
@@ -368,7 +372,8 @@ def _members(problem: Problem, spec: OptimizerSpec, lrs: list[float], seeds: lis
              protocol: Protocol) -> list[engine.RunResult]:
     try:
         return engine.run_vectorized(problem, spec, lrs, seeds, protocol.quick, **protocol.run_options())
-    except Exception:  # noqa: BLE001 - vmap cannot run this model (e.g. cuDNN's RNN): member by member
+    except engine.NotVectorizable as err:  # e.g. cuDNN's RNN under vmap: member by member, said in the log
+        _log.warning("%s on %s runs member by member: %s", spec.name, problem.name, err)
         return [engine.run_member(problem, spec, lr, s, protocol.quick, **protocol.run_options())
                 for lr in lrs for s in seeds]
 
@@ -471,4 +476,5 @@ def suite(name: str) -> list[str]:
 
 
 def all_optimizers() -> list[str]:
-    return list(OPTIMIZERS)
+    """What a race runs by default: every method of chapter 8 (descendants such as AdamW on request)."""
+    return [name for name, spec in OPTIMIZERS.items() if spec.in_book]

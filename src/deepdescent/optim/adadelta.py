@@ -7,8 +7,7 @@ from typing import Any
 from torch import Tensor
 
 from deepdescent.algorithms import adadelta
-from deepdescent.optim import _validation as check
-from deepdescent.optim.base import BookOptimizer, NonFinite, _lr
+from deepdescent.optim.base import BookOptimizer, NonFinite
 
 
 class AdaDelta(BookOptimizer):
@@ -22,20 +21,8 @@ class AdaDelta(BookOptimizer):
     ``nonfinite``: see :class:`~deepdescent.optim.SGD`.
     """
 
+    algorithm = adadelta.SPEC
+
     def __init__(self, params: Any, lr: float | Tensor = 1.0, rho: float = 0.95, eps: float = 1e-6,
                  weight_decay: float = 0.0, *, nonfinite: NonFinite = "skip", impl: str = "auto") -> None:
         super().__init__(params, dict(lr=lr, rho=rho, eps=eps, weight_decay=weight_decay), nonfinite=nonfinite, impl=impl)
-
-    def _validate_group(self, group: dict[str, Any]) -> None:
-        check.non_negative("lr", group["lr"])
-        check.unit_interval("rho", group["rho"])
-        check.positive("eps", group["eps"])
-        check.non_negative("weight_decay", group["weight_decay"])
-
-    def _state_names(self, group: dict[str, Any]) -> tuple[str, ...]:
-        return ("square_avg", "acc_delta")
-
-    def _update(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor],
-                bufs: dict[str, list[Tensor]], steps: list[int], lookahead: bool) -> None:
-        adadelta.update(params, grads, bufs["square_avg"], bufs["acc_delta"], lr=_lr(group),
-                        rho=group["rho"], eps=group["eps"], weight_decay=group["weight_decay"])

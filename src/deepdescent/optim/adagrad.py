@@ -7,8 +7,7 @@ from typing import Any
 from torch import Tensor
 
 from deepdescent.algorithms import adagrad
-from deepdescent.optim import _validation as check
-from deepdescent.optim.base import BookOptimizer, NonFinite, _lr
+from deepdescent.optim.base import BookOptimizer, NonFinite
 
 
 class AdaGrad(BookOptimizer):
@@ -21,19 +20,8 @@ class AdaGrad(BookOptimizer):
     ``initial_accumulator_value=0``. ``nonfinite``: see :class:`~deepdescent.optim.SGD`.
     """
 
+    algorithm = adagrad.SPEC
+
     def __init__(self, params: Any, lr: float | Tensor = 0.01, eps: float = 1e-7, weight_decay: float = 0.0,
                  *, nonfinite: NonFinite = "skip", impl: str = "auto") -> None:
         super().__init__(params, dict(lr=lr, eps=eps, weight_decay=weight_decay), nonfinite=nonfinite, impl=impl)
-
-    def _validate_group(self, group: dict[str, Any]) -> None:
-        check.non_negative("lr", group["lr"])
-        check.positive("eps", group["eps"])
-        check.non_negative("weight_decay", group["weight_decay"])
-
-    def _state_names(self, group: dict[str, Any]) -> tuple[str, ...]:
-        return ("sum_sq",)
-
-    def _update(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor],
-                bufs: dict[str, list[Tensor]], steps: list[int], lookahead: bool) -> None:
-        adagrad.update(params, grads, bufs["sum_sq"], lr=_lr(group), eps=group["eps"],
-                       weight_decay=group["weight_decay"])

@@ -1,10 +1,11 @@
-"""What every deepdescent first-order optimizer shares.
+"""What every deepdescent first-order optimizer shares: the ``torch.optim`` protocol over an
+algorithm spec.
 
-:class:`BookOptimizer` turns a functional algorithm (``deepdescent.algorithms``) into a
-``torch.optim.Optimizer``: it validates hyperparameters, creates per-parameter state lazily, keeps
-a non-finite gradient from reaching parameters or state, evaluates the interim point of Nesterov
-methods, executes the update in cache-sized chunks on the CPU, and checks what
-``load_state_dict`` is given.
+:class:`BookOptimizer` turns an algorithm (``deepdescent.algorithms``: its spec and box) into a
+``torch.optim.Optimizer``: it validates hyperparameters as the spec says, creates per-parameter
+state lazily, applies the non-finite policy, evaluates the interim point of Nesterov methods and
+checks what ``load_state_dict`` is given. How the update runs (fused or eager, CPU chunks,
+mixed precision, the device step) is the executor's (``deepdescent.executor``).
 """
 
 from __future__ import annotations
@@ -14,28 +15,21 @@ import numbers
 import warnings
 from collections import OrderedDict, defaultdict
 from collections.abc import Callable, Iterator
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from deepdescent.algorithms import momentum as _momentum
-from deepdescent import kernels
+from deepdescent import executor as ex
 from deepdescent.algorithms._common import with_weight_decay
-from deepdescent.optim import _device
+from deepdescent.algorithms.spec import Algorithm
+from deepdescent.algorithms import validation as check
+from deepdescent.executor import LOW_PRECISION, device, state_dtype
+from deepdescent import kernels
 from deepdescent.optim._checkpoint import check_group_keys, check_layout, load_checked
-from deepdescent.optim import _validation as check
 
 NonFinite = Literal["skip", "raise", "propagate"]
-#: Parameter dtypes whose optimizer state is kept in float32 (and whose update is computed in float32).
-LOW_PRECISION = (torch.bfloat16, torch.float16)
-#: Parameter dtypes of the fused paths, per device kind.
-_FUSED_DTYPES = {"cpu": (torch.float32, torch.float64, *LOW_PRECISION), "cuda": (torch.float32, *LOW_PRECISION)}
-_FUSED_NEEDS = ("tensors (parameters and gradients of one dtype: float32, float64 on the CPU, bfloat16 or "
-                "float16; state of the dtype state_dtype() gives)")
-#: Elements per CPU chunk (measured best on 2-thread EPYC, L2 1 MiB per core; see BENCHMARKS.md).
-CPU_CHUNK_NUMEL = 1 << 16
 
 
 class NonFiniteGradientError(FloatingPointError):
@@ -56,42 +50,52 @@ class _Batch:
 
 
 class BookOptimizer(Optimizer):
-    """Base class; subclasses implement :meth:`_validate_group`, :meth:`_state_names` and
-    :meth:`_update` (and :meth:`_uses_interim_point` for Nesterov methods).
+    """Base class of the first-order optimizers: a subclass names its algorithm
+    (``algorithm = <module>.SPEC``) and documents its ``__init__``; everything else comes from
+    the spec — validation, state names and initial values, the update, Nesterov's interim point.
 
     Mixed precision: the state of bfloat16/float16 parameters is float32 (:func:`state_dtype`), the
     update is computed in float32 and the parameters are rounded (to nearest even) once per step,
     on every path (eager, fused C++, Triton); other parameters keep state in their own dtype.
     """
 
+    algorithm: ClassVar[Algorithm]
+
     def __init__(self, params: Any, defaults: dict[str, Any], *, nonfinite: NonFinite = "skip",
                  impl: str = "auto") -> None:
         check.choice("nonfinite", nonfinite, ("skip", "raise", "propagate"))
-        check.choice("impl", impl, ("auto", "fused", "eager"))
-        #: execution path: "fused" (one generated C++ loop per step, CPU), "eager" (multi-tensor
-        #: ops), "auto" (fused where it applies, eager elsewhere; a fused path that cannot be built
-        #: says why once and falls back)
-        self.impl = impl
-        self._fused_off = False
-        self._validate_group(dict(defaults))
+        check.choice("impl", impl, ex.IMPLS)
+        #: how steps run (fused or eager path, device plans): :class:`deepdescent.executor.Executor`
+        self.executor = ex.Executor(impl)
+        self.algorithm.validate(dict(defaults), complete=False)
         super().__init__(params, defaults)
         self.nonfinite: NonFinite = nonfinite
         self._skipped = 0  # skipped steps counted on the host; on CUDA, on the device (skipped_steps)
-        self._skipped_device: Tensor | None = None
-        self._plans: dict[int, Any] = {}  # per param group, for the fused device step (optim/_device.py)
         # How Nesterov's interim point θ̃ is handled, fixed at the first step: "closure" (the
         # parameters hold θ; step(closure) evaluates the gradient at θ̃) or "lookahead" (the
         # parameters hold θ̃; step() without closure).
         self._interim_mode: str | None = None
         self._interim_grads: dict[Tensor, Tensor] = {}
 
+    @property
+    def impl(self) -> str:
+        """Execution path: "fused" (the kernel generated from this algorithm's box: C++ on the
+        CPU, Triton on CUDA), "eager" (multi-tensor ops), "auto" (fused where it applies, eager
+        elsewhere; a fused path that cannot be built says why once and falls back)."""
+        return self.executor.impl
+
+    @impl.setter
+    def impl(self, value: str) -> None:
+        check.choice("impl", value, ex.IMPLS)
+        self.executor.impl = value
+
     # ------------------------------------------------------------------ hyperparameters
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """As torch.optim: keys the optimizer does not know (timm's ``lr_scale``, a scheduler's
         ``max_lr``, user tags) are kept in the group and ignored by the update."""
         super().add_param_group(param_group)
-        if hasattr(self, "_plans"):
-            self._plans.clear()
+        if hasattr(self, "executor"):
+            self.executor.plans.clear()
         group = self.param_groups[-1]
         self._validate_group(group)
         for p in group["params"]:
@@ -102,34 +106,8 @@ class BookOptimizer(Optimizer):
                                  f"{p.dtype} (shape {tuple(p.shape)}); use p.to(torch.complex64)")
 
     def _validate_group(self, group: dict[str, Any]) -> None:
-        """Raise ValueError for any invalid hyperparameter of ``group``."""
-        raise NotImplementedError
-
-    # ------------------------------------------------------------------ state
-    def _state_names(self, group: dict[str, Any]) -> tuple[str, ...]:
-        """Names of the per-parameter state tensors this group's update needs."""
-        raise NotImplementedError
-
-    def _update(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor],
-                bufs: dict[str, list[Tensor]], steps: list[int], lookahead: bool) -> None:
-        """Apply the algorithm box to one chunk of one group (lists of equal length).
-
-        ``lookahead``: the parameters hold Nesterov's interim point θ̃ (step without closure).
-        """
-        raise NotImplementedError
-
-    def _init_buffer(self, name: str, p: Tensor, group: dict[str, Any]) -> Tensor:
-        """The initial value of state buffer ``name`` for ``p`` (zero, as every box of §8.5 says)."""
-        return torch.zeros_like(p, dtype=state_dtype(p.dtype), memory_format=torch.preserve_format)
-
-    def _uses_interim_point(self, group: dict[str, Any]) -> bool:
-        """Whether the gradient of this group is taken at θ̃ = θ + αv (Nesterov)."""
-        return False
-
-    def _velocity_displacement(self, group: dict[str, Any], velocity: list[Tensor]) -> list[Tensor]:
-        return _momentum.interim_displacement(
-            velocity, lr=_lr(group), momentum=group["momentum"], convention=group.get("convention", "book")
-        )
+        """Raise ValueError for any invalid hyperparameter of ``group`` (as the spec checks it)."""
+        self.algorithm.validate(group)
 
     # ------------------------------------------------------------------ the step
     @torch.no_grad()
@@ -141,15 +119,15 @@ class BookOptimizer(Optimizer):
                 Nesterov methods (Algorithms 8.3, 8.6) it is called at the interim point θ̃.
         """
         loss = None
-        interim = any(self._uses_interim_point(g) for g in self.param_groups)
+        interim = any(self.algorithm.interim(g) for g in self.param_groups)
         if interim:
             self._fix_interim_mode("closure" if closure is not None else "lookahead")
         if closure is not None:
             loss = self._call_closure_at_interim(closure) if interim else _call(closure)
         lookahead = self._interim_mode == "lookahead"
-        if _device.step(self, lookahead):  # fused on the GPU: no synchronization
+        if self._device_step(lookahead):  # fused on the GPU: no synchronization
             return loss
-        self._plans.clear()  # the general path may replace state tensors
+        self.executor.plans.clear()  # the general path may replace state tensors
         batches = [self._gather(group) for group in self.param_groups]
         if not self._gradients_finite(batches):
             self._skipped += 1
@@ -162,7 +140,19 @@ class BookOptimizer(Optimizer):
     @property
     def skipped_steps(self) -> int:
         """Steps left out because a gradient was not finite (reading it synchronizes on CUDA)."""
-        return self._skipped + (int(self._skipped_device.item()) if self._skipped_device is not None else 0)
+        counted = self.executor.device_skipped
+        return self._skipped + (int(counted.item()) if counted is not None else 0)
+
+    def _device_step(self, lookahead: bool) -> bool:
+        if self.nonfinite == "raise" or self._interim_grads:
+            return False
+        work = []
+        for group in self.param_groups:
+            if group["params"] and group["params"][0].device.type not in kernels.TRITON_DEVICES:
+                return False  # before any per-parameter work: the CPU path pays nothing for this check
+            h, group_lookahead = self._hyperparameters(group, lookahead)
+            work.append(device.Work(id(group), h, group_lookahead, [p for p in group["params"] if p.grad is not None]))
+        return device.step(self.executor, self.algorithm, work, self.state, self.nonfinite == "skip")
 
     def _gather(self, group: dict[str, Any]) -> dict[tuple[torch.device, torch.dtype], _Batch]:
         buckets: dict[tuple[torch.device, torch.dtype], _Batch] = defaultdict(_Batch)
@@ -177,17 +167,16 @@ class BookOptimizer(Optimizer):
             batch = buckets[(p.device, p.dtype)]
             batch.params.append(p)
             grad = self._interim_grads.pop(p, p.grad) if self._interim_grads else p.grad
-            batch.sharded |= _is_dtensor(grad)
-            batch.grads.append(_plain(grad))
+            batch.sharded |= ex.is_dtensor(grad)
+            batch.grads.append(ex.plain(grad))
         return buckets
 
     def _gradients_finite(self, batches: list[dict[Any, _Batch]]) -> bool:
         if self.nonfinite == "propagate":
             return True
-        flags = [self._found_nonfinite(b.grads) for buckets in batches for b in buckets.values() if b.grads]
-        if any(b.sharded for buckets in batches for b in buckets.values()):
-            flags = [_found_on_any_rank(flags)]  # every shard takes the same decision
-        if not any(bool(f) for f in flags):  # on the CPU, reading a CPU scalar is not a sync
+        lists = [b.grads for buckets in batches for b in buckets.values()]
+        sharded = any(b.sharded for buckets in batches for b in buckets.values())
+        if not self.executor.nonfinite(lists, sharded):
             return True
         if self.nonfinite == "raise":
             bad = next((
@@ -200,86 +189,29 @@ class BookOptimizer(Optimizer):
             )
         return False
 
-    def _found_nonfinite(self, grads: list[Tensor]) -> Any:
-        if self.impl != "eager" and grads[0].device.type == "cpu" and grads[0].dtype in (torch.float32, torch.float64):
-            found = kernels.any_nonfinite(grads)  # the compiled read-only check (it checks the layout)
-            if found is not None:
-                return found
-        return _found_nonfinite(grads)
-
-    def _group_for_update(self, group: dict[str, Any], lookahead: bool) -> tuple[dict[str, Any], bool]:
+    def _hyperparameters(self, group: dict[str, Any], lookahead: bool) -> tuple[dict[str, Any], bool]:
         """The hyperparameters the update runs with, and whether the parameters hold θ̃."""
-        group_lookahead = lookahead and self._uses_interim_point(group)
-        if self._uses_interim_point(group) and not lookahead and group["weight_decay"] != 0:
-            group = {**group, "weight_decay": 0.0}  # already added at θ̃ (_decay_at_interim)
-        return group, group_lookahead
-
-    def _fused_device_update(self, group: dict[str, Any], plan: Any, table: Tensor, aligned: bool, lookahead: bool,
-                             found: Tensor) -> None:
-        group, group_lookahead = self._group_for_update(group, lookahead)
-        kernels.device_update(self, group, group_lookahead, plan, table, aligned, found)
+        h = {k: v for k, v in group.items() if k != "params"}
+        interim = self.algorithm.interim(h)
+        if interim and not lookahead and h.get("weight_decay", 0) != 0:
+            h["weight_decay"] = 0.0  # already added at θ̃ (_decay_at_interim)
+        return h, lookahead and interim
 
     def _apply(self, group: dict[str, Any], batch: _Batch, lookahead: bool) -> None:
-        names = self._state_names(group)
+        names = self.algorithm.buffers(group)
         for p in batch.params:
             state = self.state[p]
             state["step"] = state.get("step", 0) + 1
             for name in names:
                 if name not in state:  # new, or a hyperparameter (e.g. momentum) became non-zero
-                    state[name] = _like(p, self._init_buffer(name, _real(p), group).to(state_dtype(_real(p).dtype)))
+                    state[name] = ex.new_buffer(self.algorithm, name, p, group)
             batch.states.append(state)
-        group, group_lookahead = self._group_for_update(group, lookahead)
+        h, group_lookahead = self._hyperparameters(group, lookahead)
         # a complex parameter is updated as its real view (torch.optim's convention); its state
         # is kept complex, as torch keeps it, and updated through the same view
-        lists = [[_plain(p) for p in batch.params], batch.grads,
-                 *([_plain(s[n]) for s in batch.states] for n in names)]
-        steps = [s["step"] for s in batch.states]
-        if self._use_fused(lists):
-            try:
-                kernels.fused_update(self, group, group_lookahead, names, lists, steps)
-                return
-            except kernels.FusedUnavailable as err:
-                self._fused_failed(str(err))
-            except (TypeError, AttributeError) as err:  # an update the tracer cannot follow
-                self._fused_failed(f"{type(self).__name__} cannot be traced: {err}")
-            except RuntimeError as err:  # the kernel checks the layout before writing anything
-                if "deepdescent-fused" not in str(err):
-                    raise
-                if self.impl == "fused":
-                    raise RuntimeError(f"impl='fused' needs contiguous {_FUSED_NEEDS}") from err
-        for (params, grads, *bufs), chunk_steps in _chunks(lists, steps):
-            if params[0].dtype in LOW_PRECISION:  # compute in float32 (the state's dtype), store rounded
-                wide = [p.float() for p in params]
-                self._update(group, wide, [g.float() for g in grads], dict(zip(names, bufs)), chunk_steps,
-                             group_lookahead)
-                torch._foreach_copy_(params, wide)
-            else:
-                self._update(group, params, grads, dict(zip(names, bufs)), chunk_steps, group_lookahead)
-
-    def _use_fused(self, lists: list[list[Tensor]]) -> bool:
-        if self.impl == "eager" or self._fused_off:
-            return False
-        first = lists[0][0]
-        device = "cuda" if first.device.type in kernels.TRITON_DEVICES else first.device.type
-        wide = state_dtype(first.dtype)
-        # on the CPU the compiled loop checks every tensor's layout itself (cheaper than from Python)
-        ok = first.dtype in _FUSED_DTYPES.get(device, ()) and (device == "cpu" or all(
-            t.dtype == (first.dtype if i < 2 else wide) and t.device == first.device and t.is_contiguous()
-            for i, lst in enumerate(lists) for t in lst))
-        if not ok and self.impl == "fused":
-            raise RuntimeError(f"impl='fused' needs contiguous {_FUSED_NEEDS} (got {first.dtype} on {first.device})")
-        reason = kernels.available(device)
-        if ok and reason:
-            self._fused_failed(reason)
-            return False
-        return ok
-
-    def _fused_failed(self, reason: str) -> None:
-        if self.impl == "fused":
-            raise RuntimeError(f"impl='fused' is not available: {reason}")
-        if not self._fused_off:
-            kernels.warn_unavailable(reason)
-        self._fused_off = True
+        lists = [[ex.plain(p) for p in batch.params], batch.grads,
+                 *([ex.plain(s[n]) for s in batch.states] for n in names)]
+        self.executor.run(self.algorithm, h, lists, [s["step"] for s in batch.states], group_lookahead)
 
     # ------------------------------------------------------------------ Nesterov's interim point
     def _fix_interim_mode(self, mode: str) -> None:
@@ -296,11 +228,12 @@ class BookOptimizer(Optimizer):
 
     def _displacements(self) -> Iterator[tuple[dict[str, Any], list[Tensor], list[Tensor]]]:
         for group in self.param_groups:
-            if not self._uses_interim_point(group):
+            if not self.algorithm.interim(group) or self.algorithm.displacement is None:
                 continue
             params = [p for p in group["params"] if "velocity" in self.state.get(p, {})]
             if params:
-                yield group, params, self._velocity_displacement(group, [self.state[p]["velocity"] for p in params])
+                velocity = [self.state[p]["velocity"] for p in params]
+                yield group, params, self.algorithm.displacement(ex.resolve(group), velocity)
 
     def _call_closure_at_interim(self, closure: Callable[[], Any]) -> Any:
         """Move to θ̃ = θ + αv, evaluate the closure there, restore θ bit for bit."""
@@ -320,7 +253,7 @@ class BookOptimizer(Optimizer):
         # The gradient at θ̃ of J(θ) + (λ/2)‖θ‖² is ∇J(θ̃) + λθ̃: add λθ̃ while the parameters are
         # at θ̃; the update of these groups then runs with weight_decay = 0.
         for group in self.param_groups:
-            if self._uses_interim_point(group) and group["weight_decay"] != 0:
+            if self.algorithm.interim(group) and group.get("weight_decay", 0) != 0:
                 params = [p for p in group["params"] if p.grad is not None]
                 if not params:  # a frozen group, or one whose gradients appear later
                     continue
@@ -350,7 +283,7 @@ class BookOptimizer(Optimizer):
 
     # ------------------------------------------------------------------ copies
     #: What a copy must keep besides torch's defaults/state/param_groups.
-    _COPIED = ("impl", "nonfinite", "_fused_off", "_interim_mode")
+    _COPIED = ("executor", "nonfinite", "_interim_mode")
 
     def __getstate__(self) -> dict[str, Any]:
         """deepcopy and pickle keep the execution path, the non-finite policy, the skipped-step
@@ -361,9 +294,12 @@ class BookOptimizer(Optimizer):
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
+        if "executor" not in state:  # a pickle from before the executor (0.x): its path and failure memory
+            state["executor"] = ex.Executor(state.pop("impl", "auto"))
+            state["executor"].fused_off = state.pop("_fused_off", False)
         super().__setstate__(state)
         self.defaults.pop("differentiable", None)  # torch adds it for its own classes' old pickles
-        self._skipped_device, self._plans, self._interim_grads = None, {}, {}
+        self._interim_grads = {}
 
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict[str, Any]:
@@ -396,10 +332,10 @@ class BookOptimizer(Optimizer):
         load_checked(self, state_dict, self._check_checkpoint, self._apply_checkpoint)
 
     def _apply_checkpoint(self, state_dict: dict[str, Any], meta: dict[str, Any]) -> None:
-        self._plans.clear()
+        self.executor.plans.clear()
         super().load_state_dict({k: v for k, v in state_dict.items() if k != "deepdescent"})
         self._restore_state_dtype(state_dict)
-        self._skipped, self._skipped_device = int(meta.get("skipped_steps", 0)), None
+        self._skipped, self.executor.device_skipped = int(meta.get("skipped_steps", 0)), None
         self._interim_mode = meta.get("interim_mode")
 
     def _check_checkpoint(self, state_dict: dict[str, Any]) -> dict[str, Any]:
@@ -410,7 +346,7 @@ class BookOptimizer(Optimizer):
         if meta is None:
             self._check_layout(state_dict)
             meta = {}
-            if state_dict["state"] and any(self._uses_interim_point(g) for g in self.param_groups):
+            if state_dict["state"] and any(self.algorithm.interim(g) for g in self.param_groups):
                 warnings.warn(f"{name}: the state_dict has no 'deepdescent' entry, so whether the parameters hold "
                               "θ or Nesterov's look-ahead point θ̃ is unknown; the next step() fixes it (with or "
                               "without a closure)", RuntimeWarning, stacklevel=3)
@@ -449,7 +385,7 @@ class BookOptimizer(Optimizer):
                                  f"'deepdescent' entry) and its param groups hold options {name} does not have: {extra}")
         for i, s in state_dict["state"].items():
             if i in owner and isinstance(s, dict) and len(saved_ids) == len(params):
-                extra = sorted(set(s) - set(self._state_names(owner[i])) - {"step"})
+                extra = sorted(set(s) - set(self.algorithm.buffers(owner[i])) - {"step"})
                 if extra:
                     raise ValueError(f"cannot load this state_dict into {name}: it is not from deepdescent (no "
                                      f"'deepdescent' entry) and its state holds {extra}, which {name} does not keep")
@@ -509,106 +445,6 @@ def _check_step(where: str, value: Any) -> None:
         raise ValueError(f"invalid {where}={value!r}: must be an integer >= 0")
 
 
-def state_dtype(dtype: torch.dtype) -> torch.dtype:
-    """The dtype of the optimizer state (and of the update's arithmetic) for parameters of ``dtype``:
-    float32 for bfloat16/float16 parameters, the parameters' own dtype otherwise."""
-    return torch.float32 if dtype in LOW_PRECISION else dtype
-
-
-def _real(t: Tensor) -> Tensor:
-    """A complex tensor as its real view (``[..., 2]``, sharing memory); any other tensor as is."""
-    return torch.view_as_real(t) if t.is_complex() else t
-
-
-try:
-    from torch.distributed.tensor import DTensor as _DTensor
-except ImportError:  # a build without torch.distributed
-    _DTensor = None
-
-
-def _is_dtensor(t: Tensor) -> bool:
-    return _DTensor is not None and isinstance(t, _DTensor)
-
-
-def _plain(t: Tensor) -> Tensor:
-    """What the update works on: a DTensor's local shard (every box of §8.3–8.5 is elementwise, so
-    each rank updates its shard exactly as one process would), a complex tensor's real view."""
-    return _real(t.to_local() if _is_dtensor(t) else t)
-
-
-def _found_on_any_rank(flags: list[Any]) -> Tensor:
-    """The non-finite flag of all ranks (a max all-reduce over the default group): sharded ranks
-    must skip, or not, together."""
-    import torch.distributed as dist
-
-    found = torch.stack([torch.as_tensor(f, dtype=torch.float32).reshape(()) for f in flags]).amax() \
-        if flags else torch.zeros(())
-    if dist.is_available() and dist.is_initialized():
-        dist.all_reduce(found, op=dist.ReduceOp.MAX)
-    return found
-
-
-def _like(p: Tensor, buffer: Tensor) -> Tensor:
-    """A state buffer built on the real view of ``p``, kept in ``p``'s kind (complex for complex p)."""
-    return torch.view_as_complex(buffer.contiguous()) if p.is_complex() else buffer
-
-
-def _found_nonfinite(grads: list[Tensor]) -> Tensor:
-    """A 0-dim tensor, non-zero when some gradient element is NaN or ±Inf: one read of the grads.
-
-    Uses the multi-tensor check behind ``torch.amp.GradScaler`` (one kernel for the whole list;
-    its unscale by 1.0 leaves the values as they are). Where that op is missing, per-tensor
-    min/max: finite exactly when every element is (a sum of squares could overflow for finite g).
-    """
-    found = torch.zeros((), dtype=torch.float32, device=grads[0].device)
-    check = getattr(torch, "_amp_foreach_non_finite_check_and_unscale_", None)
-    if check is not None and grads[0].dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
-        check(grads, found, torch.ones((), dtype=torch.float32, device=grads[0].device))
-        return found
-    extremes = torch.stack([torch.stack(torch.aminmax(g)) for g in grads if g.numel()] or [found.expand(2)])
-    return (~extremes.isfinite()).any()
-
-
 def _call(closure: Callable[[], Any]) -> Any:
     with torch.enable_grad():
         return closure()
-
-
-def _lr(group: dict[str, Any]) -> Any:
-    """The group's learning rate as a float (a 0-dim tensor lr is read here, once per step); a
-    symbolic scalar (kernel tracing, :mod:`deepdescent.kernels`) passes through."""
-    lr = group["lr"]
-    if isinstance(lr, Tensor):
-        return lr.item()
-    return float(lr) if isinstance(lr, numbers.Real) else lr
-
-
-def _chunks(lists: list[list[Tensor]], steps: list[int]) -> Iterator[tuple[list[list[Tensor]], list[int]]]:
-    """Split parallel tensor lists (params, grads, state buffers) into chunks of about
-    ``CPU_CHUNK_NUMEL`` elements; contiguous tensors larger than that are cut into flat views.
-
-    On the CPU each multi-tensor op streams its whole list through memory, and each temporary
-    it allocates is as large as its inputs (large ones are mapped fresh from the OS, page faults
-    included). Chunk by chunk, a chunk's tensors stay in cache across the several ops of one
-    update and temporaries stay small. On an accelerator the whole list is one chunk.
-    """
-    if not lists[0] or lists[0][0].device.type != "cpu":
-        yield lists, steps
-        return
-    size, start = 0, 0
-    for i, p in enumerate(lists[0]):
-        n = p.numel()
-        if n > CPU_CHUNK_NUMEL and all(lst[i].is_contiguous() for lst in lists):
-            if start < i:
-                yield [lst[start:i] for lst in lists], steps[start:i]
-            pieces = [lst[i].view(-1).split(CPU_CHUNK_NUMEL) for lst in lists]
-            for j in range(len(pieces[0])):
-                yield [[piece[j]] for piece in pieces], steps[i:i + 1]
-            size, start = 0, i + 1
-            continue
-        size += n
-        if size >= CPU_CHUNK_NUMEL:
-            yield [lst[start:i + 1] for lst in lists], steps[start:i + 1]
-            size, start = 0, i + 1
-    if start < len(lists[0]):
-        yield [lst[start:] for lst in lists], steps[start:]

@@ -8,8 +8,7 @@ from torch import Tensor
 
 from deepdescent.algorithms import rmsprop
 from deepdescent.algorithms.momentum import Convention
-from deepdescent.optim import _validation as check
-from deepdescent.optim.base import BookOptimizer, NonFinite, _lr
+from deepdescent.optim.base import BookOptimizer, NonFinite
 
 
 class RMSProp(BookOptimizer):
@@ -32,6 +31,8 @@ class RMSProp(BookOptimizer):
     combined with ``nesterov=True``. ``nonfinite``: see :class:`~deepdescent.optim.SGD`.
     """
 
+    algorithm = rmsprop.SPEC
+
     def __init__(
         self,
         params: Any,
@@ -49,32 +50,3 @@ class RMSProp(BookOptimizer):
         defaults = dict(lr=lr, rho=rho, eps=eps, momentum=momentum, nesterov=nesterov,
                         weight_decay=weight_decay, convention=convention)
         super().__init__(params, defaults, nonfinite=nonfinite, impl=impl)
-
-    def _validate_group(self, group: dict[str, Any]) -> None:
-        check.non_negative("lr", group["lr"])
-        check.unit_interval("rho", group["rho"])
-        check.positive("eps", group["eps"])
-        check.unit_interval("momentum", group["momentum"])
-        check.flag("nesterov", group["nesterov"])
-        check.non_negative("weight_decay", group["weight_decay"])
-        check.choice("convention", group["convention"], ("book", "torch"))
-        if group["nesterov"] and group["momentum"] == 0:
-            raise ValueError("nesterov=True requires momentum > 0 (got momentum=0)")
-        if group["nesterov"] and group["convention"] == "torch":
-            raise ValueError("nesterov=True is Algorithm 8.6 and needs convention='book' "
-                             "(torch.optim.RMSprop has no Nesterov variant)")
-
-    def _state_names(self, group: dict[str, Any]) -> tuple[str, ...]:
-        return ("square_avg", "velocity") if group["momentum"] != 0 else ("square_avg",)
-
-    def _uses_interim_point(self, group: dict[str, Any]) -> bool:
-        return bool(group["nesterov"])
-
-    def _update(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor],
-                bufs: dict[str, list[Tensor]], steps: list[int], lookahead: bool) -> None:
-        rmsprop.update(
-            params, grads, bufs["square_avg"], bufs.get("velocity", []),
-            lr=_lr(group), rho=group["rho"], eps=group["eps"], momentum=group["momentum"],
-            nesterov=group["nesterov"], lookahead=lookahead, convention=group["convention"],
-            weight_decay=group["weight_decay"],
-        )

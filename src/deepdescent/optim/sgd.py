@@ -8,8 +8,7 @@ from torch import Tensor
 
 from deepdescent.algorithms import sgd
 from deepdescent.algorithms.momentum import Convention
-from deepdescent.optim import _validation as check
-from deepdescent.optim.base import BookOptimizer, NonFinite, _lr
+from deepdescent.optim.base import BookOptimizer, NonFinite
 
 
 class SGD(BookOptimizer):
@@ -51,6 +50,8 @@ class SGD(BookOptimizer):
     inside ``with optimizer.at_theta():``. An optimizer keeps the mode of its first step.
     """
 
+    algorithm = sgd.SPEC
+
     def __init__(
         self,
         params: Any,
@@ -66,30 +67,3 @@ class SGD(BookOptimizer):
         defaults = dict(lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay,
                         convention=convention)
         super().__init__(params, defaults, nonfinite=nonfinite, impl=impl)
-
-    def _validate_group(self, group: dict[str, Any]) -> None:
-        if group["lr"] is None:
-            if "params" in group:  # a real group, not the defaults
-                raise ValueError("SGD needs lr (no default): pass lr=... or give every param group an 'lr'")
-        else:
-            check.non_negative("lr", group["lr"])
-        check.unit_interval("momentum", group["momentum"])
-        check.flag("nesterov", group["nesterov"])
-        check.non_negative("weight_decay", group["weight_decay"])
-        check.choice("convention", group["convention"], ("book", "torch"))
-        if group["nesterov"] and group["momentum"] == 0:
-            raise ValueError("nesterov=True requires momentum > 0 (got momentum=0)")
-
-    def _state_names(self, group: dict[str, Any]) -> tuple[str, ...]:
-        return ("velocity",) if group["momentum"] != 0 else ()
-
-    def _uses_interim_point(self, group: dict[str, Any]) -> bool:
-        return bool(group["nesterov"])
-
-    def _update(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor],
-                bufs: dict[str, list[Tensor]], steps: list[int], lookahead: bool) -> None:
-        sgd.update(
-            params, grads, bufs.get("velocity", []),
-            lr=_lr(group), momentum=group["momentum"], lookahead=lookahead,
-            convention=group["convention"], weight_decay=group["weight_decay"],
-        )

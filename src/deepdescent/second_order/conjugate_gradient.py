@@ -6,7 +6,7 @@ from typing import Any
 
 from torch import Tensor
 
-from deepdescent.optim import _validation as check
+from deepdescent.algorithms import validation as check
 from deepdescent.second_order.base import LineSearchOptimizer
 
 

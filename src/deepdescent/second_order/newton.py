@@ -10,7 +10,7 @@ from torch import Tensor
 
 from deepdescent.curvature.autograd import hvp
 from deepdescent.curvature.vectors import unflat_like
-from deepdescent.optim import _validation as check
+from deepdescent.algorithms import validation as check
 from deepdescent.second_order.base import SecondOrderOptimizer
 
 

@@ -5,21 +5,34 @@ counters (t ← t + 1 − found) and the skipped-step count, and run the update 
 the algorithm. What does not change between steps — which parameters, their state tensors, their
 addresses, the block tables — is kept in a :class:`Plan` per param group; a step only reads the
 gradients' addresses. A plan is rebuilt when the group's parameters, their memory or the state the
-hyperparameters call for change; ``load_state_dict``, ``add_param_group`` and any step that takes the
-general path drop all plans (so state replaced through the optimizer's own methods is always seen).
+hyperparameters call for change; the owner drops all plans (``executor.plans.clear()``) whenever it
+may replace state tensors (``load_state_dict``, ``add_param_group``, a step on the general path).
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from collections.abc import MutableMapping
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from deepdescent import kernels
+from deepdescent.algorithms.spec import Algorithm
+from deepdescent.executor import FUSED_DTYPES, Executor, is_dtensor, resolve, state_dtype
 
-if TYPE_CHECKING:
-    from deepdescent.optim.base import BookOptimizer
+
+@dataclass
+class Work:
+    """One param group's part of a device step: ``key`` identifies the group across steps, ``h``
+    its hyperparameters, ``lookahead`` whether its parameters hold θ̃, ``params`` those with a
+    gradient."""
+
+    key: Any
+    h: dict[str, Any]
+    lookahead: bool
+    params: list[Tensor]
 
 
 class Plan:
@@ -47,15 +60,14 @@ class Plan:
             [p.data_ptr() for p in params] == self.pptrs
 
 
-def _build(opt: BookOptimizer, group: dict[str, Any], params: list[Tensor], names: tuple[str, ...]) -> Plan | None:
+def _build(spec: Algorithm, h: dict[str, Any], params: list[Tensor], names: tuple[str, ...],
+           state: MutableMapping[Tensor, dict[str, Any]]) -> Plan | None:
     """A plan for ``params`` (or None where the fused device step does not apply: then the general
     path runs). Creates the state the step needs, counters as float32 device tensors."""
-    from deepdescent.optim.base import _FUSED_DTYPES, _is_dtensor, state_dtype
-
     first = params[0]
-    if first.device.type not in kernels.TRITON_DEVICES or first.dtype not in _FUSED_DTYPES["cuda"]:
+    if first.device.type not in kernels.TRITON_DEVICES or first.dtype not in FUSED_DTYPES["cuda"]:
         return None
-    if any(_is_dtensor(p) for p in params):  # sharded (FSDP2): the general path updates the local shards
+    if any(is_dtensor(p) for p in params):  # sharded (FSDP2): the general path updates the local shards
         return None
     if kernels.available("cuda") is not None:
         return None
@@ -64,63 +76,64 @@ def _build(opt: BookOptimizer, group: dict[str, Any], params: list[Tensor], name
     for p in params:
         if p.device != first.device or p.dtype != first.dtype or not p.is_contiguous():
             return None
-        state = opt.state[p]
+        st = state[p]
         for name in names:
-            if name not in state:
-                state[name] = opt._init_buffer(name, p, group).to(wide)
-            buf = state[name]
+            if name not in st:
+                st[name] = spec.init(name, p, h).to(wide)
+            buf = st[name]
             if buf.dtype != wide or buf.device != p.device or not buf.is_contiguous() or buf.shape != p.shape:
                 return None
-        step = state.get("step", 0)
+        step = st.get("step", 0)
         if not (isinstance(step, Tensor) and step.device == p.device and step.dtype == torch.float32):
-            state["step"] = torch.tensor(float(step), dtype=torch.float32, device=p.device)
-        states.append(state)
+            st["step"] = torch.tensor(float(step), dtype=torch.float32, device=p.device)
+        states.append(st)
     return Plan(params, names, states)
 
 
-def step(opt: BookOptimizer, lookahead: bool) -> bool:
-    """Run the fused device step for every group; False (having changed nothing but the creation of
-    state) where it does not apply, and the general path must run."""
+def step(executor: Executor, spec: Algorithm, work: list[Work], state: MutableMapping[Tensor, dict[str, Any]],
+         skip_nonfinite: bool) -> bool:
+    """Run the fused device step for every group of ``work`` (state in ``state``, torch.optim's
+    per-parameter dict); False (having changed nothing but the creation of state) where it does
+    not apply, and the general path must run. ``skip_nonfinite``: check the gradients first and
+    write nothing on a step where one is not finite."""
     from deepdescent.kernels import triton_backend as tb
 
-    if opt.nonfinite == "raise" or opt.impl == "eager" or opt._fused_off or opt._interim_grads:
+    if executor.impl == "eager" or executor.fused_off or not spec.fused:
         return False
-    work = []
-    for group in opt.param_groups:
-        if group["params"] and group["params"][0].device.type not in kernels.TRITON_DEVICES:
-            return False  # before any per-parameter work: the CPU path pays nothing for this check
-        params = [p for p in group["params"] if p.grad is not None]
-        if not params:
+    ready = []
+    for item in work:
+        if not item.params:
             continue
-        grads = [p.grad for p in params]
+        grads = [p.grad for p in item.params]
         try:
             if not all([g.is_contiguous() for g in grads]):
                 return False
         except RuntimeError:  # sparse gradients have no strides: the general path says what is wrong
             return False
-        names = opt._state_names(group)
-        plan = opt._plans.get(id(group))
-        if plan is None or not plan.current(params, names):
-            plan = _build(opt, group, params, names)
+        h = resolve(item.h)
+        names = spec.buffers(h)
+        plan = executor.plans.get(item.key)
+        if plan is None or not plan.current(item.params, names):
+            plan = _build(spec, h, item.params, names, state)
             if plan is None:
                 return False
-            opt._plans[id(group)] = plan
-        work.append((group, plan, grads))
-    if not work or len({plan.device for _, plan, _ in work}) != 1:
+            executor.plans[item.key] = plan
+        ready.append((item, h, plan, grads))
+    if not ready or len({plan.device for _, _, plan, _ in ready}) != 1:
         return False
-    device = work[0][1].device
+    device = ready[0][2].device
     found = torch.zeros((), dtype=torch.float32, device=device)
     tables = []
-    for _, plan, grads in work:
+    for _, _, plan, grads in ready:
         gptrs = [g.data_ptr() for g in grads]
         tables.append((tb.pointer_table(plan.pptrs + gptrs + plan.bptrs, device),
                        plan.aligned and all(a % 16 == 0 for a in gptrs)))
-        if opt.nonfinite == "skip":
+        if skip_nonfinite:
             tb.check(plan.sizes, tb.pointer_table(gptrs, device), plan.dtype, found)
-    if opt._skipped_device is None:
-        opt._skipped_device = torch.zeros((), dtype=torch.float32, device=device)
-    for i, (_, plan, _) in enumerate(work):  # the counters first: the update reads the new t
-        tb.bump(plan.step_table, len(plan.steps), found, opt._skipped_device if i == 0 else None)
-    for (group, plan, _), (table, aligned) in zip(work, tables):
-        opt._fused_device_update(group, plan, table, aligned, lookahead, found)
+    if executor.device_skipped is None:
+        executor.device_skipped = torch.zeros((), dtype=torch.float32, device=device)
+    for i, (_, _, plan, _) in enumerate(ready):  # the counters first: the update reads the new t
+        tb.bump(plan.step_table, len(plan.steps), found, executor.device_skipped if i == 0 else None)
+    for (item, h, plan, _), (table, aligned) in zip(ready, tables):
+        kernels.device_update(spec, h, item.lookahead, plan, table, aligned, found)
     return True

@@ -50,3 +50,16 @@ def choice(name: str, value: Any, valid: Iterable[Any]) -> None:
 def flag(name: str, value: Any) -> None:
     if not isinstance(value, bool):
         raise ValueError(f"invalid {name}={value!r}: must be True or False")
+
+
+def betas(name: str, value: Any) -> None:
+    """A pair (ρ₁, ρ₂) of decay rates, each in [0, 1)."""
+    if not isinstance(value, (tuple, list)) or len(value) != 2:
+        raise ValueError(f"invalid {name}={value!r}: must be a pair (rho1, rho2), each in [0, 1)")
+    unit_interval(f"{name}[0]", value[0])
+    unit_interval(f"{name}[1]", value[1])
+
+
+def convention(name: str, value: Any) -> None:
+    """Where the velocity keeps ε: "book" (v ← αv − εg) or "torch" (b ← αb + g, θ ← θ − εb)."""
+    choice(name, value, ("book", "torch"))
