@@ -2,6 +2,9 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(__file__))  # tests import their float64 references as `reference`
+# a step compiles a missing kernel before it runs (instead of in the background, on the eager path
+# meanwhile): every test takes one path throughout, whatever the kernel cache holds
+os.environ.setdefault("DEEPDESCENT_KERNEL_BUILD", "wait")
 
 import pytest  # noqa: E402
 

@@ -107,9 +107,10 @@ class AdamW(Adam):
         self.decoupled = weight_decay
 
     def step(self, theta, grad, lr):
+        g = grad(theta)  # at θ_t, before the decay
         for i in range(len(theta)):
             theta[i] -= lr * self.decoupled * theta[i]
-        super().step(theta, grad, lr)
+        super().step(theta, lambda points: g, lr)
 
 
 class Adamax:

@@ -277,3 +277,33 @@ def test_protocol_tags_round_trip_with_a_time_limit():
     assert study.Protocol(time_limit=60).tag() != study.Protocol().tag()
     with pytest.raises(ValueError, match="time_limit=0"):
         study.Protocol(time_limit=0)
+
+
+def test_only_a_batching_failure_falls_back_to_member_by_member(monkeypatch, caplog):
+    """What torch.func cannot batch runs member by member, said in the log; any other error of the
+    vectorized engine propagates (a blanket fallback would hide an engine bug)."""
+    import logging
+
+    with pytest.raises(RuntimeError) as caught:
+        torch.func.vmap(lambda x: x.sum().item())(torch.zeros(2, 3))
+    assert engine._vmap_failure(caught.value)
+    assert not engine._vmap_failure(RuntimeError("mat1 and mat2 shapes cannot be multiplied"))
+
+    prob, spec, proto = problems.problem("saddle"), optimizers.optimizer("Adam"), study.Protocol(budget=3)
+    members = []
+    monkeypatch.setattr(engine, "run_member", lambda p, s, lr, seed, q, **kw: members.append((lr, seed)) or
+                        _run([1.0, 0.5], name=s.name, lr=lr, seed=seed))
+
+    def unbatchable(*args, **kwargs):
+        raise engine.NotVectorizable("torch.func cannot batch saddle's model: vmap: .item()")
+    monkeypatch.setattr(engine, "run_vectorized", unbatchable)
+    with caplog.at_level(logging.WARNING, logger="deepdescent.lab"):
+        runs = study._members(prob, spec, [0.1, 0.01], [0, 1], proto)
+    assert len(runs) == 4 and members == [(0.1, 0), (0.1, 1), (0.01, 0), (0.01, 1)]
+    assert "Adam on saddle runs member by member" in caplog.text
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("mat1 and mat2 shapes cannot be multiplied")
+    monkeypatch.setattr(engine, "run_vectorized", broken)
+    with pytest.raises(RuntimeError, match="mat1 and mat2"):
+        study._members(prob, spec, [0.1], [0], proto)

@@ -51,14 +51,15 @@ CASES = {
 
 def _registered_cases() -> dict:
     """Every registered algorithm the hand-written cases leave out, from its spec: two groups (the
-    second with other betas/eps and weight decay where it has them) against its float64 reference."""
+    second with other betas, a large δ and weight decay where it has them) against its float64 reference."""
     covered = {cls for cls, *_ in CASES.values()}
     out = {}
     for name, spec in REGISTRY.items():
         cls = optim.optimizer_class(spec)
         if cls in covered or name not in ref.REFERENCES:  # (test_every_algorithm_has_a_reference)
             continue
-        other = {k: v for k, v in (("betas", (0.8, 0.99)), ("eps", 1e-6), ("weight_decay", 0.1)) if k in spec.names}
+        # δ = 0.1 and λ = 0.5: where δ sits and when the decay applies change the iterates visibly
+        other = {k: v for k, v in (("betas", (0.8, 0.99)), ("eps", 0.1), ("weight_decay", 0.5)) if k in spec.names}
         for label, options in [("", {}), *((f"_{'_'.join(o)}", dict(o)) for o in spec.structures if o)]:
             key = name.lower() + label
             out[key] = (cls, [dict(lr=0.01, **options), dict(lr=0.003, **options, **other)], ref.REFERENCES[name],
@@ -67,9 +68,6 @@ def _registered_cases() -> dict:
 
 
 CASES.update(_registered_cases())
-#: AdamW rounds θ once more per step (the decoupled θ ← (1 − ελ)θ, exactly as torch.optim.AdamW):
-#: float32 drifts from the float64 box by up to ~1e-7 per step; moving δ or the decay shows at 1e-3.
-_TOLERANCE = {"adamw": 1e-5}
 DEFAULT_LR = {name: spec.defaults()["lr"] for name, spec in REGISTRY.items()}
 
 
@@ -135,7 +133,7 @@ def train(case: str, problem: Problem, mode: str, impl: str = "auto", dtype: tor
     gradient oracle, the problem's by default): the parameters and the optimizer."""
     cls, kwargs, _, _ = CASES[case]
     grad = grad or problem.grad
-    params = [t.to(dtype).requires_grad_() for t in problem.theta0]
+    params = [t.to(dtype, copy=True).requires_grad_() for t in problem.theta0]
     groups = [dict(params=p, **kw) for p, kw in zip(_split(params), kwargs)]
     opt = cls(groups, impl=impl)
     sched = LinearDecay(opt, tau=TAU, final_factor=FINAL)
@@ -189,7 +187,7 @@ def test_matches_float64_box(case, mode, path, monkeypatch, request):
     for i, (e, g) in enumerate(zip(expected, got)):
         scale = e.abs().max().item() + 1.0
         err = (g.double() - e).abs().max().item() / scale
-        assert err < _TOLERANCE.get(case.split("_")[0], 2e-6), f"{case}/{mode}: tensor {i} relative error {err:.2e}"
+        assert err < 2e-6, f"{case}/{mode}: tensor {i} relative error {err:.2e}"
 
 
 def test_every_algorithm_has_a_reference():

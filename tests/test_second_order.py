@@ -386,3 +386,25 @@ def test_state_dict_round_trip_continues_identically(make):
         o1.step(closure_for(x1, f))
         o2.step(closure_for(x2, f))
     assert torch.equal(x1.detach(), x2.detach())
+
+
+def test_bfgs_skips_an_update_whose_curvature_is_not_positive():
+    """On the concave f(x) = −x² an Armijo step from x = 1 gives s = 1, y = f'(2) − f'(1) = −2:
+    yᵀs = −2 ≤ 0. The rank-two update would make M indefinite; it is skipped, counted and warned
+    about, and M stays I (so the next direction is still −g)."""
+    from deepdescent.second_order import CurvatureSkipWarning
+
+    x = torch.nn.Parameter(torch.tensor([1.0], dtype=torch.float64))
+    opt = optim.BFGS([x], line_search="armijo", max_iter=1)
+
+    def closure():
+        opt.zero_grad()
+        loss = -(x * x).sum()
+        loss.backward()
+        return loss
+
+    with pytest.warns(CurvatureSkipWarning, match="yᵀs"):
+        opt.step(closure)
+    state = opt.state[x]
+    assert x.item() == pytest.approx(2.0) and state["skipped_updates"] == 1
+    assert "inverse_hessian" not in state

@@ -91,3 +91,26 @@ def test_tensor_lr_and_torch_scheduler():
     want = _train(m2, o2, sched=torch.optim.lr_scheduler.StepLR(o2, step_size=10, gamma=0.5))
     for g, w in zip(got, want):
         torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-6)
+
+
+def _registered_pairs():
+    """Every registered algorithm's kernel structures (with and without weight decay) that
+    torch.optim computes the same way, as its spec maps them."""
+    from deepdescent.algorithms import REGISTRY
+
+    for name, spec in REGISTRY.items():
+        if spec.torch_options is None:
+            continue
+        for i, (h, look) in enumerate(spec.kernel_structures()):
+            options = spec.torch_options({**h, "lr": 0.01})
+            if options is not None and not look:
+                yield pytest.param(spec, {k: v for k, v in h.items() if k != "lr"}, options, id=f"{name}-{i}")
+
+
+@pytest.mark.parametrize("spec,ours,theirs", list(_registered_pairs()))
+def test_every_registered_algorithm_matches_torch_where_the_math_is_the_same(spec, ours, theirs):
+    m1, m2 = _model(), _model()
+    got = _train(m1, optim.optimizer_class(spec)(m1.parameters(), **{**ours, "lr": 0.01}), steps=20)
+    want = _train(m2, getattr(torch.optim, spec.torch_class)(m2.parameters(), **{**theirs, "lr": 0.01}), steps=20)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-6)

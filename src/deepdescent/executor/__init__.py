@@ -19,6 +19,7 @@ lab's vectorized engine both call it.
 
 from __future__ import annotations
 
+import logging
 import warnings
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -87,8 +88,10 @@ class Executor:
         names = spec.buffers(h)
         if spec.fused and self._use_fused(lists):
             try:
-                kernels.fused_update(spec, h, lookahead, names, lists, steps)
+                kernels.fused_update(spec, h, lookahead, names, lists, steps, wait=self.impl == "fused")
                 return
+            except kernels.FusedPending as pending:  # compiling in the background: eager meanwhile
+                _notice(str(pending))
             except kernels.FusedUnavailable as err:
                 self._fused_failed(str(err))
             except RuntimeError as err:  # the kernel checks the layout before writing anything
@@ -143,6 +146,16 @@ class Executor:
         if sharded:
             flags = [found_on_any_rank(flags)]
         return any(bool(f) for f in flags)  # on the CPU, reading a CPU scalar is not a sync
+
+
+_NOTICES: set[str] = set()
+
+
+def _notice(message: str) -> None:
+    """Say once per process what is happening (on stderr, through the ``deepdescent`` logger)."""
+    if message not in _NOTICES:
+        _NOTICES.add(message)
+        logging.getLogger("deepdescent").warning(message)
 
 
 def resolve(h: Mapping[str, Any]) -> dict[str, Any]:

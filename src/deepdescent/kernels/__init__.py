@@ -3,9 +3,12 @@
 :func:`fused_update` traces an algorithm's ``update`` (the box, as written in
 ``deepdescent.algorithms`` and described by its spec) into an expression graph (:mod:`.trace`), generates one fused C++
 loop from it (:mod:`.cpp`) and runs it over all elements of all tensors: one pass over memory per
-step instead of one per operation. The standard kernels are compiled into one extension on first
-use (about a minute, once per machine: ``scripts/setup.sh`` does it) and cached on disk by
-``torch.utils.cpp_extension``; a configuration outside the standard set compiles on demand.
+step instead of one per operation. The standard kernels are compiled into one extension once per
+machine (``scripts/setup.sh`` does it) and cached on disk by ``torch.utils.cpp_extension``; a
+configuration outside the standard set compiles on demand. A step never waits for a compiler:
+where a kernel is not on disk yet, it is compiled in a background thread (said once) while the
+eager path serves, and steps switch to it when it is ready. ``DEEPDESCENT_KERNEL_BUILD=wait`` (or
+``impl="fused"``) makes the step wait instead, for runs that must take one path throughout.
 
 ``python -m deepdescent.kernels`` builds (or loads) the standard kernels and prints what it did.
 """
@@ -33,7 +36,9 @@ from deepdescent.kernels.trace import Trace, structure_key, trace
 
 Kernel = Callable[[list[list[Tensor]], list[float], list[float]], None]
 
-_LOCK = threading.Lock()
+_LOCK = threading.Lock()  # traces and the table of loaded functions
+_BUILD_LOCK = threading.Lock()  # one compilation at a time
+_BUILDER: threading.Thread | None = None  # the background compilation, while it runs
 _TRACES: dict[tuple, tuple[Trace, list[str], str]] = {}
 _FUNCTIONS: dict[str, Kernel] = {}
 _DISABLED: str | None = None  # why the fused path cannot be used on this machine
@@ -44,6 +49,10 @@ TRITON_DEVICES: tuple[str, ...] = ("cuda",)
 
 class FusedUnavailable(RuntimeError):
     """The fused CPU path cannot be built here (no C++ compiler, or the build failed)."""
+
+
+class FusedPending(RuntimeError):
+    """The kernel is being compiled in the background: run this step on the eager path."""
 
 
 def _numeric(group: dict[str, Any], keys: Any) -> dict[str, float]:
@@ -129,11 +138,8 @@ def _build_folder(name: str) -> str:
     return folder
 
 
-def _compile(traces: list[Trace]) -> None:
-    """Compile the kernels of ``traces`` into one extension and register its functions."""
-    global _DISABLED
-    from torch.utils import cpp_extension
-
+def _extension(traces: list[Trace]) -> tuple[str, list[str], str] | None:
+    """(source, function names, extension name) of the kernels of ``traces`` not loaded yet."""
     seen, sources, names = set(), [], []
     for t in traces:
         name = cpp.function_name(t)
@@ -142,23 +148,80 @@ def _compile(traces: list[Trace]) -> None:
             names.append(name)
             sources.append(cpp.source(t))
     if not names:
-        return
+        return None
     if "any_nonfinite" not in _FUNCTIONS:
         names.append("any_nonfinite")
     code = cpp.HEADER + "\n".join(sources)
-    digest = hashlib.sha1(code.encode()).hexdigest()[:12]
-    name = f"deepdescent_kernels_{digest}_{_cpu_tag()}"
-    folder = _build_folder(name)
+    return code, names, f"deepdescent_kernels_{hashlib.sha1(code.encode()).hexdigest()[:12]}_{_cpu_tag()}"
+
+
+def _on_disk(traces: list[Trace]) -> bool:
+    """Whether the extension of ``traces`` is already built (loading it takes a moment, no compiler)."""
+    ext = _extension(traces)
+    return ext is None or os.path.exists(os.path.join(_build_folder(ext[2]), f"{ext[2]}.so"))
+
+
+def _compile(traces: list[Trace]) -> None:
+    """Compile the kernels of ``traces`` into one extension (or load it from disk) and register its functions."""
+    global _DISABLED
+    from torch.utils import cpp_extension
+
+    with _BUILD_LOCK:
+        ext = _extension(traces)
+        if ext is None:
+            return
+        code, names, name = ext
+        try:
+            module = cpp_extension.load_inline(
+                name=name, cpp_sources=code, functions=names, build_directory=_build_folder(name),
+                extra_cflags=["-O3", "-march=native", "-fno-math-errno", "-fopenmp"], extra_ldflags=["-fopenmp"],
+                verbose=False)
+        except Exception as err:  # noqa: BLE001 - no compiler, no headers: fall back, say why once
+            _DISABLED = f"{type(err).__name__}: {str(err).splitlines()[0][:200]}"
+            raise FusedUnavailable(_DISABLED) from err
+        with _LOCK:
+            _FUNCTIONS.update({n: getattr(module, n) for n in names})
+
+
+def _standard_traces() -> list[Trace]:
+    with _LOCK:
+        return [_trace_for(spec, h, look, spec.buffers(h))[0] for spec, h, look in standard_configurations()]
+
+
+def _make_available(tr: Trace, wait: bool) -> None:
+    """Load or compile the kernel of ``tr`` (the standard set first, as one extension). Unless
+    ``wait`` (or DEEPDESCENT_KERNEL_BUILD=wait), a kernel that is not on disk is compiled in a
+    background thread and FusedPending is raised: the caller runs the eager path meanwhile."""
+    global _BUILDER
+    wanted = ([_standard_traces()] if not _FUNCTIONS else []) + [[tr]]
+    wait = wait or os.environ.get("DEEPDESCENT_KERNEL_BUILD") == "wait"
+    if wait or all(_on_disk(t) for t in wanted):
+        for traces in wanted:
+            _compile(traces)
+        return
+    with _LOCK:
+        if _BUILDER is None or not _BUILDER.is_alive():
+            _BUILDER = threading.Thread(target=_build_in_background, args=(wanted,), name="deepdescent-kernels",
+                                        daemon=True)
+            _BUILDER.start()
+    raise FusedPending("deepdescent: compiling the fused CPU kernels in the background (about a minute, once per "
+                       "machine); steps run on the eager path until they are ready")
+
+
+def _build_in_background(wanted: list[list[Trace]]) -> None:
     try:
-        module = cpp_extension.load_inline(
-            name=name, cpp_sources=code, functions=names, build_directory=folder,
-            extra_cflags=["-O3", "-march=native", "-fno-math-errno", "-fopenmp"], extra_ldflags=["-fopenmp"],
-            verbose=False)
-    except Exception as err:  # noqa: BLE001 - no compiler, no headers: fall back, say why once
-        _DISABLED = f"{type(err).__name__}: {str(err).splitlines()[0][:200]}"
-        raise FusedUnavailable(_DISABLED) from err
-    for name in names:
-        _FUNCTIONS[name] = getattr(module, name)
+        for traces in wanted:
+            _compile(traces)
+    except FusedUnavailable:  # recorded in _DISABLED: the next fused step says why and falls back
+        pass
+
+
+def wait_for_build(timeout: float | None = None) -> bool:
+    """Wait for a background compilation (if one runs); True when none is running any more."""
+    builder = _BUILDER
+    if builder is not None:
+        builder.join(timeout)
+    return builder is None or not builder.is_alive()
 
 
 def device_update(spec: Algorithm, h: dict[str, Any], lookahead: bool, plan: Any, table: Tensor, aligned: bool,
@@ -176,9 +239,10 @@ def device_update(spec: Algorithm, h: dict[str, Any], lookahead: bool, plan: Any
 
 
 def fused_update(spec: Algorithm, h: dict[str, Any], lookahead: bool, names: tuple[str, ...],
-                 lists: list[list[Tensor]], steps: list[Any]) -> None:
+                 lists: list[list[Tensor]], steps: list[Any], *, wait: bool = False) -> None:
     """Run ``spec``'s update with hyperparameters ``h`` on tensor lists (params, grads,
-    buffers...): the generated C++ loop on the CPU, the generated Triton kernel on CUDA."""
+    buffers...): the generated C++ loop on the CPU, the generated Triton kernel on CUDA. Raises
+    FusedPending (nothing written) while the CPU kernel compiles in the background, unless ``wait``."""
     if lists[0][0].device.type in TRITON_DEVICES:
         from deepdescent.kernels import triton_backend
 
@@ -191,13 +255,12 @@ def fused_update(spec: Algorithm, h: dict[str, Any], lookahead: bool, names: tup
         raise FusedUnavailable(_DISABLED)
     with _LOCK:
         tr, scalar_names, name = _trace_for(spec, h, lookahead, names)
-        if name not in _FUNCTIONS:
-            if not _FUNCTIONS:
-                build()  # the standard set in one extension, then look again
-            if name not in _FUNCTIONS:
-                _compile([tr])
+        function = _FUNCTIONS.get(name)
+    if function is None:
+        _make_available(tr, wait)
+        function = _FUNCTIONS[name]
     numeric = _numeric(h, spec.names)
-    _FUNCTIONS[name](lists, [numeric[k] for k in scalar_names], [float(s) for s in steps])
+    function(lists, [numeric[k] for k in scalar_names], [float(s) for s in steps])
 
 
 def any_nonfinite(tensors: list[Tensor]) -> bool | None:
@@ -221,8 +284,7 @@ def standard_configurations() -> list[tuple[Algorithm, dict[str, Any], bool]]:
 
 def build() -> int:
     """Trace and compile the standard kernels (or load them from the disk cache); their count."""
-    traces = [_trace_for(spec, h, look, spec.buffers(h))[0] for spec, h, look in standard_configurations()]
-    _compile(traces)
+    _compile(_standard_traces())
     return len(_FUNCTIONS)
 
 

@@ -12,7 +12,7 @@ _FN = {"add": "({a} + {b})", "sub": "({a} - {b})", "mul": "({a} * {b})", "div": 
        "where": "({a} > 0 ? {b} : {c})"}
 
 
-def _uniform(trace: Trace) -> list[bool]:
+def uniform_nodes(trace: Trace) -> list[bool]:
     """Nodes that do not depend on tensor elements: computed once per tensor, in double."""
     uni = []
     for node in trace.graph.nodes:
@@ -32,7 +32,7 @@ def function_name(trace: Trace) -> str:
 def source_body(trace: Trace) -> str:
     """The loop body (uniform prologue + element loop): parameters and gradients (lists 0 and 1)
     stored as P, state stored and all arithmetic done in S (float for bfloat16/half parameters)."""
-    uni = _uniform(trace)
+    uni = uniform_nodes(trace)
     needed = set(trace.outputs.values())
     stack = list(needed)
     while stack:  # only the nodes the outputs depend on

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from deepdescent.kernels.cpp import _uniform
+from deepdescent.kernels.cpp import uniform_nodes
 from deepdescent.kernels.trace import Trace
 
 #: Elements and warps per program of the update kernel, and of the read-only non-finite check
@@ -49,7 +49,7 @@ def _needed(trace: Trace) -> set[int]:
 
 def _uniform_inputs(trace: Trace) -> list[int]:
     """The uniform nodes the elementwise part reads (each becomes one per-tensor value)."""
-    uni, needed = _uniform(trace), _needed(trace)
+    uni, needed = uniform_nodes(trace), _needed(trace)
     used = set()
     for i in needed:
         node = trace.graph.nodes[i]
@@ -105,7 +105,7 @@ def source(trace: Trace, name: str, param_dtype: str = "float32") -> str:
     (read on the device), then the elementwise update in float32 for one block of one tensor.
     Parameters and gradients (lists 0 and 1) are ``param_dtype`` (float32, bfloat16 or float16),
     the state float32; values are rounded to ``param_dtype`` (to nearest even) only when stored."""
-    uni, needed = _uniform(trace), _needed(trace)
+    uni, needed = uniform_nodes(trace), _needed(trace)
     cols = _uniform_inputs(trace)
     lists = sorted({n[1] for i, n in enumerate(trace.graph.nodes) if n[0] == "load" and i in needed}
                    | set(trace.outputs))

@@ -85,7 +85,7 @@ def _me() -> str:
 def _take(url: str, key: str) -> str:
     from deepdescent.lab import study
 
-    optuna = study._optuna()
+    optuna = study.load_optuna()
     storage = study.storage(url)
     prefix = f"{PREFIX}{key}:g"
     generations = sorted(int(n[len(prefix):]) for n in study.study_names(url) if n.startswith(prefix)
@@ -108,7 +108,7 @@ def _alive(storage, name: str) -> bool:
     from deepdescent.lab import study
 
     try:
-        attrs = study._optuna().load_study(study_name=name, storage=storage).user_attrs
+        attrs = study.load_optuna().load_study(study_name=name, storage=storage).user_attrs
     except KeyError:  # deleted meanwhile: its batch is done or given up
         return False
     return owner_alive(attrs, name)
@@ -132,7 +132,7 @@ def _delete(url: str, name: str) -> None:
     from deepdescent.lab import study
 
     with contextlib.suppress(KeyError):
-        study._optuna().delete_study(study_name=name, storage=study.storage(url))
+        study.load_optuna().delete_study(study_name=name, storage=study.storage(url))
 
 
 def _start_heartbeat() -> None:
@@ -147,7 +147,7 @@ def _start_heartbeat() -> None:
 def _beat() -> None:
     from deepdescent.lab import study
 
-    optuna = study._optuna()
+    optuna = study.load_optuna()
     while True:
         time.sleep(max(TIMEOUT / 6, 0.2))
         with _lock:

@@ -92,7 +92,7 @@ def storage_url(out: Path, storage: str | None) -> str:
     return storage or f"sqlite:///{(out / 'results.db').resolve()}"
 
 
-def _optuna():
+def load_optuna():
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -126,7 +126,7 @@ def storage(url: str):
     several processes may race, is retried."""
     key = (url, os.getpid())
     if key not in _STORAGES:
-        optuna = _optuna()
+        optuna = load_optuna()
         _check_sqlite_folder(url)
         kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
         _STORAGES[key] = _retried(url, lambda: optuna.storages.RDBStorage(url, engine_kwargs=kwargs))
@@ -134,7 +134,7 @@ def storage(url: str):
 
 
 def study_names(url: str) -> list[str]:
-    return _retried(url, lambda: _optuna().get_all_study_names(storage=storage(url)))
+    return _retried(url, lambda: load_optuna().get_all_study_names(storage=storage(url)))
 
 
 def _retried(url: str, fn):
@@ -154,7 +154,7 @@ def open_study(url: str, name: str, *, create: bool = True, sampler=None):
     that is not there raises :class:`Missing` instead of being created empty. Opening a fresh
     database from several processes at once is retried (their schema creations race); any other
     failure raises :class:`StorageError` with its cause in one line."""
-    optuna = _optuna()
+    optuna = load_optuna()
 
     def attempt():
         if not create:
@@ -226,7 +226,7 @@ def _check_sqlite_folder(url: str) -> None:
 
 
 def stored(study) -> dict[tuple[float | None, int], engine.RunResult]:
-    optuna = _optuna()
+    optuna = load_optuna()
     out = {}
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
         r = engine.RunResult.from_json(json.loads(t.user_attrs["result"]))
@@ -235,7 +235,7 @@ def stored(study) -> dict[tuple[float | None, int], engine.RunResult]:
 
 
 def record(study, result: engine.RunResult) -> None:
-    optuna = _optuna()
+    optuna = load_optuna()
     value = result.final_train_loss
     trial = optuna.trial.create_trial(
         params={"lr": result.lr if result.lr is not None else 0.0, "seed": result.seed},
@@ -413,7 +413,7 @@ def _sampled_search(problem, spec, protocol, url, prefix, seeds, run, progress):
     """Quasi-random (Sobol) or TPE proposals of log₁₀ lr over the grid's 4 decades: one Optuna
     trial per proposed learning rate, valued by the median final training loss of its seeds (all
     seeds of a proposal train together, vectorized). Completed trials are kept on resume."""
-    optuna = _optuna()
+    optuna = load_optuna()
     sampler = optuna.samplers.QMCSampler(seed=0, scramble=True) if protocol.search == "qmc" else \
         optuna.samplers.TPESampler(seed=0, n_startup_trials=min(4, protocol.budget))
     study = open_study(url, f"{prefix}/{protocol.search}/{protocol.tag()}", create=run, sampler=sampler)

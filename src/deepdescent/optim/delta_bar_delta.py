@@ -27,9 +27,10 @@ class DeltaBarDelta(BookOptimizer):
     algorithm = delta_bar_delta.SPEC
 
     def __init__(self, params: Any, lr: float = 0.01, kappa: float = 1e-3, phi: float = 0.1, theta: float = 0.7,
-                 weight_decay: float = 0.0, *, nonfinite: NonFinite = "skip") -> None:
+                 weight_decay: float = 0.0, *, nonfinite: NonFinite = "skip", impl: str = "auto") -> None:
+        # per-element branches: no fused kernel ("auto" runs the eager path, "fused" raises)
         super().__init__(params, dict(lr=lr, kappa=kappa, phi=phi, theta=theta, weight_decay=weight_decay),
-                         nonfinite=nonfinite, impl="eager")  # per-element branches: no fused kernel
+                         nonfinite=nonfinite, impl=impl)
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         super().add_param_group(param_group)

@@ -1,0 +1,213 @@
+"""The executor and the kernel tracer, as the optimizers and the lab use them: the non-finite
+guard over several groups and buckets, tracing without touching torch's namespace, and the
+layering (no import cycle, no private name of another module)."""
+
+from __future__ import annotations
+
+import ast
+import pathlib
+import threading
+
+import pytest
+import torch
+from torch import nn
+
+from deepdescent import executor, kernels, optim
+from deepdescent.algorithms import REGISTRY
+from deepdescent.algorithms.spec import Algorithm, Hyperparameter
+
+SRC = pathlib.Path(__file__).resolve().parents[1] / "src" / "deepdescent"
+
+
+def _options(spec: Algorithm) -> dict:
+    return {"lr": 0.01} if spec.defaults()["lr"] is None else {}
+
+
+@pytest.mark.parametrize("impl", ["auto", "eager"])
+@pytest.mark.parametrize("name", list(REGISTRY))
+def test_a_nan_in_one_of_several_groups_and_buckets_skips_the_whole_step(name, impl):
+    """Three buckets — group 0 (float32), group 1 (float32 and float64) — and a NaN only in the
+    last one: no parameter and no state changes anywhere, the step is counted as skipped, and the
+    next finite step proceeds."""
+    spec = REGISTRY[name]
+    torch.manual_seed(0)
+    a, b = nn.Parameter(torch.randn(5)), nn.Parameter(torch.randn(3))
+    c = nn.Parameter(torch.randn(4, dtype=torch.float64))
+    opt = optim.optimizer_class(spec)([{"params": [a]}, {"params": [b, c]}], **_options(spec), impl=impl)
+    for p in (a, b, c):
+        p.grad = torch.ones_like(p)
+    opt.step()
+    before = [p.detach().clone() for p in (a, b, c)]
+    state = {k: v.clone() if isinstance(v, torch.Tensor) else v for p in (a, b, c) for k, v in opt.state[p].items()}
+    c.grad = torch.tensor([1.0, float("nan"), 1.0, 1.0], dtype=torch.float64)
+    opt.step()
+    assert opt.skipped_steps == 1
+    assert all(torch.equal(x, y) for x, y in zip(before, (a, b, c)))
+    after = {k: v for p in (a, b, c) for k, v in opt.state[p].items()}
+    assert all(torch.equal(torch.as_tensor(state[k]), torch.as_tensor(v)) for k, v in after.items())
+    c.grad = torch.ones_like(c)
+    opt.step()
+    assert not torch.equal(before[0], a.detach()) and opt.skipped_steps == 1
+
+
+def _spec(update, **kw) -> Algorithm:
+    return Algorithm(name=f"test-{id(update)}", reference="test", update=update, buffers=lambda h: ("buf",),
+                     hyperparameters=(Hyperparameter("lr", 0.1, lambda n, v: None, "ε"),
+                                      Hyperparameter("momentum", 0.5, lambda n, v: None, "α")), **kw)
+
+
+def test_tracing_never_replaces_torch_functions():
+    """The tracer records through ``__torch_function__``: while an update is traced, torch's
+    ``_foreach_*`` functions are torch's own, for the traced code and for every other thread."""
+    original = torch._foreach_add_
+    seen, other = [], []
+
+    def update(h, params, grads, bufs, steps, lookahead):
+        seen.append(torch._foreach_add_ is original)
+        worker = threading.Thread(target=lambda: other.append(torch._foreach_add_ is original))
+        worker.start()
+        worker.join()
+        torch._foreach_mul_(bufs["buf"], h["momentum"])
+        torch._foreach_add_(bufs["buf"], grads)
+        torch._foreach_add_(params, bufs["buf"], alpha=-h["lr"])
+
+    trace, names = kernels.traced(_spec(update), {"lr": 0.1, "momentum": 0.5})
+    assert seen == [True] and other == [True]
+    assert names == ["lr", "momentum"] and set(trace.outputs) == {0, 2}
+
+
+def test_a_symbolic_hyperparameter_used_as_a_bool_raises():
+    """``if momentum:`` would silently take one branch for every momentum: it must raise."""
+    def update(h, params, grads, bufs, steps, lookahead):
+        if h["momentum"]:
+            torch._foreach_add_(params, grads)
+
+    with pytest.raises(TypeError, match="cannot decide a branch"):
+        kernels.traced(_spec(update), {"lr": 0.1, "momentum": 0.5})
+
+
+def test_an_op_the_tracer_cannot_follow_raises_a_clear_error():
+    def update(h, params, grads, bufs, steps, lookahead):
+        torch._foreach_exp_(params)
+
+    with pytest.raises(TypeError, match="_foreach_exp_"):
+        kernels.traced(_spec(update), {"lr": 0.1, "momentum": 0.5})
+
+
+def test_vectorized_members_flag_a_nonfinite_gradient_per_member():
+    g = [torch.zeros(3, 4, 2), torch.zeros(3, 5)]
+    g[1][2, 1] = float("inf")
+    assert executor.nonfinite_members(g).tolist() == [False, False, True]
+
+
+# ------------------------------------------------------------------ layering
+_LAYERS = {  # a package may import those below it, never those above
+    "algorithms": set(), "kernels": {"algorithms"}, "executor": {"algorithms", "kernels"},
+    "optim": {"algorithms", "kernels", "executor", "second_order", "curvature"},
+}
+
+
+def _imports(path: pathlib.Path) -> list[tuple[str, list[str]]]:
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("deepdescent"):
+            found.append((node.module, [a.name for a in node.names]))
+        elif isinstance(node, ast.Import):
+            found += [(a.name, []) for a in node.names if a.name.startswith("deepdescent")]
+    return found
+
+
+def _package(module: str) -> str:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else ""
+
+
+def test_the_layers_import_only_downwards():
+    """algorithms ← kernels ← executor ← optim ← lab: no import (at module level or inside a
+    function) goes up, so there is no cycle between them."""
+    wrong = []
+    for package, allowed in _LAYERS.items():
+        for path in sorted((SRC / package).rglob("*.py")):
+            for module, names in _imports(path):
+                target = _package(module)
+                targets = [f"{target}.{n}" for n in names] if target == "" else [target]
+                for t in targets:
+                    t = t.split(".")[1] if t.startswith(".") else t.split(".")[0] if "." in t and target == "" else t
+                    if t not in (package, "", *allowed) and t in {*_LAYERS, "lab", "cli"}:
+                        wrong.append(f"{path.relative_to(SRC)} imports {module} {names}")
+    assert not wrong, "\n".join(wrong)
+
+
+def test_no_module_reads_a_private_name_of_another_module():
+    """No ``from deepdescent.x import _private`` and no ``module._private`` attribute of another
+    deepdescent module, anywhere in the package (an object's own ``self._x`` is its business)."""
+    wrong = []
+    for path in sorted(SRC.rglob("*.py")):
+        tree = ast.parse(path.read_text())
+        aliases = {}
+        for module, names in _imports(path):
+            for n in names:
+                if n.startswith("_") and not n.startswith("__"):
+                    wrong.append(f"{path.relative_to(SRC)}: from {module} import {n}")
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("deepdescent"):
+                aliases.update({a.asname or a.name: f"{node.module}.{a.name}" for a in node.names})
+            elif isinstance(node, ast.Import):
+                aliases.update({a.asname or a.name: a.name for a in node.names if a.name.startswith("deepdescent")})
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__"):
+                base = node.value
+                if isinstance(base, ast.Name) and base.id in aliases:
+                    wrong.append(f"{path.relative_to(SRC)}:{node.lineno}: {aliases[base.id]}.{node.attr}")
+    assert not wrong, "\n".join(wrong)
+
+
+def test_the_readme_table_lists_every_registered_algorithm():
+    readme = (SRC.parents[1] / "README.md").read_text()
+    table = [line for line in readme.splitlines() if line.startswith("| `")]
+    missing = [n for n, spec in REGISTRY.items()
+               if not any(line.startswith(f"| `{optim.optimizer_class(spec).__name__}(") for line in table)]
+    assert not missing, f"README's optimizer table lacks {missing}"
+
+
+def test_a_step_never_waits_for_the_compiler(monkeypatch, tmp_path, caplog):
+    """A kernel that is not on disk compiles in a background thread: the steps meanwhile run the
+    eager path (same values as impl="eager"), the notice is said once, and the steps after the
+    build use the kernel. The compiler is replaced by one that blocks until released."""
+    import logging
+
+    monkeypatch.setenv("DEEPDESCENT_KERNEL_CACHE", str(tmp_path))  # nothing on disk
+    monkeypatch.setenv("DEEPDESCENT_KERNEL_BUILD", "background")
+    monkeypatch.setattr(executor, "_NOTICES", set())
+    release, fused_calls = threading.Event(), []
+
+    def update(h, params, grads, bufs, steps, lookahead):
+        torch._foreach_mul_(bufs["buf"], h["momentum"])
+        torch._foreach_add_(bufs["buf"], grads)
+        torch._foreach_add_(params, bufs["buf"], alpha=-h["lr"])
+
+    spec = _spec(update)
+
+    def slow_compiler(traces):
+        assert release.wait(60)
+        with kernels._LOCK:
+            for t in traces:
+                name = kernels.cpp.function_name(t)
+                kernels._FUNCTIONS[name] = lambda lists, s, ts: (fused_calls.append(1),
+                                                                 executor.eager(spec, {"lr": s[0], "momentum": s[1]},
+                                                                                lists, ts, False))
+    monkeypatch.setattr(kernels, "_compile", slow_compiler)
+    monkeypatch.setattr(kernels, "_FUNCTIONS", {"any_nonfinite": None})  # the standard set is loaded
+    run = executor.Executor("auto")
+    p, g, buf = torch.ones(4), torch.full((4,), 0.5), torch.zeros(4)
+    ref_p, ref_buf = p.clone(), buf.clone()
+    with caplog.at_level(logging.WARNING, logger="deepdescent"):
+        for _ in range(3):
+            run.run(spec, {"lr": 0.1, "momentum": 0.5}, [[p], [g], [buf]], [1], False)
+            executor.eager(spec, {"lr": 0.1, "momentum": 0.5}, [[ref_p], [g], [ref_buf]], [1], False)
+    assert torch.equal(p, ref_p) and not fused_calls and not run.fused_off
+    assert caplog.text.count("compiling the fused CPU kernels in the background") == 1
+    release.set()
+    assert kernels.wait_for_build(60)
+    run.run(spec, {"lr": 0.1, "momentum": 0.5}, [[p], [g], [buf]], [1], False)
+    assert fused_calls == [1]
