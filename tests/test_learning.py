@@ -14,7 +14,7 @@ def data():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", list(digits.OPTIMIZERS))
+@pytest.mark.parametrize("name", digits.BOOK)
 def test_each_optimizer_learns_digits(name, data):
     torch.set_num_threads(1)
     result = digits.train(name, digits.OPTIMIZERS[name], data, epochs=20)

@@ -5,24 +5,11 @@ from __future__ import annotations
 
 import hashlib
 
-from deepdescent.kernels.trace import Trace
+from deepdescent.kernels.trace import Trace, live_nodes, uniform_nodes
 
 _FN = {"add": "({a} + {b})", "sub": "({a} - {b})", "mul": "({a} * {b})", "div": "({a} / {b})", "neg": "(-{a})",
        "sqrt": "std::sqrt({a})", "max": "std::max({a}, {b})", "pow": "std::pow({a}, {b})", "abs": "std::abs({a})",
        "where": "({a} > 0 ? {b} : {c})"}
-
-
-def uniform_nodes(trace: Trace) -> list[bool]:
-    """Nodes that do not depend on tensor elements: computed once per tensor, in double."""
-    uni = []
-    for node in trace.graph.nodes:
-        if node[0] == "load":
-            uni.append(False)
-        elif node[0] in ("scalar", "tensor_scalar", "const"):
-            uni.append(True)
-        else:
-            uni.append(all(uni[a] for a in node[1:]))
-    return uni
 
 
 def function_name(trace: Trace) -> str:
@@ -32,17 +19,7 @@ def function_name(trace: Trace) -> str:
 def source_body(trace: Trace) -> str:
     """The loop body (uniform prologue + element loop): parameters and gradients (lists 0 and 1)
     stored as P, state stored and all arithmetic done in S (float for bfloat16/half parameters)."""
-    uni = uniform_nodes(trace)
-    needed = set(trace.outputs.values())
-    stack = list(needed)
-    while stack:  # only the nodes the outputs depend on
-        i = stack.pop()
-        node = trace.graph.nodes[i]
-        if node[0] not in ("load", "scalar", "tensor_scalar", "const"):
-            for a in node[1:]:
-                if a not in needed:
-                    needed.add(a)
-                    stack.append(a)
+    uni, needed = uniform_nodes(trace), live_nodes(trace)
     pro, body = [], []
     loads = sorted({n[1] for i, n in enumerate(trace.graph.nodes) if n[0] == "load" and i in needed}
                    | set(trace.outputs))

@@ -250,6 +250,33 @@ def trace(update: Callable[..., None], n_lists: int, scalars: dict[str, float], 
     return Trace(graph, n_lists, outputs, list(scalars), list(tensor_scalars))
 
 
+def uniform_nodes(trace: Trace) -> list[bool]:
+    """Per node: whether it does not depend on tensor elements (a per-tensor value, computed once
+    per tensor in double by every back end)."""
+    uni: list[bool] = []
+    for node in trace.graph.nodes:
+        if node[0] == "load":
+            uni.append(False)
+        elif node[0] in ("scalar", "tensor_scalar", "const"):
+            uni.append(True)
+        else:
+            uni.append(all(uni[a] for a in node[1:]))
+    return uni
+
+
+def live_nodes(trace: Trace) -> set[int]:
+    """The nodes the outputs depend on (every back end generates code for these only)."""
+    needed, stack = set(trace.outputs.values()), list(trace.outputs.values())
+    while stack:
+        node = trace.graph.nodes[stack.pop()]
+        if node[0] not in ("load", "scalar", "tensor_scalar", "const"):
+            for a in node[1:]:
+                if a not in needed:
+                    needed.add(a)
+                    stack.append(a)
+    return needed
+
+
 def structure_key(values: dict[str, Any]) -> tuple:
     """What decides the traced control flow: which numbers are zero, and every non-number."""
     return tuple(sorted((k, ("zero" if v == 0 else "nonzero") if isinstance(v, (int, float)) and not isinstance(

@@ -20,8 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from deepdescent.kernels.cpp import uniform_nodes
-from deepdescent.kernels.trace import Trace
+from deepdescent.kernels.trace import Trace, live_nodes, uniform_nodes
 
 #: Elements and warps per program of the update kernel, and of the read-only non-finite check
 #: (defaults: the best of bench/gpu_profile.py's sweep on an H200; the environment overrides them).
@@ -35,21 +34,9 @@ _TL = {"add": "({a} + {b})", "sub": "({a} - {b})", "mul": "({a} * {b})", "div": 
        "where": "tl.where({a} > 0, {b}, {c})"}
 
 
-def _needed(trace: Trace) -> set[int]:
-    needed, stack = set(trace.outputs.values()), list(trace.outputs.values())
-    while stack:
-        node = trace.graph.nodes[stack.pop()]
-        if node[0] not in ("load", "scalar", "tensor_scalar", "const"):
-            for a in node[1:]:
-                if a not in needed:
-                    needed.add(a)
-                    stack.append(a)
-    return needed
-
-
 def _uniform_inputs(trace: Trace) -> list[int]:
     """The uniform nodes the elementwise part reads (each becomes one per-tensor value)."""
-    uni, needed = uniform_nodes(trace), _needed(trace)
+    uni, needed = uniform_nodes(trace), live_nodes(trace)
     used = set()
     for i in needed:
         node = trace.graph.nodes[i]
@@ -105,7 +92,7 @@ def source(trace: Trace, name: str, param_dtype: str = "float32") -> str:
     (read on the device), then the elementwise update in float32 for one block of one tensor.
     Parameters and gradients (lists 0 and 1) are ``param_dtype`` (float32, bfloat16 or float16),
     the state float32; values are rounded to ``param_dtype`` (to nearest even) only when stored."""
-    uni, needed = uniform_nodes(trace), _needed(trace)
+    uni, needed = uniform_nodes(trace), live_nodes(trace)
     cols = _uniform_inputs(trace)
     lists = sorted({n[1] for i, n in enumerate(trace.graph.nodes) if n[0] == "load" and i in needed}
                    | set(trace.outputs))
