@@ -152,16 +152,28 @@ def _resume_hint(out: Path, done: int, total: int) -> str:
 
 
 QUICK_TIME = "about 4 minutes on 2 cores"  # measured: BENCHMARKS.md, "The quick suite"
+MODERN_TIME = "about N minutes on 2 cores"  # measured: BENCHMARKS.md, "The modern suite"
 
 
 @app.command()
 def bench(
     suite: Annotated[str, typer.Option(
-        help=f"quick ({QUICK_TIME}), full, or depth (deep linear network: depth × initialization).")] = "quick",
+        help=f"quick ({QUICK_TIME}), full, depth (deep linear network: depth × initialization), or modern "
+             f"(the book's fastest against AdamW, NAdam, RAdam and Schedule-Free AdamW on the quick "
+             f"problems, {MODERN_TIME}).")] = "quick",
     problem: Annotated[list[str] | None, typer.Option(
         help="Only these problems (repeatable); parameters as name:key=value,…, e.g. adding:T=100, "
              "deep_linear:depth=50,scheme=normalized.")] = None,
-    optimizer: Annotated[list[str] | None, typer.Option(help="Only these optimizers (repeatable).")] = None,
+    optimizer: Annotated[list[str] | None, typer.Option(
+        help="Only these optimizers (repeatable): a lab name (`deepdescent list`), an entry point of "
+             "'deepdescent.optimizers', or an import path (torch.optim.AdamW, package.module:Class), which "
+             "races member by member.")] = None,
+    hparam: Annotated[list[str] | None, typer.Option(
+        help="NAME=VALUE for the import-path optimizers (repeatable; OPTIMIZER@NAME=VALUE for one of them), "
+             "e.g. --hparam weight_decay=0.1.")] = None,
+    lr_center: Annotated[float | None, typer.Option(
+        min=0.0, help="Centre of the learning-rate grid of the import-path optimizers (default: the class's "
+                      "default lr).")] = None,
     budget: Annotated[int | None, typer.Option(min=1, help="Learning rates tried per optimizer.")] = None,
     search: Annotated[str, typer.Option(help="grid (log grid), qmc (quasi-random) or tpe.")] = "grid",
     seeds: Annotated[int | None, typer.Option(min=1, help="Seeds per setting.")] = None,
@@ -187,17 +199,24 @@ def bench(
 
     if search not in study.SEARCHES:
         raise typer.BadParameter(f"unknown search {search!r}; valid: {', '.join(study.SEARCHES)}", param_hint="--search")
+    # one execution path throughout every run (a kernel switched in mid-run would change the last
+    # bits of the results with the machine's speed): wait for a missing kernel instead
+    os.environ.setdefault("DEEPDESCENT_KERNEL_BUILD", "wait")
     _check_device(device)
     try:
         names = list(dict.fromkeys(problems.problem(n).name for n in (problem or study.suite(suite))))
-        opts = optimizer or study.all_optimizers()
+        opts = _with_hparams(optimizer or study.all_optimizers(suite), hparam or [], lr_center)
+        if suite == "modern" and not optimizer and study.missing_modern():
+            console.print(f"not installed, left out: {', '.join(study.missing_modern())} "
+                          "(pip install 'deepdescent[modern]')")
         for o in opts:
             optimizers.optimizer(o)
     except ValueError as err:
         raise typer.BadParameter(str(err)) from err
     _check_out(out)
-    proto = study.Protocol(suite=suite, budget=budget or (6 if suite == "quick" else 12),
-                           seeds=seeds or (2 if suite == "quick" else 3), search=search, device=device,
+    small = suite in ("quick", "modern")
+    proto = study.Protocol(suite=suite, budget=budget or (6 if small else 12),
+                           seeds=seeds or (2 if small else 3), search=search, device=device,
                            time_limit=time_limit)
     url = study.storage_url(out, storage)
     try:
@@ -254,6 +273,42 @@ def bench(
     with console.status("writing the report"):
         page = report.write(results, out, meta)
     console.print(f"report: {page}  (figures in {out / 'figures'}; rebuild with `deepdescent report {out}`)")
+
+
+def _with_hparams(names: list[str], hparams: list[str], lr_center: float | None) -> list[str]:
+    """The optimizer names with ``--hparam``/``--lr-center`` folded into the foreign ones'
+    canonical names (``torch.optim.AdamW(lr=0.0003, weight_decay=0.1)``)."""
+    import ast
+
+    from deepdescent.lab import optimizers
+
+    foreign = [n for n in names if n not in optimizers.OPTIMIZERS]
+    if (hparams or lr_center is not None) and not foreign:
+        raise ValueError("--hparam and --lr-center apply to optimizers given by import path or entry point "
+                         f"(the lab's own have fixed options); none among {', '.join(names)}")
+    extra: dict[str, dict] = {n: {} for n in foreign}
+    for item in hparams:
+        target, _, assignment = item.rpartition("@")
+        name, eq, text = assignment.partition("=")
+        if not eq or not name.strip():
+            raise ValueError(f"invalid --hparam {item!r}: expected NAME=VALUE or OPTIMIZER@NAME=VALUE")
+        if target and target not in extra:
+            raise ValueError(f"invalid --hparam {item!r}: {target!r} is not one of the import-path optimizers "
+                             f"({', '.join(foreign)})")
+        try:
+            value = ast.literal_eval(text.strip())
+        except (ValueError, SyntaxError):
+            value = text.strip()  # a bare word: a string option
+        for n in [target] if target else foreign:
+            extra[n][name.strip()] = value
+    out = []
+    for n in names:
+        if n in extra:
+            path, given = optimizers.parse(n)
+            center = {"lr": lr_center} if lr_center is not None else {}
+            n = optimizers.key(path, {**given, **center, **extra[n]})
+        out.append(n)
+    return out
 
 
 def _check_device(device: str) -> None:
@@ -339,8 +394,22 @@ def list_cmd() -> None:
     for c in ("name", "book", "kind", "default lr"):
         t.add_column(c)
     for o in optimizers.OPTIMIZERS.values():
-        t.add_row(o.name, o.book, o.kind, "–" if o.default_lr is None else f"{o.default_lr:g}")
+        t.add_row(o.name + ("" if o.in_book else " †"), o.book, o.kind,
+                  "–" if o.default_lr is None else f"{o.default_lr:g}")
     console.print(t)
+    console.print("† a descendant of the chapter's methods: raced on request (--optimizer NAME)")
+    registered = optimizers.entry_points()
+    if registered:
+        t = Table(title=f"registered by installed packages (entry points {optimizers.ENTRY_POINTS!r})")
+        for c in ("name", "class", "kind", "default lr"):
+            t.add_column(c)
+        for name, target in registered.items():
+            try:
+                o = optimizers.optimizer(name)
+                t.add_row(name, target, o.kind, "–" if o.default_lr is None else f"{o.default_lr:g}")
+            except ValueError as err:  # a broken package: say why, list the others
+                t.add_row(name, target, "unusable", str(err))
+        console.print(t)
 
 
 @app.command()

@@ -186,7 +186,8 @@ def run_member(problem: Problem, spec: OptimizerSpec, lr: float | None, seed: in
     deadline, started = _Deadline(time_limit), time.perf_counter()
     first: float | None = None
     track = [] if task.trajectory_2d else None
-    at_theta = getattr(opt, "at_theta", None)
+    at_theta = getattr(opt, "at_theta", None) or _evaluation_mode(opt)
+    _training_mode(opt)
 
     def evaluate(step: int, spent: float) -> bool:
         nonlocal first
@@ -220,6 +221,29 @@ def run_member(problem: Problem, spec: OptimizerSpec, lr: float | None, seed: in
     return result
 
 
+def _training_mode(opt: Any) -> None:
+    """Optimizers that keep an evaluation point of their own (Schedule-Free's ``train()``/``eval()``)
+    are put in training mode before the first step."""
+    if callable(getattr(opt, "train", None)) and callable(getattr(opt, "eval", None)):
+        opt.train()
+
+
+def _evaluation_mode(opt: Any):
+    """A context in which the model holds the point the optimizer means to be evaluated: its
+    ``eval()`` (Schedule-Free's averaged iterate) for the duration, ``train()`` after; None when the
+    optimizer has no such modes."""
+    if not (callable(getattr(opt, "train", None)) and callable(getattr(opt, "eval", None))):
+        return None
+
+    class _Mode:
+        def __enter__(self) -> None:
+            opt.eval()
+
+        def __exit__(self, *exc: Any) -> None:
+            opt.train()
+    return _Mode
+
+
 def _minibatch_loop(task: Task, spec: OptimizerSpec, opt, model, order, evaluate, deadline, result) -> None:
     """First-order methods: ``budget / cost`` steps, minibatches (or the full batch) in a fixed order."""
     n = len(task.x_train)
@@ -251,7 +275,17 @@ def _second_order_loop(task: Task, spec: OptimizerSpec, opt, model, result, eval
     """Closure methods on the full batch: steps until the budget is spent, counting every
     function evaluation 1 and every curvature-vector product 2; a point is recorded each time the
     spent compute crosses one of ``EVAL_POINTS`` evenly spaced marks, and when the budget is spent."""
+    calls = 0
+
     def closure():
+        nonlocal calls
+        calls += 1
+        if spec.foreign:  # torch's closure convention: zero the gradients, backward, return the loss
+            opt.zero_grad()
+            with torch.enable_grad():
+                loss = task.loss(model(task.x_train), task.y_train)
+                loss.backward()
+            return loss
         out = model(task.x_train)
         loss = task.loss(out, task.y_train)
         return (loss, out) if spec.closure_output else loss
@@ -269,7 +303,9 @@ def _second_order_loop(task: Task, spec: OptimizerSpec, opt, model, result, eval
             result.diverged = True
             return
         st = opt.state[next(p for p in model.parameters() if p.requires_grad)]
-        spent = float(st.get("func_evals", 0) + 2 * st.get("curvature_products", 0))
+        # deepdescent's methods count their evaluations and curvature products; any other
+        # optimizer is charged one gradient-equivalent per closure call (a loss and its gradient)
+        spent = float(calls) if spec.foreign else float(st.get("func_evals", 0) + 2 * st.get("curvature_products", 0))
         result.line_search_failures = st.get("line_search_failures", 0)
         crossed = False
         while mark <= EVAL_POINTS and spent >= task.budget * mark / EVAL_POINTS - 1e-9:

@@ -33,6 +33,7 @@ class OptimizerSpec:
     #: The first-order algorithm and the options of this variant (None for second-order methods):
     #: what the vectorized engine runs through the executor.
     in_book: bool = True  # a method of chapter 8: raced by default (the others on request)
+    foreign: bool = False  # a class from elsewhere (import path, entry point): raced member by member
     algorithm: Algorithm | None = field(default=None, compare=False)
     options: dict[str, Any] | None = field(default=None, compare=False)
 
@@ -88,9 +89,23 @@ OPTIMIZERS: dict[str, OptimizerSpec] = {s.name: s for s in [
 
 
 def optimizer(name: str) -> OptimizerSpec:
-    if name not in OPTIMIZERS:
-        raise ValueError(f"unknown optimizer {name!r}; valid: {', '.join(OPTIMIZERS)}")
-    return OPTIMIZERS[name]
+    """A lab optimizer by name, or a foreign one (:func:`foreign`: an import path such as
+    ``torch.optim.AdamW`` or ``package.module:Class``, or an entry point, with ``(NAME=VALUE, ...)``)."""
+    if name in OPTIMIZERS:
+        return OPTIMIZERS[name]
+    if "." in name or ":" in name or "(" in name or name in entry_points():
+        return _foreign(name)
+    raise ValueError(f"unknown optimizer {name!r}; valid: {', '.join(OPTIMIZERS)}, an entry point of "
+                     f"{ENTRY_POINTS!r}, or an import path such as torch.optim.AdamW or package.module:Class")
+
+
+_FOREIGN: dict[str, OptimizerSpec] = {}
+
+
+def _foreign(name: str) -> OptimizerSpec:
+    if name not in _FOREIGN:
+        _FOREIGN[name] = foreign(name)
+    return _FOREIGN[name]
 
 
 def lr_grid(center: float, points: int, decades: float = 4.0, extend: tuple[int, int] = (0, 0)) -> list[float]:
@@ -102,3 +117,121 @@ def lr_grid(center: float, points: int, decades: float = 4.0, extend: tuple[int,
     lo = center * 10 ** (-decades / 2)
     below, above = extend
     return [lo * 10 ** (decades * i / (points - 1)) for i in range(-below, points + above)]
+
+
+# ---------------------------------------------------------------------- optimizers from elsewhere
+#: Third-party packages register optimizer classes under this entry-point group
+#: (``[project.entry-points."deepdescent.optimizers"] MyOpt = "pkg.module:MyOpt"``).
+ENTRY_POINTS = "deepdescent.optimizers"
+
+
+def entry_points() -> dict[str, str]:
+    """The optimizers registered by installed packages: name → "module:attribute"."""
+    from importlib.metadata import entry_points as found
+
+    return {ep.name: ep.value for ep in found(group=ENTRY_POINTS)}
+
+
+def parse(key: str) -> tuple[str, dict[str, Any]]:
+    """``"torch.optim.AdamW(lr=3e-4, weight_decay=0.1)"`` → ("torch.optim.AdamW", {...}); values are
+    Python literals (numbers, tuples, True/False, quoted strings)."""
+    import ast
+
+    path, _, rest = key.partition("(")
+    path = path.strip()
+    if not rest:
+        return path, {}
+    if not rest.endswith(")"):
+        raise ValueError(f"invalid optimizer {key!r}: expected PATH or PATH(NAME=VALUE, ...)")
+    try:
+        call = ast.parse(f"f({rest}", mode="eval").body
+        assert isinstance(call, ast.Call) and not call.args and all(k.arg for k in call.keywords)
+        return path, {k.arg: ast.literal_eval(k.value) for k in call.keywords}  # type: ignore[misc]
+    except (SyntaxError, ValueError, AssertionError):
+        raise ValueError(f"invalid optimizer {key!r}: hyperparameters must be NAME=VALUE with Python literal "
+                         "values, e.g. torch.optim.AdamW(weight_decay=0.1)") from None
+
+
+def key(path: str, hparams: dict[str, Any]) -> str:
+    """The canonical name of a foreign optimizer with ``hparams`` (sorted; ``lr`` is the grid's centre)."""
+    if not hparams:
+        return path
+    return f"{path}({', '.join(f'{k}={v!r}' for k, v in sorted(hparams.items()))})"
+
+
+def _load(path: str) -> type:
+    import importlib
+
+    registered = entry_points()
+    target = registered.get(path, path)
+    module, sep, attr = target.partition(":")
+    if not sep:
+        module, _, attr = target.rpartition(".")
+    if not module or not attr:
+        raise ValueError(f"unknown optimizer {path!r}: not a lab optimizer ({', '.join(OPTIMIZERS)}), not an "
+                         f"entry point of {ENTRY_POINTS!r} ({', '.join(registered) or 'none installed'}), and not "
+                         "an import path such as torch.optim.AdamW or package.module:Class")
+    try:
+        obj = importlib.import_module(module)
+        for part in attr.split("."):
+            obj = getattr(obj, part)
+    except (ImportError, AttributeError) as err:
+        raise ValueError(f"cannot import optimizer {path!r}: {err}") from None
+    if not (isinstance(obj, type) and issubclass(obj, torch.optim.Optimizer)):
+        raise ValueError(f"{path!r} is {obj!r}, not a torch.optim.Optimizer subclass")
+    return obj
+
+
+def _needs_closure(cls: type) -> bool:
+    """Whether ``step`` requires a closure (torch.optim.LBFGS and the like): then it runs like L-BFGS."""
+    import inspect
+
+    try:
+        closure = inspect.signature(cls.step).parameters.get("closure")
+    except (TypeError, ValueError):
+        return False
+    return closure is not None and closure.default is inspect.Parameter.empty
+
+
+def foreign(name: str) -> OptimizerSpec:
+    """An optimizer class from an import path or an entry point, with fixed hyperparameters and the
+    learning rate as the grid's centre (``lr=`` in the name, else the class's default). It races
+    under the same protocol member by member (there is no functional core to vectorize); one whose
+    ``step`` requires a closure runs on the full batch like L-BFGS, at its own learning rate."""
+    import inspect
+
+    path, hparams = parse(name)
+    cls = _load(path)
+    params = inspect.signature(cls).parameters
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    unknown = sorted(k for k in hparams if k not in params and not takes_any)
+    if unknown:
+        valid = [p for p in params if p not in ("self", "params")]
+        raise ValueError(f"{path} has no hyperparameter {', '.join(unknown)}; its hyperparameters: {', '.join(valid)}")
+    fixed = {k: v for k, v in hparams.items() if k != "lr"}
+    default = params["lr"].default if "lr" in params else None
+    center = hparams.get("lr", default if isinstance(default, (int, float)) and not isinstance(default, bool) else None)
+    closure = _needs_closure(cls)
+    if not closure and center is None:
+        raise ValueError(f"{path} has no default learning rate: give the grid's centre with --lr-center "
+                         f"(or {path}(lr=...))")
+    canonical = key(path, hparams)
+
+    def make(p: Any, lr: float | None) -> torch.optim.Optimizer:
+        rate = {} if center is None and lr is None else {"lr": center if lr is None or closure else lr}
+        return cls(p, **fixed, **rate)
+    target = entry_points().get(path, path)
+    source = target.split(":")[0] if ":" in target else target.rsplit(".", 1)[0]
+    return OptimizerSpec(canonical, source, make,
+                         None if closure else center, kind="second" if closure else "first", in_book=False,
+                         foreign=True,
+                         note=f"{cls.__module__}.{cls.__qualname__}, member by member"
+                              + (" on the full batch (its step needs a closure)" if closure else ""))
+
+
+def lookup(name: str) -> OptimizerSpec | None:
+    """A lab optimizer or a foreign one by its name (None when it is neither, or no longer imports)."""
+    try:
+        return optimizer(name)
+    except ValueError:
+        return None

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from deepdescent.lab.optimizers import OPTIMIZERS
+from deepdescent.lab.optimizers import OPTIMIZERS, lookup, parse
 from deepdescent.lab.problems import base_name, reference
 from deepdescent.lab.problems import problem as find_problem
 from deepdescent.lab.verdict import (Race, Results, Row, board, leaderboard, median, performance_profile, target,
@@ -72,7 +72,7 @@ def style(name: str) -> dict[str, Any]:
     dashed: adaptive rates, dash-dot: second order), so that every curve is distinguishable."""
     names = list(OPTIMIZERS)
     index = names.index(name) if name in names else len(names) + sum(map(ord, name))
-    spec = OPTIMIZERS.get(name)
+    spec = lookup(name)
     return {"color": _COLOURS[index % len(_COLOURS)], "linestyle": _LINESTYLE[spec.family if spec else "adaptive"],
             "lw": 1.6}
 
@@ -386,8 +386,20 @@ def _reached(row: Row) -> str:
 
 
 #: (header, cell) of the leaderboard; the terminal shows the first ``TERMINAL_COLUMNS``.
+def _name(name: str) -> str:
+    """The optimizer as a table shows it: an import path by its class (its options elided), and a
+    method that is not of chapter 8 marked †."""
+    spec = lookup(name)
+    if spec is None or spec.in_book:
+        return name
+    if spec.foreign:
+        path, options = parse(name)
+        name = path.replace(":", ".").rsplit(".", 1)[-1] + ("(…)" if options else "")
+    return f"{name} †"
+
+
 COLUMNS = (
-    ("optimizer", lambda r: r.optimizer),
+    ("optimizer", lambda r: _name(r.optimizer)),
     ("lr", _lr),
     ("final loss", lambda r: _loss(r.final)),
     ("≤T", _reached),
@@ -403,7 +415,7 @@ TERMINAL_COLUMNS = 8
 CAPTION = ("lr: tuned learning rate (* still at the edge of its grid after extending it); final loss: median "
            "training loss when the budget is spent; ≤T: seeds that end at or below the target; epochs→T: "
            "median epochs (gradient-equivalents) after which those seeds stay below it; div: diverged runs "
-           "of the grid; ✂: runs cut by --time-limit")
+           "of the grid; ✂: runs cut by --time-limit; †: not a method of chapter 8")
 
 
 def terminal(all_results: Results, console) -> None:
@@ -441,8 +453,10 @@ def _verdict_matrix(all_results: Results) -> str:
     winners = {p: verdict(p, race)[0] for p, race in all_results.items()}
     rows = []
     for n in names:
-        book = f" <small>({html.escape(OPTIMIZERS[n].book)})</small>" if n in OPTIMIZERS else ""
-        cells = [f"{html.escape(n)}{book}"]
+        spec = lookup(n)
+        book = f" <small>({html.escape(spec.book)})</small>" if spec else ""
+        mark = "" if spec is None or spec.in_book else " <span title='not a method of chapter 8'>†</span>"
+        cells = [f"{html.escape(n)}{mark}{book}"]
         for p in all_results:
             r = boards[p].get(n)
             if r is None:
@@ -493,11 +507,18 @@ def write(all_results: Results, out: Path, meta: dict[str, Any]) -> Path:
         parts.append(f"<li><b>{html.escape(title(problem))}</b>: {html.escape(sentence)}</li>")
     parts.append("</ul>")
     raced = list(dict.fromkeys(n for race in all_results.values() for n in race))
-    notes = [(n, OPTIMIZERS[n]) for n in raced if n in OPTIMIZERS and OPTIMIZERS[n].note]
+    specs = [(n, lookup(n)) for n in raced]
+    notes = [(n, s) for n, s in specs if s is not None and s.in_book and s.note]
     if notes:
         parts.append("<h3>Where the raced variant differs from the book</h3><ul>" + "".join(
             f"<li><b>{html.escape(n)}</b> ({html.escape(s.book)}): {html.escape(s.note)}</li>" for n, s in notes)
             + "</ul>")
+    others = [(n, s) for n, s in specs if s is not None and not s.in_book]
+    if others:
+        parts.append("<h3>† Not methods of chapter 8</h3><p>Raced beside the book's methods under the same "
+                     "protocol:</p><ul>" + "".join(
+                         f"<li><b>{html.escape(n)}</b> ({html.escape(s.book)}){': ' + html.escape(s.note) if s.note else ''}"
+                         "</li>" for n, s in others) + "</ul>")
     parts += [f"<h2>Protocol</h2><p>{html.escape(PROTOCOL_TEXT)}</p>", _meta_table(meta)]
     parts.append(f'<h2>Performance profile</h2><img alt="performance profile" '
                  f'src="data:image/png;base64,{_profile_figure(all_results, figs)}">')

@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from deepdescent.lab import claims, engine
-from deepdescent.lab.optimizers import OPTIMIZERS, OptimizerSpec, lr_grid
+from deepdescent.lab.optimizers import OPTIMIZERS, OptimizerSpec, lookup, lr_grid
 from deepdescent.lab.problems import PROBLEMS, Problem
 
 #: 2: runs record their failed line searches; 3: equal gradient-equivalent budgets, no clock,
@@ -68,7 +68,8 @@ class Protocol:
 
     @property
     def quick(self) -> bool:
-        return self.suite == "quick"
+        """The problems' small sizes (the quick and modern suites)."""
+        return self.suite in ("quick", "modern")
 
     def tag(self) -> str:
         on = "" if self.device == "cpu" else f"-{self.device.replace(':', '.')}"
@@ -370,6 +371,9 @@ def _vectorized_track(problem: Problem, spec: OptimizerSpec, lr: float, seeds: l
 
 def _members(problem: Problem, spec: OptimizerSpec, lrs: list[float], seeds: list[int],
              protocol: Protocol) -> list[engine.RunResult]:
+    if spec.algorithm is None:  # a foreign optimizer: no functional core to vectorize
+        return [engine.run_member(problem, spec, lr, s, protocol.quick, **protocol.run_options())
+                for lr in lrs for s in seeds]
     try:
         return engine.run_vectorized(problem, spec, lrs, seeds, protocol.quick, **protocol.run_options())
     except engine.NotVectorizable as err:  # e.g. cuDNN's RNN under vmap: member by member, said in the log
@@ -464,7 +468,12 @@ def _sampled_search(problem, spec, protocol, url, prefix, seeds, run, progress):
 #: Saxe et al. (2013): the deep linear network at three depths under orthogonal and scaled-uniform
 #: (Glorot) initialization; the report draws training time against depth.
 DEPTH_SUITE = [f"deep_linear:depth={d},scheme={s}" for s in ("orthogonal", "normalized") for d in (2, 8, 32)]
-SUITES = ("quick", "full", "depth")
+SUITES = ("quick", "full", "depth", "modern")
+#: The modern suite: the book's fastest first-order methods on the quick problems against what
+#: practitioners use today, from torch.optim and the ``schedulefree`` package (Defazio et al. 2024,
+#: the self-tuning track winner of AlgoPerf 2024; ``pip install deepdescent[modern]``).
+MODERN_BOOK = ["Nesterov", "RMSProp", "Adam"]
+MODERN = ["torch.optim.AdamW", "torch.optim.NAdam", "torch.optim.RAdam", "schedulefree.AdamWScheduleFree"]
 
 
 def suite(name: str) -> list[str]:
@@ -472,9 +481,17 @@ def suite(name: str) -> list[str]:
         raise ValueError(f"unknown suite {name!r}; valid: {', '.join(SUITES)}")
     if name == "depth":
         return list(DEPTH_SUITE)
-    return [p.name for p in PROBLEMS.values() if name in p.suites]
+    return [p.name for p in PROBLEMS.values() if ("quick" if name == "modern" else name) in p.suites]
 
 
-def all_optimizers() -> list[str]:
-    """What a race runs by default: every method of chapter 8 (descendants such as AdamW on request)."""
+def all_optimizers(suite_name: str = "quick") -> list[str]:
+    """What a race runs by default: every method of chapter 8 (descendants such as AdamW on request);
+    for the modern suite, the book's fastest and the modern ones (those whose package is installed)."""
+    if suite_name == "modern":
+        return MODERN_BOOK + [n for n in MODERN if lookup(n) is not None]
     return [name for name, spec in OPTIMIZERS.items() if spec.in_book]
+
+
+def missing_modern() -> list[str]:
+    """The modern suite's optimizers that cannot be imported here (their package is not installed)."""
+    return [n for n in MODERN if lookup(n) is None]
