@@ -7,7 +7,6 @@ bit-identically to an uninterrupted run."""
 from __future__ import annotations
 
 import logging
-import warnings
 
 import pytest
 import torch

@@ -24,7 +24,7 @@ ARGS = ["--problem", "saddle", "--problem", "cliff", "--optimizer", "Adam",
 
 
 def _members(url: str) -> dict[tuple[str, float, int], float]:
-    optuna = study._optuna()
+    optuna = study.load_optuna()
     out: dict[tuple[str, float, int], float] = {}
     for name in study.study_names(url):
         assert not name.startswith(claims.PREFIX), f"a claim was left behind: {name}"
@@ -120,7 +120,7 @@ def test_three_processes_on_one_postgresql_study(single_process, postgres, tmp_p
 
 def test_a_lapsed_claim_of_another_machine_is_taken_over(tmp_path, monkeypatch):
     url = f"sqlite:///{tmp_path / 'claims.db'}"
-    optuna = study._optuna()
+    optuna = study.load_optuna()
     monkeypatch.setattr(claims, "TIMEOUT", 5.0)
     other = optuna.create_study(study_name=f"{claims.PREFIX}batch:g0", storage=study.storage(url))
     other.set_user_attr("owner", "another-machine:4242")
@@ -148,7 +148,7 @@ def test_a_sampled_search_resumes_a_dead_processs_proposal_under_its_own_trial(t
     expected = sorted(t.params["lr"] for t in _trials(whole))
 
     killed = f"sqlite:///{tmp_path / 'killed.db'}"
-    optuna = study._optuna()
+    optuna = study.load_optuna()
     s = study.open_study(killed, f"saddle/Adam/qmc/{proto.tag()}",
                          sampler=optuna.samplers.QMCSampler(seed=0, scramble=True))
     low, high = study.lr_grid(spec.default_lr, 2)
@@ -162,7 +162,7 @@ def test_a_sampled_search_resumes_a_dead_processs_proposal_under_its_own_trial(t
 
 
 def _trials(url: str, every: bool = False):
-    optuna = study._optuna()
+    optuna = study.load_optuna()
     name = next(n for n in study.study_names(url) if "/qmc/" in n)
     states = None if every else (optuna.trial.TrialState.COMPLETE,)
     return optuna.load_study(study_name=name, storage=study.storage(url)).get_trials(deepcopy=False, states=states)

@@ -126,8 +126,8 @@ SPEC = Algorithm(
     buffers=lambda h: ("square_avg", "velocity") if h["momentum"] != 0 else ("square_avg",),
     update=_step,
     interim=lambda h: bool(h["nesterov"]),
-    displacement=lambda h, velocity: _momentum.interim_displacement(
-        velocity, lr=h["lr"], momentum=h["momentum"], convention=h["convention"]),
+    displacement=lambda h, bufs: _momentum.interim_displacement(
+        bufs["velocity"], lr=h["lr"], momentum=h["momentum"], convention=h["convention"]),
     consistent=_consistent,
     structures=(*(dict(convention=c, **o) for c in ("book", "torch") for o in ({}, {"momentum": 0.9})),
                 {"momentum": 0.9, "nesterov": True}),

@@ -80,8 +80,8 @@ SPEC = Algorithm(
     buffers=lambda h: ("velocity",) if h["momentum"] != 0 else (),
     update=_step,
     interim=lambda h: bool(h["nesterov"]),
-    displacement=lambda h, velocity: _momentum.interim_displacement(
-        velocity, lr=h["lr"], momentum=h["momentum"], convention=h["convention"]),
+    displacement=lambda h, bufs: _momentum.interim_displacement(
+        bufs["velocity"], lr=h["lr"], momentum=h["momentum"], convention=h["convention"]),
     consistent=_consistent,
     structures=tuple(dict(convention=c, **o) for c in ("book", "torch")
                      for o in ({}, {"momentum": 0.9}, {"momentum": 0.9, "nesterov": True})),

@@ -80,8 +80,8 @@ class Algorithm:
     update: Callable[..., None]  # update(h, params, grads, bufs, steps, lookahead): the box, in place
     init: Callable[[str, Tensor, Hyper], Tensor] = zero_buffer
     interim: Callable[[Hyper], bool] = _never  # the gradient is taken at θ̃ = θ + αv (Nesterov)
-    #: the displacement θ̃ − θ for interim methods: displacement(h, velocity) -> list of tensors
-    displacement: Callable[[Hyper, list[Tensor]], list[Tensor]] | None = None
+    #: the displacement θ̃ − θ of interim methods, from the state: displacement(h, bufs) -> tensors
+    displacement: Callable[[Hyper, dict[str, list[Tensor]]], list[Tensor]] | None = None
     consistent: Callable[[Hyper], None] = _consistent  # checks between hyperparameters
     #: option sets spanning this algorithm's distinct kernels (each also with weight decay, and
     #: with and without look-ahead where the configuration is interim): the standard set

@@ -442,7 +442,7 @@ def run_vectorized(problem: Problem, spec: OptimizerSpec, lrs: list[float], seed
         if not lookahead:
             return params
         assert algo.displacement is not None
-        disp = algo.displacement(member_h, [state["velocity"][n_] for n_ in names])
+        disp = algo.displacement(member_h, {sn: [state[sn][n_] for n_ in names] for sn in state_names})
         return {n_: params[n_] - d for n_, d in zip(names, disp)}  # θ = θ̃ − αv
 
     def evaluate(step: int) -> None:

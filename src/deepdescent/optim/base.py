@@ -230,10 +230,11 @@ class BookOptimizer(Optimizer):
         for group in self.param_groups:
             if not self.algorithm.interim(group) or self.algorithm.displacement is None:
                 continue
-            params = [p for p in group["params"] if "velocity" in self.state.get(p, {})]
+            names = self.algorithm.buffers(group)
+            params = [p for p in group["params"] if names and all(n in self.state.get(p, {}) for n in names)]
             if params:
-                velocity = [self.state[p]["velocity"] for p in params]
-                yield group, params, self.algorithm.displacement(ex.resolve(group), velocity)
+                bufs = {n: [self.state[p][n] for p in params] for n in names}
+                yield group, params, self.algorithm.displacement(ex.resolve(group), bufs)
 
     def _call_closure_at_interim(self, closure: Callable[[], Any]) -> Any:
         """Move to θ̃ = θ + αv, evaluate the closure there, restore θ bit for bit."""
