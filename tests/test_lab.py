@@ -165,7 +165,9 @@ def test_ctrl_c_prints_one_line_with_the_command_to_resume(tmp_path):
     """Ctrl-C (SIGINT to the whole process group, as a terminal sends it) with two workers: one
     line naming the command that resumes, no worker's traceback."""
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "deepdescent.cli", "bench", *TINY, "--workers", "2", "--out", str(out)]
+    # digits_mlp too: enough work left when the interrupt comes, however fast the machine
+    cmd = [sys.executable, "-m", "deepdescent.cli", "bench", *TINY, "--problem", "digits_mlp", "--workers", "2",
+           "--out", str(out)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None:
@@ -175,6 +177,7 @@ def test_ctrl_c_prints_one_line_with_the_command_to_resume(tmp_path):
                 break
         except sqlite3.Error:
             continue
+    assert proc.poll() is None, "the race ended before the interrupt"
     os.killpg(proc.pid, signal.SIGINT)
     output, _ = proc.communicate(timeout=60)
     assert proc.returncode == 130, output

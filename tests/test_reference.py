@@ -12,6 +12,9 @@ from deepdescent.algorithms import REGISTRY
 from deepdescent.schedules import LinearDecay
 
 STEPS, TAU, FINAL = 120, 60, 0.05
+#: Steps on Triton's interpreter (a tenth of a second per launch): the kernel is the same every step,
+#: and 30 steps take the schedule half way
+TRITON_STEPS = 30
 SHAPES = [[(7, 5), (5,)], [(3, 4, 2), ()]]  # group 0, group 1 (a 0-dim parameter too)
 
 # name: (our class, per-group kwargs, reference class, per-group reference kwargs)
@@ -93,7 +96,8 @@ def _split(items):
     return [items[:n0], items[n0:]]
 
 
-def run_reference(case: str, problem: Problem, low: torch.dtype | None = None) -> list[torch.Tensor]:
+def run_reference(case: str, problem: Problem, low: torch.dtype | None = None,
+                  steps: int = STEPS) -> list[torch.Tensor]:
     """The float64 box over the problem's steps. ``low``: the parameters live in that precision
     (rounded after every step) and the oracle is ``low_precision_grad``'s."""
     _, ours, ref_cls, ref_kwargs = CASES[case]
@@ -102,7 +106,7 @@ def run_reference(case: str, problem: Problem, low: torch.dtype | None = None) -
     groups = _split(list(range(len(theta))))
     refs = [ref_cls([theta[i] for i in idx], **kw) for idx, kw in zip(groups, ref_kwargs)]
     lr0 = [kw.get("lr", DEFAULT_LR[CASES[case][0].algorithm.name]) for kw in ours]
-    for k in range(STEPS):
+    for k in range(steps):
         problem.k = k
         for g, (idx, r) in enumerate(zip(groups, refs)):
             sub = [theta[i] for i in idx]
@@ -128,7 +132,7 @@ def low_precision_grad(problem: Problem, points, low: torch.dtype, idx=None) -> 
 
 
 def train(case: str, problem: Problem, mode: str, impl: str = "auto", dtype: torch.dtype = torch.float32,
-          grad=None) -> tuple[list[torch.Tensor], object]:
+          grad=None, steps: int = STEPS) -> tuple[list[torch.Tensor], object]:
     """Our optimizer over the problem's steps (parameters of ``dtype``; ``grad(points)`` the
     gradient oracle, the problem's by default): the parameters and the optimizer."""
     cls, kwargs, _, _ = CASES[case]
@@ -142,7 +146,7 @@ def train(case: str, problem: Problem, mode: str, impl: str = "auto", dtype: tor
         for p, g in zip(params, grad([p.detach() for p in params])):
             p.grad = g
 
-    for k in range(STEPS):
+    for k in range(steps):
         problem.k = k
         if mode == "closure":
             opt.step(set_grads)
@@ -153,8 +157,8 @@ def train(case: str, problem: Problem, mode: str, impl: str = "auto", dtype: tor
     return params, opt
 
 
-def run_ours(case: str, problem: Problem, mode: str, impl: str = "auto") -> list[torch.Tensor]:
-    params, opt = train(case, problem, mode, impl)
+def run_ours(case: str, problem: Problem, mode: str, impl: str = "auto", steps: int = STEPS) -> list[torch.Tensor]:
+    params, opt = train(case, problem, mode, impl, steps=steps)
     with opt.at_theta():
         return [p.detach().clone() for p in params]
 
@@ -165,7 +169,7 @@ def _modes(case):
 
 #: Cases whose Triton kernel generates nothing the others do not (the same ops as adam/rmsprop):
 #: Triton's interpreter takes ~10 s a case, so they run on the other paths only.
-TRITON_ALIKE = {"adam_large_eps", "rmsprop_large_eps", "adamw", "adamw_amsgrad"}
+TRITON_ALIKE = {"adam_large_eps", "rmsprop_large_eps", "adamw", "adamw_amsgrad", "adam_amsgrad"}
 
 
 def _path_cases():
@@ -187,9 +191,9 @@ def test_matches_float64_box(case, mode, path, monkeypatch, request):
     monkeypatch.setattr(executor, "CPU_CHUNK_NUMEL", 4 if path == "eager-chunked" else 1 << 16)
     if path == "triton":
         request.getfixturevalue("triton_interpreter")
-    problem = Problem(seed=sum(map(ord, case)))
-    expected = run_reference(case, problem)
-    got = run_ours(case, problem, mode, impl={"triton": "fused"}.get(path, path.split("-")[0]))
+    problem, steps = Problem(seed=sum(map(ord, case))), TRITON_STEPS if path == "triton" else STEPS
+    expected = run_reference(case, problem, steps=steps)
+    got = run_ours(case, problem, mode, impl={"triton": "fused"}.get(path, path.split("-")[0]), steps=steps)
     for i, (e, g) in enumerate(zip(expected, got)):
         scale = e.abs().max().item() + 1.0
         err = (g.double() - e).abs().max().item() / scale
