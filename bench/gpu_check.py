@@ -17,6 +17,7 @@ from torch import nn
 
 from deepdescent import diagnostics as dg
 from deepdescent import optim
+from deepdescent.lab.optimizers import OPTIMIZERS
 from deepdescent.curvature.spectrum import lanczos
 from deepdescent.diagnostics.instruments import StepContext
 from deepdescent.schedules import LinearDecay
@@ -30,19 +31,9 @@ def check(name: str, ok: bool, detail: str = "") -> None:
         FAILED.append(name)
 
 
-CONFIGS = {
-    "sgd": lambda p: optim.SGD(p, lr=0.05, weight_decay=1e-3),
-    "momentum": lambda p: optim.SGD(p, lr=0.03, momentum=0.9),
-    "nesterov": lambda p: optim.SGD(p, lr=0.03, momentum=0.9, nesterov=True),
-    "nesterov-torch": lambda p: optim.SGD(p, lr=0.03, momentum=0.9, nesterov=True, convention="torch"),
-    "adagrad": lambda p: optim.AdaGrad(p, lr=0.05),
-    "rmsprop": lambda p: optim.RMSProp(p, lr=0.01),
-    "rmsprop-momentum": lambda p: optim.RMSProp(p, lr=0.003, momentum=0.9),
-    "rmsprop-nesterov": lambda p: optim.RMSProp(p, lr=0.003, momentum=0.9, nesterov=True),
-    "adam": lambda p: optim.Adam(p, lr=0.01, weight_decay=1e-3),
-    "adadelta": lambda p: optim.AdaDelta(p),
-    "delta-bar-delta": lambda p: optim.DeltaBarDelta(p, lr=0.01),
-}
+#: Every first-order variant of the registry (the lab's list), at its default learning rate.
+CONFIGS = {name: (lambda p, o=o: o.make(p, None)) for name, o in OPTIMIZERS.items() if o.algorithm is not None}
+EAGER_ONLY = {name for name, o in OPTIMIZERS.items() if o.algorithm is not None and not o.algorithm.fused}
 
 
 def trajectory(device: str, make, steps: int = 60, dtype=torch.float32, theta: bool = True):
@@ -69,7 +60,7 @@ def main() -> int:
     for name, make in CONFIGS.items():
         cpu = trajectory("cpu", make)
         for path in ("eager", "fused"):
-            if name == "delta-bar-delta" and path == "fused":
+            if name in EAGER_ONLY and path == "fused":
                 continue
             def made(p, make=make, path=path):
                 opt = make(p)
@@ -80,7 +71,7 @@ def main() -> int:
             check(f"cuda {path} == cpu: {name}", err < 1e-5, f"(max rel err {err:.1e})")
     # mixed precision: bfloat16/float16 parameters, float32 state, same rounding as the CPU's fused loop
     for name, make in CONFIGS.items():
-        if name == "delta-bar-delta":
+        if name in EAGER_ONLY:
             continue
         for dtype in (torch.bfloat16, torch.float16):
             cpu = trajectory("cpu", make, dtype=dtype)

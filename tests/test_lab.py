@@ -168,7 +168,10 @@ def test_ctrl_c_prints_one_line_with_the_command_to_resume(tmp_path):
     # digits_mlp too: enough work left when the interrupt comes, however fast the machine
     cmd = [sys.executable, "-m", "deepdescent.cli", "bench", *TINY, "--problem", "digits_mlp", "--workers", "2",
            "--out", str(out)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    # as from a terminal: SIGINT at its default (a runner started in the background, `cmd &`, would
+    # hand down an ignored SIGINT, and Python keeps it ignored)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None:
         time.sleep(0.2)
