@@ -138,8 +138,10 @@ def _build_folder(name: str) -> str:
     return folder
 
 
-def _extension(traces: list[Trace]) -> tuple[str, list[str], str] | None:
-    """(source, function names, extension name) of the kernels of ``traces`` not loaded yet."""
+def _extension(traces: list[Trace]) -> tuple[list[str], list[str], str] | None:
+    """(C++ files, function names, extension name) of the kernels of ``traces`` not loaded yet:
+    the kernels split over as many files as there are cores (the compiler runs one per file, in
+    parallel), then the bindings."""
     seen, sources, names = set(), [], []
     for t in traces:
         name = cpp.function_name(t)
@@ -151,8 +153,25 @@ def _extension(traces: list[Trace]) -> tuple[str, list[str], str] | None:
         return None
     if "any_nonfinite" not in _FUNCTIONS:
         names.append("any_nonfinite")
-    code = cpp.HEADER + "\n".join(sources)
-    return code, names, f"deepdescent_kernels_{hashlib.sha1(code.encode()).hexdigest()[:12]}_{_cpu_tag()}"
+    digest = hashlib.sha1((cpp.HEADER + "\n".join(sources)).encode()).hexdigest()[:12]
+    parts = max(1, min(len(sources) // 8, os.cpu_count() or 1, 8))  # a file holds 8 kernels at least
+    files = [*cpp.translation_units(sources, parts), cpp.bindings(names)]
+    return files, names, f"deepdescent_kernels_{digest}_{_cpu_tag()}"
+
+
+def _write(folder: str, filename: str, text: str) -> str:
+    """Write a source file unless it already holds ``text`` (a new mtime would make ninja rebuild)."""
+    path = os.path.join(folder, filename)
+    try:
+        with open(path) as f:
+            if f.read() == text:
+                return path
+    except OSError:
+        pass
+    with open(f"{path}.{os.getpid()}.tmp", "w") as f:
+        f.write(text)
+    os.replace(f"{path}.{os.getpid()}.tmp", path)
+    return path
 
 
 def _on_disk(traces: list[Trace]) -> bool:
@@ -170,12 +189,13 @@ def _compile(traces: list[Trace]) -> None:
         ext = _extension(traces)
         if ext is None:
             return
-        code, names, name = ext
+        files, names, name = ext
+        folder = _build_folder(name)
         try:
-            module = cpp_extension.load_inline(
-                name=name, cpp_sources=code, functions=names, build_directory=_build_folder(name),
-                extra_cflags=["-O3", "-march=native", "-fno-math-errno", "-fopenmp"], extra_ldflags=["-fopenmp"],
-                verbose=False)
+            module = cpp_extension.load(
+                name=name, sources=[_write(folder, f"{name}_{i}.cpp", text) for i, text in enumerate(files)],
+                build_directory=folder, extra_cflags=["-O3", "-march=native", "-fno-math-errno", "-fopenmp"],
+                extra_ldflags=["-fopenmp"], verbose=False)
         except Exception as err:  # noqa: BLE001 - no compiler, no headers: fall back, say why once
             _DISABLED = f"{type(err).__name__}: {str(err).splitlines()[0][:200]}"
             raise FusedUnavailable(_DISABLED) from err

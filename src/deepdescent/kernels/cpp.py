@@ -97,14 +97,17 @@ void {name}(const std::vector<std::vector<at::Tensor>>& lists, const std::vector
 """
 
 
-HEADER = """
-#include <torch/extension.h>
+INCLUDES = """
+#include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <algorithm>
 #include <atomic>
 #include <cmath>
 #include <vector>
 static constexpr int64_t CHUNK = 1 << 16;
+"""
+
+HEADER = INCLUDES + """
 
 template <typename T>
 static bool any_nonfinite_impl(const std::vector<at::Tensor>& xs) {
@@ -135,3 +138,22 @@ bool any_nonfinite(const std::vector<at::Tensor>& xs) {
   return xs[0].scalar_type() == at::kDouble ? any_nonfinite_impl<double>(xs) : any_nonfinite_impl<float>(xs);
 }
 """
+
+
+KERNEL_SIGNATURE = ("void {name}(const std::vector<std::vector<at::Tensor>>& lists, const std::vector<double>& s, "
+                    "const std::vector<double>& ts);")
+
+
+def translation_units(sources: list[str], parts: int) -> list[str]:
+    """The kernels' C++ in ``parts`` files that compile in parallel: the first also holds the
+    non-finite check; each includes what the kernels need."""
+    groups = [sources[i::parts] for i in range(parts)]
+    return [HEADER + "\n".join(groups[0])] + [INCLUDES + "\n".join(g) for g in groups[1:] if g]
+
+
+def bindings(names: list[str]) -> str:
+    """The Python module of an extension: declarations of its functions and their bindings."""
+    declarations = "\n".join("bool any_nonfinite(const std::vector<at::Tensor>& xs);" if n == "any_nonfinite" else
+                             KERNEL_SIGNATURE.format(name=n) for n in names)
+    defs = "\n".join(f'  m.def("{n}", &{n}, "{n}");' for n in names)
+    return f"#include <torch/extension.h>\n{declarations}\nPYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {{\n{defs}\n}}\n"
