@@ -136,9 +136,10 @@ def test_a_lapsed_claim_of_another_machine_is_taken_over(tmp_path, monkeypatch):
 
 
 def test_a_sampled_search_resumes_a_dead_processs_proposal_under_its_own_trial(tmp_path):
-    """kill -9 during a --search qmc proposal left a RUNNING trial: the resumed search trains that
-    proposal under the same trial (no trial stays RUNNING) and proposes exactly the learning rates
-    of an uninterrupted search."""
+    """kill -9 during a --search qmc proposal left a RUNNING trial, and one without a learning rate
+    (killed inside ``ask``): the resumed search trains that proposal under the same trial, marks the
+    empty one failed (no trial stays RUNNING) and proposes exactly the learning rates of an
+    uninterrupted search."""
     from deepdescent.lab import optimizers, problems
 
     proto = study.Protocol(budget=3, seeds=1, search="qmc")
@@ -149,20 +150,115 @@ def test_a_sampled_search_resumes_a_dead_processs_proposal_under_its_own_trial(t
 
     killed = f"sqlite:///{tmp_path / 'killed.db'}"
     optuna = study.load_optuna()
-    s = study.open_study(killed, f"saddle/Adam/qmc/{proto.tag()}",
-                         sampler=optuna.samplers.QMCSampler(seed=0, scramble=True))
-    low, high = study.lr_grid(spec.default_lr, 2)
-    trial = s.ask({"lr": optuna.distributions.FloatDistribution(low, high, log=True)})  # the dead process's
+    s = study.open_study(killed, f"saddle/Adam/qmc/{proto.tag()}")
+    _, trial_id, _ = study._propose(s, spec, proto, killed)  # the dead process's proposal
+    s.ask()  # and one it was making when it died: no lr yet
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    study.storage(killed).set_trial_user_attr(trial._trial_id, "owner", f"{socket.gethostname()}:{dead.stdout.strip()}")
+    study.storage(killed).set_trial_user_attr(trial_id, "owner", f"{socket.gethostname()}:{dead.stdout.strip()}")
     study.run_race(problem, spec, proto, killed)
     trials = _trials(killed, every=True)
-    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in trials) and len(trials) == 3
-    assert sorted(t.params["lr"] for t in trials) == expected
+    assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL] + \
+        [optuna.trial.TrialState.COMPLETE] * 2
+    assert sorted(t.params["lr"] for t in trials if t.params) == expected
 
 
 def _trials(url: str, every: bool = False):
     optuna = study.load_optuna()
-    name = next(n for n in study.study_names(url) if "/qmc/" in n)
+    name = next(n for n in study.study_names(url) if "/qmc/" in n or "/tpe/" in n)
     states = None if every else (optuna.trial.TrialState.COMPLETE,)
     return optuna.load_study(study_name=name, storage=study.storage(url)).get_trials(deepcopy=False, states=states)
+
+
+QMC_ARGS = ["--problem", "saddle", "--optimizer", "Adam", "--budget", "4", "--seeds", "2", "--search", "qmc",
+            "--no-report"]
+
+
+def _proposals(url: str) -> dict[float, float]:
+    """lr → value of the sampled search's trials; every proposal exactly once, none left RUNNING."""
+    optuna = study.load_optuna()
+    every = _trials(url, every=True)
+    assert all(t.state == optuna.trial.TrialState.FAIL for t in every if not t.params)  # killed inside ``ask``
+    trials = [t for t in every if t.params]
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in trials), [t.state for t in trials]
+    lrs = [t.params["lr"] for t in trials]
+    assert len(set(lrs)) == len(lrs), f"a learning rate was proposed twice: {sorted(lrs)}"
+    return {t.params["lr"]: t.value for t in trials}
+
+
+@pytest.mark.slow
+def test_three_processes_share_one_qmc_search(tmp_path):
+    """Three `bench --search qmc` processes on one --out, the first killed with -9 after the first
+    proposal is stored and started again: the search holds the single-process run's proposals and
+    values, each exactly once."""
+    def bench(out):
+        return subprocess.Popen([sys.executable, "-m", "deepdescent.cli", "bench", *QMC_ARGS, "--out", out],
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                env={**os.environ, "DEEPDESCENT_CLAIM_TIMEOUT": "5"})
+
+    single = bench(str(tmp_path / "single"))
+    output, _ = single.communicate(timeout=600)
+    assert single.returncode == 0, output
+    url = f"sqlite:///{tmp_path / 'run' / 'results.db'}"
+    procs = [bench(str(tmp_path / "run")) for _ in range(3)]
+    deadline = time.time() + 300
+    while time.time() < deadline and not _completed_now(url):
+        time.sleep(0.1)
+    procs[0].send_signal(signal.SIGKILL)
+    procs[0].wait()
+    procs[0] = bench(str(tmp_path / "run"))
+    for p in procs:
+        output, _ = p.communicate(timeout=600)
+        assert p.returncode == 0, output
+    expected = _proposals(f"sqlite:///{tmp_path / 'single' / 'results.db'}")
+    assert len(expected) == 4
+    assert _proposals(url) == expected
+
+
+def _completed_now(url: str) -> bool:
+    try:
+        return bool(_trials(url))
+    except (study.StorageError, StopIteration):
+        return False
+
+
+@pytest.mark.parametrize("search", ["qmc", "tpe"])
+def test_concurrent_proposers_never_share_a_proposal(tmp_path, monkeypatch, search):
+    """Three threads race one sampled search while the storage is slow to write (so that proposals
+    made at once would overlap: QMC's place in its sequence and the random start-up draws): each
+    learning rate is proposed and trained once; QMC's are a single process's."""
+    import threading
+
+    from deepdescent.lab import optimizers, problems
+
+    optuna = study.load_optuna()
+    proto = study.Protocol(budget=4, seeds=1, search=search)
+    problem, spec = problems.problem("saddle"), optimizers.optimizer("Adam")
+    alone = f"sqlite:///{tmp_path / 'alone.db'}"
+    study.run_race(problem, spec, proto, alone)
+
+    slow_write = optuna.storages.RDBStorage.set_study_system_attr
+
+    def set_study_system_attr(self, *args):
+        time.sleep(0.3)
+        return slow_write(self, *args)
+    monkeypatch.setattr(optuna.storages.RDBStorage, "set_study_system_attr", set_study_system_attr)
+    shared = f"sqlite:///{tmp_path / 'shared.db'}"
+    study.run_race(problem, spec, study.Protocol(budget=1, seeds=1, search="grid"), shared)  # the schema exists
+    start, errors = threading.Barrier(3), []
+
+    def race():
+        start.wait()
+        try:
+            study.run_race(problem, spec, proto, shared)
+        except Exception as err:  # noqa: BLE001 - reported below
+            errors.append(err)
+    threads = [threading.Thread(target=race) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    assert not errors, errors
+    got = _proposals(shared)
+    assert len(got) == 4
+    if search == "qmc":
+        assert got == _proposals(alone)

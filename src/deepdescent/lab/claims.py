@@ -48,15 +48,19 @@ def claimed(url: str, key: str) -> Iterator[None]:
         _delete(url, name)
 
 
-@contextlib.contextmanager
-def holding_trial(url: str, trial_id: int) -> Iterator[None]:
-    """Mark a RUNNING trial (a sampled search's proposal) as this process's, with a heartbeat, for
-    the block; :func:`owner_alive` tells the others whether to wait for it or take it over."""
+def own_trial(url: str, trial_id: int) -> None:
+    """Mark a RUNNING trial (a sampled search's proposal) as this process's: the others read
+    ``owner`` and ``beat`` with :func:`owner_alive` to wait for it or take it over."""
     from deepdescent.lab import study
 
     storage = study.storage(url)
     storage.set_trial_user_attr(trial_id, "owner", _me())
     storage.set_trial_user_attr(trial_id, "beat", time.time())
+
+
+@contextlib.contextmanager
+def holding_trial(url: str, trial_id: int) -> Iterator[None]:
+    """Keep the heartbeat of a trial this process owns (:func:`own_trial`) for the block."""
     with _lock:
         _held.add((url, trial_id))
     _start_heartbeat()

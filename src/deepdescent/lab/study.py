@@ -36,6 +36,7 @@ import math
 import os
 import statistics
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -416,37 +417,33 @@ def _grid_search(problem, spec, protocol, url, prefix, seeds, run, progress):
 def _sampled_search(problem, spec, protocol, url, prefix, seeds, run, progress):
     """Quasi-random (Sobol) or TPE proposals of log₁₀ lr over the grid's 4 decades: one Optuna
     trial per proposed learning rate, valued by the median final training loss of its seeds (all
-    seeds of a proposal train together, vectorized). Completed trials are kept on resume."""
-    optuna = load_optuna()
-    sampler = optuna.samplers.QMCSampler(seed=0, scramble=True) if protocol.search == "qmc" else \
-        optuna.samplers.TPESampler(seed=0, n_startup_trials=min(4, protocol.budget))
-    study = open_study(url, f"{prefix}/{protocol.search}/{protocol.tag()}", create=run, sampler=sampler)
-    low, high = lr_grid(spec.default_lr, 2)
-    dist = {"lr": optuna.distributions.FloatDistribution(low, high, log=True)}
+    seeds of a proposal train together, vectorized). Completed trials are kept on resume.
 
-    def trials(state):
-        return study.get_trials(deepcopy=False, states=(state,))
+    Proposals are made one at a time under a claim (:func:`_propose`), so that any number of
+    processes on one study take distinct proposals: QMC's proposals are then those of a single
+    process; TPE's depend on which results exist when it proposes (with several processes it
+    proposes with fewer, as any parallel TPE does), each trained once."""
+    optuna = load_optuna()
+    study = open_study(url, f"{prefix}/{protocol.search}/{protocol.tag()}", create=run)
 
     def completed():
-        return trials(optuna.trial.TrialState.COMPLETE)
+        return study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
 
     if len(completed()) < protocol.budget and not run:
         raise Missing(prefix)
     while len(completed()) < protocol.budget:
-        running = trials(optuna.trial.TrialState.RUNNING)
-        # a proposal whose process died (kill -9) is trained again under its own trial, so the
-        # sequence of proposals is the uninterrupted run's; live ones are other processes' work
-        stale = [t for t in running if not claims.owner_alive(t.user_attrs, f"trial {t._trial_id}")]
-        if stale:
-            number, trial_id, lr = stale[0].number, stale[0]._trial_id, stale[0].params["lr"]
-        elif len(completed()) + len(running) < protocol.budget:
-            trial = study.ask(dist)
-            number, trial_id, lr = trial.number, trial._trial_id, trial.params["lr"]
-        elif not _WAIT:
-            raise claims.Busy(prefix)
-        else:
+        try:
+            with claims.claimed(url, hashlib.sha1(f"{study.study_name}|ask".encode()).hexdigest()[:20]):
+                proposal = _propose(study, spec, protocol, url)
+        except claims.Busy:  # another process is proposing (a moment) or died proposing (taken over)
+            time.sleep(POLL / 10)
+            continue
+        if proposal is None:  # every remaining proposal is another live process's work
+            if not _WAIT:
+                raise claims.Busy(prefix)
             time.sleep(POLL)
             continue
+        number, trial_id, lr = proposal
         if progress:
             progress(f"{prefix}: {protocol.search} proposal {number + 1}/{protocol.budget}, lr={lr:.3g}")
         with claims.holding_trial(url, trial_id):
@@ -463,6 +460,55 @@ def _sampled_search(problem, spec, protocol, url, prefix, seeds, run, progress):
             r = engine.RunResult.from_json(d)
             done[(r.lr, r.seed)] = r
     return sorted({lr for lr, _ in done}), done
+
+
+def _propose(study, spec, protocol, url) -> tuple[int, int, float] | None:
+    """The next proposal to train, as (trial number, trial id, lr), owned by this process before the
+    caller's claim on proposing ends: a dead process's RUNNING proposal (trained again under its own
+    trial, so the sequence is the uninterrupted run's), else a new one while fewer than the budget
+    exist; None when all the rest are live processes' work. The caller holds the claim, so a RUNNING
+    trial without an owner was left by a process that died proposing."""
+    optuna = load_optuna()
+    every = study.get_trials(deepcopy=False)
+    running = [t for t in every if t.state == optuna.trial.TrialState.RUNNING]
+    dead = [t for t in running if "owner" not in t.user_attrs
+            or not claims.owner_alive(t.user_attrs, f"trial {t._trial_id}")]
+    for t in dead:
+        if "lr" not in t.params:  # killed inside ``ask``: it holds no proposal
+            study.tell(t.number, state=optuna.trial.TrialState.FAIL)
+    proposed = [t for t in every if "lr" in t.params]
+    stale = [t for t in dead if "lr" in t.params]
+    if stale:
+        number, trial_id, lr = stale[0].number, stale[0]._trial_id, stale[0].params["lr"]
+    elif len(proposed) < protocol.budget:
+        low, high = lr_grid(spec.default_lr, 2)
+        study.sampler = _sampler(protocol, len(proposed), low, high)
+        trial = study.ask({"lr": optuna.distributions.FloatDistribution(low, high, log=True)})
+        number, trial_id, lr = trial.number, trial._trial_id, trial.params["lr"]
+    else:
+        return None
+    claims.own_trial(url, trial_id)
+    return number, trial_id, lr
+
+
+def _sampler(protocol, k: int, low: float, high: float):
+    """The sampler of proposal ``k`` (counted over trials that hold one), a function of k and the
+    results so far only — never of which process, or which restart of one, proposes. QMC: point k of
+    the scrambled Sobol sequence (seed 0), log-uniform over [low, high]; TPE: its random start-up
+    draws seeded by k."""
+    optuna = load_optuna()
+    with warnings.catch_warnings():  # "experimental" in Optuna: said once in the README, not per proposal
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        if protocol.search == "tpe":
+            return optuna.samplers.TPESampler(seed=k, n_startup_trials=min(4, protocol.budget), constant_liar=True)
+        from scipy.stats import qmc
+
+        sobol = qmc.Sobol(d=1, scramble=True, seed=0)
+        if k:
+            sobol.fast_forward(k)
+        u = float(sobol.random(1)[0, 0])
+        lr = math.exp(math.log(low) + u * (math.log(high) - math.log(low)))
+        return optuna.samplers.PartialFixedSampler({"lr": lr}, optuna.samplers.RandomSampler(seed=k))
 
 
 #: Saxe et al. (2013): the deep linear network at three depths under orthogonal and scaled-uniform
