@@ -164,6 +164,49 @@ def test_per_example_gradients_match_a_loop_and_b_simple_matches_known_covarianc
     assert v["grad_stderr"] == pytest.approx(math.sqrt((s ** 2).sum().item() / 20000), rel=0.03)
 
 
+@pytest.fixture(scope="module")
+def digits_population():
+    """Per-example gradients of a digits MLP (64-32-10, 200 SGD steps in) over all 1,797 images,
+    and the full-data B_simple = tr Σ / ‖G‖² (Σ the population covariance)."""
+    from deepdescent.lab.digits import load_digits
+
+    torch.manual_seed(0)
+    d = load_digits()
+    x, y = torch.cat([d.x_train, d.x_test]), torch.cat([d.y_train, d.y_test])
+    model = nn.Sequential(nn.Linear(64, 32), nn.Tanh(), nn.Linear(32, 10))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    for _ in range(200):
+        idx = torch.randint(0, len(y), (32,))
+        opt.zero_grad()
+        ce(model(x[idx]), y[idx]).backward()
+        opt.step()
+    g = dg.per_example_gradients(_ctx(model, ce, x, y)).double()
+    mean = g.mean(0)
+    return g, float(((g - mean) ** 2).sum() / len(g)) / float(mean @ mean)
+
+
+@pytest.mark.parametrize(("m", "draws", "sampling"), [(8, 60000, "with"), (32, 8000, "with"), (128, 1500, "with"),
+                                                      (128, 1500, "epochs"), (512, 300, "with"), (512, 300, "epochs")])
+def test_b_simple_is_not_capped_by_the_batch_size(digits_population, m, draws, sampling):
+    """McCandlish et al. (2018, App. A): averaged over minibatches, B_simple comes within 10% of the
+    full-data value (≈ 194 here) at every batch size — tr Σ / ‖ḡ‖² would tend to 1/(1/B + 1/m),
+    7.7 at m = 8. Minibatches drawn with replacement, or an epoch's shuffle told the data set size."""
+    g, full = digits_population
+    n = len(g)
+    gen = torch.Generator().manual_seed(m)
+    if sampling == "with":
+        batches = torch.randint(0, n, (draws, m), generator=gen)
+    else:
+        per_epoch = n // m
+        batches = torch.cat([torch.randperm(n, generator=gen)[:per_epoch * m].view(per_epoch, m)
+                             for _ in range(draws // per_epoch + 1)])[:draws]
+    noise = dg.GradientNoise(beta=None, dataset_size=n if sampling == "epochs" else None)
+    for idx in batches:
+        values = noise.statistics(g[idx])
+    assert values["measurements"] == draws
+    assert values["b_simple"] == pytest.approx(full, rel=0.10)
+
+
 @pytest.mark.parametrize("cell", [nn.RNN, nn.GRU, nn.LSTM])
 def test_per_step_gradients_match_autograd_on_the_unrolled_rnn(cell):
     model = RNNClassifier(cell).double()
@@ -245,7 +288,7 @@ def test_monitor_writes_jsonl_and_a_failing_instrument_warns_once(tmp_path):
     assert {"cheap", "ill_conditioning", "curvature", "spectrum", "interpolation", "slice2d", "monitor"} <= seen
     assert not {"recurrent", "gradient_noise"} & seen
     for r in records:
-        assert set(r) == {"step", "instrument", "time", "seconds", "values"}
+        assert set(r) - {"warmup"} == {"step", "instrument", "time", "seconds", "values"}
     assert records[-1]["values"]["disabled"].keys() == {"recurrent", "gradient_noise"}
     # the instruments' own forward passes never moved BatchNorm's running statistics: only the 30
     # training forward passes did (compare with a replay without the monitor)
@@ -278,7 +321,79 @@ def test_budget_postpones_expensive_instruments():
         loss.backward()
         records += monitor.step(x, y, loss)
         opt.step()
-    assert {r["instrument"] for r in records} <= {"cheap", "monitor"}
+    # step 0 measures each once, outside the accounting (torch.func's start-up); then none fits
+    assert {r["instrument"] for r in records if r["step"] > 0} <= {"cheap", "monitor"}
+    assert {r["instrument"] for r in records if r.get("warmup")} == {"ill_conditioning", "curvature", "gradient_noise"}
+    assert monitor.postponed == {"cheap": 0, "ill_conditioning": 9, "curvature": 9, "gradient_noise": 9}
+
+
+class _Clock:
+    """A fake perf_counter: the test's training step and instruments move it, nothing else."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def perf_counter(self):
+        return self.now
+
+
+class _Costly(dg.Instrument):
+    def __init__(self, clock, name, cost, every, tier="expensive"):
+        self.clock, self.name, self.cost, self.every, self.tier, self.gradients = clock, name, cost, every, tier, cost
+
+    def measure(self, ctx):
+        self.clock.now += self.cost
+        return {"x": 1.0}
+
+
+def _fake_run(monkeypatch, instruments, steps, *, budget=0.10, after=0.0):
+    """``steps`` training steps of 1 s each (``after`` s more right after a measurement), on the fake clock."""
+    from deepdescent.diagnostics import monitor as monitor_module
+
+    clock = instruments[0].clock
+    monkeypatch.setattr(monitor_module, "time", clock)
+    model = nn.Linear(2, 1)
+    monitor = dg.Monitor(model, ce, instruments=instruments, budget=budget)
+    x, y = torch.zeros(2, 2), torch.zeros(2)
+    measured_before = False
+    for _ in range(steps):
+        clock.now += 1.0 + (after if measured_before else 0.0)
+        measured_before = bool(monitor.step(x, y, 0.0))
+    return monitor, clock
+
+
+def test_expensive_instruments_take_turns_within_the_budget(monkeypatch):
+    """A cheap tier that would fill the budget and a frequent small instrument no longer starve a
+    costly one: postponed instruments retry every step, the one waiting longest first; all are
+    measured, the cheap tier within its own allowance, and the whole stays within the budget."""
+    clock = _Clock()
+    cheap = _Costly(clock, "cheap", 0.05, 1, tier="cheap")  # 5% of every step if it ran at each
+    small, big = _Costly(clock, "small", 2.0, 5), _Costly(clock, "big", 20.0, 50)
+    monitor, clock = _fake_run(monkeypatch, [cheap, small, big], 3000)
+    assert monitor.measured["big"] >= 5 and abs(monitor.measured["small"] - monitor.measured["big"]) <= 1
+    assert monitor.postponed["big"] > 0 and monitor.postponed["small"] > 0
+    assert monitor.spent["cheap"] <= 0.25 * 0.10 * 3000
+    assert monitor.overhead <= 0.10
+    # the overhead is what the loop paid: wall time over the plain loop (warm-up aside), from the
+    # first call on (the step before it is not seen)
+    assert monitor.overhead == pytest.approx((clock.now - monitor.warmup_seconds - 3000) / 2999, rel=1e-9)
+
+
+def test_overhead_counts_the_slowdown_after_a_measurement(monkeypatch):
+    """Steps right after a measurement run slower (evicted caches): the Monitor's overhead is the
+    loop's wall time over the plain loop, not only the time inside its own calls."""
+    clock = _Clock()
+    monitor, clock = _fake_run(monkeypatch, [_Costly(clock, "cheap", 0.01, 10, tier="cheap")], 1000, after=0.5)
+    assert monitor.overhead == pytest.approx((clock.now - 1000) / 999, rel=1e-9)
+    assert monitor.overhead > 0.05  # 99 measured steps × (0.01 + 0.5) s over 1000 s
+
+
+def test_close_says_which_instruments_never_measured(monkeypatch, tmp_path):
+    clock = _Clock()
+    never = _Costly(clock, "never", 1e6, 10)
+    monitor, _ = _fake_run(monkeypatch, [_Costly(clock, "cheap", 0.01, 10, tier="cheap"), never], 50)
+    with pytest.warns(RuntimeWarning, match=r"never measured: never \(postponed 40 times, still waiting\)"):
+        monitor.close()
 
 
 def test_tensorboard_sink_writes_events(tmp_path):
@@ -305,3 +420,51 @@ def test_bad_input(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         dg.plot([], tmp_path / "empty.png")  # an empty log draws empty panels, no crash
+
+
+def test_dropout_measurements_see_one_fixed_operator():
+    """In train mode a measurement's passes share one set of dropout masks: H v is the exact
+    Hessian of the loss under the masks of the measurement's seed, symmetric, the same every time."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 6), nn.Tanh(), nn.Dropout(0.5), nn.Linear(6, 3)).double()
+    x, y = torch.randn(16, 5, dtype=D), torch.randint(0, 3, (16,))
+    ctx = StepContext(model, ce, x, y, None, None, 0, "train", {}, seed=7)
+    op, n, _ = ctx.flat_hvp()
+    names, params = [nm for nm, _ in model.named_parameters()], list(model.parameters())
+
+    def under_seed_7(vec):
+        torch.manual_seed(7)
+        chunks = vec.split([p.numel() for p in params])
+        return ce(torch.func.functional_call(model, {nm: c.view(p.shape) for nm, c, p in zip(names, chunks, params)},
+                                             (x,)), y)
+    hessian = torch.autograd.functional.hessian(under_seed_7, flat([p.detach() for p in params]))
+    u, v = torch.randn(n, dtype=D), torch.randn(n, dtype=D)
+    torch.testing.assert_close(op(v), hessian @ v, rtol=1e-10, atol=1e-12)
+    assert torch.equal(op(u), op(u))
+    assert float(u @ op(v)) == pytest.approx(float(v @ op(u)), rel=1e-10)
+    r = lanczos(op, n, k=n, tol=1e-6, dtype=D)
+    assert r.converged
+
+
+def test_the_monitor_leaves_the_training_random_stream_alone():
+    """Measurements draw dropout masks from a state of their own: a dropout model trains to the
+    same parameters with and without a Monitor measuring at every step."""
+    def train(monitored):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Dropout(0.3), nn.Linear(8, 3))
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        monitor = dg.Monitor(model, ce, opt, budget=1e6, every={"cheap": 1, "curvature": 2, "ill_conditioning": 1,
+                                                                "gradient_noise": 3}) if monitored else None
+        for _ in range(12):
+            x, y = torch.randn(8, 4), torch.randint(0, 3, (8,))
+            opt.zero_grad()
+            loss = ce(model(x), y)
+            loss.backward()
+            if monitor:
+                monitor.step(x, y, loss)
+            opt.step()
+        if monitor:
+            assert all(k > 0 for k in monitor.measured.values())
+        return [p.detach().clone() for p in model.parameters()]
+    for a, b in zip(train(False), train(True)):
+        assert torch.equal(a, b)

@@ -135,6 +135,26 @@ def test_a_lapsed_claim_of_another_machine_is_taken_over(tmp_path, monkeypatch):
     assert not [n for n in study.study_names(url) if n.startswith(claims.PREFIX)]
 
 
+def test_a_claim_created_beside_a_live_generation_gives_way(tmp_path, monkeypatch):
+    """A process that listed the claims before another's generation appeared creates generation 0
+    beside a live generation 1: it must see that one after creating its own, and give way."""
+    url = f"sqlite:///{tmp_path / 'claims.db'}"
+    optuna = study.load_optuna()
+    other = optuna.create_study(study_name=f"{claims.PREFIX}batch:g1", storage=study.storage(url))
+    other.set_user_attr("owner", "another-machine:4242")
+    other.set_user_attr("beat", time.time())
+    names, calls = study.study_names, []
+
+    def listed_too_early(u):
+        calls.append(u)
+        return [] if len(calls) == 1 else names(u)
+    monkeypatch.setattr(study, "study_names", listed_too_early)
+    with pytest.raises(claims.Busy):
+        with claims.claimed(url, "batch"):
+            pass
+    assert [n for n in names(url) if n.startswith(claims.PREFIX)] == [f"{claims.PREFIX}batch:g1"]
+
+
 def test_a_sampled_search_resumes_a_dead_processs_proposal_under_its_own_trial(tmp_path):
     """kill -9 during a --search qmc proposal left a RUNNING trial, and one without a learning rate
     (killed inside ``ask``): the resumed search trains that proposal under the same trial, marks the

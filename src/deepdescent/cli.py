@@ -7,6 +7,7 @@ import multiprocessing as mp
 import os
 import signal
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Annotated
@@ -29,9 +30,8 @@ def _main() -> None:
 def _check_out(out: Path) -> None:
     try:
         out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".write-test"
-        probe.write_text("")
-        probe.unlink()
+        with tempfile.TemporaryFile(dir=out):  # a name of its own: other processes may probe the same folder
+            pass
     except OSError as err:
         raise typer.BadParameter(f"cannot write to {str(out)!r}: {err.strerror}", param_hint="--out") from err
 

@@ -8,6 +8,7 @@ import warnings
 from collections.abc import Callable
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 from torch.func import functional_call, grad, jvp, vjp
 
@@ -26,10 +27,13 @@ class ModelObjective:
     """
 
     def __init__(self, model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tensor], inputs: Tensor,
-                 targets: Tensor, *, mode: str = "train") -> None:
+                 targets: Tensor, *, mode: str = "train", seed: int | None = None) -> None:
         if mode not in ("train", "eval"):
             raise ValueError(f"invalid mode={mode!r}: must be 'train' or 'eval' (BatchNorm/Dropout semantics)")
         self.model, self.loss_fn, self.inputs, self.targets, self.mode = model, loss_fn, inputs, targets, mode
+        #: train mode: every forward pass draws its dropout masks from this seed, so that J, ∇J and
+        #: the products are of one function (else each product sees other masks: not symmetric)
+        self.seed = seed
         self.names = [n for n, p in model.named_parameters() if p.requires_grad]
         #: set when this objective's loss has no forward-mode second derivative (see hvp)
         self.reverse_only = False
@@ -47,7 +51,11 @@ class ModelObjective:
         was_training = self.model.training
         self.model.train(self.mode == "train")
         try:
-            return functional_call(self.model, (params, self._buffers()), (self.inputs,))
+            if self.seed is None or self.mode != "train":
+                return functional_call(self.model, (params, self._buffers()), (self.inputs,))
+            with torch.random.fork_rng(devices=cuda_devices(self.model)):
+                torch.manual_seed(self.seed)
+                return functional_call(self.model, (params, self._buffers()), (self.inputs,))
         finally:
             self.model.train(was_training)
 
@@ -62,6 +70,28 @@ class ModelObjective:
         p = self.params() if params is None else params
         return _second_derivative(self, self.loss, p, v)
 
+    def hvp_operator(self, params: dict[str, Tensor] | None = None
+                     ) -> tuple[Callable[[dict[str, Tensor]], dict[str, Tensor]], dict[str, Tensor], Tensor]:
+        """(v ↦ H v, g, J) for many products at one θ: the gradient is taken once with its graph, and
+        each product is one backward pass through that graph (reverse-over-reverse on the kept
+        graph, as PyHessian) — no forward pass or re-trace per product. One forward pass, so in
+        train mode every product sees the same dropout masks: one fixed symmetric operator."""
+        p = {n: t.detach().requires_grad_(True) for n, t in (self.params() if params is None else params).items()}
+        leaves = list(p.values())
+        with torch.enable_grad():
+            loss = self.loss(p)
+            grads = torch.autograd.grad(loss, leaves, create_graph=True, allow_unused=True)
+        grads = tuple(torch.zeros_like(t) if g is None else g for t, g in zip(leaves, grads))
+
+        def op(v: dict[str, Tensor]) -> dict[str, Tensor]:
+            with torch.enable_grad():
+                dot = sum((g * v[n]).sum() for n, g in zip(p, grads) if g.requires_grad)
+                if not isinstance(dot, Tensor) or not dot.requires_grad:  # the loss is linear in θ
+                    return {n: torch.zeros_like(t) for n, t in p.items()}
+                out = torch.autograd.grad(dot, leaves, retain_graph=True, allow_unused=True)
+            return {n: torch.zeros_like(t) if o is None else o for (n, t), o in zip(p.items(), out)}
+        return op, {n: g.detach() for n, g in zip(p, grads)}, loss.detach()
+
     def gnvp(self, v: dict[str, Tensor], params: dict[str, Tensor] | None = None) -> dict[str, Tensor]:
         """G v = Jᵀ (∇²_z L) J v (Gauss–Newton)."""
         p = self.params() if params is None else params
@@ -69,6 +99,11 @@ class ModelObjective:
         hjv = _second_derivative(self, lambda out: self.loss_fn(out, self.targets), z.detach(), jv)
         _, pullback = vjp(self.output, p)
         return pullback(hjv)[0]
+
+
+def cuda_devices(model: nn.Module) -> list[int]:
+    """The CUDA devices holding the model's parameters (whose random states a fork must keep)."""
+    return sorted({p.device.index or 0 for p in model.parameters() if p.device.type == "cuda"})
 
 
 def _second_derivative(owner: ModelObjective, f: Callable, x: Any, v: Any) -> Any:

@@ -33,12 +33,14 @@ class StepContext:
     step: int
     mode: str
     state: dict[str, Any] = field(default_factory=dict)  # the Monitor's memory (θ₀, θ_{t−1}, …)
+    seed: int | None = None  # the dropout masks of this step's measurements (None: the global stream)
     _objective: ModelObjective | None = None
 
     @property
     def objective(self) -> ModelObjective:
         if self._objective is None:
-            self._objective = ModelObjective(self.model, self.loss_fn, self.inputs, self.targets, mode=self.mode)
+            self._objective = ModelObjective(self.model, self.loss_fn, self.inputs, self.targets, mode=self.mode,
+                                             seed=self.seed)
         return self._objective
 
     def params(self) -> list[tuple[str, Tensor]]:
@@ -50,14 +52,21 @@ class StepContext:
         lr = self.optimizer.param_groups[0].get("lr")
         return float(lr) if lr is not None else None
 
-    def flat_hvp(self):
-        obj = self.objective
-        p = obj.params()
-        like = list(p.values())
+    def hessian(self) -> tuple[Any, dict[str, Tensor]]:
+        """(v ↦ H v on dicts, g) at this step's θ and minibatch, built once per step and shared by
+        the instruments measuring at it (:meth:`ModelObjective.hvp_operator`)."""
+        if "_hessian" not in self.__dict__:
+            op, g, _ = self.objective.hvp_operator()
+            self.__dict__["_hessian"] = (op, g)
+        return self.__dict__["_hessian"]
 
-        def op(v: Tensor) -> Tensor:
-            return flat(list(obj.hvp(dict(zip(obj.names, unflat_like(v, like))), p).values()))
-        return op, sum(t.numel() for t in like), like[0]
+    def flat_hvp(self):
+        op, g = self.hessian()
+        names, like = list(g), list(g.values())
+
+        def flat_op(v: Tensor) -> Tensor:
+            return flat(list(op(dict(zip(names, unflat_like(v, like)))).values()))
+        return flat_op, sum(t.numel() for t in like), like[0]
 
 
 class Instrument:
@@ -121,10 +130,8 @@ class IllConditioning(Instrument):
     name, every, gradients = "ill_conditioning", 20, 4.0
 
     def measure(self, ctx: StepContext) -> dict[str, Any]:
-        obj = ctx.objective
-        p = obj.params()
-        g = obj.gradient(p)
-        hg = obj.hvp(g, p)
+        op, g = ctx.hessian()
+        hg = op(g)
         gg = float(sum((x * x).sum() for x in g.values()))
         ghg = float(sum((x * y).sum() for x, y in zip(g.values(), hg.values())))
         values: dict[str, Any] = {"gTg": gg, "gTHg": ghg}
@@ -222,23 +229,60 @@ class _mode:
 
 class GradientNoise(Instrument):
     """§8.1.3, §8.2.6: per-example gradients gᵢ of the minibatch (loss_fn must average over the
-    batch), their covariance Σ, the standard error of the minibatch gradient √(tr Σ / m), the
-    signal-to-noise ratio ‖G‖² / (tr Σ / m), and the simple noise scale B_simple = tr Σ / ‖G‖²
-    (McCandlish et al. 2018), the batch size beyond which larger batches stop paying off."""
+    batch), the trace of their covariance Σ, the standard error of the minibatch gradient
+    √(tr Σ / m), and the simple noise scale B_simple = tr Σ / ‖G‖² (McCandlish et al. 2018, eq. 2.8),
+    the batch size beyond which larger batches stop paying off, with its signal-to-noise ratio
+    ‖G‖² / (tr Σ / m).
+
+    ‖ḡ‖² is biased: E‖ḡ‖² = ‖G‖² + tr Σ/m, so tr Σ / ‖ḡ‖² could never exceed m. As McCandlish et
+    al. (App. A) do, ‖G‖² is estimated without bias by ‖ḡ‖² − tr Σ̂/m (Σ̂ the sample covariance,
+    divisor m − 1), and B_simple is the ratio of the two estimates' averages over measurements —
+    exponential with weight ``beta`` (bias-corrected, as Adam's), or plain over all measurements
+    with ``beta=None`` (for a fixed θ). ``dataset_size`` N: minibatches drawn without replacement
+    from N examples (an epoch's shuffle) get the finite-population correction
+    Var(ḡ) = (N − m)/(N·m)·E[tr Σ̂]; without it they are taken as drawn with replacement.
+    """
 
     name, every, gradients = "gradient_noise", 50, 4.0
 
+    def __init__(self, beta: float | None = 0.95, dataset_size: int | None = None) -> None:
+        if beta is not None and not 0 <= beta < 1:
+            raise ValueError(f"invalid beta={beta!r}: the averages' weight must be in [0, 1), or None for a plain mean")
+        if dataset_size is not None and dataset_size < 2:
+            raise ValueError(f"invalid dataset_size={dataset_size!r}: the number of training examples (≥ 2), or None")
+        self.beta, self.dataset_size = beta, dataset_size
+        self._sums = [0.0, 0.0, 0.0]  # weighted Σ of tr Σ, of ‖G‖²'s estimate, and of the weights
+        self._count = 0
+
     def measure(self, ctx: StepContext) -> dict[str, Any]:
-        g = per_example_gradients(ctx).double()
+        return self.statistics(per_example_gradients(ctx)) | {"vmap": not ctx.state.get("vmap_fallback", False)}
+
+    def statistics(self, per_example: Tensor) -> dict[str, Any]:
+        """The measurement from an (m, n) matrix of per-example gradients; updates the averages."""
+        g = per_example.double()
         m = g.shape[0]
         if m < 2:
             raise ValueError("gradient noise needs a minibatch of at least 2 examples")
         mean = g.mean(0)
-        trace_cov = float(((g - mean) ** 2).sum() / (m - 1))
         sq = float(mean @ mean)
+        sample_trace = (float((g * g).sum()) - m * sq) / (m - 1)  # tr Σ̂ = (Σᵢ‖gᵢ‖² − m‖ḡ‖²)/(m − 1)
+        n = self.dataset_size
+        if n is not None and m > n:
+            raise ValueError(f"a minibatch of {m} examples is larger than dataset_size={n}")
+        mean_variance = sample_trace * ((n - m) / (n * m) if n else 1 / m)  # E[‖ḡ − G‖²], estimated
+        trace_cov = sample_trace * ((n - 1) / n if n else 1.0)  # tr Σ of the population
+        self._average(trace_cov, sq - mean_variance)
+        trace_avg, signal_avg = self._sums[0] / self._sums[2], self._sums[1] / self._sums[2]
         return {"batch_size": m, "trace_cov": trace_cov, "grad_norm": math.sqrt(sq),
-                "grad_stderr": math.sqrt(trace_cov / m), "snr": sq / (trace_cov / m) if trace_cov else math.inf,
-                "b_simple": trace_cov / sq if sq else math.inf, "vmap": not ctx.state.get("vmap_fallback", False)}
+                "grad_norm_sq_unbiased": sq - mean_variance, "grad_stderr": math.sqrt(trace_cov / m),
+                "snr": signal_avg / (trace_avg / m) if trace_avg else math.inf,
+                "b_simple": trace_avg / signal_avg if signal_avg > 0 else math.inf,
+                "measurements": self._count}
+
+    def _average(self, trace_cov: float, signal: float) -> None:
+        decay = 1.0 if self.beta is None else self.beta
+        self._count += 1
+        self._sums = [decay * self._sums[0] + trace_cov, decay * self._sums[1] + signal, decay * self._sums[2] + 1]
 
 
 class Recurrent(Instrument):

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
+import statistics
 import time
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from deepdescent.diagnostics import instruments as inst
+from deepdescent.curvature.objective import cuda_devices
 from deepdescent.diagnostics.sinks import JSONLSink, Sink
 
 
@@ -47,7 +50,7 @@ class Monitor:
     def __init__(self, model: nn.Module, loss_fn: Any, optimizer: torch.optim.Optimizer | None = None, *,
                  instruments: Sequence[inst.Instrument] | None = None, every: dict[str, int] | None = None,
                  budget: float = 0.10, mode: str = "train", log: str | None = None, sinks: Iterable[Sink] = (),
-                 eval_batch: tuple[Tensor, Tensor] | None = None) -> None:
+                 eval_batch: tuple[Tensor, Tensor] | None = None, seed: int = 0) -> None:
         if not 0 < budget:
             raise ValueError(f"invalid budget={budget!r}: a fraction > 0 (0.10 allows a 10% slowdown)")
         if mode not in ("train", "eval"):
@@ -58,16 +61,25 @@ class Monitor:
         unknown = set(every or {}) - {i.name for i in self.instruments}
         if unknown:
             raise ValueError(f"every= names unknown instruments {sorted(unknown)}; active: {sorted(self.every)}")
-        self.budget, self.mode = budget, mode
+        self.budget, self.mode, self.seed = budget, mode, seed
         self.sinks: list[Sink] = list(sinks) + ([JSONLSink(log)] if log else [])
         self.state: dict[str, Any] = {"initial_params": self._snapshot()}
         if eval_batch is not None:
             self.state["eval_batch"] = eval_batch
         self.disabled: dict[str, str] = {}
         self.cost: dict[str, float] = {}
+        self.spent = {"cheap": 0.0, "expensive": 0.0}  # seconds inside measurements, per tier
+        self.measured = {i.name: 0 for i in self.instruments}
+        self.postponed = {i.name: 0 for i in self.instruments}  # due measurements that had to wait
+        self._pending: dict[str, int] = {}  # expensive instrument → the step it fell due
         self.steps = 0
         self.train_seconds = 0.0
         self.monitor_seconds = 0.0
+        self._clean: list[float] = []  # the user's step times not right after a measurement (a sample)
+        self._after = 0  # user's steps that followed a measurement
+        self._after_seconds = 0.0
+        self._measured_last = False
+        self.warmup_seconds = 0.0  # the first measurement of each expensive instrument (step 0)
         self._start = time.perf_counter()
         self._last_return: float | None = None
 
@@ -76,61 +88,132 @@ class Monitor:
 
     @property
     def overhead(self) -> float:
-        """Monitor time / training time, measured so far."""
-        return self.monitor_seconds / self.train_seconds if self.train_seconds else 0.0
+        """What the Monitor costs the training loop, as a fraction of the loop without it: its own
+        time plus the slowdown of the user's steps right after a measurement (caches it evicted),
+        over the plain loop's time estimated from the other steps. The one-time torch.func start-up
+        (``warmup_seconds``: the first measurements, at step 0) is not included."""
+        plain = self._plain_seconds()
+        return self._caused_seconds() / plain if plain else 0.0
 
-    def _due(self, instrument: inst.Instrument) -> bool:
-        if instrument.name in self.disabled or self.steps % self.every[instrument.name]:
-            return False
-        if instrument.tier == "cheap":
-            return True
-        # before its first run, estimate the cost from its gradient count and the mean step time
-        # (a training step is about one gradient evaluation)
-        step_time = self.train_seconds / max(self.steps, 1)
-        estimate = self.cost.get(instrument.name, instrument.gradients * step_time)
-        # aim at 80% of the budget: the rest is for what the Monitor cannot time (caches it evicts)
-        return self.steps > 0 and self.monitor_seconds + estimate <= 0.8 * self.budget * self.train_seconds
+    def _typical_step(self) -> float:
+        return statistics.median(self._clean) if self._clean else 0.0
+
+    def _plain_seconds(self) -> float:
+        return self.train_seconds - self._after_seconds + self._after * self._typical_step()
+
+    def _caused_seconds(self) -> float:
+        return self.monitor_seconds + max(0.0, self._after_seconds - self._after * self._typical_step())
+
+    def _allowance(self, tier: str) -> float:
+        """Seconds a tier may have spent so far: the cheap tier a quarter of the budget, the
+        expensive ones the rest less the bookkeeping (what the Monitor costs outside measurements);
+        80% of each, the rest for what it cannot time."""
+        plain = self._plain_seconds()
+        if tier == "cheap":
+            return 0.8 * 0.25 * self.budget * plain
+        bookkeeping = self._caused_seconds() - self.spent["cheap"] - self.spent["expensive"]
+        return 0.8 * (0.75 * self.budget * plain - max(bookkeeping, 0.0))
+
+    def _estimate(self, instrument: inst.Instrument) -> float:
+        """Its last measured cost; before its first run, its gradient count × the typical step (a
+        training step is about one gradient evaluation)."""
+        return self.cost.get(instrument.name, instrument.gradients * self._typical_step())
+
+    def _choose(self) -> list[inst.Instrument]:
+        """What runs at this step: the cheap tier on its cadence within its allowance; expensive
+        instruments fall due on their cadence and wait (retrying every step) for their turn: the one
+        measured least so far (then the one waiting longest) goes first, and none jumps ahead of it
+        while it does not fit the allowance — so cheaper ones cannot take every slot."""
+        active = [i for i in self.instruments if i.name not in self.disabled]
+        for i in active:
+            if i.tier != "cheap" and self.steps % self.every[i.name] == 0 and i.name not in self._pending:
+                self._pending[i.name] = self.steps
+        chosen = [i for i in active if i.tier == "cheap" and self.steps % self.every[i.name] == 0
+                  and self.steps > 0 and self.spent["cheap"] + self._estimate(i) <= self._allowance("cheap")]
+        if self.steps == 0:  # warm-up: every one once, outside the accounting (see step)
+            return chosen + [i for i in active if i.tier != "cheap"]
+        planned = self.spent["expensive"]
+        for name in sorted(self._pending, key=lambda n: (self.measured[n], self._pending[n])):
+            instrument = next(i for i in active if i.name == name)
+            if planned + self._estimate(instrument) > self._allowance("expensive"):
+                break
+            planned += self._estimate(instrument)
+            chosen.append(instrument)
+        return chosen
 
     def step(self, inputs: Tensor, targets: Tensor, loss: Tensor | float | None = None) -> list[dict[str, Any]]:
         """Measure what is due at this step; returns the records written."""
         now = time.perf_counter()
-        if self._last_return is not None:
-            self.train_seconds += now - self._last_return
-        due = [i for i in self.instruments if self._due(i)]
+        self._account_user_step(now)
+        due = self._choose()
+        for name in set(self._pending) - {i.name for i in due}:
+            self.postponed[name] += 1  # it retries at the next step
         snapshot = any(i.name == "cheap" and self._due_next(i) for i in self.instruments)
         if not due and not snapshot:  # the common step: nothing to measure, return at once
-            self.steps += 1
-            self.monitor_seconds += time.perf_counter() - now
-            self._last_return = time.perf_counter()
+            self._finish(now, measured=False)
             return []
         ctx = inst.StepContext(self.model, self.loss_fn, inputs, targets,
                                None if loss is None else float(loss.detach() if isinstance(loss, Tensor) else loss),
-                               self.optimizer, self.steps, self.mode, self.state)
-        records = []
-        for instrument in due:
-            t0 = time.perf_counter()
-            try:
-                values = instrument.measure(ctx)
-            except Exception as err:  # noqa: BLE001 - one failing quantity must not stop the others
-                self.disabled[instrument.name] = f"{type(err).__name__}: {err}"
-                warnings.warn(f"Monitor: {instrument.name} cannot be computed for this model and is dropped "
-                              f"({type(err).__name__}: {err})", RuntimeWarning, stacklevel=2)
-                continue
-            seconds = time.perf_counter() - t0
-            self.cost[instrument.name] = seconds
-            records.append({"step": self.steps, "instrument": instrument.name, "time": t0 - self._start,
-                            "seconds": seconds, "values": values})
+                               self.optimizer, self.steps, self.mode, self.state, seed=self.seed + self.steps)
+        records = [r for r in (self._measure(i, ctx) for i in due) if r is not None]
+        if self.steps == 0:
+            # torch.func's first transforms import torch._dynamo and build caches (seconds): paid once,
+            # here, it is reported as warmup_seconds; charged, it would hold every instrument back
+            self.warmup_seconds = time.perf_counter() - now
+            self.spent = {"cheap": 0.0, "expensive": 0.0}
+            self.cost.clear()
+            self.measured = dict.fromkeys(self.measured, 0)  # counted: the measurements the budget paid for
+            for r in records:
+                r["warmup"] = True
         if snapshot:
             self.state["previous_params"] = self._snapshot()  # for the next step's update size
-        self.steps += 1
-        self.monitor_seconds += time.perf_counter() - now
-        if records and self.steps % 100 == 1:
+        if records and self.steps % 100 == 0:
             records.append(self._overhead_record())
         for record in records:
             for sink in self.sinks:
                 sink.write(record)
-        self._last_return = time.perf_counter()
+        self._finish(now, measured=bool(due))
+        if self.steps == 1:
+            self.monitor_seconds -= self.warmup_seconds
+            self._measured_last = False
         return records
+
+    def _measure(self, instrument: inst.Instrument, ctx: inst.StepContext) -> dict[str, Any] | None:
+        self._pending.pop(instrument.name, None)
+        t0 = time.perf_counter()
+        try:
+            with _own_random_state(self.model, ctx.seed):  # the user's RNG stream is left as it was
+                values = instrument.measure(ctx)
+        except Exception as err:  # noqa: BLE001 - one failing quantity must not stop the others
+            self.disabled[instrument.name] = f"{type(err).__name__}: {err}"
+            warnings.warn(f"Monitor: {instrument.name} cannot be computed for this model and is dropped "
+                          f"({type(err).__name__}: {err})", RuntimeWarning, stacklevel=3)
+            return None
+        seconds = time.perf_counter() - t0
+        self.cost[instrument.name] = seconds
+        self.spent["cheap" if instrument.tier == "cheap" else "expensive"] += seconds
+        self.measured[instrument.name] += 1
+        return {"step": self.steps, "instrument": instrument.name, "time": t0 - self._start,
+                "seconds": seconds, "values": values}
+
+    def _account_user_step(self, now: float) -> None:
+        if self._last_return is None:
+            return
+        seconds = now - self._last_return
+        self.train_seconds += seconds
+        if self._measured_last:
+            self._after += 1
+            self._after_seconds += seconds
+        elif len(self._clean) < 512:
+            self._clean.append(seconds)
+        else:  # a rolling sample of the recent clean steps
+            self._clean[self.steps % 512] = seconds
+
+    def _finish(self, entered: float, *, measured: bool) -> None:
+        self.steps += 1
+        self._measured_last = measured
+        self._last_return = time.perf_counter()
+        self.monitor_seconds += self._last_return - entered
 
     def _due_next(self, instrument: inst.Instrument) -> bool:
         return instrument.name not in self.disabled and (self.steps + 1) % self.every[instrument.name] == 0
@@ -138,11 +221,30 @@ class Monitor:
     def _overhead_record(self) -> dict[str, Any]:
         return {"step": self.steps, "instrument": "monitor", "time": time.perf_counter() - self._start, "seconds": 0.0,
                 "values": {"train_seconds": self.train_seconds, "monitor_seconds": self.monitor_seconds,
-                           "overhead": self.overhead, "disabled": dict(self.disabled)}}
+                           "overhead": self.overhead, "warmup_seconds": self.warmup_seconds,
+                           "spent": dict(self.spent), "measured": dict(self.measured),
+                           "postponed": dict(self.postponed), "waiting": dict(self._pending),
+                           "disabled": dict(self.disabled)}}
 
     def close(self) -> None:
-        """Write the final overhead record and close the sinks."""
+        """Write the final overhead record, warn about every enabled instrument that never
+        measured (and why), and close the sinks."""
+        never = [n for n, k in self.measured.items() if k == 0 and n not in self.disabled]
+        if never:
+            why = ", ".join(f"{n} (postponed {self.postponed[n]} times{', still waiting' if n in self._pending else ''})"
+                            for n in never)
+            warnings.warn(f"Monitor: over {self.steps} steps these instruments never measured: {why}; raise budget= "
+                          f"or lengthen their cadence with every=", RuntimeWarning, stacklevel=2)
         record = self._overhead_record()
         for sink in self.sinks:
             sink.write(record)
             sink.close()
+
+
+@contextlib.contextmanager
+def _own_random_state(model: nn.Module, seed: int) -> Iterator[None]:
+    """A measurement draws from a random state of its own (its objective reseeds it before every
+    forward pass: the same dropout masks in each) and leaves the training loop's as it was."""
+    with torch.random.fork_rng(devices=cuda_devices(model)):
+        torch.manual_seed(seed)
+        yield

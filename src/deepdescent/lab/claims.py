@@ -105,6 +105,13 @@ def _take(url: str, key: str) -> str:
     claim.set_user_attr("owner", _me())
     for g in generations:  # the stale claims this one replaces
         _delete(url, prefix + str(g))
+    # Two processes can still create different generations (one listed the names before the other's
+    # was deleted, one after). Whoever sees another live generation after creating its own gives
+    # way; the later of two always sees the earlier, so at most one keeps a claim.
+    others = [n for n in study.study_names(url) if n.startswith(prefix) and n != name and n[len(prefix):].isdigit()]
+    if any(_alive(storage, n) for n in others):
+        _delete(url, name)
+        raise Busy(key)
     return name
 
 

@@ -34,6 +34,7 @@ import json
 import logging
 import math
 import os
+import random
 import statistics
 import time
 import warnings
@@ -436,7 +437,7 @@ def _sampled_search(problem, spec, protocol, url, prefix, seeds, run, progress):
             with claims.claimed(url, hashlib.sha1(f"{study.study_name}|ask".encode()).hexdigest()[:20]):
                 proposal = _propose(study, spec, protocol, url)
         except claims.Busy:  # another process is proposing (a moment) or died proposing (taken over)
-            time.sleep(POLL / 10)
+            time.sleep(POLL / 10 * (1 + random.random()))  # jitter: two that gave way to each other try apart
             continue
         if proposal is None:  # every remaining proposal is another live process's work
             if not _WAIT:
