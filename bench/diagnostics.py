@@ -1,13 +1,23 @@
-"""Cost of the diagnostics: the cheap tier and the default Monitor against plain training, and
-Lanczos with warm start. Ratios measured in the same run.
+"""What the Monitor costs and delivers, in one run, as ratios measured side by side:
 
-    python bench/diagnostics.py [--epochs 5]
+1. the default Monitor over 3,000 steps of the digits MLP, an 8×8 CNN and an LSTM (batch 32, SGD
+   with momentum) against the plain loop (interleaved repeats, medians): slowdown, the Monitor's
+   own overhead estimate, and how often each instrument measured;
+2. one Hessian-vector product, ours (the kept gradient graph) against PyHessian's, and λmax to
+   1e-3: our Lanczos (products, seconds) against PyHessian's power iteration (``pip install
+   pyhessian==0.1``; skipped when absent);
+3. B_simple from minibatches of m = 8 … 512 against its full-data value (digits MLP, fixed θ).
+
+    python bench/diagnostics.py [--steps 3000] [--repeats 3]
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
+import sys
 import time
+import warnings
 
 import torch
 from torch import nn
@@ -19,88 +29,166 @@ from deepdescent.diagnostics.instruments import StepContext
 from deepdescent.lab.digits import load_digits
 
 
-def models():
-    torch.manual_seed(0)
-    return {
-        "digits MLP": lambda: nn.Sequential(nn.Linear(64, 64), nn.Tanh(), nn.Linear(64, 64), nn.Tanh(), nn.Linear(64, 10)),
-        "small CNN": lambda: nn.Sequential(nn.Unflatten(1, (1, 8, 8)), nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(),
-                                           nn.Conv2d(16, 16, 3, padding=1), nn.ReLU(), nn.Flatten(),
-                                           nn.Linear(1024, 10)),
-    }
+class LSTMNet(nn.Module):
+    """The 8×8 image read row by row (8 steps of 8 pixels)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rnn, self.out = nn.LSTM(8, 32, batch_first=True), nn.Linear(32, 10)
+
+    def forward(self, x):
+        h, _ = self.rnn(x.view(-1, 8, 8))
+        return self.out(h[:, -1])
 
 
-def train(make, data, epochs, monitor_kind):
+MODELS = {
+    "digits MLP": lambda: nn.Sequential(nn.Linear(64, 32), nn.Tanh(), nn.Linear(32, 10)),
+    "8×8 CNN": lambda: nn.Sequential(nn.Unflatten(1, (1, 8, 8)), nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(),
+                                     nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(512, 10)),
+    "LSTM": LSTMNet,
+}
+ce = nn.functional.cross_entropy
+
+
+def train(make, data, steps, monitored):
     torch.manual_seed(0)
     model = make()
     opt = optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-    loss_fn = nn.functional.cross_entropy
-    monitor = None
-    if monitor_kind == "cheap":
-        monitor = dg.Monitor(model, loss_fn, opt, instruments=[dg.Cheap()])
-    elif monitor_kind == "default":
-        monitor = dg.Monitor(model, loss_fn, opt)
+    monitor = dg.Monitor(model, ce, opt) if monitored else None
     g = torch.Generator().manual_seed(0)
-    start = time.perf_counter()
-    for _ in range(epochs):
+    done, start = 0, time.perf_counter()
+    while done < steps:
         for idx in torch.randperm(len(data.y_train), generator=g).split(32):
+            if done == steps:
+                break
             x, y = data.x_train[idx], data.y_train[idx]
             opt.zero_grad()
-            loss = loss_fn(model(x), y)
+            loss = ce(model(x), y)
             loss.backward()
             if monitor is not None:
                 monitor.step(x, y, loss)
             opt.step()
+            done += 1
     seconds = time.perf_counter() - start
+    if monitor is not None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the table says which instruments never measured
+            monitor.close()
     return seconds, monitor
 
 
-def warm_start(make, data):
-    """HVPs until λmax is within 1e-3 of its converged value: cold start, then warm-started
-    after 50 more SGD steps (the Monitor's situation)."""
-    torch.manual_seed(0)
-    model = make()
-    loss_fn = nn.functional.cross_entropy
+def schedule(data, steps, repeats):
+    print(f"\n### 1. Default Monitor, {steps} steps\n")
+    print("| model | params | plain (s) | Monitor (s) | ratio | own estimate | warm-up (s) | measured: cheap / "
+          "ill-cond. / curvature / noise |\n|---|---|---|---|---|---|---|---|")
+    for name, make in MODELS.items():
+        plains, monitored, monitors = [], [], []
+        for _ in range(repeats):  # interleaved: both see the same phases of a shared machine
+            plains.append(train(make, data, steps, False)[0])
+            seconds, monitor = train(make, data, steps, True)
+            monitored.append(seconds)
+            monitors.append(monitor)
+        plain, full = statistics.median(plains), statistics.median(monitored)
+        m = monitors[monitored.index(full)] if full in monitored else monitors[0]
+        counts = " / ".join(str(m.measured.get(k, 0)) for k in ("cheap", "ill_conditioning", "curvature",
+                                                                 "gradient_noise"))
+        params = sum(p.numel() for p in make().parameters())
+        print(f"| {name} | {params} | {plain:.2f} | {full:.2f} | {full / plain:.3f} | {m.overhead:.3f} | "
+              f"{m.warmup_seconds:.2f} | {counts} |", flush=True)
+
+
+def _timed(f, repeats=50):
+    f()
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        f()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def products(data):
+    try:
+        from pyhessian import hessian as PyHessian
+        from pyhessian.utils import hessian_vector_product
+    except ImportError:
+        print("\n(PyHessian not installed: `pip install pyhessian==0.1` for the side-by-side products)")
+        return
+    print("\n### 2. Hessian-vector products and λmax (256 examples, side by side)\n")
+    print("| model | one product, ours (ms) | PyHessian (ms) | ratio | λmax to 1e-3: our products | our time (ms) | "
+          "PyHessian products | PyHessian time (ms) | time ratio |\n|---|---|---|---|---|---|---|---|---|")
     x, y = data.x_train[:256], data.y_train[:256]
-    ctx = StepContext(model, loss_fn, x, y, None, None, 0, "train", {})
-    op, n, like = ctx.flat_hvp()
-    reference = lanczos(op, n, k=80).lambda_max
-    cold = next(k for k in range(2, 81) if abs(lanczos(op, n, k=k, generator=torch.Generator().manual_seed(0))
-                                                .lambda_max - reference) <= 1e-3 * abs(reference))
-    start = lanczos(op, n, k=80).vector
-    opt = optim.SGD(model.parameters(), lr=0.05)
-    for i in range(50):
-        idx = torch.arange(i * 32, i * 32 + 32) % len(data.y_train)
+    for name, make in MODELS.items():
+        torch.manual_seed(0)
+        model = make()
+        ctx = StepContext(model, ce, x, y, None, None, 0, "eval", {})
+        op, n, like = ctx.flat_hvp()
+        v = torch.randn(n)
+        ours = _timed(lambda: op(v))
+        ph = PyHessian(model, ce, data=(x, y), cuda=False)
+        vs = [torch.randn_like(p) for p in ph.params]
+        theirs = _timed(lambda: hessian_vector_product(ph.gradsH, ph.params, vs))
+        reference = lanczos(op, n, k=min(n, 100), dtype=like.dtype).lambda_max
+        k = next(k for k in range(2, 101) if abs(lanczos(op, n, k=k, generator=torch.Generator().manual_seed(0))
+                                                 .lambda_max - reference) <= 1e-3 * abs(reference))
+        lanczos_time = _timed(lambda: lanczos(op, n, k=k, generator=torch.Generator().manual_seed(0)), 10)
+        calls = []
+
+        def counted(g, p, v, calls=calls):
+            calls.append(1)
+            return hessian_vector_product(g, p, v)
+        module = sys.modules["pyhessian.hessian"]  # (the package exports a class of the same name)
+        original, module.hessian_vector_product = module.hessian_vector_product, counted
+        try:
+            torch.manual_seed(0)
+            t = time.perf_counter()
+            power = ph.eigenvalues(maxIter=200, tol=1e-3)[0][0]
+            power_time = time.perf_counter() - t
+        finally:
+            module.hessian_vector_product = original
+        error = abs(power - reference) / abs(reference)
+        print(f"| {name} | {ours * 1e3:.3f} | {theirs * 1e3:.3f} | {ours / theirs:.2f} | {k} | {lanczos_time * 1e3:.1f} | "
+              f"{len(calls)} (error {error:.0e}) | {power_time * 1e3:.1f} | {lanczos_time / power_time:.2f} |", flush=True)
+
+
+def noise_scale(data):
+    print("\n### 3. B_simple against the full-data value (digits MLP, θ after 200 SGD steps)\n")
+    torch.manual_seed(0)
+    x, y = torch.cat([data.x_train, data.x_test]), torch.cat([data.y_train, data.y_test])
+    model = MODELS["digits MLP"]()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    for _ in range(200):
+        idx = torch.randint(0, len(y), (32,))
         opt.zero_grad()
-        loss_fn(model(data.x_train[idx]), data.y_train[idx]).backward()
+        ce(model(x[idx]), y[idx]).backward()
         opt.step()
-    ctx = StepContext(model, loss_fn, x, y, None, None, 0, "train", {})
-    op, n, like = ctx.flat_hvp()
-    reference = lanczos(op, n, k=80).lambda_max
-    warm = next(k for k in range(2, 81) if abs(lanczos(op, n, k=k, start=start, generator=torch.Generator()
-                                                       .manual_seed(0)).lambda_max - reference) <= 1e-3 * abs(reference))
-    return cold, warm
+    g = dg.per_example_gradients(StepContext(model, ce, x, y, None, None, 0, "train", {})).double()
+    mean = g.mean(0)
+    full = float(((g - mean) ** 2).sum() / len(g)) / float(mean @ mean)
+    print(f"full data: B_simple = {full:.1f}\n\n| m | minibatches | B_simple (ours) | ratio | tr Σ_B / ‖ḡ_B‖² "
+          "(biased, median) |\n|---|---|---|---|---|")
+    gen = torch.Generator().manual_seed(0)
+    for m, draws in ((8, 60000), (32, 8000), (128, 1500), (512, 300)):
+        noise = dg.GradientNoise(beta=None)
+        biased = []
+        for idx in torch.randint(0, len(g), (draws, m), generator=gen):
+            values = noise.statistics(g[idx])
+            biased.append(values["trace_cov"] / values["grad_norm"] ** 2)
+        print(f"| {m} | {draws} | {values['b_simple']:.1f} | {values['b_simple'] / full:.3f} | "
+              f"{statistics.median(biased):.1f} |", flush=True)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--epochs", type=int, default=20)
+    ap.add_argument("--steps", type=int, default=3000)
+    ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args()
     torch.set_num_threads(2)
     data = load_digits()
-    print(f"torch {torch.__version__}, digits train set {len(data.y_train)}, batch 32, {args.epochs} epochs")
-    print("\n| model | plain (s) | cheap tier (s) | ratio | default Monitor (s) | ratio | Monitor's own overhead | "
-          "λmax HVPs cold | λmax HVPs warm |\n|---|---|---|---|---|---|---|---|---|")
-    for name, make in models().items():
-        plains, cheaps, fulls = [], [], []
-        for _ in range(3):  # interleaved repeats; the median of each
-            plains.append(train(make, data, args.epochs, None)[0])
-            cheaps.append(train(make, data, args.epochs, "cheap")[0])
-            seconds, mon = train(make, data, args.epochs, "default")
-            fulls.append(seconds)
-        plain, cheap, full = (sorted(v)[1] for v in (plains, cheaps, fulls))
-        cold, warm = warm_start(make, data)
-        print(f"| {name} | {plain:.2f} | {cheap:.2f} | {cheap / plain:.3f} | {full:.2f} | {full / plain:.3f} | "
-              f"{mon.overhead:.3f} | {cold} | {warm} |")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    schedule(data, args.steps, args.repeats)
+    products(data)
+    noise_scale(data)
 
 
 if __name__ == "__main__":

@@ -392,7 +392,7 @@ def test_close_says_which_instruments_never_measured(monkeypatch, tmp_path):
     clock = _Clock()
     never = _Costly(clock, "never", 1e6, 10)
     monitor, _ = _fake_run(monkeypatch, [_Costly(clock, "cheap", 0.01, 10, tier="cheap"), never], 50)
-    with pytest.warns(RuntimeWarning, match=r"never measured: never \(postponed 40 times, still waiting\)"):
+    with pytest.warns(RuntimeWarning, match=r"never measured: never \(waited 40 steps, still waiting\)"):
         monitor.close()
 
 

@@ -73,24 +73,45 @@ class ModelObjective:
     def hvp_operator(self, params: dict[str, Tensor] | None = None
                      ) -> tuple[Callable[[dict[str, Tensor]], dict[str, Tensor]], dict[str, Tensor], Tensor]:
         """(v ↦ H v, g, J) for many products at one θ: the gradient is taken once with its graph, and
-        each product is one backward pass through that graph (reverse-over-reverse on the kept
-        graph, as PyHessian) — no forward pass or re-trace per product. One forward pass, so in
-        train mode every product sees the same dropout masks: one fixed symmetric operator."""
-        p = {n: t.detach().requires_grad_(True) for n, t in (self.params() if params is None else params).items()}
+        each product is one backward pass through that graph (the vector-Jacobian product of g
+        with v, H being symmetric: reverse-over-reverse on the kept graph, as PyHessian) — no
+        forward pass or re-trace per product. One forward pass, so in train mode every product sees
+        the same dropout masks: one fixed symmetric operator."""
+        named = dict(self.model.named_parameters())
+        direct = params is None and next(self.model.buffers(), None) is None
+        if direct:  # no buffers to protect: the model's own parameters, without functional_call's swaps
+            p = {n: named[n] for n in self.names}
+        else:
+            p = {n: t.detach().requires_grad_(True) for n, t in (self.params() if params is None else params).items()}
         leaves = list(p.values())
         with torch.enable_grad():
-            loss = self.loss(p)
+            loss = self._direct_loss() if direct else self.loss(p)
             grads = torch.autograd.grad(loss, leaves, create_graph=True, allow_unused=True)
         grads = tuple(torch.zeros_like(t) if g is None else g for t, g in zip(leaves, grads))
+        live = [i for i, g in enumerate(grads) if g.requires_grad]  # the rest: the loss is linear there
 
         def op(v: dict[str, Tensor]) -> dict[str, Tensor]:
-            with torch.enable_grad():
-                dot = sum((g * v[n]).sum() for n, g in zip(p, grads) if g.requires_grad)
-                if not isinstance(dot, Tensor) or not dot.requires_grad:  # the loss is linear in θ
-                    return {n: torch.zeros_like(t) for n, t in p.items()}
-                out = torch.autograd.grad(dot, leaves, retain_graph=True, allow_unused=True)
-            return {n: torch.zeros_like(t) if o is None else o for (n, t), o in zip(p.items(), out)}
+            out = [torch.zeros_like(t) for t in leaves]
+            if live:
+                with torch.enable_grad():
+                    products = torch.autograd.grad([grads[i] for i in live], leaves,
+                                                   grad_outputs=[v[self.names[i]] for i in live],
+                                                   retain_graph=True, allow_unused=True)
+                out = [o if h is None else h for o, h in zip(out, products)]
+            return dict(zip(self.names, out))
         return op, {n: g.detach() for n, g in zip(p, grads)}, loss.detach()
+
+    def _direct_loss(self) -> Tensor:
+        was_training = self.model.training
+        self.model.train(self.mode == "train")
+        try:
+            if self.seed is None or self.mode != "train":
+                return self.loss_fn(self.model(self.inputs), self.targets)
+            with torch.random.fork_rng(devices=cuda_devices(self.model)):
+                torch.manual_seed(self.seed)
+                return self.loss_fn(self.model(self.inputs), self.targets)
+        finally:
+            self.model.train(was_training)
 
     def gnvp(self, v: dict[str, Tensor], params: dict[str, Tensor] | None = None) -> dict[str, Tensor]:
         """G v = Jᵀ (∇²_z L) J v (Gauss–Newton)."""

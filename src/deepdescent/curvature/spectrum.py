@@ -31,8 +31,11 @@ class LanczosResult:
     ritz_weights: Tensor  # squared first components of T's eigenvectors (for quadrature)
 
 
-def _tridiagonal(op: Operator, start: Tensor, k: int) -> tuple[Tensor, Tensor, list[Tensor], float]:
-    """k Lanczos steps with full reorthogonalization: (α, β, basis, β_k)."""
+def _tridiagonal(op: Operator, start: Tensor, k: int, tol: float | None = None
+                 ) -> tuple[Tensor, Tensor, list[Tensor], float]:
+    """Up to k Lanczos steps with full reorthogonalization: (α, β, basis, β_k). With ``tol``, stops
+    as soon as both extreme Ritz pairs have residuals β_j·|s_j| ≤ tol·max|θ| (checked every step:
+    an eigendecomposition of a j×j tridiagonal matrix costs far less than one product)."""
     q = start / start.norm()
     basis = [q]
     alphas, betas = [], []
@@ -42,11 +45,13 @@ def _tridiagonal(op: Operator, start: Tensor, k: int) -> tuple[Tensor, Tensor, l
         a = float(w @ basis[-1])
         alphas.append(a)
         w = w - a * basis[-1] - (betas[-1] * basis[-2] if betas else 0.0)
-        for b in basis:  # full reorthogonalization: k is small, stability matters more
-            w = w - float(w @ b) * b
+        q_all = torch.stack(basis)
+        for _ in range(2):  # full reorthogonalization, twice ("twice is enough"): k is small, stability matters
+            w = w - q_all.T @ (q_all @ w)
         beta = float(w.norm())
         beta_last = beta
-        if j == k - 1 or beta < 1e-12 * max(1.0, abs(a)):
+        if j == k - 1 or beta < 1e-12 * max(1.0, abs(a)) or (tol is not None and _extremes_converged(alphas, betas,
+                                                                                                        beta, tol)):
             break
         betas.append(beta)
         basis.append(w / beta)
@@ -54,18 +59,30 @@ def _tridiagonal(op: Operator, start: Tensor, k: int) -> tuple[Tensor, Tensor, l
     return torch.tensor(alphas, dtype=dtype), torch.tensor(betas, dtype=dtype), basis, beta_last
 
 
+def _extremes_converged(alphas: list[float], betas: list[float], beta: float, tol: float) -> bool:
+    if len(alphas) < 2:
+        return False
+    t = torch.diag(torch.tensor(alphas, dtype=torch.float64))
+    off = torch.tensor(betas, dtype=torch.float64)
+    t += torch.diag(off, 1) + torch.diag(off, -1)
+    theta, s = torch.linalg.eigh(t)
+    scale = max(abs(float(theta[0])), abs(float(theta[-1])), 1e-30)
+    return beta * abs(float(s[-1, -1])) <= tol * scale and beta * abs(float(s[-1, 0])) <= tol * scale
+
+
 def lanczos(op: Operator, n: int, *, k: int = 20, start: Tensor | None = None, tol: float = 1e-3,
             generator: torch.Generator | None = None, dtype: torch.dtype = torch.float32,
-            device: torch.device | str = "cpu") -> LanczosResult:
+            device: torch.device | str = "cpu", stop_early: bool = False) -> LanczosResult:
     """λmax and λmin of the symmetric operator ``op`` after at most ``k`` products.
 
     Converged when both residuals are at most ``tol``·max(|λmax|, |λmin|) (the residual bounds the
     distance of a Ritz value to an eigenvalue). ``start``: the previous call's ``vector``, mixed
-    with a little noise so the other end of the spectrum is still found.
+    with a little noise so the other end of the spectrum is still found. ``stop_early``: stop at
+    the first step where both ends have converged (fewer than k products).
     """
     noise = torch.randn(n, generator=generator, dtype=dtype).to(device)
     v = noise if start is None else start.to(dtype=dtype, device=device) + 1e-2 * noise / math.sqrt(n)
-    alphas, betas, basis, beta_last = _tridiagonal(op, v, k)
+    alphas, betas, basis, beta_last = _tridiagonal(op, v, k, tol if stop_early else None)
     m = len(alphas)
     t = torch.diag(alphas) + (torch.diag(betas, 1) + torch.diag(betas, -1) if m > 1 else 0)
     theta, s = torch.linalg.eigh(t)

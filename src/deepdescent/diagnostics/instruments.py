@@ -159,7 +159,7 @@ class Curvature(Instrument):
     def measure(self, ctx: StepContext) -> dict[str, Any]:
         op, n, like = ctx.flat_hvp()
         r = lanczos(op, n, k=self.k, start=self.start, tol=self.tol, generator=self.generator, dtype=like.dtype,
-                    device=like.device)
+                    device=like.device, stop_early=True)
         self.start = r.vector
         values: dict[str, Any] = {
             "lambda_max": r.lambda_max, "lambda_min": r.lambda_min, "residual_max": r.residual_max,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import statistics
 import time
 import warnings
@@ -70,8 +71,10 @@ class Monitor:
         self.cost: dict[str, float] = {}
         self.spent = {"cheap": 0.0, "expensive": 0.0}  # seconds inside measurements, per tier
         self.measured = {i.name: 0 for i in self.instruments}
-        self.postponed = {i.name: 0 for i in self.instruments}  # due measurements that had to wait
+        self._waited = {i.name: 0 for i in self.instruments}  # steps spent waiting, by finished waits
         self._pending: dict[str, int] = {}  # expensive instrument → the step it fell due
+        self._next_look = 0  # the first step at which something may be due (steps before return at once)
+        self._typical = 0.0
         self.steps = 0
         self.train_seconds = 0.0
         self.monitor_seconds = 0.0
@@ -80,11 +83,21 @@ class Monitor:
         self._after_seconds = 0.0
         self._measured_last = False
         self.warmup_seconds = 0.0  # the first measurement of each expensive instrument (step 0)
+        self._warmup_cost: dict[str, float] = {}
         self._start = time.perf_counter()
         self._last_return: float | None = None
 
     def _snapshot(self) -> list[Tensor]:
         return [p.detach().clone() for p in self.model.parameters() if p.requires_grad]
+
+    def _keep_previous(self) -> None:
+        """θ_t for the next step's update size, copied into buffers kept from last time (one op)."""
+        params = [p.detach() for p in self.model.parameters() if p.requires_grad]
+        kept = self.state.get("previous_params")
+        if kept is None or [k.shape for k in kept] != [p.shape for p in params]:
+            self.state["previous_params"] = [p.clone() for p in params]
+        else:
+            torch._foreach_copy_(kept, params)
 
     @property
     def overhead(self) -> float:
@@ -95,8 +108,15 @@ class Monitor:
         plain = self._plain_seconds()
         return self._caused_seconds() / plain if plain else 0.0
 
+    @property
+    def postponed(self) -> dict[str, int]:
+        """Steps each instrument has waited for its turn or for budget, so far."""
+        return {n: w + (self.steps - self._pending[n] if n in self._pending else 0) for n, w in self._waited.items()}
+
     def _typical_step(self) -> float:
-        return statistics.median(self._clean) if self._clean else 0.0
+        if self._clean and (not self._typical or self.steps % 64 == 0):  # a median, refreshed now and then
+            self._typical = statistics.median(self._clean)
+        return self._typical
 
     def _plain_seconds(self) -> float:
         return self.train_seconds - self._after_seconds + self._after * self._typical_step()
@@ -115,9 +135,12 @@ class Monitor:
         return 0.8 * (0.75 * self.budget * plain - max(bookkeeping, 0.0))
 
     def _estimate(self, instrument: inst.Instrument) -> float:
-        """Its last measured cost; before its first run, its gradient count × the typical step (a
-        training step is about one gradient evaluation)."""
-        return self.cost.get(instrument.name, instrument.gradients * self._typical_step())
+        """Its last measured cost; before its first charged run, its gradient count × the typical
+        step (a training step is about one gradient evaluation), or its warm-up time if less."""
+        if instrument.name in self.cost:
+            return self.cost[instrument.name]
+        guess = instrument.gradients * self._typical_step()
+        return min(guess, self._warmup_cost.get(instrument.name, guess))
 
     def _choose(self) -> list[inst.Instrument]:
         """What runs at this step: the cheap tier on its cadence within its allowance; expensive
@@ -132,24 +155,45 @@ class Monitor:
                   and self.steps > 0 and self.spent["cheap"] + self._estimate(i) <= self._allowance("cheap")]
         if self.steps == 0:  # warm-up: every one once, outside the accounting (see step)
             return chosen + [i for i in active if i.tier != "cheap"]
-        planned = self.spent["expensive"]
+        planned, allowance = self.spent["expensive"], self._allowance("expensive")
         for name in sorted(self._pending, key=lambda n: (self.measured[n], self._pending[n])):
             instrument = next(i for i in active if i.name == name)
-            if planned + self._estimate(instrument) > self._allowance("expensive"):
+            if planned + self._estimate(instrument) > allowance:
                 break
             planned += self._estimate(instrument)
             chosen.append(instrument)
         return chosen
 
+    def _plan_next_look(self, active: list[inst.Instrument]) -> None:
+        """The next step worth a look: a cadence step, the step before a cheap one (its snapshot for
+        the update size), or when the allowance may have grown enough for the next in turn — so that
+        the steps between cost next to nothing."""
+        s = self.steps
+        looks = []
+        for i in active:
+            e = self.every[i.name]
+            nxt = -(-s // e) * e
+            looks.append(nxt)
+            if i.tier == "cheap":
+                looks.append(nxt - 1 if nxt - 1 >= s else nxt - 1 + e)
+        if self._pending:
+            name = min(self._pending, key=lambda n: (self.measured[n], self._pending[n]))
+            instrument = next(i for i in active if i.name == name)
+            deficit = self.spent["expensive"] + self._estimate(instrument) - self._allowance("expensive")
+            growth = 0.8 * 0.75 * self.budget * self._typical_step()  # allowance gained per plain step
+            looks.append(s + (1 if deficit <= 0 or growth <= 0 else min(1000, max(1, math.ceil(deficit / growth)))))
+        self._next_look = min(looks, default=s + 1_000_000)
+
     def step(self, inputs: Tensor, targets: Tensor, loss: Tensor | float | None = None) -> list[dict[str, Any]]:
         """Measure what is due at this step; returns the records written."""
         now = time.perf_counter()
         self._account_user_step(now)
+        if self.steps < self._next_look:  # the common step: nothing can be due, return at once
+            self._finish(now, measured=False)
+            return []
         due = self._choose()
-        for name in set(self._pending) - {i.name for i in due}:
-            self.postponed[name] += 1  # it retries at the next step
-        snapshot = any(i.name == "cheap" and self._due_next(i) for i in self.instruments)
-        if not due and not snapshot:  # the common step: nothing to measure, return at once
+        snapshot = any(i.tier == "cheap" and self._due_next(i) for i in self.instruments)
+        if not due and not snapshot:
             self._finish(now, measured=False)
             return []
         ctx = inst.StepContext(self.model, self.loss_fn, inputs, targets,
@@ -161,12 +205,15 @@ class Monitor:
             # here, it is reported as warmup_seconds; charged, it would hold every instrument back
             self.warmup_seconds = time.perf_counter() - now
             self.spent = {"cheap": 0.0, "expensive": 0.0}
+            self._warmup_cost = dict(self.cost)
             self.cost.clear()
             self.measured = dict.fromkeys(self.measured, 0)  # counted: the measurements the budget paid for
             for r in records:
                 r["warmup"] = True
         if snapshot:
-            self.state["previous_params"] = self._snapshot()  # for the next step's update size
+            t0 = time.perf_counter()
+            self._keep_previous()
+            self.spent["cheap"] += time.perf_counter() - t0  # it serves the cheap tier's update size
         if records and self.steps % 100 == 0:
             records.append(self._overhead_record())
         for record in records:
@@ -179,10 +226,12 @@ class Monitor:
         return records
 
     def _measure(self, instrument: inst.Instrument, ctx: inst.StepContext) -> dict[str, Any] | None:
-        self._pending.pop(instrument.name, None)
+        since = self._pending.pop(instrument.name, self.steps)
+        self._waited[instrument.name] += self.steps - since
         t0 = time.perf_counter()
         try:
-            with _own_random_state(self.model, ctx.seed):  # the user's RNG stream is left as it was
+            # a random state of its own for what makes extra passes; the user's stream stays as it was
+            with _own_random_state(self.model, ctx.seed) if instrument.tier != "cheap" else contextlib.nullcontext():
                 values = instrument.measure(ctx)
         except Exception as err:  # noqa: BLE001 - one failing quantity must not stop the others
             self.disabled[instrument.name] = f"{type(err).__name__}: {err}"
@@ -211,6 +260,8 @@ class Monitor:
 
     def _finish(self, entered: float, *, measured: bool) -> None:
         self.steps += 1
+        if self.steps > self._next_look:
+            self._plan_next_look([i for i in self.instruments if i.name not in self.disabled])
         self._measured_last = measured
         self._last_return = time.perf_counter()
         self.monitor_seconds += self._last_return - entered
@@ -223,7 +274,7 @@ class Monitor:
                 "values": {"train_seconds": self.train_seconds, "monitor_seconds": self.monitor_seconds,
                            "overhead": self.overhead, "warmup_seconds": self.warmup_seconds,
                            "spent": dict(self.spent), "measured": dict(self.measured),
-                           "postponed": dict(self.postponed), "waiting": dict(self._pending),
+                           "postponed": self.postponed, "waiting": dict(self._pending),
                            "disabled": dict(self.disabled)}}
 
     def close(self) -> None:
@@ -231,7 +282,7 @@ class Monitor:
         measured (and why), and close the sinks."""
         never = [n for n, k in self.measured.items() if k == 0 and n not in self.disabled]
         if never:
-            why = ", ".join(f"{n} (postponed {self.postponed[n]} times{', still waiting' if n in self._pending else ''})"
+            why = ", ".join(f"{n} (waited {self.postponed[n]} steps{', still waiting' if n in self._pending else ''})"
                             for n in never)
             warnings.warn(f"Monitor: over {self.steps} steps these instruments never measured: {why}; raise budget= "
                           f"or lengthen their cadence with every=", RuntimeWarning, stacklevel=2)
