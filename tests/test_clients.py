@@ -190,3 +190,104 @@ def _replay_without(name: str, skip: int) -> list[torch.Tensor]:
         loss.backward()
         opt.step()
     return [p.detach().clone() for p in model.parameters()]
+
+
+def _monitored_records(path) -> list[dict]:
+    """A Monitor's JSONL without what depends on the clock (times, costs, the overhead records)."""
+    from deepdescent.diagnostics import read_jsonl
+
+    return [{k: v for k, v in r.items() if k not in ("time", "seconds")} for r in read_jsonl(path)
+            if r["instrument"] != "monitor"]
+
+
+#: every due measurement runs (no budget in the way): the same records in any two runs of one loop
+MONITOR = {"budget": 1e9, "every": {"cheap": 1, "ill_conditioning": 1, "curvature": 2, "gradient_noise": 2}}
+
+
+def test_the_lightning_callback_logs_what_a_plain_loop_logs(tmp_path):
+    """One line in ``Trainer(callbacks=...)``: the JSONL equals that of a Monitor in a plain loop
+    over the same batches, seed and optimizer, and the trainer's logger receives the scalars."""
+    from deepdescent.diagnostics.lightning import MonitorCallback
+
+    make = lambda p: optim.SGD(p, lr=0.1, momentum=0.9)  # noqa: E731
+    module = DigitsModule(make, seed=0)
+    callback = MonitorCallback(nn.functional.cross_entropy, model=lambda m: m.net, log=tmp_path / "lightning.jsonl",
+                               **MONITOR)
+    trainer = L.Trainer(max_epochs=2, accelerator="cpu", devices=1, callbacks=[callback],
+                        logger=L.loggers.CSVLogger(tmp_path, name="csv"), enable_progress_bar=False,
+                        enable_model_summary=False, num_sanity_val_steps=0, enable_checkpointing=False)
+    trainer.fit(module)
+
+    plain = DigitsModule(make, seed=0)
+    opt, sched = make(plain.parameters()), None
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=2, gamma=0.5)
+    from deepdescent import diagnostics as dg
+
+    monitor = dg.Monitor(plain.net, nn.functional.cross_entropy, opt, log=tmp_path / "plain.jsonl", **MONITOR)
+    for _ in range(2):
+        for x, y in plain.train_dataloader():
+            opt.zero_grad()
+            loss = nn.functional.cross_entropy(plain.net(x), y)
+            loss.backward()
+            monitor.step(x, y, loss)
+            opt.step()
+        sched.step()
+    monitor.close()
+    ours = _monitored_records(tmp_path / "lightning.jsonl")
+    assert ours == _monitored_records(tmp_path / "plain.jsonl")
+    assert {r["instrument"] for r in ours} == {"cheap", "ill_conditioning", "curvature", "gradient_noise"}
+    assert len([r for r in ours if r["instrument"] == "cheap"]) == 5  # steps 1…5 (step 0 has no step time yet)
+    logged = next(tmp_path.glob("csv/*/metrics.csv")).read_text()
+    assert "curvature/lambda_max" in logged and "cheap/grad_norm" in logged
+
+
+def test_the_hugging_face_callback_logs_what_a_plain_loop_logs(tmp_path):
+    """One line in ``Trainer(callbacks=...)``: the model's own loss on each step's batch; the JSONL
+    matches a Monitor in a plain loop over the Trainer's batches, and TensorBoard gets the scalars."""
+    pytest.importorskip("tensorboard")
+    from deepdescent import diagnostics as dg
+    from deepdescent.diagnostics.huggingface import MonitorCallback, OwnLoss, _the_loss
+
+    def model_and_opt():
+        torch.manual_seed(0)
+        config = transformers.GPT2Config(n_layer=1, n_head=2, n_embd=16, vocab_size=40, n_positions=16,
+                                         resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+        model = transformers.GPT2LMHeadModel(config)
+        return model, optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+
+    model, opt = model_and_opt()
+    args = transformers.TrainingArguments(
+        output_dir=str(tmp_path / "out"), max_steps=4, per_device_train_batch_size=8, report_to=["tensorboard"],
+        use_cpu=True, seed=0, logging_steps=100, disable_tqdm=True,
+        dataloader_num_workers=0, max_grad_norm=0, save_strategy="no")
+    every = {"cheap": 1, "ill_conditioning": 1, "curvature": 2}
+    constant = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)  # (None: the Trainer's linear decay)
+    callback = MonitorCallback(log=tmp_path / "hf.jsonl", budget=1e9, every=every)
+    trainer = transformers.Trainer(model=model, args=args, train_dataset=_Tokens(), optimizers=(opt, constant),
+                                   callbacks=[callback])
+    batches = []  # what the Trainer feeds (not the Monitor's own passes)
+    model.register_forward_pre_hook(lambda m, a, kw: batches.append(dict(kw)) if not callback._measuring else None,
+                                    with_kwargs=True)
+    trainer.train()
+
+    plain, opt = model_and_opt()
+    plain.train()
+    monitor = dg.Monitor(OwnLoss(plain), _the_loss, opt, log=tmp_path / "plain.jsonl", budget=1e9, every=every,
+                         instruments=[dg.Cheap(), dg.IllConditioning(), dg.Curvature()])
+    assert len(batches) == 4
+    torch.manual_seed(0)
+    for batch in batches:
+        opt.zero_grad()
+        loss = plain(**batch).loss
+        loss.backward()
+        monitor.step(batch, None, loss)
+        opt.step()
+    monitor.close()
+    ours, theirs = _monitored_records(tmp_path / "hf.jsonl"), _monitored_records(tmp_path / "plain.jsonl")
+    assert [(r["step"], r["instrument"]) for r in ours] == [(r["step"], r["instrument"]) for r in theirs]
+    assert len(ours) == 3 + 4 + 2  # cheap at steps 1…3, ill-conditioning at each, curvature at 0 (warm-up) and 2
+    for a, b in zip(ours, theirs):
+        for key, value in a["values"].items():
+            if isinstance(value, float):
+                assert value == pytest.approx(b["values"][key], rel=1e-5, abs=1e-7), (a["instrument"], key)
+    assert list((tmp_path / "out" / "runs" / "deepdescent").glob("events.out.tfevents.*"))

@@ -13,8 +13,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from deepdescent.diagnostics import instruments as inst
 from deepdescent.curvature.objective import cuda_devices
+from deepdescent.diagnostics import instruments as inst
 from deepdescent.diagnostics.sinks import JSONLSink, Sink
 
 

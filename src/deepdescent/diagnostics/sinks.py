@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -57,8 +58,7 @@ class JSONLSink:
 
 
 class TensorBoardSink:
-    """Scalars to TensorBoard as ``instrument/value`` (dicts of numbers as ``instrument/key/name``;
-    lists are skipped: see the JSONL log and :func:`~deepdescent.diagnostics.plot`)."""
+    """Scalars (:func:`scalars`) to TensorBoard."""
 
     def __init__(self, log_dir: str | os.PathLike[str]) -> None:
         try:
@@ -68,19 +68,39 @@ class TensorBoardSink:
         self.writer = SummaryWriter(str(log_dir))
 
     def write(self, record: dict[str, Any]) -> None:
-        prefix, step = record["instrument"], record["step"]
-        for key, value in record["values"].items():
-            if isinstance(value, bool):
-                value = float(value)
-            if isinstance(value, (int, float)) and value is not None:
-                self.writer.add_scalar(f"{prefix}/{key}", value, step)
-            elif isinstance(value, dict):
-                for name, v in value.items():
-                    if isinstance(v, (int, float)):
-                        self.writer.add_scalar(f"{prefix}/{key}/{name}", v, step)
+        for name, value in scalars(record).items():
+            self.writer.add_scalar(name, value, record["step"])
 
     def close(self) -> None:
         self.writer.close()
+
+
+def scalars(record: dict[str, Any]) -> dict[str, float]:
+    """A record's numbers as ``instrument/value`` (dicts of numbers as ``instrument/key/name``;
+    booleans as 0/1; lists are left to the JSONL log and :func:`~deepdescent.diagnostics.plot`)."""
+    prefix, out = record["instrument"], {}
+    for key, value in record["values"].items():
+        if isinstance(value, (bool, int, float)) and value is not None:
+            out[f"{prefix}/{key}"] = float(value)
+        elif isinstance(value, dict):
+            out.update({f"{prefix}/{key}/{name}": float(v) for name, v in value.items()
+                        if isinstance(v, (bool, int, float))})
+    return out
+
+
+class MetricsSink:
+    """Scalars (:func:`scalars`) to a ``log(metrics, step)`` function: a trainer's loggers."""
+
+    def __init__(self, log: Callable[[dict[str, float], int], None]) -> None:
+        self.log = log
+
+    def write(self, record: dict[str, Any]) -> None:
+        metrics = scalars(record)
+        if metrics:
+            self.log(metrics, record["step"])
+
+    def close(self) -> None:
+        pass
 
 
 def read_jsonl(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
