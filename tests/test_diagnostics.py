@@ -304,7 +304,14 @@ def test_monitor_writes_jsonl_and_a_failing_instrument_warns_once(tmp_path):
     torch.testing.assert_close(model[1].running_mean, replay[1].running_mean)
     assert not torch.equal(bn_before, model[1].running_mean)
     fig = dg.plot(log, tmp_path / "dash.png")
-    assert (tmp_path / "dash.png").stat().st_size > 10_000 and len(fig.axes) >= 6
+    assert (tmp_path / "dash.png").stat().st_size > 10_000
+    panels = {ax.get_title(): ax for ax in fig.axes[:9]}
+    why = {title: " ".join(t.get_text() for t in ax.texts) for title, ax in panels.items()}
+    failed = [t for t in panels if "gradient noise" in t or "per-time-step" in t]
+    assert len(failed) == 2 and all(why[t].startswith("failed, dropped") for t in failed), why
+    for title, ax in panels.items():  # every other instrument is drawn: λmin, tr H, SLQ, the 2-D slice, …
+        if title not in failed:
+            assert not why[title] and (ax.lines or ax.collections or ax.images), title
 
 
 def test_budget_postpones_expensive_instruments():
@@ -420,6 +427,11 @@ def test_bad_input(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         dg.plot([], tmp_path / "empty.png")  # an empty log draws empty panels, no crash
+    waiting = {"step": 9, "instrument": "monitor", "values": {"measured": {"curvature": 0}, "postponed": {"curvature": 7},
+                                                            "disabled": {}}}
+    texts = {ax.get_title(): " ".join(t.get_text() for t in ax.texts) for ax in dg.plot([waiting]).axes[:9]}
+    assert "waited 7 steps for budget" in texts["§8.2.3 Hessian extreme eigenvalues (Lanczos)"]
+    assert "not enabled" in texts["§8.2.3 Hessian spectral density (SLQ)"]
 
 
 def test_dropout_measurements_see_one_fixed_operator():

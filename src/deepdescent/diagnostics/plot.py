@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import textwrap
 from typing import Any
 
 from deepdescent.diagnostics.sinks import read_jsonl
@@ -22,7 +23,7 @@ def _pair(ax, records, instrument: str, keys: dict[str, str], title: str, log: b
     """Two values of one instrument over steps on one axis (or an empty panel); whether drawn."""
     series = [(label, *_series(records, instrument, key)) for key, label in keys.items()]
     if not series[0][1]:
-        _empty(ax, title)
+        _empty(ax, title, _why(records, instrument))
         return False
     for label, steps, values in series:
         (ax.semilogy if log else ax.plot)(steps, values, marker=".", label=label)
@@ -32,15 +33,33 @@ def _pair(ax, records, instrument: str, keys: dict[str, str], title: str, log: b
     return True
 
 
-def _empty(ax, title: str) -> None:
+def _empty(ax, title: str, why: str = "not measured") -> None:
     ax.set_title(title)
-    ax.text(0.5, 0.5, "not measured", ha="center", va="center", transform=ax.transAxes, color="gray")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.text(0.5, 0.5, why, ha="center", va="center", transform=ax.transAxes, color="gray", wrap=True, fontsize=9)
+
+
+def _why(records: list[dict[str, Any]], instrument: str) -> str:
+    """Why a panel has no data, from the Monitor's own records: failed (the reason), waiting for
+    budget (how long), or not enabled."""
+    state = next((r["values"] for r in reversed(records) if r["instrument"] == "monitor"), None)
+    if state is None:
+        return "not measured (no Monitor record in the log)"
+    reason = state.get("disabled", {}).get(instrument)
+    if reason:
+        return "failed, dropped:\n" + textwrap.fill(reason[:160], 45)
+    if instrument in state.get("measured", {}):
+        return f"not measured: waited {state.get('postponed', {}).get(instrument, 0)} steps for budget\n" \
+               "(raise budget= or lengthen every=)"
+    return "not enabled (add it to instruments=)"
 
 
 def plot(log: str | os.PathLike[str] | list[dict[str, Any]], path: str | os.PathLike[str] | None = None):
-    """Render the dashboard: the Figure 8.1 panel (gradient norm and gᵀHg over training),
-    Hessian eigenvalue traces, gradient noise, a per-layer gradient-norm heatmap, per-time-step
-    gradient norms, and the interpolation curve. Returns the figure; saves it when ``path`` is
+    """Render the dashboard: the Figure 8.1 panel (gradient norm and gᵀHg over training), λmax
+    and λmin, gradient noise, a per-layer gradient-norm heatmap, per-time-step gradient norms, the
+    interpolation curve, tr H with its standard error, the SLQ spectral density and the 2-D loss
+    slice. A panel without data says why (the instrument failed, waited for budget, or is off). Returns the figure; saves it when ``path`` is
     given (PNG, SVG or PDF by the suffix)."""
     import matplotlib
 
@@ -49,8 +68,8 @@ def plot(log: str | os.PathLike[str] | list[dict[str, Any]], path: str | os.Path
     import numpy as np
 
     records = read_jsonl(log) if not isinstance(log, list) else log
-    fig, axes = plt.subplots(2, 3, figsize=(15, 8.5), constrained_layout=True)
-    (a1, a2, a3), (a4, a5, a6) = axes
+    fig, axes = plt.subplots(3, 3, figsize=(15, 12.5), constrained_layout=True)
+    (a1, a2, a3), (a4, a5, a6), (a7, a8, a9) = axes
 
     xs, gn = _series(records, "cheap", "grad_norm")
     hx, ghg = _series(records, "ill_conditioning", "gTHg")
@@ -65,7 +84,7 @@ def plot(log: str | os.PathLike[str] | list[dict[str, Any]], path: str | os.Path
             twin.set_ylabel("gᵀHg", color="tab:red")
         a1.set_xlabel("step")
     else:
-        _empty(a1, "§8.2.1 ill-conditioning (book Fig. 8.1)")
+        _empty(a1, "§8.2.1 ill-conditioning (book Fig. 8.1)", _why(records, "ill_conditioning"))
 
     if _pair(a2, records, "curvature", {"lambda_max": "λmax", "lambda_min": "λmin"},
              "§8.2.3 Hessian extreme eigenvalues (Lanczos)", log=False):
@@ -84,7 +103,7 @@ def plot(log: str | os.PathLike[str] | list[dict[str, Any]], path: str | os.Path
         a4.set_xlabel("step")
         fig.colorbar(im, ax=a4)
     else:
-        _empty(a4, "per-layer gradient norm")
+        _empty(a4, "per-layer gradient norm", _why(records, "cheap"))
 
     rec = [r for r in records if r["instrument"] == "recurrent"]
     if rec:
@@ -94,7 +113,7 @@ def plot(log: str | os.PathLike[str] | list[dict[str, Any]], path: str | os.Path
         a5.set_xlabel("time step t")
         a5.legend()
     else:
-        _empty(a5, "§8.2.5 per-time-step gradient norms")
+        _empty(a5, "§8.2.5 per-time-step gradient norms", _why(records, "recurrent"))
 
     interp = [r for r in records if r["instrument"] == "interpolation"]
     if interp:
@@ -105,7 +124,65 @@ def plot(log: str | os.PathLike[str] | list[dict[str, Any]], path: str | os.Path
         a6.set_title(f"§8.2.7 loss from θ₀ (α=0) to θ (α=1), step {interp[-1]['step']}")
         a6.set_xlabel("α")
     else:
-        _empty(a6, "§8.2.7 interpolation θ₀ → θ")
+        _empty(a6, "§8.2.7 interpolation θ₀ → θ", _why(records, "interpolation"))
+    _trace(a7, records)
+    _density(a8, records, np)
+    _slice(a9, fig, records, np)
     if path is not None:
         fig.savefig(path, dpi=110)
     return fig
+
+
+def _trace(ax, records) -> None:
+    steps, trace = _series(records, "curvature", "trace")
+    _, err = _series(records, "curvature", "trace_stderr")
+    title = "§8.2.3 tr H (Hutchinson, ± 2 standard errors)"
+    if not steps:
+        _empty(ax, title, _why(records, "curvature"))
+        return
+    ax.plot(steps, trace, marker=".", color="tab:purple")
+    if len(err) == len(trace):
+        ax.fill_between(steps, [t - 2 * e for t, e in zip(trace, err)], [t + 2 * e for t, e in zip(trace, err)],
+                        color="tab:purple", alpha=0.2)
+    ax.set_title(title)
+    ax.set_xlabel("step")
+
+
+def _density(ax, records, np) -> None:
+    spectra = [r for r in records if r["instrument"] == "spectrum"]
+    title = "§8.2.3 Hessian spectral density (SLQ)"
+    if not spectra:
+        _empty(ax, title, _why(records, "spectrum"))
+        return
+    curves = []
+    for r in spectra[-3:]:  # the last three measurements, to see it move
+        nodes, weights = np.array(r["values"]["nodes"], float), np.array(r["values"]["weights"], float)
+        span = max(nodes.max() - nodes.min(), 1e-12)
+        grid = np.linspace(nodes.min() - 0.05 * span, nodes.max() + 0.05 * span, 400)
+        sigma = span / 100
+        density = (weights[None, :] * np.exp(-0.5 * ((grid[:, None] - nodes[None, :]) / sigma) ** 2)).sum(1) / (
+            sigma * math.sqrt(2 * math.pi))
+        curves.append((grid, density, r["step"]))
+    top = max(float(d.max()) for _, d, _ in curves)
+    for grid, density, step in curves:
+        ax.semilogy(grid, np.maximum(density, top * 1e-6), label=f"step {step}")
+    ax.set_ylim(top * 1e-5, top * 2)  # the bulk and the outliers, not the quadrature's numerical floor
+    ax.set_title(title)
+    ax.set_xlabel("eigenvalue")
+    ax.legend()
+
+
+def _slice(ax, fig, records, np) -> None:
+    slices = [r for r in records if r["instrument"] == "slice2d"]
+    title = "§8.2.7 loss on a 2-D slice around θ"
+    if not slices:
+        _empty(ax, title, _why(records, "slice2d"))
+        return
+    v = slices[-1]["values"]
+    coords, loss = np.array(v["coords"], float), np.array(v["loss"], float)
+    filled = ax.contourf(coords, coords, np.log10(np.maximum(loss, 1e-12)), levels=20, cmap="viridis")
+    ax.plot([0], [0], "r+", ms=10)
+    fig.colorbar(filled, ax=ax, label="log₁₀ loss")
+    ax.set_title(f"{title} (step {slices[-1]['step']})")
+    ax.set_xlabel("a (direction 1)")
+    ax.set_ylabel("b (direction 2)")
