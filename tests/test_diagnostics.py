@@ -73,6 +73,11 @@ def test_lanczos_extremes_and_hutchinson_trace_against_eigvalsh(name):
     assert r.lambda_min == pytest.approx(eig[0].item(), rel=1e-3, abs=1e-3 * eig.abs().max().item())
     t = hutchinson(op, n, samples=60, dtype=D, generator=torch.Generator().manual_seed(1))
     assert abs(t.trace - eig.sum().item()) <= 3 * t.stderr + 1e-9
+    z = torch.randn(7, n, dtype=D)
+    many = ctx.flat_hvp_many()  # all probes in one vmapped pass (one by one where autograd cannot batch)
+    torch.testing.assert_close(many(z), z @ h, rtol=1e-10, atol=1e-12)
+    batched = hutchinson(op, n, samples=60, dtype=D, generator=torch.Generator().manual_seed(1), batched=many)
+    assert batched.trace == pytest.approx(t.trace, rel=1e-12) and batched.stderr == pytest.approx(t.stderr, rel=1e-9)
     density = slq(op, n, k=min(n, 30), runs=2, dtype=D, generator=torch.Generator().manual_seed(2))
     assert density.weights.sum().item() == pytest.approx(1.0)
     assert density.nodes.max().item() <= eig[-1].item() + 1e-6

@@ -99,6 +99,18 @@ class ModelObjective:
                                                    retain_graph=True, allow_unused=True)
                 out = [o if h is None else h for o, h in zip(out, products)]
             return dict(zip(self.names, out))
+
+        def many(v: dict[str, Tensor]) -> dict[str, Tensor]:  # a leading batch dimension: one vmapped pass
+            out = [torch.zeros((next(iter(v.values())).shape[0], *t.shape), dtype=t.dtype, device=t.device)
+                   for t in leaves]
+            if live:
+                with torch.enable_grad():
+                    products = torch.autograd.grad([grads[i] for i in live], leaves,
+                                                   grad_outputs=[v[self.names[i]] for i in live],
+                                                   retain_graph=True, allow_unused=True, is_grads_batched=True)
+                out = [o if h is None else h for o, h in zip(out, products)]
+            return dict(zip(self.names, out))
+        op.many = many  # type: ignore[attr-defined]
         return op, {n: g.detach() for n, g in zip(p, grads)}, loss.detach()
 
     def _direct_loss(self) -> Tensor:

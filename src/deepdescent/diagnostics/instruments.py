@@ -68,6 +68,27 @@ class StepContext:
             return flat(list(op(dict(zip(names, unflat_like(v, like)))).values()))
         return flat_op, sum(t.numel() for t in like), like[0]
 
+    def flat_hvp_many(self):
+        """Z ↦ (H zᵢ)ᵢ on a (k, n) matrix in one vmapped backward pass; None when autograd cannot
+        batch this model's backward (then the products are taken one by one)."""
+        op, g = self.hessian()
+        if self.state.get("batched_hvp") is False or not hasattr(op, "many"):
+            return None
+        names, like = list(g), list(g.values())
+        sizes = [t.numel() for t in like]
+
+        def many(z: Tensor) -> Tensor:
+            chunks = z.split(sizes, dim=1)
+            v = {name: c.reshape(z.shape[0], *t.shape) for name, c, t in zip(names, chunks, like)}
+            try:
+                out = op.many(v)
+            except (RuntimeError, NotImplementedError):  # no batching rule for some op: one by one, from now on
+                self.state["batched_hvp"] = False
+                flat_op, _, _ = self.flat_hvp()
+                return torch.stack([flat_op(row) for row in z])
+            return torch.cat([o.reshape(z.shape[0], -1) for o in out.values()], dim=1)
+        return many
+
 
 class Instrument:
     """Base class. ``tier``: "cheap" (from what the step already computed) or "expensive"
@@ -169,6 +190,7 @@ class Curvature(Instrument):
         }
         if self.trace_samples:
             t = hutchinson(op, n, samples=self.trace_samples, generator=self.generator, dtype=like.dtype,
+                           batched=ctx.flat_hvp_many(),
                            device=like.device)
             values.update(trace=t.trace, trace_stderr=t.stderr)
         return values
