@@ -485,3 +485,30 @@ def test_the_monitor_leaves_the_training_random_stream_alone():
         return [p.detach().clone() for p in model.parameters()]
     for a, b in zip(train(False), train(True)):
         assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("name", ["mlp", "cnn", "rnn"])
+def test_exact_diagonal_and_top_eigenpairs_against_the_exact_hessian(name):
+    """For small models: diag(H) and tr H exactly (one product per parameter, batched), each layer's
+    trace, and the top-k eigenpairs by Lanczos — against the Hessian built by autograd."""
+    from deepdescent.curvature.spectrum import hessian_diagonal, top_eigenpairs
+
+    model, x = _models()[name]
+    y = torch.randint(0, 3, (10,), generator=torch.Generator().manual_seed(3))
+    h = _exact_hessian(model, ce, x, y)
+    eig, vecs = torch.linalg.eigh(h)
+    ctx = _ctx(model, ce, x, y)
+    op, n, _ = ctx.flat_hvp()
+    torch.testing.assert_close(hessian_diagonal(op, n, batched=ctx.flat_hvp_many(), chunk=7, dtype=D), h.diagonal(),
+                               rtol=1e-10, atol=1e-12)
+    values = dg.Curvature(exact=True, top=3).measure(ctx)
+    assert values["trace"] == pytest.approx(h.trace().item(), rel=1e-10)
+    sizes = [p.numel() for p in model.parameters()]
+    per_layer = [d.sum().item() for d in h.diagonal().split(sizes)]
+    assert list(values["layer_traces"].values()) == pytest.approx(per_layer, rel=1e-9, abs=1e-12)
+    pairs = top_eigenpairs(op, n, 3, steps=n, dtype=D, generator=torch.Generator().manual_seed(0))
+    assert pairs.converged
+    torch.testing.assert_close(pairs.values, eig[-3:].flip(0), rtol=1e-8, atol=1e-10)
+    for j in range(3):  # eigenvectors up to sign (the top three are simple here)
+        assert abs(float(pairs.vectors[:, j] @ vecs[:, -1 - j])) == pytest.approx(1.0, abs=1e-6)
+    assert values["top_eigenvalues"] == pytest.approx(eig[-3:].flip(0).tolist(), rel=1e-3)

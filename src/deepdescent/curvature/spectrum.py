@@ -139,3 +139,51 @@ def slq(op: Operator, n: int, *, k: int = 30, runs: int = 4, generator: torch.Ge
         nodes.append(r.ritz_values)
         weights.append(r.ritz_weights / runs)
     return SpectralDensity(torch.cat(nodes), torch.cat(weights))
+
+
+@dataclass
+class Eigenpairs:
+    """The top Ritz pairs of H (largest first), with residuals ‖Hu − θu‖."""
+
+    values: Tensor  # (k,)
+    vectors: Tensor  # (n, k), orthonormal columns
+    residuals: Tensor  # (k,)
+    converged: bool
+
+
+def top_eigenpairs(op: Operator, n: int, top: int, *, steps: int | None = None, tol: float = 1e-3,
+                   generator: torch.Generator | None = None, dtype: torch.dtype = torch.float32,
+                   device: torch.device | str = "cpu") -> Eigenpairs:
+    """The ``top`` largest eigenvalues of H and their eigenvectors from one Lanczos run of ``steps``
+    products (default max(3·top, 30), at most n), with full reorthogonalization — PyHessian's
+    ``eigenvalues(top_n=…)`` computes the same by deflated power iterations. Converged when every
+    residual is at most ``tol``·|λmax|."""
+    if not 1 <= top <= n:
+        raise ValueError(f"invalid top={top}: between 1 and the number of parameters ({n})")
+    steps = min(n, steps or max(3 * top, 30))
+    start = torch.randn(n, generator=generator, dtype=dtype).to(device)
+    alphas, betas, basis, beta_last = _tridiagonal(op, start, steps)
+    m = len(alphas)
+    if m < top:  # the Krylov space closed early (H has fewer distinct eigenvalues): what it holds
+        top = m
+    t = torch.diag(alphas) + (torch.diag(betas, 1) + torch.diag(betas, -1) if m > 1 else 0)
+    theta, s = torch.linalg.eigh(t)
+    order = torch.arange(m - 1, m - 1 - top, -1)
+    vectors = torch.stack(basis[:m], dim=1).to(torch.float64) @ s[:, order].to(basis[0].device)
+    residuals = (beta_last * s[-1, order]).abs()
+    scale = max(abs(theta[-1].item()), 1e-30)
+    return Eigenpairs(theta[order], vectors.to(dtype), residuals, bool((residuals <= tol * scale).all()))
+
+
+def hessian_diagonal(op: Operator, n: int, *, batched: Operator | None = None, chunk: int = 256,
+                     dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu") -> Tensor:
+    """diag(H) exactly, from the products with the unit vectors (n products, ``chunk`` at a time
+    when ``batched`` takes a (k, n) matrix): for small models, where Cockpit's HessTrace is exact."""
+    diag = torch.empty(n, dtype=dtype, device=device)
+    for first in range(0, n, chunk):
+        rows = torch.arange(first, min(first + chunk, n), device=device)
+        units = torch.zeros(len(rows), n, dtype=dtype, device=device)
+        units[torch.arange(len(rows), device=device), rows] = 1
+        products = batched(units) if batched is not None else torch.stack([op(u) for u in units])
+        diag[rows] = products[torch.arange(len(rows), device=device), rows]
+    return diag

@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 
 from deepdescent.curvature.objective import ModelObjective
-from deepdescent.curvature.spectrum import hutchinson, lanczos, slq
+from deepdescent.curvature.spectrum import hessian_diagonal, hutchinson, lanczos, slq, top_eigenpairs
 from deepdescent.curvature.vectors import flat, unflat_like
 from deepdescent.diagnostics.recurrent import probing
 
@@ -164,16 +164,25 @@ class IllConditioning(Instrument):
         return values
 
 
+#: the most parameters for which Curvature(exact=True) takes the n products of the exact diagonal
+EXACT_LIMIT = 20_000
+
+
 class Curvature(Instrument):
     """§8.2.3: λmax and λmin of the Hessian by Lanczos (warm-started from the previous call's
     top Ritz vector), their residuals and a converged flag; a negative-curvature (saddle)
-    indicator; tr(H) by Hutchinson with its standard error."""
+    indicator; tr(H) by Hutchinson with its standard error. ``exact=True`` (≤ 20,000 parameters):
+    tr H and each layer's trace from the exact diagonal instead; ``top=k``: the k largest
+    eigenvalues with their residuals."""
 
     name, every = "curvature", 200
 
-    def __init__(self, k: int = 20, tol: float = 1e-3, trace_samples: int = 10, seed: int = 0) -> None:
-        self.k, self.tol, self.trace_samples = k, tol, trace_samples
-        self.gradients = 3.0 * (k + trace_samples)
+    def __init__(self, k: int = 20, tol: float = 1e-3, trace_samples: int = 10, seed: int = 0, *, top: int = 0,
+                 exact: bool = False) -> None:
+        if exact and trace_samples:
+            trace_samples = 0  # the exact trace replaces the estimate
+        self.k, self.tol, self.trace_samples, self.top, self.exact = k, tol, trace_samples, top, exact
+        self.gradients = 3.0 * (k + trace_samples + 3 * top)
         self.generator = torch.Generator().manual_seed(seed)
         self.start: Tensor | None = None
 
@@ -193,7 +202,25 @@ class Curvature(Instrument):
                            batched=ctx.flat_hvp_many(),
                            device=like.device)
             values.update(trace=t.trace, trace_stderr=t.stderr)
+        if self.exact:
+            values.update(self._exact(ctx, op, n, like))
+        if self.top:
+            pairs = top_eigenpairs(op, n, self.top, tol=self.tol, generator=self.generator, dtype=like.dtype,
+                                   device=like.device)
+            values.update(top_eigenvalues=pairs.values.tolist(), top_residuals=pairs.residuals.tolist(),
+                          top_converged=pairs.converged)
         return values
+
+    def _exact(self, ctx: StepContext, op, n: int, like: Tensor) -> dict[str, Any]:
+        """tr H and each layer's share from the exact diagonal (n products): small models only."""
+        if n > EXACT_LIMIT:
+            raise ValueError(f"Curvature(exact=True) takes one product per parameter: {n} parameters is more "
+                             f"than {EXACT_LIMIT}; use the Hutchinson estimate (trace_samples) instead")
+        diag = hessian_diagonal(op, n, batched=ctx.flat_hvp_many(), dtype=like.dtype, device=like.device)
+        _, g = ctx.hessian()
+        sizes = [t.numel() for t in g.values()]
+        return {"trace": float(diag.sum()), "trace_stderr": 0.0,
+                "layer_traces": {name: float(d.sum()) for name, d in zip(g, diag.split(sizes))}}
 
 
 class Spectrum(Instrument):
