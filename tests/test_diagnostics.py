@@ -164,6 +164,12 @@ def test_per_example_gradients_match_a_loop_and_b_simple_matches_known_covarianc
 
     v = dg.GradientNoise().measure(_ctx(Point(), half_sq, data, torch.zeros(20000, dtype=D)))
     expected = (s ** 2).sum().item() / (mu @ mu).item()
+    # the batch-size tests: gᵢ = G + εᵢ, εᵢ ~ N(0, Σ), G = −μ at θ = 0
+    g2, tr, gsg = (mu @ mu).item(), (s ** 2).sum().item(), (mu * s ** 2 * mu).sum().item()
+    assert v["norm_test"] == pytest.approx(tr / (20000 * g2), rel=0.05)
+    assert v["inner_product_test"] == pytest.approx(gsg / (20000 * g2 ** 2), rel=0.05)
+    assert v["orthogonality_test"] == pytest.approx((tr - gsg / g2) / (20000 * g2), rel=0.05)
+    assert sum(v["histogram"]["counts"]) == 20000 * 3 and v["histogram"]["edges"][0] == -v["histogram"]["edges"][-1]
     assert v["trace_cov"] == pytest.approx((s ** 2).sum().item(), rel=0.03)
     assert v["b_simple"] == pytest.approx(expected, rel=0.05)
     assert v["grad_stderr"] == pytest.approx(math.sqrt((s ** 2).sum().item() / 20000), rel=0.03)

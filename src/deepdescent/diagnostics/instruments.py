@@ -281,7 +281,8 @@ class GradientNoise(Instrument):
     batch), the trace of their covariance Σ, the standard error of the minibatch gradient
     √(tr Σ / m), and the simple noise scale B_simple = tr Σ / ‖G‖² (McCandlish et al. 2018, eq. 2.8),
     the batch size beyond which larger batches stop paying off, with its signal-to-noise ratio
-    ‖G‖² / (tr Σ / m).
+    ‖G‖² / (tr Σ / m); the adaptive batch-size tests (:func:`batch_size_tests`) and a histogram of
+    the per-example gradient elements (``bins`` bins).
 
     ‖ḡ‖² is biased: E‖ḡ‖² = ‖G‖² + tr Σ/m, so tr Σ / ‖ḡ‖² could never exceed m. As McCandlish et
     al. (App. A) do, ‖G‖² is estimated without bias by ‖ḡ‖² − tr Σ̂/m (Σ̂ the sample covariance,
@@ -294,12 +295,12 @@ class GradientNoise(Instrument):
 
     name, every, gradients = "gradient_noise", 50, 4.0
 
-    def __init__(self, beta: float | None = 0.95, dataset_size: int | None = None) -> None:
+    def __init__(self, beta: float | None = 0.95, dataset_size: int | None = None, bins: int = 40) -> None:
         if beta is not None and not 0 <= beta < 1:
             raise ValueError(f"invalid beta={beta!r}: the averages' weight must be in [0, 1), or None for a plain mean")
         if dataset_size is not None and dataset_size < 2:
             raise ValueError(f"invalid dataset_size={dataset_size!r}: the number of training examples (≥ 2), or None")
-        self.beta, self.dataset_size = beta, dataset_size
+        self.beta, self.dataset_size, self.bins = beta, dataset_size, bins
         self._sums = [0.0, 0.0, 0.0]  # weighted Σ of tr Σ, of ‖G‖²'s estimate, and of the weights
         self._count = 0
 
@@ -326,12 +327,40 @@ class GradientNoise(Instrument):
                 "grad_norm_sq_unbiased": sq - mean_variance, "grad_stderr": math.sqrt(trace_cov / m),
                 "snr": signal_avg / (trace_avg / m) if trace_avg else math.inf,
                 "b_simple": trace_avg / signal_avg if signal_avg > 0 else math.inf,
-                "measurements": self._count}
+                "measurements": self._count, **batch_size_tests(g, mean, sq, sample_trace),
+                "histogram": histogram(g, self.bins)}
 
     def _average(self, trace_cov: float, signal: float) -> None:
         decay = 1.0 if self.beta is None else self.beta
         self._count += 1
         self._sums = [decay * self._sums[0] + trace_cov, decay * self._sums[1] + signal, decay * self._sums[2] + 1]
+
+
+def batch_size_tests(g: Tensor, mean: Tensor, sq: float, sample_trace: float) -> dict[str, float]:
+    """The statistics of the adaptive batch-size tests, from per-example gradients gᵢ (rows of g):
+
+    - norm test (Byrd et al. 2012): tr Σ̂ / (m‖ḡ‖²) — the batch is large enough for
+      descent when it is at most θ² (θ < 1; they use θ = 0.9);
+    - inner-product test (Bollapragada et al. 2018): Var̂ᵢ(gᵢᵀḡ) / (m‖ḡ‖⁴) ≤ θ²;
+    - orthogonality test (ibid.): Σᵢ‖gᵢ − (gᵢᵀḡ/‖ḡ‖²)ḡ‖² / ((m − 1) m ‖ḡ‖²) ≤ ν².
+
+    Each statistic × m / θ² is the batch size that test asks for."""
+    m = g.shape[0]
+    if sq == 0:
+        return {"norm_test": math.inf, "inner_product_test": math.inf, "orthogonality_test": math.inf}
+    inner = g @ mean  # gᵢᵀḡ
+    inner_var = float(((inner - sq) ** 2).sum()) / (m - 1)
+    orthogonal = float((g * g).sum() - (inner * inner).sum() / sq) / (m - 1)  # Σ‖gᵢ − proj‖², proj along ḡ
+    return {"norm_test": sample_trace / (m * sq), "inner_product_test": inner_var / (m * sq * sq),
+            "orthogonality_test": orthogonal / (m * sq)}
+
+
+def histogram(g: Tensor, bins: int) -> dict[str, list[float]]:
+    """Histogram of all per-example gradient elements (Cockpit's GradHist1d), on bins symmetric
+    about 0 up to the largest |element|."""
+    edge = float(g.abs().max()) or 1.0
+    counts = torch.histc(g.float(), bins=bins, min=-edge, max=edge)
+    return {"edges": torch.linspace(-edge, edge, bins + 1).tolist(), "counts": counts.tolist()}
 
 
 class Recurrent(Instrument):
