@@ -4,8 +4,9 @@ parameters, for any ``nn.Module`` (no layer whitelist)."""
 
 from __future__ import annotations
 
+import contextlib
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -51,13 +52,20 @@ class ModelObjective:
         was_training = self.model.training
         self.model.train(self.mode == "train")
         try:
-            if self.seed is None or self.mode != "train":
-                return functional_call(self.model, (params, self._buffers()), (self.inputs,))
-            with torch.random.fork_rng(devices=cuda_devices(self.model)):
-                torch.manual_seed(self.seed)
+            with self._masks():
                 return functional_call(self.model, (params, self._buffers()), (self.inputs,))
         finally:
             self.model.train(was_training)
+
+    @contextlib.contextmanager
+    def _masks(self) -> Iterator[None]:
+        """Train mode with a seed: the forward pass inside draws its dropout masks from the seed."""
+        if self.seed is None or self.mode != "train":
+            yield
+            return
+        with torch.random.fork_rng(devices=cuda_devices(self.model)):
+            torch.manual_seed(self.seed)
+            yield
 
     def loss(self, params: dict[str, Tensor] | None = None) -> Tensor:
         return self.loss_fn(self.output(self.params() if params is None else params), self.targets)
@@ -117,10 +125,7 @@ class ModelObjective:
         was_training = self.model.training
         self.model.train(self.mode == "train")
         try:
-            if self.seed is None or self.mode != "train":
-                return self.loss_fn(self.model(self.inputs), self.targets)
-            with torch.random.fork_rng(devices=cuda_devices(self.model)):
-                torch.manual_seed(self.seed)
+            with self._masks():
                 return self.loss_fn(self.model(self.inputs), self.targets)
         finally:
             self.model.train(was_training)
