@@ -2,7 +2,8 @@
 
 1. the default Monitor over 3,000 steps of the digits MLP, an 8×8 CNN and an LSTM (batch 32, SGD
    with momentum) against the plain loop (interleaved repeats, medians): slowdown, the Monitor's
-   own overhead estimate, and how often each instrument measured;
+   own overhead estimate, and how often each instrument measured; then where the difference of
+   one run goes (the user's own steps, the Monitor's time, the warm-up);
 2. one Hessian-vector product, ours (the kept gradient graph) against PyHessian's, and λmax to
    1e-3: our Lanczos (products, seconds) against PyHessian's power iteration (``pip install
    pyhessian==0.1``; skipped when absent);
@@ -50,7 +51,9 @@ MODELS = {
 ce = nn.functional.cross_entropy
 
 
-def train(make, data, steps, monitored):
+def train(make, data, steps, monitored, user_steps=None):
+    """Seconds for ``steps`` training steps (with the default Monitor when ``monitored``); the
+    user's own step times (everything but ``monitor.step``) are appended to ``user_steps``."""
     torch.manual_seed(0)
     model = make()
     opt = optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
@@ -61,13 +64,18 @@ def train(make, data, steps, monitored):
         for idx in torch.randperm(len(data.y_train), generator=g).split(32):
             if done == steps:
                 break
+            t0 = time.perf_counter()
             x, y = data.x_train[idx], data.y_train[idx]
             opt.zero_grad()
             loss = ce(model(x), y)
             loss.backward()
+            t1 = time.perf_counter()
             if monitor is not None:
                 monitor.step(x, y, loss)
+            t2 = time.perf_counter()
             opt.step()
+            if user_steps is not None:
+                user_steps.append(t1 - t0 + time.perf_counter() - t2)
             done += 1
     seconds = time.perf_counter() - start
     if monitor is not None:
@@ -79,8 +87,8 @@ def train(make, data, steps, monitored):
 
 def schedule(data, steps, repeats):
     print(f"\n### 1. Default Monitor, {steps} steps\n")
-    print("| model | params | plain (s) | Monitor (s) | ratio | own estimate | warm-up (s) | measured: cheap / "
-          "ill-cond. / curvature / noise |\n|---|---|---|---|---|---|---|---|")
+    print("| model | params | plain (s) | Monitor (s) | ratio | ratio without the warm-up | own estimate | "
+          "warm-up (s) | measured: cheap / ill-cond. / curvature / noise |\n|---|---|---|---|---|---|---|---|---|")
     for name, make in MODELS.items():
         plains, monitored, monitors = [], [], []
         for _ in range(repeats):  # interleaved: both see the same phases of a shared machine
@@ -93,8 +101,24 @@ def schedule(data, steps, repeats):
         counts = " / ".join(str(m.measured.get(k, 0)) for k in ("cheap", "ill_conditioning", "curvature",
                                                                  "gradient_noise"))
         params = sum(p.numel() for p in make().parameters())
-        print(f"| {name} | {params} | {plain:.2f} | {full:.2f} | {full / plain:.3f} | {m.overhead:.3f} | "
-              f"{m.warmup_seconds:.2f} | {counts} |", flush=True)
+        print(f"| {name} | {params} | {plain:.2f} | {full:.2f} | {full / plain:.3f} | "
+              f"{(full - m.warmup_seconds) / plain:.3f} | {m.overhead:.3f} | {m.warmup_seconds:.2f} | {counts} |", flush=True)
+
+
+def user_steps(data, steps):
+    """Where a whole run's difference goes: the user's own steps with and without the Monitor
+    (medians and sums), the Monitor's time, and what is left (the step-0 warm-up, by design)."""
+    print(f"\n### 1b. The user's steps with and without the Monitor ({steps} steps, one run each)\n")
+    print("| model | median step, plain (ms) | median step, monitored (ms) | Σ steps plain (s) | Σ steps monitored (s) "
+          "| Monitor's time (s) | run − steps − Monitor (s) | warm-up (s) |\n|---|---|---|---|---|---|---|---|")
+    for name, make in MODELS.items():
+        plain, monitored = [], []
+        train(make, data, steps, False, plain)
+        seconds, m = train(make, data, steps, True, monitored)
+        rest = seconds - sum(monitored) - m.monitor_seconds
+        print(f"| {name} | {statistics.median(plain) * 1e3:.3f} | {statistics.median(monitored) * 1e3:.3f} | "
+              f"{sum(plain):.2f} | {sum(monitored):.2f} | {m.monitor_seconds:.2f} | {rest:.2f} | "
+              f"{m.warmup_seconds:.2f} |", flush=True)
 
 
 def _timed(f, repeats=50):
@@ -187,6 +211,7 @@ def main() -> None:
     data = load_digits()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     schedule(data, args.steps, args.repeats)
+    user_steps(data, args.steps)
     products(data)
     noise_scale(data)
 
