@@ -291,3 +291,16 @@ def test_the_hugging_face_callback_logs_what_a_plain_loop_logs(tmp_path):
             if isinstance(value, float):
                 assert value == pytest.approx(b["values"][key], rel=1e-5, abs=1e-7), (a["instrument"], key)
     assert list((tmp_path / "out" / "runs" / "deepdescent").glob("events.out.tfevents.*"))
+
+
+def test_the_lightning_callback_measures_once_per_step_with_a_closure_optimizer():
+    """L-BFGS evaluates its closure several times in one step (Lightning's hook fires at each):
+    the Monitor still sees one step per batch, at the step's θ."""
+    from deepdescent.diagnostics.lightning import MonitorCallback
+
+    module = DigitsModule(lambda p: optim.LBFGS(p, history=5, max_iter=3), seed=0, scheduler=False)
+    callback = MonitorCallback(nn.functional.cross_entropy, model=lambda m: m.net, budget=1e9, every={"cheap": 1})
+    trainer = L.Trainer(max_epochs=1, accelerator="cpu", devices=1, callbacks=[callback], logger=False,
+                        enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False)
+    trainer.fit(module)
+    assert callback.monitor.steps == 3  # 192 examples in batches of 64

@@ -59,8 +59,11 @@ class MonitorCallback(L.Callback):
         self._loss = loss.detach()
 
     def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer: Any) -> None:
+        # once per batch: a closure optimizer (L-BFGS) evaluates several times within one step; the
+        # first evaluation is the one at the step's θ
         if self.monitor is not None and self._step is not None:
             self.monitor.step(*self._step, self._loss)
+            self._step = None
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.monitor is not None:
