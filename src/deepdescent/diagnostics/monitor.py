@@ -36,16 +36,21 @@ class Monitor:
         optimizer: any optimizer (its lr is the ε of the ill-conditioning ratio); optional.
         instruments: instrument instances (default: cheap, ill-conditioning, curvature, noise).
         every: override cadences by instrument name, e.g. ``{"curvature": 50}``.
-        budget: the largest slowdown the Monitor may cause, as a fraction (0.10 = 10%). Expensive
-            instruments due at a step are postponed while running them would exceed 80% of it
-            (the rest covers effects it cannot time, such as the caches a measurement evicts).
+        budget: the largest slowdown the Monitor may cause, as a fraction (0.10 = 10%): a quarter
+            for the cheap tier, the rest (less its bookkeeping) for the expensive instruments, each
+            aimed at 80% (the rest covers what it cannot time). An expensive instrument that is due
+            but does not fit waits and retries every step; they take turns (the one measured least
+            first). Step 0 measures each once outside the budget (the warm-up).
         mode: ``"train"`` or ``"eval"``: BatchNorm/Dropout semantics of the extra passes the
             instruments make (they never change running statistics).
         log: a JSONL path (shortcut for a :class:`JSONLSink`); sinks: more sinks.
         eval_batch: ``(inputs, targets)`` for the landscape instruments (default: the first batch).
+        seed: measurement t draws its dropout masks from seed + t (the same masks in all its
+            passes); the training loop's random stream is left as it was.
 
     A quantity that cannot be computed for the model warns once, saying why, and is dropped; the
-    others go on. ``overhead`` is the measured monitor time / training time.
+    others go on. ``overhead`` is what the loop pays (see the property); ``measured`` and
+    ``postponed`` count measurements and steps waited per instrument, also in the log.
     """
 
     def __init__(self, model: nn.Module, loss_fn: Any, optimizer: torch.optim.Optimizer | None = None, *,
