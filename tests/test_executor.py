@@ -5,6 +5,7 @@ layering (no import cycle, no private name of another module)."""
 from __future__ import annotations
 
 import ast
+import itertools
 import pathlib
 import threading
 
@@ -50,8 +51,12 @@ def test_a_nan_in_one_of_several_groups_and_buckets_skips_the_whole_step(name, i
     assert not torch.equal(before[0], a.detach()) and opt.skipped_steps == 1
 
 
+_NAMES = itertools.count()
+
+
 def _spec(update, **kw) -> Algorithm:
-    return Algorithm(name=f"test-{id(update)}", reference="test", update=update, buffers=lambda h: ("buf",),
+    # a name of its own: traces are cached by name, and id() of a collected function is reused
+    return Algorithm(name=f"test-{next(_NAMES)}", reference="test", update=update, buffers=lambda h: ("buf",),
                      hyperparameters=(Hyperparameter("lr", 0.1, lambda n, v: None, "ε"),
                                       Hyperparameter("momentum", 0.5, lambda n, v: None, "α")), **kw)
 

@@ -285,9 +285,11 @@ class Monitor:
     def close(self) -> None:
         """Write the final overhead record, warn about every enabled instrument that never
         measured (and why), and close the sinks."""
-        never = [n for n, k in self.measured.items() if k == 0 and n not in self.disabled]
+        waited = self.postponed
+        never = [n for n, k in self.measured.items() if k == 0 and n not in self.disabled and waited[n] > 0]
+        # (one that never fell due in a run shorter than its cadence is not worth a warning)
         if never:
-            why = ", ".join(f"{n} (waited {self.postponed[n]} steps{', still waiting' if n in self._pending else ''})"
+            why = ", ".join(f"{n} (waited {waited[n]} steps{', still waiting' if n in self._pending else ''})"
                             for n in never)
             warnings.warn(f"Monitor: over {self.steps} steps these instruments never measured: {why}; raise budget= "
                           f"or lengthen their cadence with every=", RuntimeWarning, stacklevel=2)
