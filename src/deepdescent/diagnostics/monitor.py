@@ -161,13 +161,17 @@ class Monitor:
         if self.steps == 0:  # warm-up: every one once, outside the accounting (see step)
             return chosen + [i for i in active if i.tier != "cheap"]
         planned, allowance = self.spent["expensive"], self._allowance("expensive")
-        for name in sorted(self._pending, key=lambda n: (self.measured[n], self._pending[n])):
+        for name in sorted(self._pending, key=self._turn):
             instrument = next(i for i in active if i.name == name)
             if planned + self._estimate(instrument) > allowance:
                 break
             planned += self._estimate(instrument)
             chosen.append(instrument)
         return chosen
+
+    def _turn(self, name: str) -> tuple[int, int]:
+        """Whose turn first: the instrument measured least, then the one waiting longest."""
+        return self.measured[name], self._pending[name]
 
     def _plan_next_look(self, active: list[inst.Instrument]) -> None:
         """The next step worth a look: a cadence step, the step before a cheap one (its snapshot for
@@ -182,7 +186,7 @@ class Monitor:
             if i.tier == "cheap":
                 looks.append(nxt - 1 if nxt - 1 >= s else nxt - 1 + e)
         if self._pending:
-            name = min(self._pending, key=lambda n: (self.measured[n], self._pending[n]))
+            name = min(self._pending, key=self._turn)
             instrument = next(i for i in active if i.name == name)
             deficit = self.spent["expensive"] + self._estimate(instrument) - self._allowance("expensive")
             growth = 0.8 * 0.75 * self.budget * self._typical_step()  # allowance gained per plain step
