@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from deepdescent.curvature.autograd import ClosureEvaluation, gnvp, hvp
+from deepdescent.curvature.autograd import ClosureEvaluation, evaluate_closure, gnvp, hvp
 from deepdescent.curvature.vectors import unflat_like
 from deepdescent.algorithms import validation as check
 from deepdescent.second_order.base import SecondOrderOptimizer
@@ -36,6 +36,13 @@ class HessianFree(SecondOrderOptimizer):
     Curvature products cost about two gradients each. The closure must return the loss without
     calling ``backward()`` — and ``(loss, output)`` for Gauss–Newton, ``output`` being the network
     output the loss was computed from. Use large minibatches or the full batch (§8.6).
+
+    ``step(closure, curvature_closure=...)``: curvature products on another (smaller) batch than
+    the gradient, as Martens (2010, §4.3) does — the gradient and the loss on the full batch, B on
+    a minibatch of it; ``curvature_closure`` returns ``(loss, output)`` (Gauss–Newton) or the loss
+    on that minibatch. ``state["curvature_examples"]`` then sums, over products, the fraction
+    of the gradient's examples each used (read off the outputs' first dimension; 1 when the
+    closures return no output): what a budget in gradient-equivalents charges.
     """
 
     def __init__(self, params: Any, damping: float = 1.0, curvature: str = "gauss_newton", cg_max_iter: int = 250,
@@ -55,11 +62,12 @@ class HessianFree(SecondOrderOptimizer):
         check.unit_interval("cg_decay", defaults["cg_decay"])
         check.positive("min_damping", defaults["min_damping"])
 
-    def _product(self, ev: ClosureEvaluation) -> Callable[[Tensor], Tensor]:
+    def _product(self, ev: ClosureEvaluation, fraction: float) -> Callable[[Tensor], Tensor]:
         fn = gnvp if self.defaults["curvature"] == "gauss_newton" else hvp
 
         def product(v: Tensor) -> Tensor:
             self._state["curvature_products"] += 1
+            self._state["curvature_examples"] = self._state.get("curvature_examples", 0.0) + fraction
             return fn(ev, self._params, unflat_like(v, self._params))
         return product
 
@@ -100,17 +108,19 @@ class HessianFree(SecondOrderOptimizer):
             saved.append((0, x.clone(), 0.5 * float(x @ (product(x) + lam * x)) + float(g @ x)))
         return saved
 
-    def step(self, closure: Callable[[], Any]) -> Any:  # type: ignore[override]
+    def step(self, closure: Callable[[], Any],  # type: ignore[override]
+             curvature_closure: Callable[[], Any] | None = None) -> Any:
         """One HF step (a CG solve, backtracking, a damping update); returns the closure's loss
         before it. ``lr`` scales the accepted step (1: Martens's; the damping adapts to the
-        method's own step)."""
+        method's own step). ``curvature_closure``: the curvature products' minibatch (default:
+        the closure's batch)."""
         def body(closure: Callable[[], Any]) -> Any:
             state = self._state
             gn = self.defaults["curvature"] == "gauss_newton"
-            ev = self._evaluate(closure, create_graph=True, want_output=gn)
+            ev = self._evaluate(closure, create_graph=curvature_closure is None, want_output=gn)
             f0, g = ev.value, ev.grad
             lam = state.get("damping", float(self.defaults["damping"]))
-            product = self._product(ev)
+            product = self._product(ev, 1.0) if curvature_closure is None else self._curvature_on(curvature_closure, ev)
             start = state.get("cg_init")
             start = self.defaults["cg_decay"] * start if start is not None else torch.zeros_like(g)
             saved = self._cg(product, g, start, lam)
@@ -150,6 +160,16 @@ class HessianFree(SecondOrderOptimizer):
             return ev.returned
         return self._guarded(closure, body)
 
+    def _curvature_on(self, curvature_closure: Callable[[], Any], ev: ClosureEvaluation) -> Callable[[Tensor], Tensor]:
+        """Products on the curvature minibatch: its own graph (one more forward pass)."""
+        if not callable(curvature_closure):
+            raise TypeError(f"curvature_closure must be callable (a closure on the curvature minibatch), "
+                            f"got {type(curvature_closure).__name__}")
+        gn = self.defaults["curvature"] == "gauss_newton"
+        cev = evaluate_closure(curvature_closure, self._params, create_graph=True, want_output=gn)
+        n_grad, n_curv = _examples(ev.output), _examples(cev.output)
+        return self._product(cev, n_curv / n_grad if n_grad and n_curv else 1.0)
+
     def _loss_at(self, closure: Callable[[], Any], x: Tensor) -> float:
         self._set(x)
         self._state["func_evals"] += 1
@@ -158,3 +178,8 @@ class HessianFree(SecondOrderOptimizer):
         loss = result[0] if isinstance(result, tuple) else result
         value = float(loss)
         return value if math.isfinite(value) else math.inf
+
+
+def _examples(output: Tensor | None) -> int | None:
+    """Examples in a batch, read off the network output's first dimension (None without one)."""
+    return int(output.shape[0]) if output is not None and output.dim() > 0 else None
