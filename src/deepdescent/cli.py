@@ -153,14 +153,15 @@ def _resume_hint(out: Path, done: int, total: int) -> str:
 
 QUICK_TIME = "about 4 minutes on 2 cores"  # measured: BENCHMARKS.md, "The quick suite"
 MODERN_TIME = "about 6 minutes on 2 cores"  # measured: BENCHMARKS.md, "The modern suite"
+SCIENCE_TIME = "about 12 minutes on 2 cores"  # measured: BENCHMARKS.md, "The science suite"
 
 
 @app.command()
 def bench(
     suite: Annotated[str, typer.Option(
-        help=f"quick ({QUICK_TIME}), full, depth (deep linear network: depth × initialization), or modern "
+        help=f"quick ({QUICK_TIME}), full, depth (deep linear network: depth × initialization), modern "
              f"(the book's fastest against AdamW, NAdam, RAdam and Schedule-Free AdamW on the quick "
-             f"problems, {MODERN_TIME}).")] = "quick",
+             f"problems, {MODERN_TIME}), or science (chapter 8's published claims reproduced, {SCIENCE_TIME}).")] = "quick",
     problem: Annotated[list[str] | None, typer.Option(
         help="Only these problems (repeatable); parameters as name:key=value,…, e.g. adding:T=100, "
              "deep_linear:depth=50,scheme=normalized.")] = None,
@@ -188,6 +189,12 @@ def bench(
     write_report: Annotated[bool, typer.Option(
         "--report/--no-report", help="Write report.html and the figures when the race is done (--no-report: "
                                      "only the tables; `deepdescent report OUT` writes it later).")] = True,
+    experiment: Annotated[list[str] | None, typer.Option(
+        help="--suite science: only these experiments (repeatable): autoencoder, depth, clipping, saddles, "
+             "gradient_norm, interpolation, deepobs, momentum_schedule.")] = None,
+    scale: Annotated[str | None, typer.Option(
+        help="--suite science: tiny (seconds: a smoke test), cpu (the default on cpu) or full (the papers' sizes, "
+             "the default with --device cuda).")] = None,
 ) -> None:
     """Race the optimizers of chapter 8 on problems that each show one §8.2 challenge, every optimizer
     with the same compute budget; resumable (rerun the same command)."""
@@ -199,6 +206,11 @@ def bench(
 
     if search not in study.SEARCHES:
         raise typer.BadParameter(f"unknown search {search!r}; valid: {', '.join(study.SEARCHES)}", param_hint="--search")
+    if suite == "science":
+        _science(out, device, scale, experiment, write_report)
+        return
+    if experiment or scale:
+        raise typer.BadParameter(f"--experiment and --scale belong to --suite science (given --suite {suite})")
     # one execution path throughout every run (a kernel switched in mid-run would change the last
     # bits of the results with the machine's speed): wait for a missing kernel instead
     os.environ.setdefault("DEEPDESCENT_KERNEL_BUILD", "wait")
@@ -273,6 +285,75 @@ def bench(
     with console.status("writing the report"):
         page = report.write(results, out, meta)
     console.print(f"report: {page}  (figures in {out / 'figures'}; rebuild with `deepdescent report {out}`)")
+
+
+def _science(out: Path, device: str, scale: str | None, only: list[str] | None, write_report: bool) -> None:
+    """``bench --suite science``: run the experiments not yet stored under ``out``, print the
+    Published results table, write the report."""
+    import platform
+
+    import torch
+
+    from deepdescent.lab import science
+    from deepdescent.lab.science import report as science_report
+
+    os.environ.setdefault("DEEPDESCENT_KERNEL_BUILD", "wait")
+    _check_device(device)
+    scale = scale or ("full" if device.startswith("cuda") else "cpu")
+    if scale not in science.SCALES:
+        raise typer.BadParameter(f"scale={scale!r}; valid: {', '.join(science.SCALES)}", param_hint="--scale")
+    unknown = [k for k in only or [] if k not in science.EXPERIMENTS]
+    if unknown:
+        raise typer.BadParameter(f"unknown experiment(s) {', '.join(map(repr, unknown))}; valid: "
+                                 f"{', '.join(science.EXPERIMENTS)}", param_hint="--experiment")
+    _check_out(out)
+    meta = {"suite": "science", "protocol": f"science-{scale}", "scale": scale, "experiments": only or list(science.EXPERIMENTS),
+            "device": device, "started": time.strftime("%Y-%m-%d %H:%M:%S"), "torch": torch.__version__,
+            "machine": f"{platform.machine()}, {os.cpu_count()} cores"}
+    start = time.perf_counter()
+    with Progress(TextColumn("{task.description}", style="cyan"), BarColumn(bar_width=20),
+                  TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn(), console=console,
+                  transient=True) as bar:
+        task = bar.add_task("starting", total=len(meta["experiments"]))
+
+        def progress(key: str, done: int, total: int) -> None:
+            bar.update(task, completed=done, description=key or "done")
+        try:
+            records = science.run_suite(out, scale, device, only, progress)
+        except ValueError as err:  # a corrupt stored record: named, never overwritten
+            bar.stop()
+            raise _fail(str(err)) from None
+        except KeyboardInterrupt:
+            bar.stop()
+            console.print(_resume_hint(out, len(list((out / "science").glob("*.json"))), len(meta["experiments"])),
+                          soft_wrap=True)
+            raise typer.Exit(130) from None
+    meta["seconds"] = round(time.perf_counter() - start, 1)
+    _write_meta(out, meta)
+    table = Table(title="Published results")
+    for c in ("experiment", "published", "ours", "comparable", "verdict"):
+        table.add_column(c, overflow="fold")
+    for r in science_report.rows(records):
+        table.add_row(r["title"], r["published"], r["ours"], "yes" if r["comparable"] == "yes" else "no",
+                      f"{r['verdict']}: {r['explanation']}")
+    console.print(table)
+    if write_report:
+        with console.status("writing the report"):
+            page = science_report.write(records, out, meta)
+        console.print(f"report: {page}  (figures in {out / 'figures'}; rebuild with `deepdescent report {out}`)")
+
+
+def _science_report(directory: Path, meta: dict) -> None:
+    from deepdescent.lab import science
+    from deepdescent.lab.science import report as science_report
+
+    try:
+        records = {k: r for k in meta["experiments"] if (r := science.load(directory, k, meta["scale"])) is not None}
+    except ValueError as err:
+        raise _fail(str(err)) from None
+    if not records:
+        raise typer.BadParameter(f"no finished experiments in {directory / 'science'}", param_hint="DIRECTORY")
+    console.print(f"report: {science_report.write(records, directory, meta)}")
 
 
 def _with_hparams(names: list[str], hparams: list[str], lr_center: float | None) -> list[str]:
@@ -351,6 +432,9 @@ def report_cmd(
         meta = json.loads(meta_path.read_text())
     except json.JSONDecodeError as err:
         raise typer.BadParameter(f"{str(meta_path)!r} is corrupt ({err.msg})", param_hint="DIRECTORY") from err
+    if meta.get("suite") == "science":
+        _science_report(directory, meta)
+        return
     version = meta["protocol"].split("-")[0]
     if version != f"v{study.PROTOCOL_VERSION}":
         raise typer.BadParameter(f"{str(directory)!r} holds results of protocol {version}; this deepdescent "

@@ -102,19 +102,51 @@ class Point(nn.Module):
 
 
 # --------------------------------------------------------------------------- ill-conditioning
+def deepobs_quadratic() -> tuple[Tensor, Tensor, Tensor]:
+    """DeepOBS's ``quadratic_deep`` exactly: (Q, training data, test data) as its PyTorch test problem
+    draws them — numpy's RandomState(42) for the 90 eigenvalues in U(0, 1) and 10 in U(30, 60), then a
+    Haar-random rotation R (Diaconis & Shahshahani's subgroup algorithm), Q = Rᵀ diag(λ) R; 1,000
+    training and 1,000 test points x ~ N(0, 0.6² I) from RandomState(42) and RandomState(43)."""
+    import numpy as np
+
+    rng = np.random.RandomState(42)
+    eig = np.concatenate([rng.uniform(0.0, 1.0, 90), rng.uniform(30.0, 60.0, 10)])
+    rot = _subgroup_rotation(100, rng)
+    hess = rot.T @ np.diag(eig) @ rot
+    x_train = np.random.RandomState(42).normal(0.0, 0.6, (1000, 100)).astype(np.float32)
+    x_test = np.random.RandomState(43).normal(0.0, 0.6, (1000, 100)).astype(np.float32)
+    return torch.tensor(hess, dtype=torch.float32), torch.from_numpy(x_train), torch.from_numpy(x_test)
+
+
+def _subgroup_rotation(dim: int, rng) -> "np.ndarray":  # noqa: F821 - numpy imported by the caller
+    """A rotation drawn from the Haar measure on SO(dim), built up one dimension at a time: a
+    uniform 2-D rotation, then for each d a Householder reflection that sends e₁ to a uniform point
+    of the sphere S^d, applied to diag(1, R). Draws from ``rng`` in DeepOBS's order; the sign of the
+    result is flipped at the end, as there."""
+    import numpy as np
+
+    angle = 2 * np.pi * rng.uniform()
+    rot = np.array([[np.cos(angle), np.sin(angle)], [-np.sin(angle), np.cos(angle)]])
+    for d in range(2, dim):
+        v = rng.normal(size=(d + 1, 1))
+        v /= np.sqrt(v.T @ v)
+        e = np.zeros((d + 1, 1))
+        e[0] = 1.0
+        h = (e - v) / np.sqrt((e - v).T @ (e - v))
+        block = np.eye(d + 1)
+        block[1:, 1:] = rot
+        rot = block - 2 * h @ (h.T @ block)
+    return -rot
+
+
 def quadratic_deep(seed: int, quick: bool) -> Task:
-    """DeepOBS ``quadratic_deep``: ½(θ − x)ᵀQ(θ − x), Q with 90 eigenvalues in (0, 1) and 10 in
-    (30, 60) under a random rotation, x ~ N(0, I) the noise of each example."""
-    g = _gen(DATA_SEED)
-    eig = torch.cat([torch.rand(90, generator=g), 30 + 30 * torch.rand(10, generator=g)])
-    q, _ = torch.linalg.qr(torch.randn(100, 100, generator=g))
-    hess = (q * eig) @ q.T
-    x_train, x_test = torch.randn(1000, 100, generator=g), torch.randn(1000, 100, generator=g)
-    start = torch.ones(100) + 0.1 * torch.randn(100, generator=_gen(seed))
-    centred = x_train - x_train.mean(0)  # the minimum is at θ = x̄: ½ mean (x − x̄)ᵀQ(x − x̄)
-    floor = float(0.5 * ((centred.double() @ hess.double()) * centred.double()).sum(1).mean())
-    return Task(Point(start), QuadraticLoss(hess), x_train, x_train, x_test, x_test, 128, 250 if quick else 1000,
-                floor=floor, extra={"hessian": hess})
+    """DeepOBS ``quadratic_deep`` (:func:`deepobs_quadratic`): ½(θ − x)ᵀQ(θ − x) averaged over the
+    examples x, θ₀ = 1 (all ones), minibatches of 128. The seed varies only the minibatch order."""
+    hess, x_train, x_test = deepobs_quadratic()
+    centred = x_train.double() - x_train.double().mean(0)  # the minimum is at θ = x̄: ½ mean (x − x̄)ᵀQ(x − x̄)
+    floor = float(0.5 * ((centred @ hess.double()) * centred).sum(1).mean())
+    return Task(Point(torch.ones(100)), QuadraticLoss(hess), x_train, x_train, x_test, x_test, 128,
+                250 if quick else 1000, floor=floor, extra={"hessian": hess})
 
 
 class QuadraticLoss:
@@ -345,7 +377,7 @@ def _scheme(text: str) -> str:
 
 
 PROBLEMS: dict[str, Problem] = {p.name: p for p in [
-    Problem("quadratic_deep", "ill-conditioning", "noisy 100-d quadratic, eigenvalues in (0,1) and (30,60)",
+    Problem("quadratic_deep", "ill-conditioning", "DeepOBS quadratic_deep: noisy 100-d quadratic, eigenvalues in (0,1) and (30,60)",
             quadratic_deep),
     Problem("rosenbrock", "ill-conditioning", "stochastic 2-D Rosenbrock (curved valley)",
             _stochastic_2d(rosenbrock, (-0.5, 1.5), 1.0, 400)),

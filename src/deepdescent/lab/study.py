@@ -47,8 +47,8 @@ from deepdescent.lab.optimizers import OPTIMIZERS, OptimizerSpec, lookup, lr_gri
 from deepdescent.lab.problems import PROBLEMS, Problem
 
 #: 2: runs record their failed line searches; 3: equal gradient-equivalent budgets, no clock,
-#: extended grids, instrumented runs
-PROTOCOL_VERSION = 3
+#: extended grids, instrumented runs; 4: quadratic_deep is DeepOBS's exactly
+PROTOCOL_VERSION = 4
 MAX_EXTENSION = 3  # grid points added beyond an edge at most, per side
 
 

@@ -21,7 +21,7 @@ import torch
 
 from deepdescent import optim
 from deepdescent.lab.science import curves
-from deepdescent.lab.science.experiment import Experiment, Summary, check_scale, verdict
+from deepdescent.lab.science.experiment import Experiment, Summary, check_scale, num, verdict
 
 #: Per scale: image side, training images, encoder layers, budget (gradient-equivalents), first-order
 #: minibatch, learning-rate grid (the loss is summed over pixels: rates are per-pixel-sum).
@@ -64,7 +64,7 @@ def first_order(scale: str, lr: float, mu_max: float, nesterov: bool, schedule: 
     x = data(scale, device)
     torch.manual_seed(seed)
     model = curves.autoencoder(s["layers"], seed).to(device)
-    opt = optim.SGD(model.parameters(), lr=lr, momentum=0.0, nesterov=nesterov and mu_max > 0)
+    opt = optim.SGD(model.parameters(), lr=lr, momentum=min(0.5, mu_max), nesterov=nesterov and mu_max > 0)
     total, p = steps(scale), period(scale)
     order = torch.Generator().manual_seed(10_000 + seed)
     curve = [[0.0, curves.squared_error(model, x)]]
@@ -124,7 +124,7 @@ def hessian_free(scale: str, device: str = "cpu", seed: int = 0) -> dict[str, An
 
 def tuned(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """The run of the grid with the lowest final training error."""
-    return min(runs, key=lambda r: r["final"])
+    return min(runs, key=lambda r: num(r["final"]))
 
 
 def methods(scale: str, device: str) -> dict[str, list[dict[str, Any]]]:
@@ -146,7 +146,7 @@ PUBLISHED = {"SGD": 0.48, "NAG": 0.074, "HF": 0.058}
 
 def summarize(raw: dict[str, Any]) -> Summary:
     best = {m: tuned(rs) for m, rs in raw["runs"].items()}
-    err = {m: r["final"] for m, r in best.items()}
+    err = {m: num(r["final"]) for m, r in best.items()}
     order = sorted(err, key=err.get)
     ours = ", ".join(f"{m} {err[m]:.3g}" + (f" (lr {best[m]['lr']:g})" if "lr" in best[m] else "") for m in order)
     hf = best["HF"]
@@ -155,7 +155,7 @@ def summarize(raw: dict[str, Any]) -> Summary:
     if published_order:
         why = "HF ends lowest, then Nesterov, then SGD, as published."
     else:
-        first = hf["curve"][1][1] if len(hf["curve"]) > 1 else math.nan
+        first = num(hf["curve"][1][1]) if len(hf["curve"]) > 1 else math.nan
         why = (f"HF ends at {err['HF']:.3g} after {hf['steps']} steps (damping λ {hf['damping'][0]:.3g} → "
                f"{hf['damping'][-1]:.3g}, {max(hf['cg_iterations'] or [0])} CG iterations at most; error "
                f"{first:.3g} after the first {raw['budget'] / POINTS:g} gradient-equivalents): "

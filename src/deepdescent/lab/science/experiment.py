@@ -9,6 +9,7 @@ the only constant; it is quoted with its source.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -57,3 +58,8 @@ def check_scale(scale: str) -> str:
 
 def verdict(reproduced: bool, partly: bool) -> str:
     return "reproduced" if reproduced else "partly" if partly else "not reproduced"
+
+
+def num(value: float | None) -> float:
+    """A stored number: JSON keeps non-finite values as None (a diverged run's loss reads back as ∞)."""
+    return math.inf if value is None else float(value)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from deepdescent.lab.science import autoencoder as ae
-from deepdescent.lab.science.experiment import Experiment, Summary, verdict
+from deepdescent.lab.science.experiment import Experiment, Summary, num, verdict
 
 CAPS = (0.9, 0.99, 0.999)
 
@@ -26,7 +26,7 @@ def run(scale: str, device: str = "cpu") -> dict[str, Any]:
 
 
 def summarize(raw: dict[str, Any]) -> Summary:
-    err = {k: ae.tuned(rs)["final"] for k, rs in raw["runs"].items()}
+    err = {k: num(ae.tuned(rs)["final"]) for k, rs in raw["runs"].items()}
     capped = [err[f"NAG μ_max = {c}"] for c in CAPS]
     monotone = all(b <= a for a, b in zip(capped, capped[1:]))
     helps = min(capped) < err["SGD"]

@@ -18,7 +18,7 @@ import torch
 from deepdescent import optim
 from deepdescent.curvature import spectrum
 from deepdescent.lab import problems
-from deepdescent.lab.science.experiment import Experiment, Summary, verdict
+from deepdescent.lab.science.experiment import Experiment, Summary, num, verdict
 
 SIZES: dict[str, dict[str, Any]] = {
     "tiny": dict(newton_steps=5, gd_steps=200, net_newton_steps=3, net_gd_steps=300),
@@ -92,20 +92,20 @@ def run(scale: str, device: str = "cpu") -> dict[str, Any]:
 
 def _at_saddle(r: dict[str, Any]) -> bool:
     """Ended at a critical point (‖g‖ ≤ 10⁻³) where the Hessian has a clearly negative eigenvalue."""
-    return (r.get("grad_norm", math.nan) <= 1e-3
-            and r.get("lambda_min", math.nan) < -1e-3 * max(1.0, abs(r.get("lambda_max", 1.0))))
+    return (num(r.get("grad_norm")) <= 1e-3
+            and num(r.get("lambda_min")) < -1e-3 * max(1.0, abs(num(r.get("lambda_max")))))
 
 
 def _escaped(r: dict[str, Any]) -> bool:
     """Ended away from a saddle with a loss clearly under the starting one."""
-    return not _at_saddle(r) and r["final"] < r["curve"][0] - 1e-3 * max(1.0, abs(r["curve"][0]))
+    return not _at_saddle(r) and num(r["final"]) < r["curve"][0] - 1e-3 * max(1.0, abs(r["curve"][0]))
 
 
 def summarize(raw: dict[str, Any]) -> Summary:
     parts, newton_trapped, others_escape = [], True, True
     for problem, runs in raw["runs"].items():
-        cells = [f"{m}: loss {r['final']:.3g}, λmin {r.get('lambda_min', math.nan):.3g}, ‖g‖ "
-                 f"{r.get('grad_norm', math.nan):.2g}" for m, r in runs.items()]
+        cells = [f"{m}: loss {num(r['final']):.3g}, λmin {num(r.get('lambda_min')):.3g}, ‖g‖ "
+                 f"{num(r.get('grad_norm')):.2g}" for m, r in runs.items()]
         parts.append(f"{problem} — " + "; ".join(cells))
         newton_trapped &= _at_saddle(runs[METHODS[0]])
         others_escape &= _escaped(runs[METHODS[1]]) and _escaped(runs[METHODS[2]])
