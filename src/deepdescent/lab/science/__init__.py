@@ -17,8 +17,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from deepdescent.lab.science import (autoencoder, clipping, deepobs, depth, gradient_norm, interpolation,
-                                     momentum_schedule, saddles)
+from deepdescent.lab.science import (
+    autoencoder,
+    clipping,
+    deepobs,
+    depth,
+    gradient_norm,
+    interpolation,
+    momentum_schedule,
+    saddles,
+)
 from deepdescent.lab.science.experiment import SCALES, Experiment, Summary, check_scale
 
 __all__ = ["EXPERIMENTS", "SCALES", "Experiment", "Summary", "load", "run_suite"]
@@ -64,6 +72,7 @@ def save(out: Path, key: str, record: dict[str, Any]) -> None:
     fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{key}.", suffix=".tmp")
     with os.fdopen(fd, "w", encoding="utf-8") as f:
         json.dump(_finite(record), f)
+    os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide the results from the run directory's other readers
     os.replace(tmp, p)
 
 

@@ -12,8 +12,6 @@ from __future__ import annotations
 import math
 from typing import Any
 
-import torch
-
 from deepdescent import optim
 from deepdescent.lab import problems
 from deepdescent.lab.science.experiment import Experiment, Summary, verdict
@@ -38,13 +36,19 @@ def epochs_to_target(depth: int, scheme: str, lr: float, epochs: int, device: st
         value = float(loss.detach())
         curve.append(value)
         if value <= target:
-            return {"lr": lr, "epochs": epoch, "curve": curve}
+            return {"lr": lr, "epochs": epoch, "curve": _thin(curve)}
         if not math.isfinite(value) or value > 1e6 * curve[0] or epoch == epochs:
             break
         opt.zero_grad()
         loss.backward()
         opt.step()
-    return {"lr": lr, "epochs": None, "curve": curve}
+    return {"lr": lr, "epochs": None, "curve": _thin(curve)}
+
+
+def _thin(curve: list[float], points: int = 50) -> list[float]:
+    """At most ``points`` evenly spaced values of a loss curve, the last included (what is stored)."""
+    step = max(1, -(-len(curve) // points))
+    return curve[::step] + ([curve[-1]] if (len(curve) - 1) % step else [])
 
 
 def run(scale: str, device: str = "cpu") -> dict[str, Any]:

@@ -13,6 +13,8 @@ from deepdescent.lab.science import autoencoder as ae
 from deepdescent.lab.science.experiment import Experiment, Summary, num, verdict
 
 CAPS = (0.9, 0.99, 0.999)
+#: "Falls as μ_max grows" allows a 5% rise between neighbouring caps: one seed per run.
+TOLERANCE = 1.05
 
 
 def run(scale: str, device: str = "cpu") -> dict[str, Any]:
@@ -28,7 +30,7 @@ def run(scale: str, device: str = "cpu") -> dict[str, Any]:
 def summarize(raw: dict[str, Any]) -> Summary:
     err = {k: num(ae.tuned(rs)["final"]) for k, rs in raw["runs"].items()}
     capped = [err[f"NAG μ_max = {c}"] for c in CAPS]
-    monotone = all(b <= a for a, b in zip(capped, capped[1:]))
+    monotone = all(b <= TOLERANCE * a for a, b in zip(capped, capped[1:]))
     helps = min(capped) < err["SGD"]
     schedule_helps = err["NAG μ_max = 0.9"] <= err["NAG μ = 0.9 constant"]
     ours = "; ".join(f"{k}: {v:.3g}" for k, v in err.items())
@@ -38,7 +40,8 @@ def summarize(raw: dict[str, Any]) -> Summary:
         why=f"experiment 1's scaled CURVES; the schedule's period compressed from 250 to {raw['period']} updates so "
             "that every cap is reached within our budget",
         verdict=verdict(monotone and helps, helps),
-        explanation=("error falls as μ_max grows" if monotone else "error does not fall monotonically with μ_max")
+        explanation=("error falls as μ_max grows (within 5%)" if monotone else
+                     "error does not fall monotonically with μ_max (5% allowed)")
                     + ("; every schedule beats SGD" if all(c < err["SGD"] for c in capped) else "")
                     + ("; the ramp beats a constant μ = 0.9" if schedule_helps else
                        "; a constant μ = 0.9 does as well as the ramp to 0.9"),

@@ -1,0 +1,251 @@
+"""The science suite (``bench --suite science``): every reported number comes from the stored runs,
+the report is rebuilt from them, the command resumes and fails clearly; and the pieces it added to
+the library (HF's curvature minibatch, DeepOBS's exact quadratic)."""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from deepdescent import optim
+from deepdescent.cli import app
+from deepdescent.lab import problems, science
+from deepdescent.lab.science import report as science_report
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """Every experiment at the tiny scale, stored under one run directory (about 10 s)."""
+    out = tmp_path_factory.mktemp("science")
+    return out, science.run_suite(out, "tiny")
+
+
+def _set(raw, path, value):
+    node = raw
+    for k in path[:-1]:
+        node = node[k]
+    node[path[-1]] = value
+
+
+# For each experiment: a change to its raw records and the number of its summary that must follow it.
+def _autoencoder(raw):
+    raw["runs"]["HF"][0]["final"] = 0.00123
+    return "HF_error", 0.00123
+
+
+def _depth(raw):
+    for runs in raw["runs"]["orthogonal"].values():
+        for r in runs:
+            r["epochs"] = 7
+    return f"orthogonal_{raw['depths'][-1]}", 7
+
+
+def _clipping(raw):
+    for seeds in raw["runs"]["cliff"]["clipped"].values():
+        seeds[:] = [0.0] * len(seeds)
+    return "cliff_clipped_success", 1.0
+
+
+def _saddles(raw):
+    raw["runs"]["saddle"]["Newton (Alg. 8.8)"]["lambda_min"] = -7.5
+    return "saddle/Newton (Alg. 8.8)/lambda_min", -7.5
+
+
+def _gradient_norm(raw):
+    raw["records"]["error"][-1] = 0.0321
+    return "error_last", 0.0321
+
+
+def _interpolation(raw):
+    path = raw["paths"]["digits_mlp"]["loss"]
+    path[len(path) // 2] = path[0] + 1.0
+    drop = path[0] - path[-1]
+    return "digits_mlp_bump", (path[0] + 1.0 - path[len(path) // 2 - 1]) / drop
+
+
+def _deepobs(raw):
+    for seeds in raw["runs"]["Adam"].values():
+        for r in seeds:
+            r["test"] = 50.0
+    raw["runs"]["Adam"]["-2.6"][0]["test"] = 1.0
+    return "Adam_lr", 10**-2.6
+
+
+def _momentum(raw):
+    for r in raw["runs"]["NAG μ_max = 0.999"]:
+        r["final"] = 0.0042
+    return "NAG μ_max = 0.999", 0.0042
+
+
+CHANGES = {"autoencoder": _autoencoder, "depth": _depth, "clipping": _clipping, "saddles": _saddles,
+           "gradient_norm": _gradient_norm, "interpolation": _interpolation, "deepobs": _deepobs,
+           "momentum_schedule": _momentum}
+
+
+def test_every_experiment_has_a_change_check():
+    assert set(CHANGES) == set(science.EXPERIMENTS)
+
+
+@pytest.mark.parametrize("key", list(CHANGES))
+def test_each_number_follows_the_runs(tiny, key):
+    """No constant in the report: change the stored records and the summary's number (and the text
+    shown) changes with them."""
+    _, records = tiny
+    raw = copy.deepcopy(records[key]["raw"])
+    before = science.EXPERIMENTS[key].summarize(raw)
+    name, expected = CHANGES[key](raw)
+    after = science.EXPERIMENTS[key].summarize(raw)
+    assert after.numbers[name] == pytest.approx(expected, rel=1e-9)
+    assert before.numbers[name] != pytest.approx(expected, rel=1e-9)
+    assert after.ours != before.ours or after.verdict != before.verdict
+
+
+def test_the_report_is_built_from_the_stored_files(tiny, tmp_path):
+    """Edit a stored record on disk: the rebuilt table shows the edited number."""
+    out, records = tiny
+    rows = {r["key"]: r for r in science_report.rows(records)}
+    assert list(rows) == list(science.EXPERIMENTS)  # all eight, in the suite's order
+    for r in rows.values():
+        assert r["published"] and r["ours"] and r["verdict"] in ("reproduced", "partly", "not reproduced")
+        assert r["comparable"] == "yes" or r["comparable"].startswith("no — ")
+    record = json.loads(science.path(out, "saddles").read_text())
+    record["raw"]["runs"]["saddle"]["gradient descent"]["final"] = -0.5432
+    (tmp_path / "science").mkdir()
+    (tmp_path / "science" / "saddles.json").write_text(json.dumps(record))
+    edited = science.load(tmp_path, "saddles", "tiny")
+    row = science_report.rows({"saddles": edited})[0]
+    assert "gradient descent: loss -0.543" in row["ours"]
+    assert science.load(tmp_path, "saddles", "cpu") is None  # another scale is not this run's
+
+
+def test_stored_records_hold_no_nan_or_infinity(tiny):
+    out, _ = tiny
+    for key in science.EXPERIMENTS:
+        text = science.path(out, key).read_text()
+        json.loads(text, parse_constant=lambda c: pytest.fail(f"{key}.json holds {c}"))
+
+
+def test_bench_science_end_to_end_resumes_and_rebuilds(tmp_path):
+    runner = CliRunner()
+    out = tmp_path / "run"
+    args = ["bench", "--suite", "science", "--scale", "tiny", "--experiment", "deepobs", "--experiment", "saddles",
+            "--out", str(out)]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    page = (out / "report.html").read_text()
+    assert "Published results" in page and page.count("<h3 id='sci-") == 2
+    assert (out / "figures" / "science-deepobs.png").is_file()
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["suite"] == "science" and meta["scale"] == "tiny"
+    stored = {k: science.path(out, k).read_text() for k in ("deepobs", "saddles")}
+    again = runner.invoke(app, args)  # resumes: nothing is rerun, the records stay as they were
+    assert again.exit_code == 0, again.output
+    assert {k: science.path(out, k).read_text() for k in stored} == stored
+    (out / "report.html").unlink()
+    rebuilt = runner.invoke(app, ["report", str(out)])
+    assert rebuilt.exit_code == 0, rebuilt.output
+    assert "Published results" in (out / "report.html").read_text()
+
+
+def test_bench_science_bad_input_is_named(tmp_path):
+    runner = CliRunner()
+    r = runner.invoke(app, ["bench", "--suite", "science", "--experiment", "nope", "--out", str(tmp_path / "a")])
+    assert r.exit_code != 0 and "nope" in r.output and "autoencoder" in r.output
+    r = runner.invoke(app, ["bench", "--suite", "science", "--scale", "huge", "--out", str(tmp_path / "b")])
+    assert r.exit_code != 0 and "huge" in r.output and "tiny" in r.output
+    r = runner.invoke(app, ["bench", "--suite", "quick", "--scale", "tiny", "--out", str(tmp_path / "c")])
+    assert r.exit_code != 0 and "--suite science" in r.output
+    corrupt = tmp_path / "d" / "science" / "deepobs.json"
+    corrupt.parent.mkdir(parents=True)
+    corrupt.write_text("{not json")
+    r = runner.invoke(app, ["bench", "--suite", "science", "--scale", "tiny", "--experiment", "deepobs",
+                            "--out", str(tmp_path / "d")])
+    assert r.exit_code == 1 and "deepobs.json is corrupt" in r.output
+    assert corrupt.read_text() == "{not json"  # never overwritten
+
+
+# ------------------------------------------------------------------ library pieces the suite added
+def test_deepobs_quadratic_is_the_published_definition():
+    """Against the definition, from numpy's generators directly: the eigenvalues, the data, θ₀ = 1."""
+    q, x_train, x_test = problems.deepobs_quadratic()
+    rng = np.random.RandomState(42)
+    eig = np.sort(np.concatenate([rng.uniform(0, 1, 90), rng.uniform(30, 60, 10)]))
+    assert torch.allclose(q, q.T)
+    assert np.allclose(np.linalg.eigvalsh(q.double().numpy()), eig, atol=1e-4)
+    assert np.array_equal(x_train.numpy(), np.random.RandomState(42).normal(0, 0.6, (1000, 100)).astype(np.float32))
+    assert np.array_equal(x_test.numpy(), np.random.RandomState(43).normal(0, 0.6, (1000, 100)).astype(np.float32))
+    task = problems.problem("quadratic_deep").build(3, True)
+    assert torch.equal(task.model.theta.detach(), torch.ones(100)) and task.batch_size == 128
+    rot = problems._subgroup_rotation(6, np.random.RandomState(0))
+    assert np.allclose(rot @ rot.T, np.eye(6)) and np.linalg.det(rot) == pytest.approx(1.0)
+
+
+def _least_squares(n=40, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 3, generator=g, dtype=torch.float64)
+    y = torch.randn(n, 1, generator=g, dtype=torch.float64)
+    model = torch.nn.Linear(3, 1, bias=False).double()
+    with torch.no_grad():
+        model.weight.copy_(torch.tensor([[0.3, -0.2, 0.1]], dtype=torch.float64))
+    return model, x, y
+
+
+def test_hessian_free_curvature_on_a_minibatch():
+    """Martens's split: the gradient on all examples, the Gauss–Newton products on a minibatch. For
+    ½‖Xw − y‖²/n, G_S = X_SᵀX_S/|S|: CG's solution is −(G_S + λI)⁻¹g, g the full-batch gradient."""
+    model, x, y = _least_squares()
+    lam = 0.5
+    opt = optim.HessianFree(model.parameters(), damping=lam, cg_max_iter=50, cg_tol=1e-12)
+    xs, ys = x[:10], y[:10]
+
+    def closure():
+        out = model(x)
+        return 0.5 * (out - y).square().mean(), out
+
+    def curvature_closure():
+        out = model(xs)
+        return 0.5 * (out - ys).square().mean(), out
+
+    w = model.weight.detach().clone().reshape(-1)
+    g = x.T @ (x @ w - y.reshape(-1)) / len(x)
+    expected = -torch.linalg.solve(xs.T @ xs / len(xs) + lam * torch.eye(3, dtype=torch.float64), g)
+    opt.step(closure, curvature_closure=curvature_closure)
+    st = opt.state[model.weight]
+    assert torch.allclose(st["cg_init"], expected, atol=1e-8)
+    assert st["curvature_examples"] == pytest.approx(st["curvature_products"] * 10 / 40)
+
+
+def test_hessian_free_curvature_closure_on_the_same_batch_changes_nothing():
+    results = []
+    for use in (False, True):
+        model, x, y = _least_squares(seed=1)
+        opt = optim.HessianFree(model.parameters(), damping=0.1, cg_max_iter=20)
+
+        def closure():
+            out = model(x)
+            return 0.5 * (out - y).square().mean(), out
+        for _ in range(3):
+            opt.step(closure, curvature_closure=closure if use else None)
+        results.append(model.weight.detach().clone())
+    assert torch.allclose(results[0], results[1], atol=1e-12)
+    model, x, y = _least_squares()
+    with pytest.raises(TypeError, match="curvature_closure must be callable"):
+        optim.HessianFree(model.parameters()).step(lambda: (0.5 * (model(x) - y).square().mean(), model(x)),
+                                                   curvature_closure=3)
+
+
+def test_momentum_schedule_is_sutskevers():
+    from deepdescent.lab.science.autoencoder import momentum
+
+    assert momentum(0, 0.99, 250) == 0.5 and momentum(249, 0.99, 250) == 0.5
+    assert momentum(250, 0.99, 250) == pytest.approx(0.75)
+    assert momentum(750, 0.99, 250) == pytest.approx(1 - 2 ** (-1 - math.log2(4)))  # 0.875
+    assert momentum(10**7, 0.99, 250) == 0.99
