@@ -246,6 +246,16 @@ def test_the_report_never_trains(tiny_race, tmp_path, monkeypatch):
     assert "Newton</b> (Alg. 8.8): the box as written" in page  # the raced variant is named
 
 
+def test_a_race_report_beside_science_records_starts_with_published_results(tiny_race, tmp_path):
+    from deepdescent.lab import science
+
+    science.run_suite(tmp_path, "tiny", only=["saddles"])
+    page = report.write(tiny_race, tmp_path, {"suite": "test", "protocol": "v3"}).read_text()
+    assert "<h2 id='published'>Published results</h2>" in page
+    assert page.index("Published results") < page.index("<h2 id='verdict'>Verdict</h2>")
+    assert "Saddle points" in page and (tmp_path / "figures" / "science-saddles.png").is_file()
+
+
 def test_terminal_tables_fit_80_columns(tiny_race):
     wide = _run([2.3, 0.5, 0.1, 0.0001234], name="RMSProp+Nesterov", lr=0.00063)  # the widest cells
     wide.test_loss, wide.test_accuracy = 0.0975, 0.978

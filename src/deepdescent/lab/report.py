@@ -494,11 +494,22 @@ PROTOCOL_TEXT = (
     "point from which it stays there. Ranking: seeds reaching the target, then time, then final loss.")
 
 
+def _published_results(out: Path, figs: Path) -> str:
+    """The science suite's "Published results" section when ``out`` also holds its records
+    (``bench --suite science --out`` the same directory); else nothing."""
+    from deepdescent.lab import science
+    from deepdescent.lab.science import report as science_report
+
+    records = science.stored(out)
+    return science_report.section(records, figs) if records else ""
+
+
 def write(all_results: Results, out: Path, meta: dict[str, Any]) -> Path:
     """Figures under ``out/figures`` (PNG and SVG) and ``out/report.html`` (self-contained)."""
     figs = out / "figures"
-    parts = [f"<h1>deepdescent bench — {html.escape(str(meta.get('suite', '')))} suite</h1>",
-             "<h2 id='verdict'>Verdict</h2>",
+    parts = [f"<h1>deepdescent bench — {html.escape(str(meta.get('suite', '')))} suite</h1>"]
+    published = _published_results(out, figs)
+    parts += [published, "<h2 id='verdict'>Verdict</h2>",
              "<p>Each cell: seeds that reach the problem's target / seeds · median epochs to it (never: none did), "
              "every optimizer with the same budget; the tuned learning rate below (* at the edge of its grid). "
              "Green: the problem's winner; light green: solved (at least half the seeds).</p>", _verdict_matrix(all_results), "<ul class='verdicts'>"]

@@ -47,9 +47,10 @@ class HessianFree(SecondOrderOptimizer):
 
     def __init__(self, params: Any, damping: float = 1.0, curvature: str = "gauss_newton", cg_max_iter: int = 250,
                  *, cg_tol: float = 5e-4, cg_decay: float = 0.95, min_damping: float = 1e-8,
-                 on_line_search_failure: str = "warn", lr: float = 1.0) -> None:
+                 precondition_exponent: float = 0.75, on_line_search_failure: str = "warn", lr: float = 1.0) -> None:
         super().__init__(params, dict(lr=lr, damping=damping, curvature=curvature, cg_max_iter=cg_max_iter, cg_tol=cg_tol,
                                       cg_decay=cg_decay, min_damping=min_damping,
+                                      precondition_exponent=precondition_exponent,
                                       on_line_search_failure=on_line_search_failure))
 
     def _check(self, defaults: dict[str, Any]) -> None:
@@ -61,6 +62,9 @@ class HessianFree(SecondOrderOptimizer):
         check.positive("cg_tol", defaults["cg_tol"])
         check.unit_interval("cg_decay", defaults["cg_decay"])
         check.positive("min_damping", defaults["min_damping"])
+        xi = defaults["precondition_exponent"]
+        if isinstance(xi, bool) or not isinstance(xi, (int, float)) or not 0.0 <= xi <= 1.0:
+            raise ValueError(f"invalid precondition_exponent={xi!r}: must be in [0, 1] (Martens: 0.75)")
 
     def _product(self, ev: ClosureEvaluation, fraction: float) -> Callable[[Tensor], Tensor]:
         fn = gnvp if self.defaults["curvature"] == "gauss_newton" else hvp
@@ -72,13 +76,15 @@ class HessianFree(SecondOrderOptimizer):
         return product
 
     def _cg(self, product: Callable[[Tensor], Tensor], g: Tensor, x0: Tensor,
-            lam: float) -> list[tuple[int, Tensor, float]]:
-        """CG on φ(x) = ½xᵀ(B + λI)x + gᵀx; returns the saved iterates (i, x, φ(x))."""
+            lam: float, m: Tensor | None = None) -> list[tuple[int, Tensor, float]]:
+        """CG on φ(x) = ½xᵀ(B + λI)x + gᵀx, preconditioned by diag(``m``) if given; returns the
+        saved iterates (i, x, φ(x))."""
         max_iter, tol = self.defaults["cg_max_iter"], self.defaults["cg_tol"]
         x = x0.clone()
         r = -g - (product(x) + lam * x) if x.abs().sum() > 0 else -g.clone()
-        p = r.clone()
-        rr = float(r @ r)
+        z = r / m if m is not None else r
+        p = z.clone()
+        rr = float(r @ z)  # rᵀM⁻¹r (rᵀr without a preconditioner)
         values: list[float] = []
         saved: list[tuple[int, Tensor, float]] = []
         next_save = 1
@@ -97,10 +103,11 @@ class HessianFree(SecondOrderOptimizer):
             k = max(10, int(0.1 * i))
             if i > k and values[-1] < 0 and (values[-1] - values[-1 - k]) / values[-1] < k * tol:
                 break
-            rr_new = float(r @ r)
+            z = r / m if m is not None else r
+            rr_new = float(r @ z)
             if rr_new == 0:
                 break
-            p = r + (rr_new / rr) * p
+            p = z + (rr_new / rr) * p
             rr = rr_new
         if values and (not saved or saved[-1][0] != len(values)):
             saved.append((len(values), x.clone(), values[-1]))
@@ -109,11 +116,13 @@ class HessianFree(SecondOrderOptimizer):
         return saved
 
     def step(self, closure: Callable[[], Any],  # type: ignore[override]
-             curvature_closure: Callable[[], Any] | None = None) -> Any:
+             curvature_closure: Callable[[], Any] | None = None, fisher_diagonal: Tensor | None = None) -> Any:
         """One HF step (a CG solve, backtracking, a damping update); returns the closure's loss
         before it. ``lr`` scales the accepted step (1: Martens's; the damping adapts to the
         method's own step). ``curvature_closure``: the curvature products' minibatch (default:
-        the closure's batch)."""
+        the closure's batch). ``fisher_diagonal``: the mean over examples of the squared
+        per-example gradients (flat, in parameter order); CG is then preconditioned by
+        M = (diag F + λI)^ξ, ξ = ``precondition_exponent`` (Martens 2010, §4.7)."""
         def body(closure: Callable[[], Any]) -> Any:
             state = self._state
             gn = self.defaults["curvature"] == "gauss_newton"
@@ -123,7 +132,7 @@ class HessianFree(SecondOrderOptimizer):
             product = self._product(ev, 1.0) if curvature_closure is None else self._curvature_on(curvature_closure, ev)
             start = state.get("cg_init")
             start = self.defaults["cg_decay"] * start if start is not None else torch.zeros_like(g)
-            saved = self._cg(product, g, start, lam)
+            saved = self._cg(product, g, start, lam, self._preconditioner(fisher_diagonal, g, lam))
             theta0 = self._get()
             # CG-iterate backtracking: from the last saved iterate backwards, keep the best
             best_f, best = math.inf, saved[-1]
@@ -159,6 +168,16 @@ class HessianFree(SecondOrderOptimizer):
             self._set(theta0 + self._lr * d)
             return ev.returned
         return self._guarded(closure, body)
+
+    def _preconditioner(self, fisher: Tensor | None, g: Tensor, lam: float) -> Tensor | None:
+        if fisher is None:
+            return None
+        if not isinstance(fisher, Tensor) or fisher.shape != g.shape:
+            raise ValueError(f"fisher_diagonal must be a tensor of shape {tuple(g.shape)} (one entry per parameter), "
+                             f"got {tuple(fisher.shape) if isinstance(fisher, Tensor) else type(fisher).__name__}")
+        if not bool(torch.isfinite(fisher).all()) or bool((fisher < 0).any()):
+            raise ValueError("fisher_diagonal must be finite and non-negative (mean squared per-example gradients)")
+        return (fisher.to(g) + lam) ** self.defaults["precondition_exponent"]
 
     def _curvature_on(self, curvature_closure: Callable[[], Any], ev: ClosureEvaluation) -> Callable[[Tensor], Tensor]:
         """Products on the curvature minibatch: its own graph (one more forward pass)."""

@@ -65,6 +65,27 @@ def load(out: Path, key: str, scale: str) -> dict[str, Any] | None:
     return record if record.get("scale") == scale else None
 
 
+def stored(out: Path) -> dict[str, dict[str, Any]]:
+    """Every experiment record under ``out`` whatever its scale, in the suite's order."""
+    found = {}
+    for key in EXPERIMENTS:
+        p = path(out, key)
+        if p.is_file():
+            record = load(out, key, json.loads(p.read_text(encoding="utf-8")).get("scale", "")) \
+                if _readable(p) else None
+            if record is not None:
+                found[key] = record
+    return found
+
+
+def _readable(p: Path) -> bool:
+    try:
+        json.loads(p.read_text(encoding="utf-8"))
+        return True
+    except (json.JSONDecodeError, OSError):
+        return False
+
+
 def save(out: Path, key: str, record: dict[str, Any]) -> None:
     """Atomically: a kill mid-write leaves the previous file or none, never half of one."""
     p = path(out, key)
