@@ -31,7 +31,10 @@ class HessianFree(SecondOrderOptimizer):
       the one with the lowest loss is kept; if none lowers the loss, an Armijo backtracking along
       it follows; if that fails too, θ is restored and the failure reported;
     * Levenberg–Marquardt damping: ρ = (J(θ + d) − J(θ)) / (gᵀd + ½ dᵀBd); λ ← 1.5λ if ρ < 1/4,
-      λ ← (2/3)λ if ρ > 3/4.
+      λ ← (2/3)λ if ρ > 3/4;
+    * optionally, CG preconditioned by M = (diag F + λI)^ξ, F the empirical Fisher's diagonal the
+      caller passes as ``step(..., fisher_diagonal=F)`` (ξ = ``precondition_exponent`` = 0.75);
+    * optionally, curvature products on a minibatch (``step(..., curvature_closure=...)``).
 
     Curvature products cost about two gradients each. The closure must return the loss without
     calling ``backward()`` — and ``(loss, output)`` for Gauss–Newton, ``output`` being the network

@@ -30,7 +30,8 @@ from deepdescent.lab.science.experiment import Experiment, Summary, check_scale,
 #: minibatch, learning-rate grid (the loss is summed over pixels: rates are per-pixel-sum).
 SIZES: dict[str, dict[str, Any]] = {
     "tiny": dict(side=8, n=200, layers=(64, 32, 16, 6), budget=8, batch=50, lrs=(3e-3, 1e-2)),
-    "cpu": dict(side=16, n=2000, layers=(256, 100, 50, 25, 6), budget=500, batch=200, lrs=(3e-3, 1e-2, 3e-2)),
+    "cpu": dict(side=16, n=2000, layers=(256, 100, 50, 25, 6), budget=500, batch=200,
+                lrs=(3e-3, 1e-2, 3e-2, 1e-1)),
     "full": dict(side=28, n=20000, layers=curves.PUBLISHED_LAYERS, budget=2000, batch=200,
                  lrs=(1e-4, 3e-4, 1e-3, 3e-3, 1e-2)),
 }

@@ -87,20 +87,18 @@ def summarize(raw: dict[str, Any]) -> Summary:
 
 def figure(raw: dict[str, Any], fig: Any) -> None:
     r = raw["records"]
-    ax = fig.add_subplot(1, 2, 1)
+    ax = fig.add_subplot(1, 3, 1)
     ax.plot(r["epoch"], r["grad_norm"], label="full-batch ‖g‖")
     ax.plot(r["epoch"][1:], r["minibatch_norm"][1:], label="mean minibatch ‖g‖")
     ax.set(xlabel="epoch", ylabel="gradient norm", title="Gradient norm")
     ax.legend()
-    ax2 = fig.add_subplot(1, 2, 2)
-    ax2.plot(r["epoch"], r["error"], color="C3", label="classification error")
-    ax2.set(xlabel="epoch", ylabel="error")
-    ax3 = ax2.twinx()
-    ax3.plot(r["epoch"], r["gTHg"], color="C2", label="gᵀHg")
-    ax3.set(ylabel="gᵀHg", yscale="symlog")
-    ax2.set_title("Error and gᵀHg")
-    ax2.legend(loc="upper center")
-    ax3.legend(loc="upper right")
+    ax = fig.add_subplot(1, 3, 2)
+    ax.plot(r["epoch"], r["error"], color="C3")
+    ax.set(xlabel="epoch", ylabel="classification error", title="Training error")
+    ax = fig.add_subplot(1, 3, 3)
+    ax.plot(r["epoch"], r["gTHg"], color="C2")
+    ax.set_yscale("symlog", linthresh=1e-3)
+    ax.set(xlabel="epoch", ylabel="gᵀHg (symmetric log)", title="Curvature along the gradient")
 
 
 EXPERIMENT = Experiment(
