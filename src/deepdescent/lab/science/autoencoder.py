@@ -4,9 +4,9 @@
 Every method gets the same budget in gradient-equivalents (one pass over the training images is 1;
 a curvature-vector product on b images costs 2b/n). First-order methods: minibatches of 200 (50 at
 the tiny scale), the learning rate tuned on a grid by the final training error (the grid extended
-while the best sits at an edge); momentum follows
-Sutskever et al.'s schedule μ_t = min(1 − 2^(−1 − log₂(⌊t/P⌋ + 1)), μ_max) (their eq. 5, P = 250
-updates), P compressed to the run's length (every cap within reach: μ_max = 0.999 at half of it).
+while the best sits at an edge); momentum follows Sutskever et al.'s schedule
+μ_t = min(1 − 2^(−1 − log₂(⌊t/P⌋ + 1)), μ_max) (their eq. 5, P = 250 updates), P compressed to
+the run's length (every cap within reach: μ_max = 0.999 at half of it).
 Hessian-free: Martens's method as deepdescent implements it (Gauss–Newton products, CG with
 iterate backtracking, Levenberg–Marquardt damping, CG preconditioned by (diag F + λI)^0.75, F the
 empirical Fisher's diagonal from per-example gradients), the gradient on all training images and the
