@@ -155,6 +155,16 @@ def test_bench_science_end_to_end_resumes_and_rebuilds(tmp_path):
     assert "Published results" in (out / "report.html").read_text()
 
 
+def test_bench_science_beside_a_race_keeps_the_race_meta(tmp_path):
+    race_meta = {"suite": "quick", "protocol": "v4-quick-b6-s2-grid", "problems": [], "optimizers": []}
+    (tmp_path / "meta.json").write_text(json.dumps(race_meta))
+    result = CliRunner().invoke(app, ["bench", "--suite", "science", "--scale", "tiny", "--experiment", "saddles",
+                                      "--out", str(tmp_path), "--no-report"])
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "meta.json").read_text()) == race_meta
+    assert json.loads((tmp_path / "science" / "meta.json").read_text())["suite"] == "science"
+
+
 def test_bench_science_bad_input_is_named(tmp_path):
     runner = CliRunner()
     r = runner.invoke(app, ["bench", "--suite", "science", "--experiment", "nope", "--out", str(tmp_path / "a")])

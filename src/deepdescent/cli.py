@@ -320,7 +320,7 @@ def _science(out: Path, device: str, scale: str | None, only: list[str] | None, 
             bar.update(task, completed=done, description=key or "done")
         try:
             records = science.run_suite(out, scale, device, only, progress)
-        except ValueError as err:  # a corrupt stored record: named, never overwritten
+        except science.CorruptRecord as err:  # named, never overwritten
             bar.stop()
             raise _fail(str(err)) from None
         except KeyboardInterrupt:
@@ -329,7 +329,9 @@ def _science(out: Path, device: str, scale: str | None, only: list[str] | None, 
                           soft_wrap=True)
             raise typer.Exit(130) from None
     meta["seconds"] = round(time.perf_counter() - start, 1)
-    _write_meta(out, meta)
+    _write_meta(out / "science", meta)
+    if _suite_of(out) in (None, "science"):
+        _write_meta(out, meta)  # a race's meta.json in the same directory is left as it is
     table = Table(title="Published results")
     for c in ("experiment", "published", "ours", "comparable", "verdict"):
         table.add_column(c, overflow="fold")
@@ -343,13 +345,21 @@ def _science(out: Path, device: str, scale: str | None, only: list[str] | None, 
         console.print(f"report: {page}  (figures in {out / 'figures'}; rebuild with `deepdescent report {out}`)")
 
 
+def _suite_of(out: Path) -> str | None:
+    """The suite whose meta.json ``out`` holds (None: none, or unreadable)."""
+    try:
+        return json.loads((out / "meta.json").read_text()).get("suite")
+    except (OSError, json.JSONDecodeError, AttributeError):
+        return None
+
+
 def _science_report(directory: Path, meta: dict) -> None:
     from deepdescent.lab import science
     from deepdescent.lab.science import report as science_report
 
     try:
         records = {k: r for k in meta["experiments"] if (r := science.load(directory, k, meta["scale"])) is not None}
-    except ValueError as err:
+    except science.CorruptRecord as err:
         raise _fail(str(err)) from None
     if not records:
         raise typer.BadParameter(f"no finished experiments in {directory / 'science'}", param_hint="DIRECTORY")

@@ -77,7 +77,8 @@ def style(name: str) -> dict[str, Any]:
             "lw": 1.6}
 
 
-def _plt():
+def pyplot():
+    """matplotlib's pyplot on the Agg backend (no display needed)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -91,13 +92,14 @@ def _stem(problem: str) -> str:
     return re.sub(r"[^A-Za-z0-9_]+", "-", problem)
 
 
-def _save(fig, out: Path, stem: str) -> str:
+def save_figure(fig, out: Path, stem: str) -> str:
+    """``fig`` as ``out/stem.png`` and ``.svg``, closed; returns the PNG as base64 (for the page)."""
     out.mkdir(parents=True, exist_ok=True)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=DPI)
     (out / f"{stem}.png").write_bytes(buf.getvalue())
     fig.savefig(out / f"{stem}.svg")
-    _plt().close(fig)
+    pyplot().close(fig)
     return base64.b64encode(buf.getvalue()).decode()
 
 
@@ -163,7 +165,7 @@ class _LossAxis:
 
 
 def _learning_curves(problem: str, race: Race, out: Path) -> str:
-    plt = _plt()
+    plt = pyplot()
     tgt = board(problem, race)[0]
     budget = max(r.budget for tracks in race.values() for r in tracks["tuned"])
     xs = [budget * i / 200 for i in range(201)]
@@ -189,12 +191,12 @@ def _learning_curves(problem: str, race: Race, out: Path) -> str:
     ax.set_ylabel(axis.label("training loss") + "\nmedian; band: min–max over seeds")
     ax.set_title(f"{title(problem)}: learning curves at the tuned learning rate", fontsize=10)
     _legend(ax)
-    return _save(fig, out, f"{_stem(problem)}_curves")
+    return save_figure(fig, out, f"{_stem(problem)}_curves")
 
 
 def _sensitivity(problem: str, race: Race, out: Path) -> str | None:
     """Final loss against learning rate; None when no optimizer tried two learning rates (--budget 1)."""
-    plt = _plt()
+    plt = pyplot()
     lines = {}
     for name, tracks in race.items():
         by_lr: dict[float, list[float]] = {}
@@ -223,7 +225,7 @@ def _sensitivity(problem: str, race: Race, out: Path) -> str | None:
     ax.set_ylabel(axis.label("final training loss") + "\nmedian over seeds")
     ax.set_title(f"{title(problem)}: learning-rate sensitivity", fontsize=10)
     _legend(ax)
-    return _save(fig, out, f"{_stem(problem)}_sensitivity")
+    return save_figure(fig, out, f"{_stem(problem)}_sensitivity")
 
 
 def _surface(task: Any, f: Any, u: Tensor, v: Tensor) -> Tensor:
@@ -253,7 +255,7 @@ def _trajectories(problem: str, race: Race, out: Path) -> str | None:
     v = torch.linspace(float(lo[1] - pad[1]), float(hi[1] + pad[1]), 120)
     f = task.extra.get("f")
     z = _surface(task, f, u, v)
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(8, 5.5), constrained_layout=True)
     zz = torch.log10(z - z[torch.isfinite(z)].min() + 1e-3)
     filled = ax.contourf(u, v, zz, levels=30, cmap="Greys")
@@ -266,7 +268,7 @@ def _trajectories(problem: str, race: Race, out: Path) -> str | None:
     ax.set_ylabel(names[1])
     ax.set_title(f"{title(problem)}: trajectories (tuned lr, seed 0)", fontsize=10)
     _legend(ax)
-    return _save(fig, out, f"{_stem(problem)}_trajectories")
+    return save_figure(fig, out, f"{_stem(problem)}_trajectories")
 
 
 def _instrument_panel(problem: str, race: Race, out: Path) -> str | None:
@@ -279,7 +281,7 @@ def _instrument_panel(problem: str, race: Race, out: Path) -> str | None:
         return None
     n = run.within_budget()
     x, norm, curv = run.grad_equiv[:n], run.grad_norm[:n], run.gTHg[:n]
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(8, 4.5), constrained_layout=True)
     ax.plot(x, norm, color="tab:blue", marker=".")
     _loss_scale(ax, norm)
@@ -295,11 +297,11 @@ def _instrument_panel(problem: str, race: Race, out: Path) -> str | None:
     twin.set_ylabel("gᵀHg", color="tab:red")
     ax.set_title(f"{title(problem)}: {run.optimizer} (lr {run.lr:.3g}, seed 0) — the quantities of Fig. 8.1",
                  fontsize=10)
-    return _save(fig, out, f"{_stem(problem)}_instruments")
+    return save_figure(fig, out, f"{_stem(problem)}_instruments")
 
 
 def _profile_figure(all_results: Results, out: Path) -> str:
-    plt = _plt()
+    plt = pyplot()
     ratios = performance_profile(all_results)
     fig, ax = plt.subplots(figsize=(8, 4.5), constrained_layout=True)
     taus = [1.0 * 10 ** (i / 20) for i in range(0, 61)]
@@ -312,7 +314,7 @@ def _profile_figure(all_results: Results, out: Path) -> str:
     ax.set_title("performance profile (Dolan & Moré 2002): solved = at least half the seeds reach the target",
                  fontsize=10)
     _legend(ax)
-    return _save(fig, out, "performance_profile")
+    return save_figure(fig, out, "performance_profile")
 
 
 def depth_study(all_results: Results) -> tuple[float, dict[str, dict[int, dict[str, float]]]]:
@@ -335,7 +337,7 @@ def _depth_figure(all_results: Results, out: Path) -> str | None:
     depths = sorted({d for by_depth in table.values() for d in by_depth})
     if len(depths) < 2:
         return None
-    plt = _plt()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(10, 4), constrained_layout=True, sharey=True)
     picks = (lambda t: t.get("SGD", math.inf), lambda t: min(t.values()))
     for ax, pick, name in zip(axes, picks, ("SGD (tuned lr)", "the fastest optimizer at each depth")):
@@ -356,7 +358,7 @@ def _depth_figure(all_results: Results, out: Path) -> str | None:
         ax.legend(title="initialization", fontsize=8)
     axes[0].set_ylabel(f"epochs to train loss {common:.3g}\n(median over seeds; 1/20 of the run resolution)")
     fig.suptitle("deep linear network: training time against depth (Saxe et al. 2013)")
-    return _save(fig, out, "depth_initialization")
+    return save_figure(fig, out, "depth_initialization")
 
 
 # ------------------------------------------------------------------------------------- tables
@@ -440,7 +442,8 @@ def terminal(all_results: Results, console) -> None:
 
 
 # ------------------------------------------------------------------------------------- the page
-def _table(headers: list[str], rows: list[list[str]], cls: str = "") -> str:
+def html_table(headers: list[str], rows: list[list[str]], cls: str = "") -> str:
+    """An HTML table; the cells are HTML already (escape them first)."""
     head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
     body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>" for r in rows)
     return f"<table class='{cls}'><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
@@ -472,7 +475,8 @@ def _verdict_matrix(all_results: Results) -> str:
     return f"<table class='matrix'><thead><tr><th>optimizer</th>{heads}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def _meta_table(meta: dict[str, Any]) -> str:
+def meta_table(meta: dict[str, Any]) -> str:
+    """The run's facts (suite, protocol, machine, times) as a two-column table."""
     labels = {"suite": "suite", "protocol": "protocol", "problems": "problems", "optimizers": "optimizers",
               "storage": "result storage", "started": "started", "seconds": "race time (s, this machine)",
               "torch": "torch", "machine": "machine"}
@@ -480,7 +484,7 @@ def _meta_table(meta: dict[str, Any]) -> str:
     for key, value in meta.items():
         text = ", ".join(map(str, value)) if isinstance(value, list) else str(value)
         rows.append([html.escape(labels.get(key, key)), html.escape(text)])
-    return _table(["", ""], rows, "meta")
+    return html_table(["", ""], rows, "meta")
 
 
 PROTOCOL_TEXT = (
@@ -530,7 +534,7 @@ def write(all_results: Results, out: Path, meta: dict[str, Any]) -> Path:
                      "protocol:</p><ul>" + "".join(
                          f"<li><b>{html.escape(n)}</b> ({html.escape(s.book)}){': ' + html.escape(s.note) if s.note else ''}"
                          "</li>" for n, s in others) + "</ul>")
-    parts += [f"<h2>Protocol</h2><p>{html.escape(PROTOCOL_TEXT)}</p>", _meta_table(meta)]
+    parts += [f"<h2>Protocol</h2><p>{html.escape(PROTOCOL_TEXT)}</p>", meta_table(meta)]
     parts.append(f'<h2>Performance profile</h2><img alt="performance profile" '
                  f'src="data:image/png;base64,{_profile_figure(all_results, figs)}">')
     depth = _depth_figure(all_results, figs)
@@ -544,7 +548,7 @@ def write(all_results: Results, out: Path, meta: dict[str, Any]) -> Path:
         parts.append(f"<h2 id='{_stem(problem)}'>{html.escape(title(problem))}</h2><p>{html.escape(p.description)}"
                      f" — challenge: <b>{html.escape(p.challenge)}</b>; budget {_fmt(budget)} epochs; target "
                      f"training loss T = {tgt:.4g}</p>")
-        parts.append(_table([h for h, _ in COLUMNS], [[html.escape(c(r)) for _, c in COLUMNS] for r in rows]))
+        parts.append(html_table([h for h, _ in COLUMNS], [[html.escape(c(r)) for _, c in COLUMNS] for r in rows]))
         parts.append(f"<p class='cap'>{html.escape(CAPTION)}</p>")
         if base_name(problem) in REFERENCES:
             ref, comp = REFERENCES[base_name(problem)]

@@ -29,7 +29,7 @@ from deepdescent.lab.science import (
 )
 from deepdescent.lab.science.experiment import SCALES, Experiment, Summary, check_scale
 
-__all__ = ["EXPERIMENTS", "SCALES", "Experiment", "Summary", "load", "run_suite"]
+__all__ = ["EXPERIMENTS", "SCALES", "CorruptRecord", "Experiment", "Summary", "load", "run_suite", "stored"]
 
 #: In the issue's order: the claims of §8.6.1, §8.4, §8.2.4, §8.2.3, Figure 8.1, §8.2.7, DeepOBS, §8.3.2.
 EXPERIMENTS: dict[str, Experiment] = {e.key: e for e in (
@@ -48,6 +48,10 @@ def _finite(value: Any) -> Any:
     return value
 
 
+class CorruptRecord(ValueError):
+    """A stored experiment record that is not valid JSON (named; never overwritten)."""
+
+
 def path(out: Path, key: str) -> Path:
     return out / "science" / f"{key}.json"
 
@@ -61,7 +65,7 @@ def load(out: Path, key: str, scale: str) -> dict[str, Any] | None:
     try:
         record = json.loads(p.read_text(encoding="utf-8"))
     except json.JSONDecodeError as err:
-        raise ValueError(f"{p} is corrupt ({err.msg} at line {err.lineno}); delete it to rerun experiment {key!r}") from None
+        raise CorruptRecord(f"{p} is corrupt ({err.msg} at line {err.lineno}); delete it to rerun experiment {key!r}") from None
     return record if record.get("scale") == scale else None
 
 

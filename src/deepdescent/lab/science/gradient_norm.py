@@ -41,7 +41,7 @@ def run(scale: str, device: str = "cpu") -> dict[str, Any]:
         if t in marks:
             norm, curv = engine.figure_8_1(model, task.loss, x_eval, y_eval)
             with torch.no_grad():
-                error = 1 - engine._accuracy(model(x_eval), y_eval)
+                error = float((model(x_eval).argmax(-1) != y_eval).float().mean())
             rec["epoch"].append(t * b / n)
             rec["grad_norm"].append(norm)
             rec["gTHg"].append(curv)

@@ -40,7 +40,7 @@ def markdown(records: dict[str, dict[str, Any]]) -> str:
 
 def section(records: dict[str, dict[str, Any]], figures: Path) -> str:
     """The "Published results" HTML: the table, then each experiment with its figure."""
-    from deepdescent.lab.report import _plt, _save, _table
+    from deepdescent.lab.report import html_table, pyplot, save_figure
 
     table_rows = []
     for r in rows(records):
@@ -54,15 +54,15 @@ def section(records: dict[str, dict[str, Any]], figures: Path) -> str:
              "<p>Each claim of chapter 8 (or of the paper it cites) tested here at our scale: the published number, "
              "ours (derived from the runs stored in <code>science/*.json</code>), whether the two measure the same "
              "thing at the same scale, and the verdict.</p>",
-             _table(["claim", "source", "published", "ours", "comparable", "verdict", "budget"], table_rows,
+             html_table(["claim", "source", "published", "ours", "comparable", "verdict", "budget"], table_rows,
                     "science")]
-    plt = _plt()
+    plt = pyplot()
     for r in rows(records):
         exp = EXPERIMENTS[r["key"]]
         fig = plt.figure(figsize=(11, 4.2))
         exp.figure(records[r["key"]]["raw"], fig)
         fig.tight_layout()
-        data = _save(fig, figures, f"science-{r['key']}")
+        data = save_figure(fig, figures, f"science-{r['key']}")
         parts.append(f"<h3 id='sci-{r['key']}'>{html.escape(r['title'])}</h3><p><b>Claim</b> "
                      f"({html.escape(r['source'])}): {html.escape(r['claim'])}.<br><b>Published</b>: "
                      f"{html.escape(r['published'])}.<br><b>Ours</b>: {html.escape(r['ours'])}.<br><b>Comparable</b>: "
@@ -83,7 +83,7 @@ def _doc(exp) -> str:
 
 def write(records: dict[str, dict[str, Any]], out: Path, meta: dict[str, Any]) -> Path:
     """``out/report.html``: the Published results section and the run's facts."""
-    from deepdescent.lab.report import _meta_table
+    from deepdescent.lab.report import meta_table
 
     style = ("body{font-family:sans-serif;max-width:1200px;margin:auto;padding:1em}table{border-collapse:collapse;"
              "font-size:13px;margin:.5em 0}td,th{border:1px solid #ccc;padding:3px 6px;text-align:left;"
@@ -91,7 +91,7 @@ def write(records: dict[str, dict[str, Any]], out: Path, meta: dict[str, Any]) -
              ".win{background:#9be29b;padding:1px 3px}.ok{background:#f5e6a8;padding:1px 3px}"
              ".na{background:#f5c6c6;padding:1px 3px}")
     body = (f"<h1>deepdescent bench — science suite</h1>{section(records, out / 'figures')}"
-            f"<h2>Run</h2>{_meta_table(meta)}")
+            f"<h2>Run</h2>{meta_table(meta)}")
     page = (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>deepdescent science</title>"
             f"<style>{style}</style></head><body>{body}</body></html>")
     path = out / "report.html"
