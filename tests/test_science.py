@@ -123,7 +123,8 @@ def test_the_report_is_built_from_the_stored_files(tiny, tmp_path):
     edited = science.load(tmp_path, "saddles", "tiny")
     row = science_report.rows({"saddles": edited})[0]
     assert "gradient descent: loss -0.543" in row["ours"]
-    assert science.load(tmp_path, "saddles", "cpu") is None  # another scale is not this run's
+    with pytest.raises(science.CorruptRecord, match="at scale 'tiny', not 'cpu'"):
+        science.load(tmp_path, "saddles", "cpu")  # another scale's run: named, never rerun over
 
 
 def test_stored_records_hold_no_nan_or_infinity(tiny):
@@ -180,6 +181,11 @@ def test_bench_science_bad_input_is_named(tmp_path):
                             "--out", str(tmp_path / "d")])
     assert r.exit_code == 1 and "deepobs.json is corrupt" in r.output
     assert corrupt.read_text() == "{not json"  # never overwritten
+    corrupt.write_text(json.dumps({"scale": "cpu", "raw": {}}))
+    r = runner.invoke(app, ["bench", "--suite", "science", "--scale", "tiny", "--experiment", "deepobs",
+                            "--out", str(tmp_path / "d")])
+    assert r.exit_code == 1 and "at scale 'cpu', not 'tiny'" in r.output
+    assert json.loads(corrupt.read_text()) == {"scale": "cpu", "raw": {}}
 
 
 # ------------------------------------------------------------------ library pieces the suite added

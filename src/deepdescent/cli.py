@@ -153,7 +153,7 @@ def _resume_hint(out: Path, done: int, total: int) -> str:
 
 QUICK_TIME = "about 4 minutes on 2 cores"  # measured: BENCHMARKS.md, "The quick suite"
 MODERN_TIME = "about 6 minutes on 2 cores"  # measured: BENCHMARKS.md, "The modern suite"
-SCIENCE_TIME = "about 12 minutes on 2 cores"  # measured: BENCHMARKS.md, "The science suite"
+SCIENCE_TIME = "about 11 minutes on 2 cores"  # measured: BENCHMARKS.md, "The science suite"
 
 
 @app.command()

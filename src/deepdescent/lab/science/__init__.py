@@ -49,7 +49,8 @@ def _finite(value: Any) -> Any:
 
 
 class CorruptRecord(ValueError):
-    """A stored experiment record that is not valid JSON (named; never overwritten)."""
+    """A stored experiment record that cannot be used here: not valid JSON, or of another scale
+    (named; never overwritten)."""
 
 
 def path(out: Path, key: str) -> Path:
@@ -57,8 +58,9 @@ def path(out: Path, key: str) -> Path:
 
 
 def load(out: Path, key: str, scale: str) -> dict[str, Any] | None:
-    """The stored record of an experiment at ``scale``; None if missing or of another scale. A
-    corrupt file raises ValueError naming it (it is never overwritten silently)."""
+    """The stored record of an experiment at ``scale``; None if there is none. Raises
+    :class:`CorruptRecord` for a file that is not JSON or holds another scale's run, so that
+    neither is overwritten by a rerun."""
     p = path(out, key)
     if not p.is_file():
         return None
@@ -66,28 +68,23 @@ def load(out: Path, key: str, scale: str) -> dict[str, Any] | None:
         record = json.loads(p.read_text(encoding="utf-8"))
     except json.JSONDecodeError as err:
         raise CorruptRecord(f"{p} is corrupt ({err.msg} at line {err.lineno}); delete it to rerun experiment {key!r}") from None
-    return record if record.get("scale") == scale else None
+    if record.get("scale") != scale:
+        raise CorruptRecord(f"{p} holds experiment {key!r} at scale {record.get('scale')!r}, not {scale!r}: use "
+                            "another --out, or delete it to rerun")
+    return record
 
 
 def stored(out: Path) -> dict[str, dict[str, Any]]:
-    """Every experiment record under ``out`` whatever its scale, in the suite's order."""
+    """Every readable experiment record under ``out``, whatever its scale, in the suite's order."""
     found = {}
     for key in EXPERIMENTS:
-        p = path(out, key)
-        if p.is_file():
-            record = load(out, key, json.loads(p.read_text(encoding="utf-8")).get("scale", "")) \
-                if _readable(p) else None
-            if record is not None:
-                found[key] = record
+        try:
+            record = json.loads(path(out, key).read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            continue  # missing or unreadable: left out of the section (bench names a corrupt one)
+        if isinstance(record, dict) and {"scale", "raw", "budget", "seconds"} <= record.keys():
+            found[key] = record
     return found
-
-
-def _readable(p: Path) -> bool:
-    try:
-        json.loads(p.read_text(encoding="utf-8"))
-        return True
-    except (json.JSONDecodeError, OSError):
-        return False
 
 
 def save(out: Path, key: str, record: dict[str, Any]) -> None:

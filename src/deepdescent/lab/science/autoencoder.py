@@ -97,7 +97,8 @@ LONGER = 4
 @functools.lru_cache(maxsize=4)
 def hessian_free(scale: str, device: str = "cpu", seed: int = 0, budget: float | None = None) -> dict[str, Any]:
     """Hessian-free until the budget (default: the scale's) is spent: each step costs its loss
-    evaluations (1 each), the curvature minibatch's gradient (b/n) and its products (2b/n each)."""
+    evaluations on all images (1 each), the curvature minibatch's gradient and per-example gradients
+    (2b/n) and its products (2b/n each). The result is the last recorded point within the budget."""
     s = dict(SIZES[scale])
     s["budget"] = budget or s["budget"]
     x = data(scale, device)
