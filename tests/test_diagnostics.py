@@ -518,3 +518,26 @@ def test_exact_diagonal_and_top_eigenpairs_against_the_exact_hessian(name):
     for j in range(3):  # eigenvectors up to sign (the top three are simple here)
         assert abs(float(pairs.vectors[:, j] @ vecs[:, -1 - j])) == pytest.approx(1.0, abs=1e-6)
     assert values["top_eigenvalues"] == pytest.approx(eig[-3:].flip(0).tolist(), rel=1e-3)
+
+
+def test_the_dashboard_draws_histograms_batch_size_tests_and_the_schedule():
+    """The last row: the histogram of the last gradient-noise record (one bar per bin, heights from
+    the log), the three batch-size statistics over steps, and measured/waited per instrument."""
+    noise = [{"step": s, "instrument": "gradient_noise",
+              "values": {"b_simple": 10.0 + s, "snr": 2.0, "norm_test": 0.1 * s, "inner_product_test": 0.2 * s,
+                         "orthogonality_test": 0.3 * s,
+                         "histogram": {"edges": [-2.0, -1.0, 0.0, 1.0, 2.0], "counts": [1.0, 5.0 + s, 7.0, 2.0]}}}
+             for s in (1, 2)]
+    monitor = {"step": 2, "instrument": "monitor",
+               "values": {"measured": {"gradient_noise": 2, "curvature": 0}, "postponed": {"curvature": 5},
+                          "disabled": {}}}
+    axes = dg.plot([*noise, monitor]).axes
+    hist = next(ax for ax in axes if ax.get_title().startswith("per-example gradient elements"))
+    assert [p.get_height() for p in hist.patches] == [1.0, 7.0, 7.0, 2.0]  # the last record's counts
+    tests = next(ax for ax in axes if ax.get_title().startswith("§8.1.3 batch-size tests"))
+    lines = [float(v) for line in tests.get_lines() for v in line.get_ydata()]
+    assert lines == pytest.approx([0.1, 0.2, 0.2, 0.4, 0.3, 0.6])
+    schedule = next(ax for ax in axes if ax.get_title().startswith("the Monitor's schedule"))
+    bars = {c.get_label(): [p.get_width() for p in c.patches] for c in schedule.containers}
+    assert bars == {"measurements": [2, 0], "steps waited for budget": [0, 5]}
+    assert [t.get_text() for t in schedule.get_yticklabels()] == ["gradient_noise", "curvature"]

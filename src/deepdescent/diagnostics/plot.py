@@ -58,9 +58,11 @@ def _why(records: list[dict[str, Any]], instrument: str) -> str:
 def plot(log: str | os.PathLike[str] | list[dict[str, Any]], path: str | os.PathLike[str] | None = None):
     """Render the dashboard: the Figure 8.1 panel (gradient norm and gᵀHg over training), λmax
     and λmin, gradient noise, a per-layer gradient-norm heatmap, per-time-step gradient norms, the
-    interpolation curve, tr H with its standard error, the SLQ spectral density and the 2-D loss
-    slice. A panel without data says why (the instrument failed, waited for budget, or is off). Returns the figure; saves it when ``path`` is
-    given (PNG, SVG or PDF by the suffix)."""
+    interpolation curve, tr H with its standard error, the SLQ spectral density, the 2-D loss
+    slice, the per-example gradient histogram, the batch-size tests and the Monitor's schedule
+    (measurements and steps waited per instrument). A panel without data says why (the instrument
+    failed, waited for budget, or is off). Returns the figure; saves it when ``path`` is given (PNG,
+    SVG or PDF by the suffix)."""
     import matplotlib
 
     matplotlib.use("Agg", force=False) if not os.environ.get("MPLBACKEND") else None
@@ -68,8 +70,8 @@ def plot(log: str | os.PathLike[str] | list[dict[str, Any]], path: str | os.Path
     import numpy as np
 
     records = read_jsonl(log) if not isinstance(log, list) else log
-    fig, axes = plt.subplots(3, 3, figsize=(15, 12.5), constrained_layout=True)
-    (a1, a2, a3), (a4, a5, a6), (a7, a8, a9) = axes
+    fig, axes = plt.subplots(4, 3, figsize=(15, 16.5), constrained_layout=True)
+    (a1, a2, a3), (a4, a5, a6), (a7, a8, a9), (a10, a11, a12) = axes
 
     xs, gn = _series(records, "cheap", "grad_norm")
     hx, ghg = _series(records, "ill_conditioning", "gTHg")
@@ -128,6 +130,11 @@ def plot(log: str | os.PathLike[str] | list[dict[str, Any]], path: str | os.Path
     _trace(a7, records)
     _density(a8, records, np)
     _slice(a9, fig, records, np)
+    _histogram(a10, records)
+    _pair(a11, records, "gradient_noise", {"norm_test": "norm test", "inner_product_test": "inner-product test",
+                                           "orthogonality_test": "orthogonality test"},
+          "§8.1.3 batch-size tests (× m / θ²: the batch asked for)", log=True)
+    _schedule(a12, records)
     if path is not None:
         fig.savefig(path, dpi=110)
     return fig
@@ -186,3 +193,37 @@ def _slice(ax, fig, records, np) -> None:
     ax.set_title(f"{title} (step {slices[-1]['step']})")
     ax.set_xlabel("a (direction 1)")
     ax.set_ylabel("b (direction 2)")
+
+
+def _histogram(ax, records) -> None:
+    """The last gradient-noise measurement's histogram of per-example gradient elements."""
+    found = [r for r in records if r["instrument"] == "gradient_noise" and isinstance(r["values"].get("histogram"), dict)]
+    title = "per-example gradient elements (histogram)"
+    if not found:
+        _empty(ax, title, _why(records, "gradient_noise"))
+        return
+    h = found[-1]["values"]["histogram"]
+    edges, counts = [float(e) for e in h["edges"]], [float(c) for c in h["counts"]]
+    ax.bar(edges[:-1], counts, width=[b - a for a, b in zip(edges[:-1], edges[1:])], align="edge",
+           color="tab:gray", log=any(c > 0 for c in counts))
+    ax.set_title(f"{title}, step {found[-1]['step']}")
+    ax.set_xlabel("gradient element")
+
+
+def _schedule(ax, records) -> None:
+    """Measurements and steps waited for budget per instrument, from the last Monitor record."""
+    state = next((r["values"] for r in reversed(records) if r["instrument"] == "monitor"), None)
+    title = "the Monitor's schedule"
+    if not state or not state.get("measured"):
+        _empty(ax, title, "no Monitor record in the log")
+        return
+    names = list(state["measured"])
+    measured = [int(state["measured"][n]) for n in names]
+    waited = [int(state.get("postponed", {}).get(n, 0)) for n in names]
+    at = range(len(names))
+    ax.barh([i - 0.2 for i in at], measured, height=0.4, label="measurements")
+    ax.barh([i + 0.2 for i in at], waited, height=0.4, label="steps waited for budget")
+    ax.set_yticks(list(at), names, fontsize=8)
+    ax.invert_yaxis()
+    ax.set_title(f"{title} (step {next(r['step'] for r in reversed(records) if r['instrument'] == 'monitor')})")
+    ax.legend(fontsize=8)
