@@ -174,6 +174,10 @@ def test_bench_science_bad_input_is_named(tmp_path):
     assert r.exit_code != 0 and "huge" in r.output and "tiny" in r.output
     r = runner.invoke(app, ["bench", "--suite", "quick", "--scale", "tiny", "--out", str(tmp_path / "c")])
     assert r.exit_code != 0 and "--suite science" in r.output
+    r = runner.invoke(app, ["bench", "--suite", "science", "--optimizer", "Adam", "--seeds", "3",
+                            "--out", str(tmp_path / "e")])
+    assert r.exit_code != 0 and "--optimizer, --seeds belong to the races" in r.output
+    assert not (tmp_path / "e").exists()
     corrupt = tmp_path / "d" / "science" / "deepobs.json"
     corrupt.parent.mkdir(parents=True)
     corrupt.write_text("{not json")

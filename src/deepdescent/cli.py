@@ -207,6 +207,13 @@ def bench(
     if search not in study.SEARCHES:
         raise typer.BadParameter(f"unknown search {search!r}; valid: {', '.join(study.SEARCHES)}", param_hint="--search")
     if suite == "science":
+        given = [name for name, value in (("--problem", problem), ("--optimizer", optimizer), ("--hparam", hparam),
+                                          ("--lr-center", lr_center), ("--budget", budget), ("--seeds", seeds),
+                                          ("--workers", workers), ("--storage", storage), ("--time-limit", time_limit),
+                                          ("--search", None if search == "grid" else search)) if value]
+        if given:
+            raise typer.BadParameter(f"{', '.join(given)} belong to the races, not --suite science (whose experiments "
+                                     "fix their own problems, optimizers and budgets; choose them with --experiment)")
         _science(out, device, scale, experiment, write_report)
         return
     if experiment or scale:
