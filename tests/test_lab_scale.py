@@ -155,6 +155,28 @@ def test_a_claim_created_beside_a_live_generation_gives_way(tmp_path, monkeypatc
     assert [n for n in names(url) if n.startswith(claims.PREFIX)] == [f"{claims.PREFIX}batch:g1"]
 
 
+def test_sweep_deletes_only_the_claims_of_processes_that_are_gone(tmp_path):
+    """A process killed after recording its batch, before deleting its claim, leaves a claim nobody
+    takes over: the sweep at the end of bench deletes it (and one whose heartbeat lapsed), never a
+    live one (this process's, or another machine's with a fresh heartbeat)."""
+    url = f"sqlite:///{tmp_path / 'claims.db'}"
+    optuna = study.load_optuna()
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    owners = {"killed": (f"{socket.gethostname()}:{dead.pid}", time.time()),
+              "lapsed": ("another-machine:1", time.time() - 10 * claims.TIMEOUT),
+              "remote": ("another-machine:2", time.time())}
+    for key, (owner, beat) in owners.items():
+        c = optuna.create_study(study_name=f"{claims.PREFIX}{key}:g0", storage=study.storage(url))
+        c.set_user_attr("owner", owner)
+        c.set_user_attr("beat", beat)
+    with claims.claimed(url, "mine"):
+        swept = claims.sweep(url)
+        left = sorted(n for n in study.study_names(url) if n.startswith(claims.PREFIX))
+    assert sorted(swept) == [f"{claims.PREFIX}killed:g0", f"{claims.PREFIX}lapsed:g0"]
+    assert left == [f"{claims.PREFIX}mine:g0", f"{claims.PREFIX}remote:g0"]
+
+
 def test_a_sampled_search_resumes_a_dead_processs_proposal_under_its_own_trial(tmp_path):
     """kill -9 during a --search qmc proposal left a RUNNING trial, and one without a learning rate
     (killed inside ``ask``): the resumed search trains that proposal under the same trial, marks the

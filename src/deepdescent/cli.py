@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import multiprocessing as mp
 import os
@@ -202,7 +203,7 @@ def bench(
 
     import torch
 
-    from deepdescent.lab import optimizers, problems, report, study
+    from deepdescent.lab import claims, optimizers, problems, report, study
 
     if search not in study.SEARCHES:
         raise typer.BadParameter(f"unknown search {search!r}; valid: {', '.join(study.SEARCHES)}", param_hint="--search")
@@ -282,6 +283,8 @@ def bench(
         except study.StorageError as err:  # e.g. the disk filled up mid-race: what is stored stays
             bar.stop()
             raise _fail(str(err)) from None
+    with contextlib.suppress(Exception):  # noqa: BLE001 - housekeeping: claims left by killed processes
+        claims.sweep(url)
     results = {p: r for p, r in results.items() if r}
     report.terminal(results, console)
     meta["seconds"] = round(time.perf_counter() - start, 1)

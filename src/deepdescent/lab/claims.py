@@ -7,7 +7,9 @@ Optuna study named after it — the storage's unique study names make the claim 
 PostgreSQL alike — and keeps a heartbeat in that study while it works. A claim whose heartbeat is
 older than ``DEEPDESCENT_CLAIM_TIMEOUT`` seconds (default 60) belongs to a process that died: the next
 process takes it over by creating the claim's next generation (again atomic). Claims are deleted
-once their batch is recorded; results are recorded at most once (``study.record`` checks first).
+once their batch is recorded; results are recorded at most once (``study.record`` checks first). A
+process killed between recording a batch and deleting its claim leaves a claim nobody needs: every
+finished ``bench`` deletes those of processes that are gone (:func:`sweep`).
 """
 
 from __future__ import annotations
@@ -80,6 +82,20 @@ def owner_alive(attrs: dict, name: str) -> bool:
     if beat is None:  # just created, its first beat not yet written (or its creator died right then)
         return now - _first_seen.setdefault(name, now) < TIMEOUT
     return now - float(beat) < TIMEOUT
+
+
+def sweep(url: str) -> list[str]:
+    """Delete the claims of processes that are gone (their heartbeat lapsed, or their process on this
+    machine no longer runs); returns their names. A process killed after recording its batch but
+    before deleting its claim leaves one that nobody takes over (the batch is done): a finished
+    ``bench`` sweeps them. Live claims (other processes still working) are left alone."""
+    from deepdescent.lab import study
+
+    storage = study.storage(url)
+    stale = [n for n in study.study_names(url) if n.startswith(PREFIX) and not _alive(storage, n)]
+    for name in stale:
+        _delete(url, name)
+    return stale
 
 
 def _me() -> str:
