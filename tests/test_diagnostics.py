@@ -83,6 +83,24 @@ def test_lanczos_extremes_and_hutchinson_trace_against_eigvalsh(name):
     assert density.nodes.max().item() <= eig[-1].item() + 1e-6
 
 
+def test_each_end_of_the_spectrum_has_its_own_convergence_flag():
+    """An isolated top eigenvalue converges in a few products while the bottom of a dense spectrum
+    does not: λmax is flagged converged (and is within tol), λmin is not (and is not), and the
+    Curvature instrument reports both flags."""
+    n = 400
+    q, _ = torch.linalg.qr(torch.randn(n, n, dtype=D, generator=torch.Generator().manual_seed(0)))
+    eig = torch.cat([torch.linspace(-1.0, 1.0, n - 1, dtype=D), torch.tensor([20.0], dtype=D)])
+    h = (q * eig) @ q.T
+    r = lanczos(lambda v: h @ v, n, k=8, dtype=D, generator=torch.Generator().manual_seed(1))
+    assert r.converged_max and not r.converged_min and not r.converged
+    assert abs(r.lambda_max - 20.0) <= 1e-3 * 20 and abs(r.lambda_min + 1.0) > 1e-3 * 20
+    full = lanczos(lambda v: h @ v, n, k=n, dtype=D, generator=torch.Generator().manual_seed(1))
+    assert full.converged_max and full.converged_min and full.converged
+    model, x = _models()["mlp"]
+    values = dg.Curvature(trace_samples=0).measure(_ctx(model, ce, x, torch.randint(0, 3, (10,))))
+    assert values["converged"] == (values["converged_max"] and values["converged_min"])
+
+
 def test_warm_start_reaches_lambda_max_in_fewer_products():
     model, x = _models()["mlp"]
     y = torch.randint(0, 3, (10,))
@@ -299,7 +317,7 @@ def test_monitor_writes_jsonl_and_a_failing_instrument_warns_once(tmp_path):
     assert {"cheap", "ill_conditioning", "curvature", "spectrum", "interpolation", "slice2d", "monitor"} <= seen
     assert not {"recurrent", "gradient_noise"} & seen
     for r in records:
-        assert set(r) - {"warmup"} == {"step", "instrument", "time", "seconds", "values"}
+        assert set(r) == {"step", "instrument", "time", "seconds", "values"}
     assert records[-1]["values"]["disabled"].keys() == {"recurrent", "gradient_noise"}
     # the instruments' own forward passes never moved BatchNorm's running statistics: only the 30
     # training forward passes did (compare with a replay without the monitor)
@@ -339,9 +357,12 @@ def test_budget_postpones_expensive_instruments():
         loss.backward()
         records += monitor.step(x, y, loss)
         opt.step()
-    # step 0 measures each once, outside the accounting (torch.func's start-up); then none fits
+    # step 0 measures each once, charged (torch.func's start-up is not); then none fits
     assert {r["instrument"] for r in records if r["step"] > 0} <= {"cheap", "monitor"}
-    assert {r["instrument"] for r in records if r.get("warmup")} == {"ill_conditioning", "curvature", "gradient_noise"}
+    assert {r["instrument"] for r in records if r["step"] == 0} >= {"ill_conditioning", "curvature", "gradient_noise"}
+    assert monitor.spent["expensive"] > 0 and monitor.overhead > 1
+    assert {k: monitor.measured[k] for k in ("ill_conditioning", "curvature", "gradient_noise")} == dict.fromkeys(
+        ("ill_conditioning", "curvature", "gradient_noise"), 1)
     assert monitor.postponed == {"cheap": 0, "ill_conditioning": 9, "curvature": 9, "gradient_noise": 9}
 
 
@@ -390,7 +411,7 @@ def test_expensive_instruments_take_turns_within_the_budget(monkeypatch):
     monitor, clock = _fake_run(monkeypatch, [cheap, small, big], 3000)
     assert monitor.measured["big"] >= 5 and abs(monitor.measured["small"] - monitor.measured["big"]) <= 1
     assert monitor.postponed["big"] > 0 and monitor.postponed["small"] > 0
-    assert monitor.spent["cheap"] <= 0.25 * 0.10 * 3000
+    assert monitor.spent["cheap"] <= dg.monitor.CHEAP_SHARE * 0.10 * 3000
     assert monitor.overhead <= 0.10
     # the overhead is what the loop paid: wall time over the plain loop (warm-up aside), from the
     # first call on (the step before it is not seen)
@@ -406,11 +427,28 @@ def test_overhead_counts_the_slowdown_after_a_measurement(monkeypatch):
     assert monitor.overhead > 0.05  # 99 measured steps × (0.01 + 0.5) s over 1000 s
 
 
+def test_torch_func_start_up_is_not_charged_but_step_0_is(monkeypatch):
+    """The first Monitor of a process pays torch.func's start-up (here 100 s on the fake clock):
+    reported as warmup_seconds, outside the overhead; step 0's measurement itself is charged."""
+    from deepdescent.diagnostics import monitor as monitor_module
+
+    clock = _Clock()
+
+    def start_up():
+        clock.now += 100.0
+        return 100.0
+    monkeypatch.setattr(monitor_module, "_warm_up_torch_func", start_up)
+    monitor, clock = _fake_run(monkeypatch, [_Costly(clock, "big", 20.0, 10_000)], 1000)
+    assert monitor.warmup_seconds == 100.0 and monitor.measured["big"] == 1
+    assert monitor.spent["expensive"] == 20.0
+    assert monitor.overhead == pytest.approx(20.0 / 999, rel=1e-9)
+
+
 def test_close_says_which_instruments_never_measured(monkeypatch, tmp_path):
     clock = _Clock()
     never = _Costly(clock, "never", 1e6, 10)
     monitor, _ = _fake_run(monkeypatch, [_Costly(clock, "cheap", 0.01, 10, tier="cheap"), never], 50)
-    with pytest.warns(RuntimeWarning, match=r"never measured: never \(waited 40 steps, still waiting\)"):
+    with pytest.warns(RuntimeWarning, match=r"never measured after step 0: never \(waited 40 steps, still waiting\)"):
         monitor.close()
 
 
@@ -467,6 +505,32 @@ def test_dropout_measurements_see_one_fixed_operator():
     assert float(u @ op(v)) == pytest.approx(float(v @ op(u)), rel=1e-10)
     r = lanczos(op, n, k=n, tol=1e-6, dtype=D)
     assert r.converged
+
+
+def test_update_size_is_the_last_steps_update():
+    """The cheap tier's update size at step t is ‖θ_t − θ_{t−1}‖ (θ_{t−1} kept at the step before
+    a planned cheap measurement), and a snapshot that is not from the step before is never used."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 3))
+    opt = torch.optim.SGD(model.parameters(), lr=0.5, momentum=0.9)
+    monitor = dg.Monitor(model, ce, opt, instruments=[dg.Cheap()], every={"cheap": 4}, budget=1e6)
+    thetas, records = [], []
+    for _ in range(30):
+        x, y = torch.randn(8, 4), torch.randint(0, 3, (8,))
+        opt.zero_grad()
+        loss = ce(model(x), y)
+        loss.backward()
+        thetas.append(torch.cat([p.detach().flatten() for p in model.parameters()]))
+        records += monitor.step(x, y, loss)
+        opt.step()
+    assert [r["step"] for r in records] == list(range(4, 30, 4))
+    for r in records:
+        t = r["step"]
+        assert r["values"]["update_norm"] == pytest.approx(float((thetas[t] - thetas[t - 1]).norm()), rel=1e-5)
+    monitor.state["previous_step"] = 26  # a stale snapshot (as when a planned measurement was skipped)
+    x, y = torch.randn(8, 4), torch.randint(0, 3, (8,))
+    values = dg.Cheap().measure(dg.StepContext(model, ce, x, y, 0.0, opt, 28, "train", monitor.state))
+    assert "update_norm" not in values
 
 
 def test_the_monitor_leaves_the_training_random_stream_alone():

@@ -29,6 +29,8 @@ class LanczosResult:
     vector: Tensor
     ritz_values: Tensor
     ritz_weights: Tensor  # squared first components of T's eigenvectors (for quadrature)
+    converged_max: bool = False  # each end on its own: λmax usually converges in fewer products than λmin
+    converged_min: bool = False
 
 
 def _tridiagonal(op: Operator, start: Tensor, k: int, tol: float | None = None
@@ -76,7 +78,8 @@ def lanczos(op: Operator, n: int, *, k: int = 20, start: Tensor | None = None, t
     """λmax and λmin of the symmetric operator ``op`` after at most ``k`` products.
 
     Converged when both residuals are at most ``tol``·max(|λmax|, |λmin|) (the residual bounds the
-    distance of a Ritz value to an eigenvalue). ``start``: the previous call's ``vector``, mixed
+    distance of a Ritz value to an eigenvalue); ``converged_max`` and ``converged_min`` say it of
+    each end. ``start``: the previous call's ``vector``, mixed
     with a little noise so the other end of the spectrum is still found. ``stop_early``: stop at
     the first step where both ends have converged (fewer than k products).
     """
@@ -90,9 +93,9 @@ def lanczos(op: Operator, n: int, *, k: int = 20, start: Tensor | None = None, t
     scale = max(abs(theta[0].item()), abs(theta[-1].item()), 1e-30)
     vectors = torch.stack(basis[:m], dim=1).to(torch.float64)
     top = (vectors @ s[:, -1].to(vectors.device)).to(dtype)
-    converged = bool(residuals[-1] <= tol * scale and residuals[0] <= tol * scale)
-    return LanczosResult(theta[-1].item(), theta[0].item(), residuals[-1].item(), residuals[0].item(), converged, m,
-                         top, theta, s[0] ** 2)
+    converged_max, converged_min = bool(residuals[-1] <= tol * scale), bool(residuals[0] <= tol * scale)
+    return LanczosResult(theta[-1].item(), theta[0].item(), residuals[-1].item(), residuals[0].item(),
+                         converged_max and converged_min, m, top, theta, s[0] ** 2, converged_max, converged_min)
 
 
 @dataclass

@@ -13,9 +13,14 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from deepdescent.curvature.objective import cuda_devices
+from deepdescent.curvature.objective import seeded
 from deepdescent.diagnostics import instruments as inst
 from deepdescent.diagnostics.sinks import JSONLSink, Sink
+
+
+#: the cheap tier's share of the budget: enough for ~100 measurements of loss and gradient norms in
+#: 3,000 steps of a small model; the rest goes to the instruments that make extra passes
+CHEAP_SHARE = 0.15
 
 
 class Monitor:
@@ -36,11 +41,13 @@ class Monitor:
         optimizer: any optimizer (its lr is the ε of the ill-conditioning ratio); optional.
         instruments: instrument instances (default: cheap, ill-conditioning, curvature, noise).
         every: override cadences by instrument name, e.g. ``{"curvature": 50}``.
-        budget: the largest slowdown the Monitor may cause, as a fraction (0.10 = 10%): a quarter
+        budget: the largest slowdown the Monitor may cause, as a fraction (0.10 = 10%): 15% of it
             for the cheap tier, the rest (less its bookkeeping) for the expensive instruments, each
             aimed at 80% (the rest covers what it cannot time). An expensive instrument that is due
             but does not fit waits and retries every step; they take turns (the one measured least
-            first). Step 0 measures each once outside the budget (the warm-up).
+            first). Step 0 measures each once, charged like any other measurement (the schedule
+            then waits until the budget has caught up); torch.func's one-time start-up in a
+            process (seconds: it imports torch._dynamo) is not charged (``warmup_seconds``).
         mode: ``"train"`` or ``"eval"``: BatchNorm/Dropout semantics of the extra passes the
             instruments make (they never change running statistics).
         log: a JSONL path (shortcut for a :class:`JSONLSink`); sinks: more sinks.
@@ -87,8 +94,8 @@ class Monitor:
         self._after = 0  # user's steps that followed a measurement
         self._after_seconds = 0.0
         self._measured_last = False
-        self.warmup_seconds = 0.0  # the first measurement of each expensive instrument (step 0)
-        self._warmup_cost: dict[str, float] = {}
+        self.warmup_seconds = 0.0  # torch.func's one-time start-up, if this Monitor paid it (step 0)
+        self._at_start: dict[str, int] = {}  # measurements at step 0
         self._start = time.perf_counter()
         self._last_return: float | None = None
 
@@ -108,8 +115,8 @@ class Monitor:
     def overhead(self) -> float:
         """What the Monitor costs the training loop, as a fraction of the loop without it: its own
         time plus the slowdown of the user's steps right after a measurement (caches it evicted),
-        over the plain loop's time estimated from the other steps. The one-time torch.func start-up
-        (``warmup_seconds``: the first measurements, at step 0) is not included."""
+        over the plain loop's time estimated from the other steps. torch.func's one-time start-up
+        (``warmup_seconds``, paid by the first Monitor of a process) is not included."""
         plain = self._plain_seconds()
         return self._caused_seconds() / plain if plain else 0.0
 
@@ -119,7 +126,11 @@ class Monitor:
         return {n: w + (self.steps - self._pending[n] if n in self._pending else 0) for n, w in self._waited.items()}
 
     def _typical_step(self) -> float:
-        if self._clean and (not self._typical or self.steps % 64 == 0):  # a median, refreshed now and then
+        """The median of the user's steps not right after a measurement (refreshed now and then);
+        before there is one, the mean of those after one (an overestimate, for a step or two)."""
+        if not self._clean:
+            return self._after_seconds / self._after if self._after else 0.0
+        if not self._typical or self.steps % 64 == 0:
             self._typical = statistics.median(self._clean)
         return self._typical
 
@@ -130,22 +141,21 @@ class Monitor:
         return self.monitor_seconds + max(0.0, self._after_seconds - self._after * self._typical_step())
 
     def _allowance(self, tier: str) -> float:
-        """Seconds a tier may have spent so far: the cheap tier a quarter of the budget, the
+        """Seconds a tier may have spent so far: the cheap tier its share of the budget, the
         expensive ones the rest less the bookkeeping (what the Monitor costs outside measurements);
         80% of each, the rest for what it cannot time."""
         plain = self._plain_seconds()
         if tier == "cheap":
-            return 0.8 * 0.25 * self.budget * plain
+            return 0.8 * CHEAP_SHARE * self.budget * plain
         bookkeeping = self._caused_seconds() - self.spent["cheap"] - self.spent["expensive"]
-        return 0.8 * (0.75 * self.budget * plain - max(bookkeeping, 0.0))
+        return 0.8 * ((1 - CHEAP_SHARE) * self.budget * plain - max(bookkeeping, 0.0))
 
     def _estimate(self, instrument: inst.Instrument) -> float:
         """Its last measured cost; before its first charged run, its gradient count × the typical
-        step (a training step is about one gradient evaluation), or its warm-up time if less."""
+        step (a training step is about one gradient evaluation)."""
         if instrument.name in self.cost:
             return self.cost[instrument.name]
-        guess = instrument.gradients * self._typical_step()
-        return min(guess, self._warmup_cost.get(instrument.name, guess))
+        return instrument.gradients * self._typical_step()
 
     def _choose(self) -> list[inst.Instrument]:
         """What runs at this step: the cheap tier on its cadence within its allowance; expensive
@@ -158,7 +168,7 @@ class Monitor:
                 self._pending[i.name] = self.steps
         chosen = [i for i in active if i.tier == "cheap" and self.steps % self.every[i.name] == 0
                   and self.steps > 0 and self.spent["cheap"] + self._estimate(i) <= self._allowance("cheap")]
-        if self.steps == 0:  # warm-up: every one once, outside the accounting (see step)
+        if self.steps == 0:  # every one once at the start, whatever it costs: the schedule catches up
             return chosen + [i for i in active if i.tier != "cheap"]
         planned, allowance = self.spent["expensive"], self._allowance("expensive")
         for name in sorted(self._pending, key=self._turn):
@@ -174,24 +184,34 @@ class Monitor:
         return self.measured[name], self._pending[name]
 
     def _plan_next_look(self, active: list[inst.Instrument]) -> None:
-        """The next step worth a look: a cadence step, the step before a cheap one (its snapshot for
-        the update size), or when the allowance may have grown enough for the next in turn — so that
+        """The next step worth a look: the cadence step at which a cheap instrument will fit its
+        allowance (and the step before it, for the update size's snapshot), an expensive one's
+        cadence step, or when the allowance may have grown enough for the next in turn — so that
         the steps between cost next to nothing."""
         s = self.steps
         looks = []
         for i in active:
             e = self.every[i.name]
-            nxt = -(-s // e) * e
-            looks.append(nxt)
             if i.tier == "cheap":
-                looks.append(nxt - 1 if nxt - 1 >= s else nxt - 1 + e)
+                wait = self._steps_to_afford("cheap", i)
+                nxt = -(-(s + wait) // e) * e  # the first cadence step (from this one) it can afford
+                looks += [nxt - 1, nxt] if nxt - 1 >= s else [nxt]
+            else:
+                looks.append(-(-s // e) * e)
         if self._pending:
             name = min(self._pending, key=self._turn)
-            instrument = next(i for i in active if i.name == name)
-            deficit = self.spent["expensive"] + self._estimate(instrument) - self._allowance("expensive")
-            growth = 0.8 * 0.75 * self.budget * self._typical_step()  # allowance gained per plain step
-            looks.append(s + (1 if deficit <= 0 or growth <= 0 else min(1000, max(1, math.ceil(deficit / growth)))))
+            looks.append(s + max(1, self._steps_to_afford("expensive", next(i for i in active if i.name == name))))
         self._next_look = min(looks, default=s + 1_000_000)
+
+    def _steps_to_afford(self, tier: str, instrument: inst.Instrument) -> int:
+        """Plain steps until the tier's allowance covers the instrument's estimated cost (0: now;
+        at most 1000, after which the plan is looked at again)."""
+        deficit = self.spent[tier] + self._estimate(instrument) - self._allowance(tier)
+        share = CHEAP_SHARE if tier == "cheap" else 1 - CHEAP_SHARE
+        growth = 0.8 * share * self.budget * self._typical_step()  # allowance gained per plain step
+        if deficit <= 0:
+            return 0
+        return 1000 if growth <= 0 else min(1000, math.ceil(deficit / growth))
 
     def step(self, inputs: Tensor, targets: Tensor, loss: Tensor | float | None = None) -> list[dict[str, Any]]:
         """Measure what is due at this step; returns the records written."""
@@ -201,27 +221,24 @@ class Monitor:
             self._finish(now, measured=False)
             return []
         due = self._choose()
-        snapshot = any(i.tier == "cheap" and self._due_next(i) for i in self.instruments)
+        snapshot = any(i.tier == "cheap" and i.name not in self.disabled and (self.steps + 1) % self.every[i.name] == 0
+                       and self._steps_to_afford("cheap", i) <= 1 for i in self.instruments)  # θ_t for step t + 1
         if not due and not snapshot:
             self._finish(now, measured=False)
             return []
+        if self.steps == 0:
+            self.warmup_seconds = _warm_up_torch_func()
+            now += self.warmup_seconds
         ctx = inst.StepContext(self.model, self.loss_fn, inputs, targets,
                                None if loss is None else float(loss.detach() if isinstance(loss, Tensor) else loss),
                                self.optimizer, self.steps, self.mode, self.state, seed=self.seed + self.steps)
         records = [r for r in (self._measure(i, ctx) for i in due) if r is not None]
         if self.steps == 0:
-            # torch.func's first transforms import torch._dynamo and build caches (seconds): paid once,
-            # here, it is reported as warmup_seconds; charged, it would hold every instrument back
-            self.warmup_seconds = time.perf_counter() - now
-            self.spent = {"cheap": 0.0, "expensive": 0.0}
-            self._warmup_cost = dict(self.cost)
-            self.cost.clear()
-            self.measured = dict.fromkeys(self.measured, 0)  # counted: the measurements the budget paid for
-            for r in records:
-                r["warmup"] = True
+            self._at_start = dict(self.measured)
         if snapshot:
             t0 = time.perf_counter()
             self._keep_previous()
+            self.state["previous_step"] = self.steps
             self.spent["cheap"] += time.perf_counter() - t0  # it serves the cheap tier's update size
         if records and self.steps % 100 == 0:
             records.append(self._overhead_record())
@@ -229,9 +246,6 @@ class Monitor:
             for sink in self.sinks:
                 sink.write(record)
         self._finish(now, measured=bool(due))
-        if self.steps == 1:
-            self.monitor_seconds -= self.warmup_seconds
-            self._measured_last = False
         return records
 
     def _measure(self, instrument: inst.Instrument, ctx: inst.StepContext) -> dict[str, Any] | None:
@@ -275,9 +289,6 @@ class Monitor:
         self._last_return = time.perf_counter()
         self.monitor_seconds += self._last_return - entered
 
-    def _due_next(self, instrument: inst.Instrument) -> bool:
-        return instrument.name not in self.disabled and (self.steps + 1) % self.every[instrument.name] == 0
-
     def _overhead_record(self) -> dict[str, Any]:
         return {"step": self.steps, "instrument": "monitor", "time": time.perf_counter() - self._start, "seconds": 0.0,
                 "values": {"train_seconds": self.train_seconds, "monitor_seconds": self.monitor_seconds,
@@ -288,25 +299,39 @@ class Monitor:
 
     def close(self) -> None:
         """Write the final overhead record, warn about every enabled instrument that never
-        measured (and why), and close the sinks."""
+        measured after step 0 although it fell due (and how long it waited), and close the sinks."""
         waited = self.postponed
-        never = [n for n, k in self.measured.items() if k == 0 and n not in self.disabled and waited[n] > 0]
+        never = [n for n, k in self.measured.items()
+                 if k == self._at_start.get(n, 0) and n not in self.disabled and waited[n] > 0]
         # (one that never fell due in a run shorter than its cadence is not worth a warning)
         if never:
             why = ", ".join(f"{n} (waited {waited[n]} steps{', still waiting' if n in self._pending else ''})"
                             for n in never)
-            warnings.warn(f"Monitor: over {self.steps} steps these instruments never measured: {why}; raise budget= "
-                          f"or lengthen their cadence with every=", RuntimeWarning, stacklevel=2)
+            warnings.warn(f"Monitor: over {self.steps} steps these instruments never measured after step 0: {why}; "
+                          f"raise budget= or lengthen their cadence with every=", RuntimeWarning, stacklevel=2)
         record = self._overhead_record()
         for sink in self.sinks:
             sink.write(record)
             sink.close()
 
 
-@contextlib.contextmanager
-def _own_random_state(model: nn.Module, seed: int) -> Iterator[None]:
+_TORCH_FUNC_STARTED = False
+
+
+def _warm_up_torch_func() -> float:
+    """Seconds taken by torch.func's first transform in this process (it imports torch._dynamo
+    and builds caches: 1–12 s), paid here on a 2×2 tensor so that no measurement is charged for
+    it; 0 once done."""
+    global _TORCH_FUNC_STARTED
+    if _TORCH_FUNC_STARTED:
+        return 0.0
+    t0 = time.perf_counter()
+    torch.func.vmap(torch.func.grad(lambda x: (x * x).sum()))(torch.ones(2, 2))
+    _TORCH_FUNC_STARTED = True
+    return time.perf_counter() - t0
+
+
+def _own_random_state(model: nn.Module, seed: int) -> contextlib.AbstractContextManager[None]:
     """A measurement draws from a random state of its own (its objective reseeds it before every
     forward pass: the same dropout masks in each) and leaves the training loop's as it was."""
-    with torch.random.fork_rng(devices=cuda_devices(model)):
-        torch.manual_seed(seed)
-        yield
+    return seeded(model, seed)

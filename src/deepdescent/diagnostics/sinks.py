@@ -9,8 +9,6 @@ JSONL record schema (one JSON object per line)::
      "seconds": float,       # what this measurement cost
      "values": {...}}        # the instrument's values: numbers, booleans, lists, dicts of numbers
 
-Optional: "warmup": true on the step-0 measurements (outside the budget).
-
 The "monitor" records carry the Monitor's accounts: {"train_seconds", "monitor_seconds",
 "overhead", "warmup_seconds", "spent" (per tier), "measured", "postponed" (steps waited),
 "waiting" (instrument → the step it fell due), "disabled" (instrument → the reason)}.
