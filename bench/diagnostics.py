@@ -7,7 +7,8 @@
 2. one Hessian-vector product, ours (the kept gradient graph) against PyHessian's, and λmax to
    1e-3: our Lanczos (products, seconds) against PyHessian's power iteration (``pip install
    pyhessian==0.1``; skipped when absent);
-3. B_simple from minibatches of m = 8 … 512 against its full-data value (digits MLP, fixed θ).
+3. B_simple from minibatches of m = 8 … 512 against its full-data value (digits MLP, fixed θ);
+1c. the same loops at budgets 0.10–0.30: how much budget ≥ 10 measurements of each instrument take.
 
     python bench/diagnostics.py [--steps 3000] [--repeats 3]
 """
@@ -51,13 +52,13 @@ MODELS = {
 ce = nn.functional.cross_entropy
 
 
-def train(make, data, steps, monitored, user_steps=None):
+def train(make, data, steps, monitored, user_steps=None, budget=0.10):
     """Seconds for ``steps`` training steps (with the default Monitor when ``monitored``); the
     user's own step times (everything but ``monitor.step``) are appended to ``user_steps``."""
     torch.manual_seed(0)
     model = make()
     opt = optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-    monitor = dg.Monitor(model, ce, opt) if monitored else None
+    monitor = dg.Monitor(model, ce, opt, budget=budget) if monitored else None
     g = torch.Generator().manual_seed(0)
     done, start = 0, time.perf_counter()
     while done < steps:
@@ -123,6 +124,25 @@ def user_steps(data, steps):
         print(f"| {name} | {statistics.median(plain) * 1e3:.3f} | {statistics.median(monitored) * 1e3:.3f} | "
               f"{sum(plain):.2f} | {sum(monitored):.2f} | {m.monitor_seconds:.2f} | {rest:.2f} | "
               f"{m.warmup_seconds:.2f} |", flush=True)
+
+
+def budgets(data, steps, repeats):
+    """The budget at which the default instruments measure ≥ 10 times each, and what it costs."""
+    print(f"\n### 1c. Larger budgets ({steps} steps, {repeats} interleaved repeats, medians)\n")
+    print("| model | budget | ratio | own estimate | measured: cheap / ill-cond. / curvature / noise |"
+          "\n|---|---|---|---|---|")
+    for name, make in MODELS.items():
+        for budget in (0.10, 0.15, 0.20, 0.30):
+            plains, runs = [], []
+            for _ in range(repeats):
+                plains.append(train(make, data, steps, False)[0])
+                runs.append(train(make, data, steps, True, budget=budget))
+            seconds = statistics.median(s for s, _ in runs)
+            m = next(m for s, m in runs if s == seconds)
+            counts = " / ".join(str(m.measured.get(k, 0)) for k in ("cheap", "ill_conditioning", "curvature",
+                                                                     "gradient_noise"))
+            print(f"| {name} | {budget:.2f} | {seconds / statistics.median(plains):.3f} | {m.overhead:.3f} | "
+                  f"{counts} |", flush=True)
 
 
 def _timed(f, repeats=50):
@@ -248,6 +268,7 @@ def main() -> None:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     schedule(data, args.steps, args.repeats)
     user_steps(data, args.steps)
+    budgets(data, args.steps, args.repeats)
     products(data)
     warm_start(data)
     noise_scale(data)

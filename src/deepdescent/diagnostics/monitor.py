@@ -7,7 +7,7 @@ import math
 import statistics
 import time
 import warnings
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import torch
@@ -16,7 +16,6 @@ from torch import Tensor, nn
 from deepdescent.curvature.objective import seeded
 from deepdescent.diagnostics import instruments as inst
 from deepdescent.diagnostics.sinks import JSONLSink, Sink
-
 
 #: the cheap tier's share of the budget: enough for ~100 measurements of loss and gradient norms in
 #: 3,000 steps of a small model; the rest goes to the instruments that make extra passes
@@ -253,8 +252,9 @@ class Monitor:
         self._waited[instrument.name] += self.steps - since
         t0 = time.perf_counter()
         try:
-            # a random state of its own for what makes extra passes; the user's stream stays as it was
-            with _own_random_state(self.model, ctx.seed) if instrument.tier != "cheap" else contextlib.nullcontext():
+            # a random state of its own for what makes extra passes (its objective reseeds it before
+            # every forward pass: the same dropout masks in each); the user's stream stays as it was
+            with seeded(self.model, ctx.seed) if instrument.tier != "cheap" else contextlib.nullcontext():
                 values = instrument.measure(ctx)
         except Exception as err:  # noqa: BLE001 - one failing quantity must not stop the others
             self.disabled[instrument.name] = f"{type(err).__name__}: {err}"
@@ -329,9 +329,3 @@ def _warm_up_torch_func() -> float:
     torch.func.vmap(torch.func.grad(lambda x: (x * x).sum()))(torch.ones(2, 2))
     _TORCH_FUNC_STARTED = True
     return time.perf_counter() - t0
-
-
-def _own_random_state(model: nn.Module, seed: int) -> contextlib.AbstractContextManager[None]:
-    """A measurement draws from a random state of its own (its objective reseeds it before every
-    forward pass: the same dropout masks in each) and leaves the training loop's as it was."""
-    return seeded(model, seed)
