@@ -126,6 +126,26 @@ class Quadratic(nn.Module):
         return self.theta.unsqueeze(0).expand(len(x), -1)
 
 
+def test_the_first_curvature_measurement_starts_from_the_gradient():
+    """J(θ) = ½(θ − c)ᵀA(θ − c) at θ = 0 with c along A's top eigenvector: g = −Ac is that
+    eigenvector, so two products starting from g give λmax (one from a random start does not)."""
+    n = 50
+    q, _ = torch.linalg.qr(torch.randn(n, n, dtype=D, generator=torch.Generator().manual_seed(0)))
+    eig = torch.linspace(0.1, 1.0, n, dtype=D)
+    eig[-1] = 3.0
+    a = (q * eig) @ q.T
+    c = q[:, -1].clone()
+    model = Quadratic(a, c)
+
+    def loss_fn(out, _):
+        d = out[0] - c
+        return 0.5 * d @ a @ d
+    values = dg.Curvature(k=2, trace_samples=0).measure(_ctx(model, loss_fn, torch.zeros(1, 1), torch.zeros(1)))
+    assert values["lambda_max"] == pytest.approx(3.0, rel=1e-3)
+    cold = lanczos(lambda v: a @ v, n, k=2, dtype=D, generator=torch.Generator().manual_seed(0))
+    assert abs(cold.lambda_max - 3.0) > 1e-2  # what a random start gives in as many products
+
+
 def test_ill_conditioning_quantities_are_exact_on_a_quadratic():
     torch.manual_seed(0)
     q, _ = torch.linalg.qr(torch.randn(6, 6, dtype=D))
