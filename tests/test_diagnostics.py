@@ -128,7 +128,7 @@ class Quadratic(nn.Module):
 
 def test_the_first_curvature_measurement_starts_from_the_gradient():
     """J(θ) = ½(θ − c)ᵀA(θ − c) at θ = 0 with c along A's top eigenvector: g = −Ac is that
-    eigenvector, so two products starting from g give λmax (one from a random start does not)."""
+    eigenvector, so two products starting from g give λmax (two from a random start do not)."""
     n = 50
     q, _ = torch.linalg.qr(torch.randn(n, n, dtype=D, generator=torch.Generator().manual_seed(0)))
     eig = torch.linspace(0.1, 1.0, n, dtype=D)
