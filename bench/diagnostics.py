@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 import sys
 import time
@@ -26,7 +27,7 @@ from torch import nn
 
 from deepdescent import diagnostics as dg
 from deepdescent import optim
-from deepdescent.curvature.spectrum import lanczos
+from deepdescent.curvature.spectrum import hutchinson, lanczos
 from deepdescent.diagnostics.instruments import StepContext
 from deepdescent.lab.digits import load_digits
 
@@ -238,6 +239,32 @@ def warm_start(data):
         print(f"| {name} | {' | '.join(map(str, row))} |", flush=True)
 
 
+def deflated_trace(data):
+    """Hutchinson's spread per probe on the minibatch Hessian (batch 32), plain and deflated by the
+    Curvature instrument's Lanczos basis (10 products), at initialization and after 400 steps."""
+    print("\n### 2c. tr H: the spread of one probe, plain and deflated by the Lanczos basis (batch 32, 200 probes)\n")
+    print("| model | step | tr H (plain) | tr H (deflated) | sd, plain | sd, deflated | ratio |\n|---|---|---|---|---|---|---|")
+    for name, make in MODELS.items():
+        torch.manual_seed(0)
+        model = make()
+        opt = optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+        for i in range(401):
+            idx = torch.arange(i * 32, i * 32 + 32) % len(data.y_train)
+            x, y = data.x_train[idx], data.y_train[idx]
+            if i in (0, 400):
+                ctx = StepContext(model, ce, x, y, None, None, 0, "eval", {})
+                op, n, _ = ctx.flat_hvp()
+                r = lanczos(op, n, k=10, generator=torch.Generator().manual_seed(0))
+                (t0, s0), (t1, s1) = [
+                    (t.trace, t.stderr * math.sqrt(200)) for t in (
+                        hutchinson(op, n, samples=200, generator=torch.Generator().manual_seed(1),
+                                   batched=ctx.flat_hvp_many(), deflation=deflation) for deflation in (None, r))]
+                print(f"| {name} | {i} | {t0:.2f} | {t1:.2f} | {s0:.2f} | {s1:.2f} | {s0 / s1:.1f} |", flush=True)
+            opt.zero_grad()
+            ce(model(x), y).backward()
+            opt.step()
+
+
 def noise_scale(data):
     print("\n### 3. B_simple against the full-data value (digits MLP, θ after 200 SGD steps)\n")
     torch.manual_seed(0)
@@ -278,6 +305,7 @@ def main() -> None:
     budgets(data, args.steps, args.repeats)
     products(data)
     warm_start(data)
+    deflated_trace(data)
     noise_scale(data)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
 import warnings
 
 import pytest
@@ -124,6 +125,37 @@ class Quadratic(nn.Module):
 
     def forward(self, x):
         return self.theta.unsqueeze(0).expand(len(x), -1)
+
+
+def test_hutchinson_deflated_by_a_lanczos_basis_is_unbiased_and_tighter():
+    """A Hessian-like spectrum (five outliers over a bulk): probes projected off a Lanczos run's
+    basis, plus that basis's exact share tr T, estimate tr H without bias (the mean of 400
+    estimates within 3 standard errors of the exact trace) and with a far smaller spread."""
+    n = 300
+    q, _ = torch.linalg.qr(torch.randn(n, n, dtype=D, generator=torch.Generator().manual_seed(0)))
+    eig = torch.cat([torch.rand(n - 5, dtype=D, generator=torch.Generator().manual_seed(1)) * 0.2 - 0.05,
+                     torch.tensor([40.0, 30.0, 25.0, 20.0, -10.0], dtype=D)])
+    h = (q * eig) @ q.T
+    op = lambda v: h @ v  # noqa: E731
+    r = lanczos(op, n, k=12, dtype=D, generator=torch.Generator().manual_seed(2))
+    gen = torch.Generator().manual_seed(3)
+    plain = [hutchinson(op, n, samples=5, dtype=D, generator=gen) for _ in range(400)]
+    deflated = [hutchinson(op, n, samples=5, dtype=D, generator=gen, deflation=r) for _ in range(400)]
+    exact = eig.sum().item()
+    values = torch.tensor([t.trace for t in deflated], dtype=D)
+    assert abs(values.mean().item() - exact) <= 3 * values.std().item() / 20
+    assert abs(deflated[0].trace - exact) <= 4 * deflated[0].stderr
+    spread_plain = torch.tensor([t.trace for t in plain], dtype=D).std().item()
+    assert values.std().item() < spread_plain / 5
+    assert statistics.median(t.stderr for t in deflated) < statistics.median(t.stderr for t in plain) / 5
+    c = torch.randn(n, dtype=D, generator=torch.Generator().manual_seed(4))  # the Curvature instrument deflates
+
+    def loss_fn(out, _):
+        d = out[0] - c
+        return 0.5 * d @ h @ d
+    stderrs = [dg.Curvature(k=12, seed=s).measure(_ctx(Quadratic(h, c), loss_fn, torch.zeros(1, 1), torch.zeros(1)))
+               ["trace_stderr"] for s in range(20)]
+    assert statistics.median(stderrs) < statistics.median(t.stderr for t in plain) / 5
 
 
 def test_the_first_curvature_measurement_starts_from_the_gradient():

@@ -172,7 +172,9 @@ EXACT_LIMIT = 20_000
 class Curvature(Instrument):
     """§8.2.3: λmax and λmin of the Hessian by Lanczos (warm-started from the previous call's
     top Ritz vector), their residuals and convergence flags (each end, and both); a
-    negative-curvature (saddle) indicator; tr(H) by Hutchinson with its standard error.
+    negative-curvature (saddle) indicator; tr(H) by Hutchinson with its standard error, the
+    Lanczos run's part of it exact (:func:`~deepdescent.curvature.spectrum.hutchinson`'s
+    ``deflation``).
     ``exact=True`` (≤ 20,000 parameters): tr H and each layer's trace from the exact diagonal
     instead; ``top=k``: the k largest eigenvalues with their residuals.
 
@@ -207,8 +209,7 @@ class Curvature(Instrument):
         }
         if self.trace_samples:
             t = hutchinson(op, n, samples=self.trace_samples, generator=self.generator, dtype=like.dtype,
-                           batched=ctx.flat_hvp_many(),
-                           device=like.device)
+                           batched=ctx.flat_hvp_many(), device=like.device, deflation=r)
             values.update(trace=t.trace, trace_stderr=t.stderr)
         if self.exact:
             values.update(self._exact(ctx, op, n, like))
