@@ -636,6 +636,15 @@ def test_exact_diagonal_and_top_eigenpairs_against_the_exact_hessian(name):
     assert values["top_eigenvalues"] == pytest.approx(eig[-3:].flip(0).tolist(), rel=1e-3)
 
 
+def test_the_dashboard_rings_the_eigenvalues_that_did_not_converge():
+    curvature = [{"step": s, "instrument": "curvature",
+                  "values": {"lambda_max": 2.0 + s, "lambda_min": -0.5 * s, "converged_max": True,
+                             "converged_min": s != 2}} for s in (1, 2, 3)]
+    panel = next(ax for ax in dg.plot(curvature).axes if ax.get_title().startswith("§8.2.3 Hessian extreme"))
+    rings = [c for c in panel.collections if c.get_label() == "not converged"]
+    assert len(rings) == 1 and rings[0].get_offsets().tolist() == [[2.0, -1.0]]
+
+
 def test_the_dashboard_draws_histograms_batch_size_tests_and_the_schedule():
     """The last row: the histogram of the last gradient-noise record (one bar per bin, heights from
     the log), the three batch-size statistics over steps, and measured/waited per instrument."""

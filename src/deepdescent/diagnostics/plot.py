@@ -33,6 +33,17 @@ def _pair(ax, records, instrument: str, keys: dict[str, str], title: str, log: b
     return True
 
 
+def _unconverged(ax, records: list[dict[str, Any]]) -> None:
+    """Rings around the λ values whose end of the spectrum did not converge (their flags in the
+    log): a researcher should not read a trend into those."""
+    points = [(r["step"], float(r["values"][key])) for r in records if r["instrument"] == "curvature"
+              for key, flag in (("lambda_max", "converged_max"), ("lambda_min", "converged_min"))
+              if r["values"].get(flag) is False and isinstance(r["values"].get(key), (int, float))]
+    if points:
+        ax.scatter(*zip(*points), s=60, facecolors="none", edgecolors="black", zorder=3, label="not converged")
+        ax.legend()
+
+
 def _empty(ax, title: str, why: str = "not measured") -> None:
     ax.set_title(title)
     ax.set_xticks([])
@@ -91,6 +102,7 @@ def plot(log: str | os.PathLike[str] | list[dict[str, Any]], path: str | os.Path
     if _pair(a2, records, "curvature", {"lambda_max": "λmax", "lambda_min": "λmin"},
              "§8.2.3 Hessian extreme eigenvalues (Lanczos)", log=False):
         a2.axhline(0, color="gray", lw=0.5)
+        _unconverged(a2, records)
     _pair(a3, records, "gradient_noise", {"b_simple": "B_simple = tr Σ / ‖G‖²", "snr": "SNR ‖G‖² m / tr Σ"},
           "§8.1.3 gradient noise", log=True)
 
