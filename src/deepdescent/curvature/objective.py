@@ -149,10 +149,14 @@ def seeded(model: nn.Module, seed: int) -> Iterator[None]:
     parameters) restarted from ``seed``; after: as they were. ``torch.manual_seed`` would also seed
     every other backend: 80 µs a call, spent at every product of a measurement."""
     devices = cuda_devices(model)
+    elsewhere = {p.device.type for p in model.parameters()} - {"cpu", "cuda"}
     with torch.random.fork_rng(devices=devices):
-        torch.default_generator.manual_seed(seed)
-        for d in devices:
-            torch.cuda.default_generators[d].manual_seed(seed)
+        if elsewhere:  # mps, xpu, …: their generators too, as torch.manual_seed does
+            torch.manual_seed(seed)
+        else:
+            torch.default_generator.manual_seed(seed)
+            for d in devices:
+                torch.cuda.default_generators[d].manual_seed(seed)
         yield
 
 
