@@ -148,8 +148,9 @@ def seeded(model: nn.Module, seed: int) -> Iterator[None]:
     """Inside: the random streams the model draws from (CPU, and the CUDA devices holding its
     parameters) restarted from ``seed``; after: as they were. ``torch.manual_seed`` would also seed
     every other backend: 80 µs a call, spent at every product of a measurement."""
-    devices = cuda_devices(model)
-    elsewhere = {p.device.type for p in model.parameters()} - {"cpu", "cuda"}
+    placed = {(p.device.type, p.device.index or 0) for p in model.parameters()}
+    devices = sorted(i for kind, i in placed if kind == "cuda")
+    elsewhere = {kind for kind, _ in placed} - {"cpu", "cuda"}
     with torch.random.fork_rng(devices=devices):
         if elsewhere:  # mps, xpu, …: their generators too, as torch.manual_seed does
             torch.manual_seed(seed)
