@@ -87,7 +87,7 @@ def test_a_symbolic_hyperparameter_used_as_a_bool_raises():
         if h["momentum"]:
             torch._foreach_add_(params, grads)
 
-    with pytest.raises(TypeError, match="cannot decide a branch"):
+    with pytest.raises(kernels.NotTraceable, match="cannot decide a branch"):
         kernels.traced(_spec(update), {"lr": 0.1, "momentum": 0.5})
 
 
@@ -95,7 +95,7 @@ def test_an_op_the_tracer_cannot_follow_raises_a_clear_error():
     def update(h, params, grads, bufs, steps, lookahead):
         torch._foreach_exp_(params)
 
-    with pytest.raises(TypeError, match="_foreach_exp_"):
+    with pytest.raises(kernels.NotTraceable, match="_foreach_exp_"):
         kernels.traced(_spec(update), {"lr": 0.1, "momentum": 0.5})
 
 
@@ -175,10 +175,11 @@ def test_the_readme_table_lists_every_registered_algorithm():
     assert not missing, f"README's optimizer table lacks {missing}"
 
 
-def test_a_step_never_waits_for_the_compiler(monkeypatch, tmp_path, caplog):
-    """A kernel that is not on disk compiles in a background thread: the steps meanwhile run the
-    eager path (same values as impl="eager"), the notice is said once, and the steps after the
-    build use the kernel. The compiler is replaced by one that blocks until released."""
+def test_a_step_never_waits_for_the_compiler_and_an_owner_keeps_its_path(monkeypatch, tmp_path, caplog):
+    """A kernel that is not on disk compiles in the background: the owner that asked runs the
+    eager path (same values as impl="eager") for its whole life, even after the build finished,
+    the notice is said once, and an owner created after the build uses the kernel. The compiler
+    is replaced by one that blocks until released."""
     import logging
 
     monkeypatch.setenv("DEEPDESCENT_KERNEL_CACHE", str(tmp_path))  # nothing on disk
@@ -193,16 +194,17 @@ def test_a_step_never_waits_for_the_compiler(monkeypatch, tmp_path, caplog):
 
     spec = _spec(update)
 
-    def slow_compiler(traces):
+    def slow_compiler(ext):
         assert release.wait(60)
         with kernels._LOCK:
-            for t in traces:
-                name = kernels.cpp.function_name(t)
+            for name in ext.functions:
                 kernels._FUNCTIONS[name] = lambda lists, s, ts: (fused_calls.append(1),
                                                                  executor.eager(spec, {"lr": s[0], "momentum": s[1]},
                                                                                 lists, ts, False))
     monkeypatch.setattr(kernels, "_compile", slow_compiler)
-    monkeypatch.setattr(kernels, "_FUNCTIONS", {"any_nonfinite": None})  # the standard set is loaded
+    monkeypatch.setattr(kernels, "_BUILDERS", {})
+    # the runtime is loaded (as after setup); this algorithm's kernels are not
+    monkeypatch.setattr(kernels, "_FUNCTIONS", {"run_kernel": None, "any_nonfinite": None})
     run = executor.Executor("auto")
     p, g, buf = torch.ones(4), torch.full((4,), 0.5), torch.zeros(4)
     ref_p, ref_buf = p.clone(), buf.clone()
@@ -210,9 +212,12 @@ def test_a_step_never_waits_for_the_compiler(monkeypatch, tmp_path, caplog):
         for _ in range(3):
             run.run(spec, {"lr": 0.1, "momentum": 0.5}, [[p], [g], [buf]], [1], False)
             executor.eager(spec, {"lr": 0.1, "momentum": 0.5}, [[ref_p], [g], [ref_buf]], [1], False)
-    assert torch.equal(p, ref_p) and not fused_calls and not run.fused_off
-    assert caplog.text.count("compiling the fused CPU kernels in the background") == 1
+    assert torch.equal(p, ref_p) and not fused_calls and not run.fused_off and run.path == "eager"
+    assert caplog.text.count("in the background") == 1
     release.set()
     assert kernels.wait_for_build(60)
     run.run(spec, {"lr": 0.1, "momentum": 0.5}, [[p], [g], [buf]], [1], False)
-    assert fused_calls == [1]
+    assert fused_calls == [] and run.path == "eager"  # the running owner never switches
+    later = executor.Executor("auto")
+    later.run(spec, {"lr": 0.1, "momentum": 0.5}, [[p], [g], [buf]], [1], False)
+    assert fused_calls == [1] and later.path == "fused"

@@ -122,7 +122,8 @@ def test_trace_records_the_box_of_adam():
             a = [env[i] for i in node[1:]]
             env.append({"add": lambda: a[0] + a[1], "sub": lambda: a[0] - a[1], "mul": lambda: a[0] * a[1],
                         "div": lambda: a[0] / a[1], "neg": lambda: -a[0], "sqrt": lambda: math.sqrt(a[0]),
-                        "pow": lambda: a[0] ** a[1], "max": lambda: max(a)}[kind]())
+                        "pow": lambda: a[0] ** a[1], "max": lambda: max(a), "fma": lambda: a[0] * a[1] + a[2],
+                        "lerp": lambda: a[0] + a[2] * (a[1] - a[0])}[kind]())
     s = 0.8 * 0.1 + 0.2 * 2.0
     r = 0.9 * 0.3 + 0.1 * 4.0
     theta = 0.5 - 0.1 * (s / (1 - 0.8**3)) / (math.sqrt(r / (1 - 0.9**3)) + 1e-3)

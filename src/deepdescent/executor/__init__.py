@@ -51,24 +51,39 @@ class Executor:
     """Runs an algorithm's steps for one owner (an optimizer, a lab run).
 
     ``impl``: ``"auto"`` (fused where it applies, eager elsewhere), ``"fused"`` (require it) or
-    ``"eager"``. :attr:`fused_off` records that the fused path failed here (said once). Copies
-    (deepcopy, pickle) keep both; device plans and counters are rebuilt on the next step.
+    ``"eager"``. :attr:`path` is the path the owner's steps take, fixed at its first step and kept
+    for its whole life: ``"fused"`` when the kernel was ready (loaded, or on disk) then,
+    ``"eager"`` when it was not (it compiles in the background for owners created later). A
+    kernel that finishes compiling meanwhile never switches a running owner. :attr:`fused_off`
+    records that the fused path failed here (said once). Copies (deepcopy, pickle) keep all three;
+    device plans and counters are rebuilt on the next step.
     """
 
     def __init__(self, impl: str = "auto") -> None:
-        if impl not in IMPLS:
-            raise ValueError(f"invalid impl={impl!r}: must be one of {', '.join(map(repr, IMPLS))}")
         self.impl = impl
         self.fused_off = False
         self.plans: dict[Any, Any] = {}  # per param group, for the fused device step
         self.device_skipped: Tensor | None = None  # skipped steps counted on the device
 
+    @property
+    def impl(self) -> str:
+        return self._impl
+
+    @impl.setter
+    def impl(self, value: str) -> None:
+        if value not in IMPLS:
+            raise ValueError(f"invalid impl={value!r}: must be one of {', '.join(map(repr, IMPLS))}")
+        self._impl = value
+        #: "fused", "eager", or None until the first step decides (impl="auto")
+        self.path: str | None = None if value == "auto" else value
+
     def __getstate__(self) -> dict[str, Any]:
-        return {"impl": self.impl, "fused_off": self.fused_off}
+        return {"impl": self.impl, "fused_off": self.fused_off, "path": self.path}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__init__(state["impl"])  # type: ignore[misc]
         self.fused_off = state["fused_off"]
+        self.path = state.get("path", self.path)
 
     def __eq__(self, other: object) -> bool:
         """Equal when a step would run the same way (what a copy keeps)."""
@@ -77,7 +92,22 @@ class Executor:
     __hash__ = None  # type: ignore[assignment]  # mutable
 
     def __repr__(self) -> str:
-        return f"Executor(impl={self.impl!r}{', fused path unavailable here' if self.fused_off else ''})"
+        return (f"Executor(impl={self.impl!r}, path={self.path!r}"
+                f"{', fused path unavailable here' if self.fused_off else ''})")
+
+    def resume(self, path: Any, owner: str) -> None:
+        """Take the path a checkpoint recorded (``state_dict()["deepdescent"]["path"]``) again: the
+        fused one when it is available here (compiled now if need be), else the eager one, with a
+        warning that the iterates will differ from an uninterrupted run in the last bits."""
+        if self.impl != "auto" or path is None:
+            return
+        reason = kernels.available("cpu") or ("the fused path failed here" if self.fused_off else None)
+        if path == "fused" and reason:
+            warnings.warn(f"{owner}: the checkpoint was trained on the fused path, which is unavailable here "
+                          f"({reason}); continuing on the eager path, the iterates may differ from an uninterrupted "
+                          "run in the last bits", RuntimeWarning, stacklevel=4)
+            path = "eager"
+        self.path = path
 
     # ------------------------------------------------------------------ the update
     def run(self, spec: Algorithm, h: Mapping[str, Any], lists: list[list[Tensor]], steps: list[Any],
@@ -86,14 +116,17 @@ class Executor:
         (the buffers in the order of ``spec.buffers(h)``), ``steps`` t per tensor (advanced)."""
         h = resolve(h)
         names = spec.buffers(h)
-        if spec.fused and self._use_fused(lists):
+        if spec.fused and self.path != "eager" and self._use_fused(lists):
             try:
-                kernels.fused_update(spec, h, lookahead, names, lists, steps, wait=self.impl == "fused")
+                # a fused owner waits for a kernel it lacks (a new configuration) rather than switch path
+                kernels.fused_update(spec, h, lookahead, names, lists, steps, wait=self.path == "fused")
+                self.path = "fused"
                 return
-            except kernels.FusedPending as pending:  # compiling in the background: eager meanwhile
+            except kernels.FusedPending as pending:  # compiling in the background: eager for this owner's life
+                self.path = "eager"
                 _notice(str(pending))
-            except kernels.FusedUnavailable as err:
-                self._fused_failed(str(err))
+            except kernels.FusedUnavailable as err:  # no compiler, a failed build, an update the tracer cannot follow
+                self._fused_failed(str(err), warn=not isinstance(err, kernels.NotTraceable))  # kernels said it
             except RuntimeError as err:  # the kernel checks the layout before writing anything
                 if "deepdescent-fused" not in str(err):
                     raise
@@ -121,13 +154,13 @@ class Executor:
             return False
         return ok
 
-    def _fused_failed(self, reason: str) -> None:
+    def _fused_failed(self, reason: str, warn: bool = True) -> None:
         if self.impl == "fused":
             raise RuntimeError(f"impl='fused' is not available: {reason}")
-        if not self.fused_off:
+        if not self.fused_off and warn:
             warnings.warn(f"deepdescent: the fused CPU optimizer path is unavailable ({reason}); using the eager "
                           "multi-tensor path", RuntimeWarning, stacklevel=5)
-        self.fused_off = True
+        self.fused_off, self.path = True, "eager"
 
     # ------------------------------------------------------------------ the non-finite check
     def found_nonfinite(self, grads: list[Tensor]) -> Any:

@@ -1,31 +1,49 @@
 """Fused optimizer steps generated from the functional core.
 
 :func:`fused_update` traces an algorithm's ``update`` (the box, as written in
-``deepdescent.algorithms`` and described by its spec) into an expression graph (:mod:`.trace`), generates one fused C++
-loop from it (:mod:`.cpp`) and runs it over all elements of all tensors: one pass over memory per
-step instead of one per operation. The standard kernels are compiled into one extension once per
-machine (``scripts/setup.sh`` does it) and cached on disk by ``torch.utils.cpp_extension``; a
-configuration outside the standard set compiles on demand. A step never waits for a compiler:
-where a kernel is not on disk yet, it is compiled in a background thread (said once) while the
-eager path serves, and steps switch to it when it is ready. ``DEEPDESCENT_KERNEL_BUILD=wait`` (or
-``impl="fused"``) makes the step wait instead, for runs that must take one path throughout.
+``deepdescent.algorithms`` and described by its spec) into an expression graph (:mod:`.trace`),
+generates one fused C++ loop from it (:mod:`.cpp`) and runs it over all elements of all tensors:
+one pass over memory per step instead of one per operation. Each op of the graph rounds where
+ATen's eager op rounds, so the fused and eager paths give the same bits (tests/test_kernels.py
+checks every registered algorithm).
+
+Kernels per algorithm: each algorithm's standard kernels are one extension, named by the hash of
+its own code, compiled once per machine (``scripts/setup.sh`` does it) and loaded from the disk
+cache by every later process, before its first step. Adding or changing one algorithm compiles
+only its kernels; an algorithm whose update uses an op the tracer cannot follow runs eager (one
+warning naming the op) and leaves the others untouched. A configuration outside the standard
+set is an extension of its own.
+
+Where an extension is not on disk, it is compiled in a background thread (said once) and the
+optimizer that asked runs eager for its whole life (:class:`deepdescent.executor.Executor` keeps
+one path per optimizer); optimizers created after the build use the kernel.
+``DEEPDESCENT_KERNEL_BUILD=wait`` (or ``impl="fused"``) waits for the compiler instead. Builds
+happen in a private folder and are moved into place whole; a lock held by the building process
+(released by the system when it dies, however it dies) keeps two processes from compiling the
+same extension, and a process killed mid-build blocks nobody.
 
 ``python -m deepdescent.kernels`` builds (or loads) the standard kernels and prints what it did.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import logging
 import numbers
 import os
 import platform
+import shutil
+import socket
 import sys
+import tempfile
 import threading
-import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
+import filelock
 import torch
 from torch import Tensor
 
@@ -37,22 +55,47 @@ from deepdescent.kernels.trace import Trace, structure_key, trace
 Kernel = Callable[[list[list[Tensor]], list[float], list[float]], None]
 
 _LOCK = threading.Lock()  # traces and the table of loaded functions
-_BUILD_LOCK = threading.Lock()  # one compilation at a time
-_BUILDER: threading.Thread | None = None  # the background compilation, while it runs
+_BUILD_LOCK = threading.Lock()  # one compilation at a time in this process
+_BUILDERS: dict[str, Any] = {}  # background compilations (threads, the builder process), by extension name
 _TRACES: dict[tuple, tuple[Trace, list[str], str]] = {}
 _FUNCTIONS: dict[str, Kernel] = {}
-_DISABLED: str | None = None  # why the fused path cannot be used on this machine
+_DISABLED: str | None = None  # why the fused path cannot be used on this machine (no compiler)
+_EAGER_ONLY: dict[str, str] = {}  # algorithm name → why it has no fused kernel here
+_FAILED: dict[str, str] = {}  # extension name → why its build failed (not tried again in this process)
 #: Device kinds whose fused step is the generated Triton kernel. The tests add "cpu" and set
 #: TRITON_INTERPRET=1 to run that kernel in Triton's interpreter on a machine without a GPU.
 TRITON_DEVICES: tuple[str, ...] = ("cuda",)
+#: The kernel libraries are compiled with these flags. ``-ffp-contract=off``: the compiler fuses no
+#: multiply-add the trace does not name, so each op rounds where ATen's eager op rounds.
+CFLAGS = ["-O3", "-march=native", "-fno-math-errno", "-ffp-contract=off", "-fopenmp-simd", "-std=c++17", "-fPIC",
+          "-shared"]
+#: The runtime extension's flags (its parallel loop is torch's, over OpenMP).
+RUNTIME_CFLAGS = ["-O3", "-march=native", "-fopenmp"]
 
 
 class FusedUnavailable(RuntimeError):
     """The fused CPU path cannot be built here (no C++ compiler, or the build failed)."""
 
 
+class NotTraceable(FusedUnavailable):
+    """This algorithm's update uses an op the kernel tracer cannot follow: it runs eager."""
+
+
 class FusedPending(RuntimeError):
-    """The kernel is being compiled in the background: run this step on the eager path."""
+    """The kernel is being compiled in the background: run on the eager path."""
+
+
+@dataclass(frozen=True)
+class Extension:
+    """One compiled library: its name (the hash of its code), its C++ and its functions.
+    ``runtime``: the torch extension every kernel runs through; otherwise a kernel library."""
+
+    name: str
+    label: str  # what it holds, for messages: "Adam", "Adam (one configuration)", …
+    code: str
+    functions: tuple[str, ...]
+    runtime: bool = False
+    standard: bool = True  # part of the standard set (``python -m deepdescent.kernels`` builds it)
 
 
 def _numeric(group: dict[str, Any], keys: Any) -> dict[str, float]:
@@ -95,7 +138,11 @@ def _trace_for(spec: Algorithm, h: dict[str, Any], lookahead: bool,
         def update(lists, syms, tsyms):
             params, grads, *bufs = lists
             spec.update(_symbolic(h, syms), params, grads, dict(zip(names, bufs)), [tsyms["step"]], lookahead)
-        tr = trace(update, 2 + len(names), numeric, {"step": 1.0})
+        try:
+            tr = trace(update, 2 + len(names), numeric, {"step": 1.0})
+        except Exception as err:  # noqa: BLE001 - any op or construct the tracer cannot follow
+            why = f"{type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else err!r}"
+            raise NotTraceable(f"{spec.name} has no fused kernel: its update cannot be traced ({why})") from err
         _TRACES[key] = (tr, list(numeric), cpp.function_name(tr))
     return _TRACES[key]
 
@@ -122,126 +169,236 @@ def _cpu_tag() -> str:
     return hashlib.sha1(flags.encode()).hexdigest()[:8]
 
 
-def _build_folder(name: str) -> str:
-    """A build folder per environment (its Python prefix and torch version): two virtual
-    environments never rebuild each other's kernels. A lock left by a process killed while
-    compiling (torch.utils.cpp_extension would wait on it forever) is removed after 10 minutes."""
+def _cache_root() -> str:
+    """The kernels of this environment (its Python prefix and torch version): two virtual
+    environments never load or rebuild each other's kernels."""
     env = hashlib.sha1(f"{sys.prefix}|{torch.__version__}".encode()).hexdigest()[:10]
     root = os.environ.get("DEEPDESCENT_KERNEL_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "deepdescent"))
-    folder = os.path.join(root, f"kernels-{env}", name)
-    os.makedirs(folder, exist_ok=True)
-    lock = os.path.join(folder, "lock")
-    if os.path.exists(lock) and time.time() - os.path.getmtime(lock) > 600:
-        warnings.warn(f"deepdescent: removing a stale build lock {lock!r} (a compiler killed mid-build)",
-                      RuntimeWarning, stacklevel=3)
-        os.remove(lock)
-    return folder
+    return os.path.join(root, f"kernels-{env}")
 
 
-def _extension(traces: list[Trace]) -> tuple[list[str], list[str], str] | None:
-    """(C++ files, function names, extension name) of the kernels of ``traces`` not loaded yet:
-    the kernels split over as many files as there are cores (the compiler runs one per file, in
-    parallel), then the bindings."""
-    seen, sources, names = set(), [], []
+def _library(ext: Extension) -> str:
+    return os.path.join(_cache_root(), f"{ext.name}.so")
+
+
+def _extension(label: str, sources: list[str], names: list[str]) -> Extension:
+    """The kernel library holding ``sources`` (functions ``names``)."""
+    code = cpp.kernel_library(sources)
+    digest = hashlib.sha1(f"{code}|{' '.join(CFLAGS)}".encode()).hexdigest()[:12]
+    slug = "".join(c for c in label.lower() if c.isalnum())[:24] or "kernels"
+    return Extension(f"deepdescent_{slug}_{digest}_{_cpu_tag()}", label, code, tuple(names))
+
+
+def _runtime_extension() -> Extension:
+    """The torch extension that runs the kernels and holds the non-finite check."""
+    digest = hashlib.sha1(f"{cpp.RUNTIME}|{' '.join(RUNTIME_CFLAGS)}".encode()).hexdigest()[:12]
+    return Extension(f"deepdescent_runtime_{digest}_{_cpu_tag()}", "the kernel runtime", cpp.RUNTIME,
+                     ("run_kernel", "any_nonfinite"), runtime=True)
+
+
+def _algorithm_extension(spec: Algorithm) -> Extension:
+    """The extension of ``spec``'s standard kernels (NotTraceable when its update cannot be traced)."""
+    with _LOCK:
+        traces = [_trace_for(spec, h, look, spec.buffers(h))[0] for h, look in spec.kernel_structures()]
+    sources, names = [], []
     for t in traces:
-        name = cpp.function_name(t)
-        if name not in _FUNCTIONS and name not in seen:
-            seen.add(name)
-            names.append(name)
+        if cpp.function_name(t) not in names:
+            names.append(cpp.function_name(t))
             sources.append(cpp.source(t))
-    if not names:
-        return None
-    if "any_nonfinite" not in _FUNCTIONS:
-        names.append("any_nonfinite")
-    digest = hashlib.sha1((cpp.HEADER + "\n".join(sources)).encode()).hexdigest()[:12]
-    parts = max(1, min(len(sources) // 8, os.cpu_count() or 1, 8))  # a file holds 8 kernels at least
-    files = [*cpp.translation_units(sources, parts), cpp.bindings(names)]
-    return files, names, f"deepdescent_kernels_{digest}_{_cpu_tag()}"
+    return _extension(spec.name, sources, names)
 
 
-def _write(folder: str, filename: str, text: str) -> str:
-    """Write a source file unless it already holds ``text`` (a new mtime would make ninja rebuild)."""
-    path = os.path.join(folder, filename)
+def _extension_of(spec: Algorithm, tr: Trace) -> Extension:
+    """The extension that holds the kernel of ``tr``: the algorithm's standard one, or one of its own."""
+    standard = _algorithm_extension(spec)
+    name = cpp.function_name(tr)
+    if name in standard.functions:  # an algorithm outside the registry is not in the standard set
+        return standard if REGISTRY.get(spec.name) is spec else Extension(
+            standard.name, standard.label, standard.code, standard.functions, standard=False)
+    one = _extension(f"{spec.name} (one configuration)", [cpp.source(tr)], [name])
+    return Extension(one.name, one.label, one.code, one.functions, standard=False)
+
+
+def _loaded(ext: Extension) -> bool:
+    return all(n in _FUNCTIONS for n in ext.functions)
+
+
+_LIBRARIES: list[Any] = []  # the loaded kernel libraries (kept alive)
+
+
+def _sqrt_routines() -> tuple[int | None, int | None]:
+    """The addresses of the square roots torch.sqrt uses on CPU tensors: MKL's VML routines
+    where torch is built with MKL (as ATen's at::vml::vsqrt calls them), else none (the
+    kernels then take the correctly rounded root, as ATen's vectorized fallback does)."""
+    import ctypes
+
+    if sys.platform == "darwin" or not torch.backends.mkl.is_available():
+        return None, None
     try:
-        with open(path) as f:
-            if f.read() == text:
-                return path
-    except OSError:
-        pass
-    with open(f"{path}.{os.getpid()}.tmp", "w") as f:
-        f.write(text)
-    os.replace(f"{path}.{os.getpid()}.tmp", path)
-    return path
+        lib = ctypes.CDLL(os.path.join(os.path.dirname(torch.__file__), "lib", "libtorch_cpu.so"))
+        return ctypes.cast(lib.vmsSqrt, ctypes.c_void_p).value, ctypes.cast(lib.vmdSqrt, ctypes.c_void_p).value
+    except (OSError, AttributeError):
+        return None, None
 
 
-def _on_disk(traces: list[Trace]) -> bool:
-    """Whether the extension of ``traces`` is already built (loading it takes a moment, no compiler)."""
-    ext = _extension(traces)
-    return ext is None or os.path.exists(os.path.join(_build_folder(ext[2]), f"{ext[2]}.so"))
+def _import(ext: Extension, path: str) -> None:
+    """Load a built library (no compiler, no lock: the file is complete once it has its name)."""
+    import ctypes
+    import importlib.util
+
+    if ext.runtime:
+        spec = importlib.util.spec_from_file_location(ext.name, path)
+        module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+        spec.loader.exec_module(module)  # type: ignore[union-attr]
+        with _LOCK:
+            _FUNCTIONS.update({n: getattr(module, n) for n in ext.functions})
+        return
+    lib = ctypes.CDLL(path)
+    lib.dd_set_sqrt(*(ctypes.c_void_p(a) for a in _sqrt_routines()))
+    run = _FUNCTIONS["run_kernel"]
+    with _LOCK:
+        _LIBRARIES.append(lib)
+        for name in ext.functions:
+            addresses = [ctypes.cast(getattr(lib, f"{name}_{suffix}"), ctypes.c_void_p).value
+                         for suffix, _, _ in cpp.VARIANTS]
+            _FUNCTIONS[name] = lambda lists, s, ts, a=addresses: run(a, lists, s, ts)
 
 
-def _compile(traces: list[Trace]) -> None:
-    """Compile the kernels of ``traces`` into one extension (or load it from disk) and register its functions."""
-    global _DISABLED
+@contextlib.contextmanager
+def _exclusive(ext: Extension) -> Iterator[None]:
+    """Hold the build lock of ``ext`` across processes. The system releases it when its holder
+    exits, however it exits: a process killed mid-build blocks nobody. Waiting says for whom."""
+    root = _cache_root()
+    os.makedirs(root, exist_ok=True)
+    lock, owner = os.path.join(root, f"{ext.name}.lock"), os.path.join(root, f"{ext.name}.owner")
+    guard = filelock.FileLock(lock)
+    try:
+        guard.acquire(timeout=0)
+    except filelock.Timeout:
+        try:
+            with open(owner) as f:
+                who = f.read().strip() or "another process"
+        except OSError:
+            who = "another process"
+        logging.getLogger("deepdescent").warning(
+            "deepdescent: waiting for %s, which is compiling the fused kernels of %s (%s)", who, ext.label, root)
+        guard.acquire()
+    try:
+        with open(owner, "w") as f:
+            f.write(f"process {os.getpid()} on {socket.gethostname()}")
+        yield
+    finally:
+        guard.release()
+
+
+def _compile(ext: Extension) -> None:
+    """Compile ``ext`` (or load it, if another process built it meanwhile) and register its
+    functions. Built in a private folder and moved into place whole."""
+    with _BUILD_LOCK:
+        if _loaded(ext):
+            return
+        with _exclusive(ext):
+            target = _library(ext)
+            if not os.path.exists(target):
+                folder = tempfile.mkdtemp(prefix=f"{ext.name}.build-", dir=_cache_root())
+                try:
+                    built = _build_runtime(ext, folder) if ext.runtime else _build_kernels(ext, folder)
+                    os.replace(built, target)
+                except Exception as err:  # noqa: BLE001 - no compiler, no headers: fall back, say why once
+                    first = str(err).strip().splitlines()[0][:300] if str(err).strip() else ""
+                    _FAILED[ext.name] = f"building {ext.label} failed: {type(err).__name__}: {first}"
+                    raise FusedUnavailable(_FAILED[ext.name]) from err
+                finally:
+                    shutil.rmtree(folder, ignore_errors=True)
+            _import(ext, target)
+
+
+def _build_runtime(ext: Extension, folder: str) -> str:
     from torch.utils import cpp_extension
 
-    with _BUILD_LOCK:
-        ext = _extension(traces)
-        if ext is None:
-            return
-        files, names, name = ext
-        folder = _build_folder(name)
-        try:
-            module = cpp_extension.load(
-                name=name, sources=[_write(folder, f"{name}_{i}.cpp", text) for i, text in enumerate(files)],
-                build_directory=folder, extra_cflags=["-O3", "-march=native", "-fno-math-errno", "-fopenmp"],
-                extra_ldflags=["-fopenmp"], verbose=False)
-        except Exception as err:  # noqa: BLE001 - no compiler, no headers: fall back, say why once
-            _DISABLED = f"{type(err).__name__}: {str(err).splitlines()[0][:200]}"
-            raise FusedUnavailable(_DISABLED) from err
-        with _LOCK:
-            _FUNCTIONS.update({n: getattr(module, n) for n in names})
+    source = os.path.join(folder, f"{ext.name}.cpp")
+    with open(source, "w") as f:
+        f.write(ext.code)
+    cpp_extension.load(name=ext.name, sources=[source], build_directory=folder, extra_cflags=RUNTIME_CFLAGS,
+                       extra_ldflags=["-fopenmp"], verbose=False)
+    return os.path.join(folder, f"{ext.name}.so")
 
 
-def _standard_traces() -> list[Trace]:
-    with _LOCK:
-        return [_trace_for(spec, h, look, spec.buffers(h))[0] for spec, h, look in standard_configurations()]
+def _build_kernels(ext: Extension, folder: str) -> str:
+    import subprocess
+
+    source, out = os.path.join(folder, f"{ext.name}.cpp"), os.path.join(folder, f"{ext.name}.so")
+    with open(source, "w") as f:
+        f.write(ext.code)
+    compiler = os.environ.get("CXX", "c++")
+    done = subprocess.run([compiler, *CFLAGS, "-o", out, source], capture_output=True, text=True, timeout=600)
+    if done.returncode != 0:
+        raise RuntimeError(f"{compiler} exited with {done.returncode}: {done.stderr.strip()[-2000:]}")
+    return out
 
 
-def _make_available(tr: Trace, wait: bool) -> None:
-    """Load or compile the kernel of ``tr`` (the standard set first, as one extension). Unless
-    ``wait`` (or DEEPDESCENT_KERNEL_BUILD=wait), a kernel that is not on disk is compiled in a
-    background thread and FusedPending is raised: the caller runs the eager path meanwhile."""
-    global _BUILDER
-    wanted = ([_standard_traces()] if not _FUNCTIONS else []) + [[tr]]
-    wait = wait or os.environ.get("DEEPDESCENT_KERNEL_BUILD") == "wait"
-    if wait or all(_on_disk(t) for t in wanted):
-        for traces in wanted:
-            _compile(traces)
+def _ensure(ext: Extension, wait: bool) -> None:
+    """Make the functions of ``ext`` callable: loaded from disk when built (no compiler), else
+    compiled — now when ``wait``, otherwise in a background thread (FusedPending). A kernel
+    library needs the runtime: that comes first."""
+    if _loaded(ext):
+        return
+    if not ext.runtime:
+        _ensure(_runtime_extension(), wait)
+    if os.path.exists(_library(ext)):
+        with _BUILD_LOCK:
+            if not _loaded(ext):
+                _import(ext, _library(ext))
+        return
+    if _DISABLED or ext.name in _FAILED:
+        raise FusedUnavailable(_DISABLED or _FAILED[ext.name])
+    if wait or os.environ.get("DEEPDESCENT_KERNEL_BUILD") == "wait":
+        _compile(ext)
         return
     with _LOCK:
-        if _BUILDER is None or not _BUILDER.is_alive():
-            _BUILDER = threading.Thread(target=_build_in_background, args=(wanted,), name="deepdescent-kernels",
-                                        daemon=True)
-            _BUILDER.start()
-    raise FusedPending("deepdescent: compiling the fused CPU kernels in the background (about a minute, once per "
-                       "machine); steps run on the eager path until they are ready")
+        if ext.standard:  # a process of its own: it finishes even if this one exits first
+            if "standard" not in _BUILDERS:
+                _BUILDERS["standard"] = _spawn_builder()
+        elif ext.name not in _BUILDERS:  # one configuration: a second or two, in a thread
+            _BUILDERS[ext.name] = threading.Thread(target=_build_in_background, args=(ext,), daemon=True,
+                                                   name=f"deepdescent-kernels-{ext.label}")
+            _BUILDERS[ext.name].start()
+    raise FusedPending(f"deepdescent: compiling the fused CPU kernels of {ext.label} in the background (once per "
+                       "machine; scripts/setup.sh or `python -m deepdescent.kernels` builds them ahead); optimizers "
+                       "that start meanwhile run on the eager path throughout, those created after use them")
 
 
-def _build_in_background(wanted: list[list[Trace]]) -> None:
+def _spawn_builder() -> Any:
+    """``python -m deepdescent.kernels --background`` in a new session, at low priority, its
+    output in the cache folder: the standard set is built once, whoever asked first."""
+    import subprocess
+
+    os.makedirs(_cache_root(), exist_ok=True)
+    with open(os.path.join(_cache_root(), "build.log"), "a") as log:
+        return subprocess.Popen([sys.executable, "-m", "deepdescent.kernels", "--background"], stdin=subprocess.DEVNULL,
+                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def _build_in_background(ext: Extension) -> None:
     try:
-        for traces in wanted:
-            _compile(traces)
-    except FusedUnavailable:  # recorded in _DISABLED: the next fused step says why and falls back
-        pass
+        _compile(_runtime_extension())
+        _compile(ext)
+    except FusedUnavailable as err:  # the next fused step of this extension tries again and says why
+        logging.getLogger("deepdescent").warning("deepdescent: %s", err)
 
 
 def wait_for_build(timeout: float | None = None) -> bool:
-    """Wait for a background compilation (if one runs); True when none is running any more."""
-    builder = _BUILDER
-    if builder is not None:
-        builder.join(timeout)
-    return builder is None or not builder.is_alive()
+    """Wait for the background compilations this process started (threads, the builder process);
+    True when none is running any more."""
+    import subprocess
+
+    for builder in list(_BUILDERS.values()):
+        if isinstance(builder, threading.Thread):
+            builder.join(timeout)
+        else:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                builder.wait(timeout)
+    return not any(b.is_alive() if isinstance(b, threading.Thread) else b.poll() is None for b in _BUILDERS.values())
 
 
 def device_update(spec: Algorithm, h: dict[str, Any], lookahead: bool, plan: Any, table: Tensor, aligned: bool,
@@ -261,8 +418,11 @@ def device_update(spec: Algorithm, h: dict[str, Any], lookahead: bool, plan: Any
 def fused_update(spec: Algorithm, h: dict[str, Any], lookahead: bool, names: tuple[str, ...],
                  lists: list[list[Tensor]], steps: list[Any], *, wait: bool = False) -> None:
     """Run ``spec``'s update with hyperparameters ``h`` on tensor lists (params, grads,
-    buffers...): the generated C++ loop on the CPU, the generated Triton kernel on CUDA. Raises
-    FusedPending (nothing written) while the CPU kernel compiles in the background, unless ``wait``."""
+    buffers...): the generated C++ loop on the CPU, the generated Triton kernel on CUDA.
+
+    Raises (nothing written) FusedPending while the CPU kernel compiles in the background (unless
+    ``wait``), NotTraceable when ``spec``'s update cannot be traced, FusedUnavailable when it
+    cannot be built here."""
     if lists[0][0].device.type in TRITON_DEVICES:
         from deepdescent.kernels import triton_backend
 
@@ -273,22 +433,37 @@ def fused_update(spec: Algorithm, h: dict[str, Any], lookahead: bool, names: tup
         return
     if _DISABLED:
         raise FusedUnavailable(_DISABLED)
-    with _LOCK:
-        tr, scalar_names, name = _trace_for(spec, h, lookahead, names)
-        function = _FUNCTIONS.get(name)
-    if function is None:
-        _make_available(tr, wait)
-        function = _FUNCTIONS[name]
+    if spec.name in _EAGER_ONLY:
+        raise NotTraceable(_EAGER_ONLY[spec.name])
+    try:
+        with _LOCK:
+            tr, scalar_names, name = _trace_for(spec, h, lookahead, names)
+            function = _FUNCTIONS.get(name)
+        if function is None:
+            _ensure(_extension_of(spec, tr), wait)
+            function = _FUNCTIONS[name]
+    except NotTraceable as err:
+        _EAGER_ONLY[spec.name] = str(err)
+        warnings.warn(f"deepdescent: {err}; it runs on the eager path (every other algorithm keeps its fused "
+                      "kernels)", RuntimeWarning, stacklevel=4)
+        raise
     numeric = _numeric(h, spec.names)
     function(lists, [numeric[k] for k in scalar_names], [float(s) for s in steps])
 
 
 def any_nonfinite(tensors: list[Tensor]) -> bool | None:
     """True when some element of the (contiguous float32/float64 CPU) tensors is NaN or ±Inf: one
-    read-only, vectorized pass. None when the compiled check is not available (use another)."""
+    read-only, vectorized pass. None when the compiled check is not available (use another): it
+    is loaded from disk at the first call, or compiled in the background meanwhile."""
     fn = _FUNCTIONS.get("any_nonfinite")
     if fn is None:
-        return None
+        if _DISABLED:
+            return None
+        try:
+            _ensure(_runtime_extension(), wait=False)
+        except (FusedPending, FusedUnavailable):
+            return None
+        fn = _FUNCTIONS["any_nonfinite"]
     try:
         return bool(fn(tensors))
     except RuntimeError as err:  # non-contiguous or mixed: let the caller use another check
@@ -302,10 +477,36 @@ def standard_configurations() -> list[tuple[Algorithm, dict[str, Any], bool]]:
     return [(spec, h, look) for spec in REGISTRY.values() for h, look in spec.kernel_structures()]
 
 
-def build() -> int:
-    """Trace and compile the standard kernels (or load them from the disk cache); their count."""
-    _compile(_standard_traces())
+def build(report: Callable[[str], None] | None = None) -> int:
+    """Trace and compile the runtime and every registered algorithm's standard kernels (or load
+    them from the disk cache), one library per algorithm; the number of functions loaded.
+    An algorithm that cannot be traced or built is reported and left to the eager path."""
+    global _DISABLED
+    report = report or (lambda line: None)
+    for ext in _extensions(report):
+        if _loaded(ext):
+            continue
+        try:
+            _compile(ext)
+            report(f"{ext.label}: {len(ext.functions)} kernel(s)")
+        except FusedUnavailable as err:
+            report(f"{ext.label}: not built ({err})")
+            if ext.runtime:  # nothing runs without it: say it once
+                _DISABLED = str(err)
+                break
     return len(_FUNCTIONS)
+
+
+def _extensions(report: Callable[[str], None]) -> Iterator[Extension]:
+    yield _runtime_extension()
+    for spec in REGISTRY.values():
+        if not spec.fused:
+            report(f"{spec.name}: no fused kernel (fused=False: per-element branches)")
+            continue
+        try:
+            yield _algorithm_extension(spec)
+        except NotTraceable as err:
+            report(f"{spec.name}: eager only ({err})")
 
 
 def available(device: str = "cpu") -> str | None:

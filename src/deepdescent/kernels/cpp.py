@@ -1,5 +1,15 @@
-"""C++ code generation from a traced update: one fused, vectorizable loop over all elements of
-all tensors, parallel over chunks, compiled with ``torch.utils.cpp_extension``."""
+"""C++ code generation from a traced update: one fused, vectorizable loop over the elements of a
+chunk of one tensor.
+
+Two kinds of compiled code, so that an algorithm's kernels compile in about a second:
+
+* the kernels (:func:`kernel_library`): plain C++ with no torch header, one shared library per
+  algorithm, each kernel in four instantiations (float32, float64, and bfloat16/float16
+  parameters with float32 state and arithmetic), loaded with ``ctypes``;
+* the runtime (:data:`RUNTIME`): one small torch extension, built once, that checks the tensor
+  lists' layout, cuts them into chunks and runs a kernel over them with ``at::parallel_for``
+  (torch's threads), and holds the read-only non-finite check.
+"""
 
 from __future__ import annotations
 
@@ -8,106 +18,217 @@ import hashlib
 from deepdescent.kernels.trace import Trace, live_nodes, uniform_nodes
 
 _FN = {"add": "({a} + {b})", "sub": "({a} - {b})", "mul": "({a} * {b})", "div": "({a} / {b})", "neg": "(-{a})",
-       "sqrt": "std::sqrt({a})", "max": "std::max({a}, {b})", "pow": "std::pow({a}, {b})", "abs": "std::abs({a})",
-       "where": "({a} > 0 ? {b} : {c})"}
+       "sqrt": "std::sqrt({a})", "max": "dd_max({a}, {b})", "pow": "std::pow({a}, {b})", "abs": "std::abs({a})",
+       "where": "({a} > 0 ? {b} : {c})", "fma": "std::fma({a}, {b}, {c})", "lerp": "dd_lerp({a}, {b}, {c})"}
+#: Elements per block of a kernel whose update takes a square root: torch's √ is MKL's (VML, high
+#: accuracy: not always correctly rounded), called on a block of arguments as ATen calls it.
+BLOCK = 512
 
 
 def function_name(trace: Trace) -> str:
     return "k_" + hashlib.sha1(source_body(trace).encode()).hexdigest()[:16]
 
 
+def _stages(trace: Trace, needed: set[int], uni: list[bool]) -> list[int]:
+    """Per node, the loop it is computed in: 0, or one past the loop of a square root's argument
+    (the roots of a block are taken between two loops)."""
+    stage = [0] * len(trace.graph.nodes)
+    for i, node in enumerate(trace.graph.nodes):
+        if i in needed and not uni[i] and node[0] not in ("load", "scalar", "tensor_scalar", "const"):
+            stage[i] = max(stage[a] + (node[0] == "sqrt") for a in node[1:])
+    return stage
+
+
 def source_body(trace: Trace) -> str:
-    """The loop body (uniform prologue + element loop): parameters and gradients (lists 0 and 1)
-    stored as P, state stored and all arithmetic done in S (float for bfloat16/half parameters)."""
+    """The loop body (uniform prologue + element loops): parameters and gradients (lists 0 and 1)
+    stored as P, state stored and all arithmetic done in S (float for bfloat16/half parameters).
+
+    Every elementwise node rounds to S once, as the eager op it records does (compiled with
+    ``-ffp-contract=off``: no multiply-add is fused but those the trace names). Uniform nodes are
+    Python's arithmetic on the hyperparameters, in double, rounded to S where a tensor op reads
+    them (as ATen converts a Python scalar). A kernel with square roots runs in blocks: loop 0
+    up to the roots' arguments, the roots (ATen's routine), the next loop…; values that cross
+    loops live in block buffers, and every store happens in the last loop."""
     uni, needed = uniform_nodes(trace), live_nodes(trace)
-    pro, body = [], []
+    stage = _stages(trace, needed, uni)
+    last = max([stage[i] for i in needed if not uni[i]] + [0])
+    pro: list[str] = []
+    loops: list[list[str]] = [[] for _ in range(last + 1)]
+    crossing = sorted({a for i in needed if not uni[i] and trace.graph.nodes[i][0] not in ("load",)
+                       for a in trace.graph.nodes[i][1:]
+                       if not uni[a] and trace.graph.nodes[a][0] != "load" and stage[a] < stage[i]}
+                      | {n for n in trace.outputs.values() if not uni[n] and stage[n] < last})
+    roots = [i for i in sorted(needed) if not uni[i] and trace.graph.nodes[i][0] == "sqrt"]
     loads = sorted({n[1] for i, n in enumerate(trace.graph.nodes) if n[0] == "load" and i in needed}
                    | set(trace.outputs))
+
+    def arg(a: int, at: int) -> str:
+        if uni[a]:
+            return f"static_cast<S>(v{a})"
+        if trace.graph.nodes[a][0] == "load":
+            return f"static_cast<S>(p{trace.graph.nodes[a][1]}[j])"
+        return f"v{a}" if stage[a] == at and trace.graph.nodes[a][0] != "sqrt" else f"b{a}[j - lo]"
+
     for i, node in enumerate(trace.graph.nodes):
         if i not in needed:
             continue
         kind = node[0]
         if kind == "load":
-            body.append(f"const S v{i} = static_cast<S>(p{node[1]}[j]);")
-        elif kind == "scalar":
+            continue
+        if kind == "scalar":
             pro.append(f"const double v{i} = s[{trace.scalars.index(node[1])}];")
         elif kind == "tensor_scalar":
-            pro.append(f"const double v{i} = ts[t * {len(trace.tensor_scalars)} + "
-                       f"{trace.tensor_scalars.index(node[1])}];")
+            pro.append(f"const double v{i} = ts[{trace.tensor_scalars.index(node[1])}];")
         elif kind == "const":
             pro.append(f"const double v{i} = {node[1]!r};")
         elif uni[i]:
             args = dict(zip("abc", (f"v{a}" for a in node[1:])))
             pro.append(f"const double v{i} = " + _FN[kind].format(**args) + ";")
-        elif kind == "div" and uni[node[2]]:  # x / u as x · (1/u): a multiply per element, not a divide
-            pro.append(f"const double r{i} = 1.0 / v{node[2]};")
-            a = f"v{node[1]}" if not uni[node[1]] else f"static_cast<S>(v{node[1]})"
-            body.append(f"const S v{i} = ({a} * static_cast<S>(r{i}));")
+        elif kind == "sqrt":  # taken between loops, on the block: in the next loop it is read as b{i}[j - lo]
+            continue
         else:
-            args = [f"v{a}" if not uni[a] else f"static_cast<S>(v{a})" for a in node[1:]]
-            body.append(f"const S v{i} = " + _FN[kind].format(**dict(zip("abc", args))) + ";")
-    stores = [f"p{li}[j] = static_cast<{'P' if li < 2 else 'S'}>(static_cast<S>(v{n}));"
-              for li, n in sorted(trace.outputs.items())]
-    ptrs = [f"{'P' if li < 2 else 'S'}* __restrict__ p{li} = static_cast<{'P' if li < 2 else 'S'}*>(ptr[{li}][t]);"
+            args = dict(zip("abc", (arg(a, stage[i]) for a in node[1:])))
+            if kind == "where" and uni[node[1]]:  # a per-tensor branch, decided in double as Python decides it
+                args["a"] = f"v{node[1]}"
+            loops[stage[i]].append(f"const S v{i} = " + _FN[kind].format(**args) + ";")
+        if not uni[i] and i in crossing:
+            loops[stage[i]].append(f"b{i}[j - lo] = v{i};")
+    for li, n in sorted(trace.outputs.items()):
+        loops[last].append(f"p{li}[j] = static_cast<{'P' if li < 2 else 'S'}>({arg(n, last)});")
+    ptrs = [f"{'P' if li < 2 else 'S'}* __restrict__ p{li} = static_cast<{'P' if li < 2 else 'S'}*>(ptr[{li}]);"
             for li in loads]
-    return "\n".join([*pro, *ptrs, "#pragma omp simd", "for (int64_t j = lo; j < hi; ++j) {", *body, *stores, "}"])
+    if not roots:
+        return "\n".join([*pro, *ptrs, "#pragma omp simd", "for (int64_t j = lo; j < hi; ++j) {", *loops[0], "}"])
+    root_args = {trace.graph.nodes[r][1] for r in roots}
+    for r in roots:  # a root of a value loaded as it is: copied into its block buffer
+        a = trace.graph.nodes[r][1]
+        if trace.graph.nodes[a][0] == "load":
+            loops[stage[r] - 1].append(f"b{a}[j - lo] = {arg(a, stage[r] - 1)};")
+    buffers = sorted(set(crossing) | set(roots) | root_args)
+    out = [*pro, *ptrs, *(f"alignas(64) S b{i}[{BLOCK}];" for i in buffers),
+           f"for (int64_t lo = lo0; lo < hi0; lo += {BLOCK}) {{", f"const int64_t hi = std::min(hi0, lo + {BLOCK});"]
+    for k, body in enumerate(loops):
+        if k:
+            out += [f"dd_sqrt(b{r}, b{trace.graph.nodes[r][1]}, hi - lo);" for r in roots if stage[r] == k]
+        out += ["#pragma omp simd", "for (int64_t j = lo; j < hi; ++j) {", *body, "}"]
+    return "\n".join([*out, "}"])
+
+
+#: The instantiations of every kernel: suffix, parameter type P, state and arithmetic type S.
+VARIANTS = (("f32", "float", "float"), ("f64", "double", "double"), ("bf16", "dd_bf16", "float"),
+            ("f16", "_Float16", "float"))
 
 
 def source(trace: Trace) -> str:
-    """A complete C++ function ``name(lists, s, ts)``: float and double tensors, and bfloat16/half
-    parameters and gradients with float state."""
+    """A kernel as C functions ``<name>_<variant>(ptr, lo, hi, s, ts)``: the update of elements
+    [lo, hi) of one tensor whose lists start at ``ptr[0..]``, hyperparameters ``s``, this tensor's
+    own scalars (its step t) ``ts``."""
     name = function_name(trace)
+    body = source_body(trace)
+    if "lo0" not in body:
+        body = "const int64_t lo = lo0, hi = hi0;\n" + body
+    variants = "\n".join(
+        f'extern "C" void {name}_{suffix}(void* const* ptr, int64_t lo0, int64_t hi0, const double* s, '
+        f"const double* ts) {{ {name}_body<{p}, {s}>(ptr, lo0, hi0, s, ts); }}" for suffix, p, s in VARIANTS)
     return f"""
 template <typename P, typename S>
-static void {name}_impl(const std::vector<std::vector<at::Tensor>>& lists, const std::vector<double>& s,
-                        const std::vector<double>& ts) {{
-  const int64_t nl = lists.size(), nt = lists[0].size();
-  std::vector<std::vector<void*>> ptr(nl, std::vector<void*>(nt));
-  std::vector<int64_t> ct, cb, ce;
-  const auto device = lists[0][0].device();
-  for (int64_t t = 0; t < nt; ++t) {{
-    for (int64_t l = 0; l < nl; ++l) {{  // checked before anything is written
-      const at::Tensor& x = lists[l][t];
-      const auto dtype = l < 2 ? c10::CppTypeToScalarType<P>::value : c10::CppTypeToScalarType<S>::value;
-      TORCH_CHECK(x.is_contiguous() && x.scalar_type() == dtype && x.device() == device &&
-                  x.numel() == lists[0][t].numel(), "deepdescent-fused: non-contiguous or mixed tensors");
-      ptr[l][t] = x.data_ptr();
-    }}
-    const int64_t n = lists[0][t].numel();
-    for (int64_t b = 0; b < n; b += CHUNK) {{ ct.push_back(t); cb.push_back(b); ce.push_back(std::min(n, b + CHUNK)); }}
-  }}
-  at::parallel_for(0, (int64_t)ct.size(), 1, [&](int64_t c0, int64_t c1) {{
-    for (int64_t c = c0; c < c1; ++c) {{
-      const int64_t t = ct[c], lo = cb[c], hi = ce[c];
-      {source_body(trace)}
-    }}
-  }});
+static inline void {name}_body(void* const* ptr, const int64_t lo0, const int64_t hi0, const double* s,
+                               const double* ts) {{
+{body}
 }}
-
-void {name}(const std::vector<std::vector<at::Tensor>>& lists, const std::vector<double>& s,
-           const std::vector<double>& ts) {{
-  if (lists[0].empty()) return;
-  switch (lists[0][0].scalar_type()) {{
-    case at::kDouble: {name}_impl<double, double>(lists, s, ts); break;
-    case at::kBFloat16: {name}_impl<at::BFloat16, float>(lists, s, ts); break;
-    case at::kHalf: {name}_impl<at::Half, float>(lists, s, ts); break;
-    default: {name}_impl<float, float>(lists, s, ts);
-  }}
-}}
+{variants}
 """
 
 
-INCLUDES = """
-#include <ATen/ATen.h>
+#: What every kernel library starts with: the elementwise ops as ATen's CPU kernels compute them
+#: (the eager path's rounding), and bfloat16 as c10 rounds it.
+PRELUDE = r"""
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+
+struct dd_bf16 {  // c10::BFloat16's conversions: exact widening, rounding to nearest even
+  uint16_t x;
+  dd_bf16(float f) {
+    uint32_t u; std::memcpy(&u, &f, 4);
+    x = (f != f) ? uint16_t(0x7FC0) : uint16_t((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16);
+  }
+  operator float() const { uint32_t u = uint32_t(x) << 16; float f; std::memcpy(&f, &u, 4); return f; }
+};
+
+template <typename S> static inline S dd_max(S a, S b) {  // torch.maximum / clamp_min: NaN propagates
+  return (a != a) ? a : ((b != b) ? b : (a < b ? b : a));
+}
+template <typename S, typename W> static inline S dd_lerp(S a, S b, W w_) {  // ATen's lerp_vec
+  const S w = static_cast<S>(w_);
+  const bool small = std::abs(w) < S(0.5);
+  return std::fma(small ? w : w - S(1), b - a, small ? a : b);
+}
+
+// torch.sqrt of float/double CPU tensors: MKL's VML routine where torch is built with MKL (ATen's
+// at::vml::vsqrt, in this mode; set by dd_set_sqrt), else the correctly rounded root
+typedef void (*dd_vml_f)(int, const float*, float*, long long);
+typedef void (*dd_vml_d)(int, const double*, double*, long long);
+static dd_vml_f dd_vms = nullptr;
+static dd_vml_d dd_vmd = nullptr;
+static constexpr long long DD_VML_MODE = 0x00000002 | 0x00140000 | 0x00000100;  // HA | FTZDAZ_OFF | ERRMODE_IGNORE
+extern "C" void dd_set_sqrt(void* f, void* d) { dd_vms = (dd_vml_f)f; dd_vmd = (dd_vml_d)d; }
+static inline void dd_sqrt(float* out, const float* in, int64_t n) {
+  if (dd_vms) dd_vms((int)n, in, out, DD_VML_MODE); else for (int64_t j = 0; j < n; ++j) out[j] = std::sqrt(in[j]);
+}
+static inline void dd_sqrt(double* out, const double* in, int64_t n) {
+  if (dd_vmd) dd_vmd((int)n, in, out, DD_VML_MODE); else for (int64_t j = 0; j < n; ++j) out[j] = std::sqrt(in[j]);
+}
+"""
+
+
+def kernel_library(sources: list[str]) -> str:
+    """The C++ of one kernel library (an algorithm's kernels)."""
+    return PRELUDE + "\n".join(sources)
+
+
+#: The torch extension every kernel runs through (built once; no algorithm's code in it).
+RUNTIME = r"""
+#include <torch/extension.h>
 #include <ATen/Parallel.h>
 #include <algorithm>
 #include <atomic>
-#include <cmath>
 #include <vector>
-static constexpr int64_t CHUNK = 1 << 16;
-"""
 
-HEADER = INCLUDES + """
+static constexpr int64_t CHUNK = 1 << 16;
+using Kernel = void (*)(void* const*, int64_t, int64_t, const double*, const double*);
+
+// Run a kernel (its four instantiations' addresses, as VARIANTS orders them) over tensor lists
+// [params, grads, state...]: every tensor checked before anything is written, then chunks of at
+// most CHUNK elements of one tensor in parallel.
+void run_kernel(const std::vector<int64_t>& fns, const std::vector<std::vector<at::Tensor>>& lists,
+                const std::vector<double>& s, const std::vector<double>& ts) {
+  const int64_t nl = lists.size(), nt = lists[0].size();
+  if (nt == 0) return;
+  const auto pt = lists[0][0].scalar_type();
+  const int v = pt == at::kFloat ? 0 : pt == at::kDouble ? 1 : pt == at::kBFloat16 ? 2 : pt == at::kHalf ? 3 : -1;
+  TORCH_CHECK(v >= 0 && (int64_t)fns.size() == 4, "deepdescent-fused: non-contiguous or mixed tensors");
+  const auto st = v == 1 ? at::kDouble : at::kFloat;
+  const auto device = lists[0][0].device();
+  std::vector<void*> table(nt * nl);
+  std::vector<int64_t> ct, cb, ce;
+  for (int64_t t = 0; t < nt; ++t) {
+    for (int64_t l = 0; l < nl; ++l) {
+      const at::Tensor& x = lists[l][t];
+      TORCH_CHECK(x.is_contiguous() && x.scalar_type() == (l < 2 ? pt : st) && x.device() == device &&
+                  x.numel() == lists[0][t].numel(), "deepdescent-fused: non-contiguous or mixed tensors");
+      table[t * nl + l] = x.data_ptr();
+    }
+    const int64_t n = lists[0][t].numel();
+    for (int64_t b = 0; b < n; b += CHUNK) { ct.push_back(t); cb.push_back(b); ce.push_back(std::min(n, b + CHUNK)); }
+  }
+  const Kernel fn = reinterpret_cast<Kernel>(fns[v]);
+  const int64_t nts = (int64_t)ts.size() / nt;
+  at::parallel_for(0, (int64_t)ct.size(), 1, [&](int64_t c0, int64_t c1) {
+    for (int64_t c = c0; c < c1; ++c) fn(&table[ct[c] * nl], cb[c], ce[c], s.data(), ts.data() + ct[c] * nts);
+  });
+}
 
 template <typename T>
 static bool any_nonfinite_impl(const std::vector<at::Tensor>& xs) {
@@ -137,23 +258,9 @@ bool any_nonfinite(const std::vector<at::Tensor>& xs) {
   if (xs.empty()) return false;
   return xs[0].scalar_type() == at::kDouble ? any_nonfinite_impl<double>(xs) : any_nonfinite_impl<float>(xs);
 }
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("run_kernel", &run_kernel, "run a generated kernel over tensor lists");
+  m.def("any_nonfinite", &any_nonfinite, "whether some element is NaN or ±Inf");
+}
 """
-
-
-KERNEL_SIGNATURE = ("void {name}(const std::vector<std::vector<at::Tensor>>& lists, const std::vector<double>& s, "
-                    "const std::vector<double>& ts);")
-
-
-def translation_units(sources: list[str], parts: int) -> list[str]:
-    """The kernels' C++ in ``parts`` files that compile in parallel: the first also holds the
-    non-finite check; each includes what the kernels need."""
-    groups = [sources[i::parts] for i in range(parts)]
-    return [HEADER + "\n".join(groups[0])] + [INCLUDES + "\n".join(g) for g in groups[1:] if g]
-
-
-def bindings(names: list[str]) -> str:
-    """The Python module of an extension: declarations of its functions and their bindings."""
-    declarations = "\n".join("bool any_nonfinite(const std::vector<at::Tensor>& xs);" if n == "any_nonfinite" else
-                             KERNEL_SIGNATURE.format(name=n) for n in names)
-    defs = "\n".join(f'  m.def("{n}", &{n}, "{n}");' for n in names)
-    return f"#include <torch/extension.h>\n{declarations}\nPYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {{\n{defs}\n}}\n"

@@ -32,8 +32,15 @@ import torch
 @dataclass
 class Graph:
     """Nodes are tuples: ("load", list_index) | ("scalar", name) | ("tensor_scalar", name) |
-    ("const", value) | (op, *node_ids) with op in add, sub, mul, div, neg, sqrt, pow, max, abs, and
-    where (its first argument > 0 selects the second, else the third)."""
+    ("const", value) | (op, *node_ids) with op in add, sub, mul, div, neg, sqrt, pow, max, abs,
+    where (its first argument > 0 selects the second, else the third), fma (a·b + c rounded once)
+    and lerp (ATen's: a + w(b − a) for |w| < ½, else b − (1 − w)(b − a), each one fused
+    multiply-add).
+
+    Each elementwise node is one rounding of the eager op it records, in ATen's order: the generated
+    kernels round exactly where the multi-tensor ops do, so the fused and eager paths agree bit
+    for bit (``torch.add(x, y, alpha=a)`` is fma(y, a, x) in ATen's vectorized CPU kernels, and
+    ``addcmul`` is fma(v·t₁, t₂, x); ``addcdiv`` is x + (v·t₁)/t₂, two roundings)."""
 
     nodes: list[tuple] = field(default_factory=list)
     memo: dict[tuple, int] = field(default_factory=dict)
@@ -170,27 +177,40 @@ def _max(x: Sym, c: Any) -> Sym:
 
 
 def _lerp(a: Sym, b: Sym, w: Any) -> Sym:
-    return a + w * (b - a)
+    return a._op("lerp", b, w)
+
+
+def _fma(a: Any, b: Any, c: Sym) -> Sym:
+    """a·b + c with one rounding (``c`` is the tensor the op updates)."""
+    assert _G is not None
+    return Sym(_G.add(("fma", _node(a), _node(b), c.node)), math.nan, c.dtype)
+
+
+def _one(x: Any) -> bool:
+    """Whether ``x`` is the plain number 1 (never decided on a symbol)."""
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and x == 1.0
 
 
 def _ops() -> dict[str, Callable[..., Any]]:
-    def add(xs, other, alpha=1.0):
-        plain = isinstance(alpha, (int, float)) and alpha == 1.0  # never branch on a symbol here
-        return _map(lambda x, o: x + (o if plain else o * alpha), xs, other)
+    def add(xs, other, alpha=1.0):  # ATen: x + o, or fma(o, α, x)
+        return _map(lambda x, o: x + o if _one(alpha) else _fma(o, alpha, x), xs, other)
 
-    def addc(kind):
-        def f(xs, a, b, value=1.0):
-            div = kind == "div"
-            return _map(lambda x, ai, bi, v: x + v * (ai / bi if div else ai * bi), xs, a, b, value)
-        return f
+    def sub(xs, other, alpha=1.0):  # ATen: x − o, or fma(o, −α, x)
+        return _map(lambda x, o: x - o if _one(alpha) else _fma(o, -alpha, x), xs, other)
+
+    def addcmul(xs, a, b, value=1.0):  # ATen: fma(v·a, b, x)
+        return _map(lambda x, ai, bi, v: _fma(ai if _one(v) else v * ai, bi, x), xs, a, b, value)
+
+    def addcdiv(xs, a, b, value=1.0):  # ATen: x + (v·a)/b
+        return _map(lambda x, ai, bi, v: x + (ai if _one(v) else v * ai) / bi, xs, a, b, value)
 
     table = {
         "add": add,
-        "sub": lambda xs, other, alpha=1.0: add(xs, other, -alpha),
+        "sub": sub,
         "mul": lambda xs, other: _map(lambda x, o: x * o, xs, other),
         "div": lambda xs, other: _map(lambda x, o: x / o, xs, other),
-        "addcmul": addc("mul"),
-        "addcdiv": addc("div"),
+        "addcmul": addcmul,
+        "addcdiv": addcdiv,
         "sqrt": lambda xs: _map(_sqrt, xs),
         "clamp_min": lambda xs, c: _map(_max, xs, c),
         "maximum": lambda xs, other: _map(_max, xs, other),

@@ -31,7 +31,9 @@ CHECK_WARPS = int(os.environ.get("DEEPDESCENT_TRITON_CHECK_WARPS", 16))
 _MODULES: dict[str, Any] = {}
 _TL = {"add": "({a} + {b})", "sub": "({a} - {b})", "mul": "({a} * {b})", "div": "({a} / {b})", "neg": "(-{a})",
        "sqrt": "tl.sqrt({a})", "max": "tl.maximum({a}, {b})", "abs": "tl.abs({a})",
-       "where": "tl.where({a} > 0, {b}, {c})"}
+       "where": "tl.where({a} > 0, {b}, {c})", "fma": "tl.fma({a}, {b}, {c})",
+       # ATen's lerp: one multiply-add from whichever end is nearer the weight
+       "lerp": "tl.fma(tl.where(tl.abs({c}) < 0.5, {c}, {c} - 1.0), {b} - {a}, tl.where(tl.abs({c}) < 0.5, {a}, {b}))"}
 
 
 def _uniform_inputs(trace: Trace) -> list[int]:

@@ -89,6 +89,13 @@ class BookOptimizer(Optimizer):
         check.choice("impl", value, ex.IMPLS)
         self.executor.impl = value
 
+    @property
+    def path(self) -> str | None:
+        """The path this optimizer's CPU steps take, fixed at its first step for its whole life:
+        "fused", "eager", or None before the first step (``impl="auto"``). Recorded in
+        :meth:`state_dict`; a resumed optimizer takes it again (see :meth:`load_state_dict`)."""
+        return self.executor.path
+
     # ------------------------------------------------------------------ hyperparameters
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """As torch.optim: keys the optimizer does not know (timm's ``lr_scale``, a scheduler's
@@ -316,6 +323,7 @@ class BookOptimizer(Optimizer):
             "optimizer": type(self).__name__,
             "skipped_steps": self.skipped_steps,
             "interim_mode": self._interim_mode,
+            "path": self.executor.path,
         }
         for hook in post.values():
             result = hook(self, sd)
@@ -329,7 +337,10 @@ class BookOptimizer(Optimizer):
         rebuild it without), then with default metadata. torch's order: load pre-hooks, then
         every check (hyperparameters as the constructor checks them, state tensors' dtype and
         shape, step counts, metadata), then the state is replaced in one go, then post-hooks.
-        A failed check raises ValueError and changes nothing."""
+        A failed check raises ValueError and changes nothing.
+
+        The execution path the checkpoint recorded is taken again (the fused one compiled now if
+        need be); where it is unavailable, a warning says the iterates may differ in the last bits."""
         load_checked(self, state_dict, self._check_checkpoint, self._apply_checkpoint)
 
     def _apply_checkpoint(self, state_dict: dict[str, Any], meta: dict[str, Any]) -> None:
@@ -338,6 +349,7 @@ class BookOptimizer(Optimizer):
         self._restore_state_dtype(state_dict)
         self._skipped, self.executor.device_skipped = int(meta.get("skipped_steps", 0)), None
         self._interim_mode = meta.get("interim_mode")
+        self.executor.resume(meta.get("path"), type(self).__name__)
 
     def _check_checkpoint(self, state_dict: dict[str, Any]) -> dict[str, Any]:
         """Every check of :meth:`load_state_dict`; returns the metadata (defaults where absent)."""
@@ -360,6 +372,8 @@ class BookOptimizer(Optimizer):
         if meta.get("interim_mode") not in (None, "closure", "lookahead"):
             raise ValueError(f"invalid deepdescent.interim_mode={meta.get('interim_mode')!r}: must be None, "
                              "'closure' or 'lookahead'")
+        if meta.get("path") not in (None, "fused", "eager"):
+            raise ValueError(f"invalid deepdescent.path={meta.get('path')!r}: must be None, 'fused' or 'eager'")
         for i, (saved, group) in enumerate(pairs):
             check_group_keys(self, i, saved)
             try:
