@@ -1,4 +1,6 @@
-"""Shared by test_checkpoint.py and the fresh process it starts (``python resume_helper.py DIR``)."""
+"""Shared by test_checkpoint.py and the fresh processes it starts:
+``python resume_helper.py first|resume|full DIR`` trains every configuration's first part and saves a
+checkpoint, resumes from it, or trains uninterrupted; each writes the final parameters to DIR."""
 
 from __future__ import annotations
 
@@ -8,21 +10,31 @@ import torch
 from torch import nn
 
 from deepdescent import optim
+from deepdescent.algorithms import REGISTRY
 from deepdescent.schedules import LinearDecay
 
-CONFIGS = {
-    "sgd": lambda p: optim.SGD(p, lr=0.1),
-    "momentum": lambda p: optim.SGD(p, lr=0.05, momentum=0.9),
-    "nesterov": lambda p: optim.SGD(p, lr=0.05, momentum=0.9, nesterov=True, weight_decay=1e-3),
-    "nesterov-torch": lambda p: optim.SGD(p, lr=0.05, momentum=0.9, nesterov=True, convention="torch"),
-    "adagrad": lambda p: optim.AdaGrad(p, lr=0.05),
-    "rmsprop": lambda p: optim.RMSProp(p, lr=1e-3),
-    "rmsprop-momentum": lambda p: optim.RMSProp(p, lr=1e-3, momentum=0.9),
-    "rmsprop-nesterov": lambda p: optim.RMSProp(p, lr=1e-3, momentum=0.9, nesterov=True),
-    "adam": lambda p: optim.Adam(p, lr=1e-2),
-    "adadelta": lambda p: optim.AdaDelta(p),
-}
-FIRST, SECOND = 7, 9
+def _configs() -> dict:
+    """Every registered first-order algorithm in each variant it races in (the registry drives it:
+    a new algorithm is covered without an entry here), plus the torch convention and weight decay
+    at Nesterov's interim point where the algorithm has them."""
+    out = {}
+    for spec in REGISTRY.values():
+        cls = optim.optimizer_class(spec)
+        for variant in spec.variants:
+            options = dict(variant.options)
+            out[variant.name.lower().replace("+", "-")] = (cls, options)
+            if spec.interim(spec.defaults(**options)):  # weight decay added at θ̃, in torch's convention if valid
+                extra = {**options, "weight_decay": 1e-3, "convention": "torch"}
+                try:
+                    spec.validate(spec.defaults(**extra))
+                except (ValueError, TypeError):
+                    extra.pop("convention")
+                out[f"{variant.name.lower().replace('+', '-')}-decay"] = (cls, extra)
+    return {name: (lambda cls, options: lambda p: cls(p, **options))(cls, options) for name, (cls, options) in out.items()}
+
+
+CONFIGS = _configs()
+FIRST, SECOND = 13, 17  # checkpoint after 13 steps, 30 in all
 
 
 def make(name: str, seed: int):
@@ -44,18 +56,24 @@ def train(model, opt, sched, steps: range) -> None:
         sched.step()
 
 
-def resume(directory: str) -> None:
-    """In a fresh process: load each checkpoint into freshly built objects and finish training."""
+def run(mode: str, directory: str) -> None:
+    """In a new process: ``first`` trains FIRST steps and saves a checkpoint; ``resume`` loads each
+    checkpoint into freshly built objects and finishes; ``full`` trains FIRST + SECOND steps."""
     for name in CONFIGS:
-        model, opt, sched = make(name, seed=99)  # different initial weights: the load must matter
-        ckpt = torch.load(f"{directory}/{name}.pt", weights_only=True)
-        model.load_state_dict(ckpt["model"])
-        opt.load_state_dict(ckpt["opt"])
-        sched.load_state_dict(ckpt["sched"])
-        train(model, opt, sched, range(FIRST, FIRST + SECOND))
-        torch.save({"params": [p.detach() for p in model.parameters()], "skipped": opt.skipped_steps},
-                   f"{directory}/{name}.resumed.pt")
+        model, opt, sched = make(name, seed=0 if mode != "resume" else 99)  # the load must matter
+        if mode == "resume":
+            ckpt = torch.load(f"{directory}/{name}.pt", weights_only=True)
+            model.load_state_dict(ckpt["model"])
+            opt.load_state_dict(ckpt["opt"])
+            sched.load_state_dict(ckpt["sched"])
+        train(model, opt, sched, range(FIRST) if mode == "first" else range(FIRST, FIRST + SECOND)
+              if mode == "resume" else range(FIRST + SECOND))
+        if mode == "first":
+            torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict()},
+                       f"{directory}/{name}.pt")
+        torch.save({"params": [p.detach() for p in model.parameters()], "skipped": opt.skipped_steps,
+                    "path": opt.path}, f"{directory}/{name}.{mode}.pt")
 
 
 if __name__ == "__main__":
-    resume(sys.argv[1])
+    run(sys.argv[1], sys.argv[2])

@@ -13,22 +13,48 @@ import resume_helper as rh
 from deepdescent import optim
 
 
+def _in_new_process(mode: str, directory, **env: str) -> None:
+    """resume_helper in a new interpreter, as a user's script runs: no DEEPDESCENT_KERNEL_BUILD."""
+    clean = {k: v for k, v in os.environ.items() if k != "DEEPDESCENT_KERNEL_BUILD"}
+    clean["PYTHONPATH"] = os.pathsep.join([os.path.dirname(__file__), *sys.path])
+    subprocess.run([sys.executable, rh.__file__, mode, str(directory)], check=True, env={**clean, **env}, timeout=600)
+
+
+def _results(directory, mode: str) -> dict:
+    return {name: torch.load(directory / f"{name}.{mode}.pt", weights_only=True) for name in rh.CONFIGS}
+
+
 def test_resume_in_a_new_process_is_bit_identical(tmp_path):
-    expected = {}
+    """Every registered first-order algorithm (each variant): 13 steps in one process, a checkpoint,
+    17 more in another, equals 30 in a third, bit for bit — with the kernels the setup built."""
+    for mode in ("first", "resume", "full"):
+        _in_new_process(mode, tmp_path)
+    resumed, full = _results(tmp_path, "resume"), _results(tmp_path, "full")
     for name in rh.CONFIGS:
-        model, opt, sched = rh.make(name, seed=0)
-        rh.train(model, opt, sched, range(rh.FIRST))
-        torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict()},
-                   tmp_path / f"{name}.pt")
-        rh.train(model, opt, sched, range(rh.FIRST, rh.FIRST + rh.SECOND))
-        expected[name] = ([p.detach().clone() for p in model.parameters()], opt.skipped_steps)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([os.path.dirname(__file__), *sys.path])}
-    subprocess.run([sys.executable, rh.__file__, str(tmp_path)], check=True, env=env, timeout=300)
-    for name, (params, skipped) in expected.items():
-        got = torch.load(tmp_path / f"{name}.resumed.pt", weights_only=True)
-        assert skipped == got["skipped"] == 1, name
-        for e, g in zip(params, got["params"]):
-            assert torch.equal(e, g), f"{name}: resumed parameters differ"
+        assert resumed[name]["skipped"] == full[name]["skipped"] == 1, name
+        assert resumed[name]["path"] == full[name]["path"], name
+        for e, g in zip(full[name]["params"], resumed[name]["params"]):
+            assert torch.equal(e, g), f"{name}: resumed parameters differ from the uninterrupted run"
+
+
+def test_a_process_without_kernels_is_eager_throughout_and_gives_the_same_bits(tmp_path):
+    """In a clean kernel cache (nothing built, no compiler run: DEEPDESCENT_KERNEL_BUILD=never)
+    every optimizer runs eager from its first step to its last; rerun, it gives the same bits —
+    and the same bits as the fused path of the previous test's kernels."""
+    cache, fused = tmp_path / "cache", tmp_path / "fused"
+    fused.mkdir()
+    for run in ("a", "b"):
+        (tmp_path / run).mkdir()
+        _in_new_process("full", tmp_path / run, DEEPDESCENT_KERNEL_CACHE=str(cache),
+                        DEEPDESCENT_KERNEL_BUILD="never")
+    _in_new_process("full", fused)
+    a, b, f = _results(tmp_path / "a", "full"), _results(tmp_path / "b", "full"), _results(fused, "full")
+    assert not any(cache.rglob("*.so"))
+    for name in rh.CONFIGS:
+        assert a[name]["path"] in ("eager", None) and b[name]["path"] == a[name]["path"], name
+        for x, y, z in zip(a[name]["params"], b[name]["params"], f[name]["params"]):
+            assert torch.equal(x, y), f"{name}: two eager runs differ"
+            assert torch.equal(x, z), f"{name}: the eager and the fused run differ"
 
 
 def _trained(cls, **kw):

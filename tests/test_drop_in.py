@@ -18,7 +18,7 @@ from torch import nn
 
 from deepdescent import kernels, optim
 
-ALL = {**CONFIGS, "delta-bar-delta": lambda p: optim.DeltaBarDelta(p, lr=0.01)}
+ALL = dict(CONFIGS)  # every registered first-order algorithm, in each variant
 
 
 def _model(seed: int = 0, dtype: torch.dtype = torch.float32) -> nn.Module:
@@ -98,7 +98,7 @@ def _continue_elsewhere(payloads: dict[str, bytes], queue) -> None:
     queue.put(pickle.dumps(results))
 
 
-PICKLED = ["nesterov", "rmsprop-nesterov", "adam", "delta-bar-delta"]
+PICKLED = ["nesterov", "rmsprop-nesterov", "adam", "deltabardelta"]
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,8 @@ set is an extension of its own.
 Where an extension is not on disk, it is compiled in a background thread (said once) and the
 optimizer that asked runs eager for its whole life (:class:`deepdescent.executor.Executor` keeps
 one path per optimizer); optimizers created after the build use the kernel.
-``DEEPDESCENT_KERNEL_BUILD=wait`` (or ``impl="fused"``) waits for the compiler instead. Builds
+``DEEPDESCENT_KERNEL_BUILD=wait`` (or ``impl="fused"``) waits for the compiler instead;
+``DEEPDESCENT_KERNEL_BUILD=never`` compiles nothing (the eager path serves what is not built). Builds
 happen in a private folder and are moved into place whole; a lock held by the building process
 (released by the system when it dies, however it dies) keeps two processes from compiling the
 same extension, and a process killed mid-build blocks nobody.
@@ -352,9 +353,13 @@ def _ensure(ext: Extension, wait: bool) -> None:
         return
     if _DISABLED or ext.name in _FAILED:
         raise FusedUnavailable(_DISABLED or _FAILED[ext.name])
-    if wait or os.environ.get("DEEPDESCENT_KERNEL_BUILD") == "wait":
+    mode = os.environ.get("DEEPDESCENT_KERNEL_BUILD", "background")
+    if wait or mode == "wait":
         _compile(ext)
         return
+    if mode == "never":
+        raise FusedPending(f"deepdescent: the fused CPU kernels of {ext.label} are not built and "
+                           "DEEPDESCENT_KERNEL_BUILD=never: the eager path serves")
     with _LOCK:
         if ext.standard:  # a process of its own: it finishes even if this one exits first
             if "standard" not in _BUILDERS:
