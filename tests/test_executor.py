@@ -106,10 +106,18 @@ def test_vectorized_members_flag_a_nonfinite_gradient_per_member():
 
 
 # ------------------------------------------------------------------ layering
-_LAYERS = {  # a package may import those below it, never those above
-    "algorithms": set(), "kernels": {"algorithms"}, "executor": {"algorithms", "kernels"},
-    "optim": {"algorithms", "kernels", "executor", "second_order", "curvature"},
+_BASE = {"algorithms": set(), "checkpoints": set(), "schedules": set(), "curvature": set(), "init": set(),
+         "training": set()}
+_LAYERS = {  # a package (or top-level module) may import those listed, never any other
+    **_BASE,
+    "kernels": {"algorithms"},
+    "executor": {"algorithms", "kernels"},
+    "second_order": {"algorithms", "checkpoints", "curvature"},
+    "optim": {"algorithms", "checkpoints", "curvature", "executor", "kernels", "second_order"},
+    "diagnostics": {"curvature"},
 }
+_LAYERS["lab"] = {*_LAYERS, "diagnostics"} - {"lab"}
+_LAYERS["cli"] = {*_LAYERS} - {"cli"}
 
 
 def _imports(path: pathlib.Path) -> list[tuple[str, list[str]]]:
@@ -122,26 +130,118 @@ def _imports(path: pathlib.Path) -> list[tuple[str, list[str]]]:
     return found
 
 
-def _package(module: str) -> str:
+def _targets(module: str, names: list[str]) -> list[str]:
+    """The packages (or top-level modules) an import reaches: ``deepdescent.x.y`` → x;
+    ``from deepdescent import x, y`` → x, y."""
     parts = module.split(".")
-    return parts[1] if len(parts) > 1 else ""
+    return [parts[1]] if len(parts) > 1 else names
 
 
-def test_the_layers_import_only_downwards():
-    """algorithms ← kernels ← executor ← optim ← lab: no import (at module level or inside a
-    function) goes up, so there is no cycle between them."""
-    wrong = []
-    for package, allowed in _LAYERS.items():
-        for path in sorted((SRC / package).rglob("*.py")):
-            for module, names in _imports(path):
-                target = _package(module)
-                targets = [f"{target}.{n}" for n in names] if target == "" else [target]
-                for t in targets:
-                    t = t.split(".")[1] if t.startswith(".") else t.split(".")[0] if "." in t and target == "" else t
-                    if t not in (package, "", *allowed) and t in {*_LAYERS, "lab", "cli"}:
-                        wrong.append(f"{path.relative_to(SRC)} imports {module} {names}")
+def test_every_package_imports_only_the_layers_below_it():
+    """Every package and top-level module of deepdescent imports only those below it (at module
+    level or inside a function: a local import may not hide a circle), and every one is placed."""
+    wrong, unplaced = [], set()
+    for path in sorted(SRC.rglob("*.py")):
+        rel = path.relative_to(SRC)
+        package = rel.parts[0].removesuffix(".py")
+        if package == "__init__":
+            continue
+        if package not in _LAYERS:
+            unplaced.add(package)
+            continue
+        for module, names in _imports(path):
+            for target in _targets(module, names):
+                if target != package and target not in _LAYERS[package]:
+                    wrong.append(f"{rel} imports {module} {names}")
+    assert not unplaced, f"packages with no layer in _LAYERS: {sorted(unplaced)}"
     assert not wrong, "\n".join(wrong)
 
+
+def test_no_package_imports_a_private_module_of_another():
+    """``deepdescent.algorithms._x`` is the algorithms package's own business."""
+    wrong = []
+    for path in sorted(SRC.rglob("*.py")):
+        package = path.relative_to(SRC).parts[0].removesuffix(".py")
+        for module, _ in _imports(path):
+            parts = module.split(".")
+            private = [p for p in parts[1:] if p.startswith("_") and not p.startswith("__")]
+            if private and len(parts) > 1 and parts[1] != package:
+                wrong.append(f"{path.relative_to(SRC)} imports {module}")
+    assert not wrong, "\n".join(wrong)
+
+
+#: The private names of other libraries deepdescent reads, each with its reason; any other fails.
+OTHER_LIBRARIES_PRIVATE = {
+    "_optimizer_load_state_dict_pre_hooks": "load_state_dict runs torch.optim's load hooks in torch's order around "
+                                            "its own checks (checkpoints.py); torch has no public switch for that",
+    "_optimizer_load_state_dict_post_hooks": "as the pre-hooks",
+    "_exit": "os._exit is public (the documented way out of a forked child)",
+    "_BatchNorm": "torch.nn's base class of the batch-norm layers (an isinstance check)",
+    "_NormBase": "torch.nn's base class of the normalization layers (an isinstance check)",
+    "_ConvNd": "torch.nn's base class of the convolutions (an isinstance check)",
+}
+
+
+def test_no_module_reads_another_librarys_private_names_but_those_listed():
+    """``obj._name`` where obj is not ``self``/``cls``/``super()`` nor a Sym of the tracer itself,
+    and not torch's multi-tensor ``_foreach_*`` ops (torch.optim's own building blocks)."""
+    wrong = []
+    for path in sorted(SRC.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not (isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__")):
+                continue
+            base = node.value
+            if isinstance(base, ast.Name) and base.id in ("self", "cls") or isinstance(base, ast.Call) and \
+                    isinstance(base.func, ast.Name) and base.func.id == "super":
+                continue
+            if node.attr.startswith("_foreach_") or node.attr in OTHER_LIBRARIES_PRIVATE or \
+                    (path.name == "trace.py" and node.attr == "_op"):
+                continue
+            wrong.append(f"{path.relative_to(SRC)}:{node.lineno}: {ast.unparse(node)}")
+    assert not wrong, "\n".join(wrong)
+
+
+_IMPORT_EACH = """
+import importlib, os, sys
+for heavy in ("torch", "numpy", "scipy", "optuna", "matplotlib.pyplot", "sklearn", "typer", "rich"):
+    try:  # third-party libraries load once, before the fork; deepdescent never in this parent
+        importlib.import_module(heavy)
+    except ImportError:
+        pass
+assert not any(m.startswith("deepdescent") for m in sys.modules)
+bad = []
+for name in sys.argv[1:]:
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # a child whose first deepdescent import is this module
+        os.close(read)
+        try:
+            importlib.import_module(name)
+            code = 0
+        except BaseException as err:  # noqa: BLE001
+            os.write(write, f"{name}: {type(err).__name__}: {err}".encode())
+            code = 1
+        os._exit(code)
+    os.close(write)
+    with os.fdopen(read) as f:
+        message = f.read()
+    if os.waitpid(pid, 0)[1]:
+        bad.append(message or f"{name}: the import crashed")
+print("\\n".join(bad))
+"""
+
+
+def test_every_module_imports_first_in_a_new_interpreter():
+    """Each module of the package, imported first (a circle between packages shows only then: a
+    test run has imported everything already). One interpreter loads torch & co., then a forked
+    child per module imports it as the first deepdescent module."""
+    import subprocess
+    import sys
+
+    modules = sorted(".".join(("deepdescent", *p.relative_to(SRC).with_suffix("").parts)).removesuffix(".__init__")
+                     for p in SRC.rglob("*.py") if p.name != "__main__.py")
+    done = subprocess.run([sys.executable, "-c", _IMPORT_EACH, *modules], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0 and not done.stdout.strip(), done.stdout + done.stderr
 
 def test_no_module_reads_a_private_name_of_another_module():
     """No ``from deepdescent.x import _private`` and no ``module._private`` attribute of another

@@ -24,7 +24,7 @@ from deepdescent.algorithms.spec import Algorithm, Hyperparameter, Variant
 def _discover() -> dict[str, Algorithm]:
     specs = []
     for info in pkgutil.iter_modules(__path__):
-        if not info.name.startswith("_") and info.name not in ("spec", "validation"):
+        if not info.name.startswith("_") and info.name not in ("spec", "validation", "common"):
             module = importlib.import_module(f"{__name__}.{info.name}")
             if isinstance(getattr(module, "SPEC", None), Algorithm):
                 specs.append(module.SPEC)

@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from deepdescent.algorithms import validation as check
-from deepdescent.algorithms._common import Rate, addcdiv_scaled_, with_weight_decay, zeros_like
+from deepdescent.algorithms.common import Rate, addcdiv_scaled_, with_weight_decay, zeros_like
 from deepdescent.algorithms.spec import Algorithm, Hyper, Hyperparameter, Variant
 
 

@@ -18,7 +18,7 @@ from torch import Tensor
 
 from deepdescent.algorithms import adam
 from deepdescent.algorithms import validation as check
-from deepdescent.algorithms._common import Rate
+from deepdescent.algorithms.common import Rate
 from deepdescent.algorithms.spec import Algorithm, Hyper, Hyperparameter, Variant
 
 

@@ -37,7 +37,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from deepdescent.algorithms._common import Rate, add_scaled_, scaled
+from deepdescent.algorithms.common import Rate, add_scaled_, scaled
 
 Convention = Literal["book", "torch"]
 

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from deepdescent.algorithms import validation as check
-from deepdescent.algorithms._common import Rate, where_positive, with_weight_decay
+from deepdescent.algorithms.common import Rate, where_positive, with_weight_decay
 from deepdescent.algorithms.spec import Algorithm, Hyper, Hyperparameter, Variant
 
 

@@ -36,7 +36,7 @@ from torch import Tensor
 
 from deepdescent.algorithms import momentum as _momentum
 from deepdescent.algorithms import validation as check
-from deepdescent.algorithms._common import Rate, addcdiv_scaled_, scaled, with_weight_decay, zeros_like
+from deepdescent.algorithms.common import Rate, addcdiv_scaled_, scaled, with_weight_decay, zeros_like
 from deepdescent.algorithms.spec import Algorithm, Hyper, Hyperparameter, Variant
 
 

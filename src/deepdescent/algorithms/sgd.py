@@ -21,7 +21,7 @@ from torch import Tensor
 
 from deepdescent.algorithms import momentum as _momentum
 from deepdescent.algorithms import validation as check
-from deepdescent.algorithms._common import Rate, add_scaled_, scaled, with_weight_decay
+from deepdescent.algorithms.common import Rate, add_scaled_, scaled, with_weight_decay
 from deepdescent.algorithms.spec import REQUIRED, Algorithm, Hyper, Hyperparameter, Variant
 
 

@@ -20,6 +20,7 @@ lab's vectorized engine both call it.
 from __future__ import annotations
 
 import logging
+import sys
 import warnings
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -280,14 +281,11 @@ def found_on_any_rank(flags: list[Any]) -> Tensor:
 
 
 # ---------------------------------------------------------------------- tensors as the update sees them
-try:
-    from torch.distributed.tensor import DTensor as _DTensor
-except ImportError:  # a build without torch.distributed
-    _DTensor = None
-
-
 def is_dtensor(t: Tensor) -> bool:
-    return _DTensor is not None and isinstance(t, _DTensor)
+    """Whether ``t`` is a DTensor (FSDP2's sharded tensor). No DTensor exists before its module is
+    imported, so this never imports it (a second of start-up for every process otherwise)."""
+    module = sys.modules.get("torch.distributed.tensor")
+    return module is not None and isinstance(t, module.DTensor)
 
 
 def real(t: Tensor) -> Tensor:

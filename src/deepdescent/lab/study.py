@@ -473,21 +473,23 @@ def _propose(study, spec, protocol, url) -> tuple[int, int, float] | None:
     every = study.get_trials(deepcopy=False)
     running = [t for t in every if t.state == optuna.trial.TrialState.RUNNING]
     dead = [t for t in running if "owner" not in t.user_attrs
-            or not claims.owner_alive(t.user_attrs, f"trial {t._trial_id}")]
+            or not claims.owner_alive(t.user_attrs, f"trial {t.number} of {study.study_name}")]
     for t in dead:
         if "lr" not in t.params:  # killed inside ``ask``: it holds no proposal
             study.tell(t.number, state=optuna.trial.TrialState.FAIL)
     proposed = [t for t in every if "lr" in t.params]
     stale = [t for t in dead if "lr" in t.params]
     if stale:
-        number, trial_id, lr = stale[0].number, stale[0]._trial_id, stale[0].params["lr"]
+        number, lr = stale[0].number, stale[0].params["lr"]
     elif len(proposed) < protocol.budget:
         low, high = lr_grid(spec.default_lr, 2)
         study.sampler = _sampler(protocol, len(proposed), low, high)
         trial = study.ask({"lr": optuna.distributions.FloatDistribution(low, high, log=True)})
-        number, trial_id, lr = trial.number, trial._trial_id, trial.params["lr"]
+        number, lr = trial.number, trial.params["lr"]
     else:
         return None
+    store = storage(url)  # the trial's id in the storage, through its public interface
+    trial_id = store.get_trial_id_from_study_id_trial_number(store.get_study_id_from_name(study.study_name), number)
     claims.own_trial(url, trial_id)
     return number, trial_id, lr
 

@@ -22,12 +22,12 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from deepdescent import executor as ex
-from deepdescent.algorithms._common import with_weight_decay
+from deepdescent.algorithms.common import with_weight_decay
 from deepdescent.algorithms.spec import Algorithm
 from deepdescent.algorithms import validation as check
 from deepdescent.executor import LOW_PRECISION, device, state_dtype
 from deepdescent import kernels
-from deepdescent.optim._checkpoint import check_group_keys, check_layout, load_checked
+from deepdescent.checkpoints import check_group_keys, check_layout, load_checked
 
 NonFinite = Literal["skip", "raise", "propagate"]
 

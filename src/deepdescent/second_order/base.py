@@ -14,7 +14,7 @@ from torch.optim import Optimizer
 from deepdescent.curvature.autograd import ClosureEvaluation, evaluate_closure
 from deepdescent.curvature.vectors import flat, unflat_like
 from deepdescent.algorithms import validation as check
-from deepdescent.optim._checkpoint import check_group_keys, check_layout, load_checked
+from deepdescent.checkpoints import check_group_keys, check_layout, load_checked
 from deepdescent.second_order import line_search as ls
 
 
