@@ -12,14 +12,9 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
-from deepdescent import optim
+import resume_helper as rh
 
-CONFIGS = {
-    "nesterov": lambda p: optim.SGD(p, lr=0.05, momentum=0.9, nesterov=True),
-    "rmsprop-nesterov": lambda p: optim.RMSProp(p, lr=1e-3, momentum=0.9, nesterov=True),
-    "adam": lambda p: optim.Adam(p, lr=1e-2),
-    "adadelta": lambda p: optim.AdaDelta(p),
-}
+CONFIGS = {name: make for name, make in rh.CONFIGS.items() if name != "deltabardelta"}  # full batch only
 STEPS = 15
 
 

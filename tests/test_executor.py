@@ -321,3 +321,27 @@ def test_a_step_never_waits_for_the_compiler_and_an_owner_keeps_its_path(monkeyp
     later = executor.Executor("auto")
     later.run(spec, {"lr": 0.1, "momentum": 0.5}, [[p], [g], [buf]], [1], False)
     assert fused_calls == [1] and later.path == "fused"
+
+
+@pytest.mark.parametrize("name", list(REGISTRY))
+def test_the_class_defaults_are_the_specs(name):
+    """One source: each optimizer class's signature has the spec's hyperparameters with the spec's
+    defaults (and nothing else but params/nonfinite/impl), and passes them through."""
+    import inspect
+
+    from deepdescent.algorithms.spec import REQUIRED
+
+    spec = REGISTRY[name]
+    cls = optim.optimizer_class(spec)
+    signature = inspect.signature(cls.__init__).parameters
+    assert set(signature) - {"self", "params", "nonfinite", "impl"} == set(spec.names)
+    for hp in spec.hyperparameters:
+        default = signature[hp.name].default
+        if hp.default is REQUIRED:
+            assert default in (inspect.Parameter.empty, None), hp.name
+        else:
+            assert default == hp.default and type(default) is type(hp.default), \
+                f"{cls.__name__}({hp.name}={default!r}) but the spec says {hp.default!r}"
+    required = {hp.name: 0.1 for hp in spec.hyperparameters if hp.default is REQUIRED}
+    opt = cls([torch.nn.Parameter(torch.ones(2))], **required)
+    assert {k: opt.defaults[k] for k in spec.names} == spec.defaults(**required)

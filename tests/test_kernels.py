@@ -14,19 +14,8 @@ from hypothesis import strategies as st
 from deepdescent import executor, kernels, optim
 from deepdescent.algorithms import REGISTRY
 from deepdescent.executor import CPU_CHUNK_NUMEL
+from resume_helper import CONFIGS
 from deepdescent.kernels.trace import structure_key
-
-MAKERS = {
-    "sgd": lambda p, impl: optim.SGD(p, lr=0.05, weight_decay=0.01, impl=impl),
-    "momentum-torch": lambda p, impl: optim.SGD(p, lr=0.05, momentum=0.9, convention="torch", impl=impl),
-    "nesterov": lambda p, impl: optim.SGD(p, lr=0.05, momentum=0.9, nesterov=True, impl=impl),
-    "adagrad": lambda p, impl: optim.AdaGrad(p, impl=impl),
-    "rmsprop": lambda p, impl: optim.RMSProp(p, lr=0.01, weight_decay=0.1, impl=impl),
-    "rmsprop-momentum-torch": lambda p, impl: optim.RMSProp(p, momentum=0.9, convention="torch", impl=impl),
-    "rmsprop-nesterov": lambda p, impl: optim.RMSProp(p, momentum=0.9, nesterov=True, impl=impl),
-    "adam": lambda p, impl: optim.Adam(p, lr=0.01, weight_decay=0.01, impl=impl),
-    "adadelta": lambda p, impl: optim.AdaDelta(p, impl=impl),
-}
 
 shapes = st.lists(st.one_of(st.just(()), st.tuples(st.integers(0, 37)), st.tuples(st.integers(1, 9), st.integers(1, 13))),
                   min_size=1, max_size=5)
@@ -94,13 +83,14 @@ def test_fused_eager_and_chunked_paths_give_the_same_bits(name, options, lookahe
         assert torch.equal(e, c), f"eager != chunked: {int((e != c).sum())} of {e.numel()} elements differ"
 
 
-@pytest.mark.parametrize("name", list(MAKERS))
-@settings(max_examples=8, deadline=None)
+@pytest.mark.parametrize("name", list(CONFIGS))
+@settings(max_examples=6, deadline=None)
 @given(shape_list=shapes, double=st.booleans())
 def test_fused_equals_eager_on_random_shapes(name, shape_list, double):
+    """Random shapes (odd, empty, 0-dim), two groups: bit-identical for every registered variant."""
     dtype = torch.float64 if double else torch.float32
-    fused = _run(MAKERS[name], shape_list, dtype, "fused")
-    eager = _run(MAKERS[name], shape_list, dtype, "eager")
+    fused = _run(CONFIGS[name], shape_list, dtype, "fused")
+    eager = _run(CONFIGS[name], shape_list, dtype, "eager")
     for f, e in zip(fused, eager):
         assert torch.equal(f, e)
 
@@ -160,13 +150,15 @@ def test_the_fused_kernel_is_really_used_and_skips_nonfinite_steps():
     assert kernels.any_nonfinite([torch.tensor([1.0, 3e38])]) is False
 
 
-@pytest.mark.parametrize("name", ["sgd", "nesterov", "rmsprop-momentum-torch", "adam", "adadelta"])
-@settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@pytest.mark.parametrize("name", [spec.variants[-1].name.lower().replace("+", "-") for spec in REGISTRY.values()
+                                  if spec.fused])
+@settings(max_examples=3, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(shape_list=shapes)
 def test_triton_kernel_equals_eager_on_random_shapes(name, shape_list, triton_interpreter):
-    """The GPU path's generated Triton kernel (in Triton's interpreter): odd, empty and 0-dim shapes."""
-    fused = _run(MAKERS[name], shape_list, torch.float32, "fused", steps=3)
-    eager = _run(MAKERS[name], shape_list, torch.float32, "eager", steps=3)
+    """The GPU path's generated Triton kernel (in Triton's interpreter), every fused algorithm:
+    odd, empty and 0-dim shapes."""
+    fused = _run(CONFIGS[name], shape_list, torch.float32, "fused", steps=3)
+    eager = _run(CONFIGS[name], shape_list, torch.float32, "eager", steps=3)
     for f, e in zip(fused, eager):
         torch.testing.assert_close(f, e, rtol=2e-6, atol=2e-6)
 

@@ -1,16 +1,18 @@
 """The functional core: one module per algorithm box of chapter 8 (and its descendants).
 
-Each module holds pure-Python functions over *lists* of tensors, written with multi-tensor
-(``torch._foreach_*``) operations and no data-dependent control flow:
+Each module writes its box once, as a pure function over *lists* of tensors with multi-tensor
+(``torch._foreach_*``) operations and no data-dependent control flow, and describes itself in a
+module-level ``SPEC`` (:class:`~deepdescent.algorithms.spec.Algorithm`): its hyperparameters with
+their defaults and checks, its state buffers and how they start (``init``, zero unless it says
+otherwise), and the update every layer calls::
 
-* ``init(params) -> state``: the algorithm's state, zero-initialised as the box says;
-* ``update(params, grads, state, *, <hyperparameters>) -> None``: one step of the box, which
-  updates ``params`` and ``state`` **in place** (an optimizer step is memory-bound; copying the
-  state would double its cost). ``grads`` are never modified;
-* ``SPEC``: the :class:`~deepdescent.algorithms.spec.Algorithm` every other layer reads.
+    spec.update(h, params, grads, bufs, steps, lookahead)
 
-These functions are the one place where each formula is written. :data:`REGISTRY` lists every
-module's spec, found by name: a new algorithm module is registered by being here.
+which changes ``params`` and the ``bufs`` lists **in place** (an optimizer step is memory-bound;
+copying the state would double its cost) and never ``grads``. These functions are the one
+place where each formula is written; the optimizer classes take their defaults from the spec.
+:data:`REGISTRY` lists every module's spec, found by name: a new algorithm module is registered
+by being here.
 """
 
 from __future__ import annotations

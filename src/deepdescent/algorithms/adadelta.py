@@ -18,13 +18,9 @@ import torch
 from torch import Tensor
 
 from deepdescent.algorithms import validation as check
-from deepdescent.algorithms.common import Rate, add_scaled_, scaled, with_weight_decay, zeros_like
+from deepdescent.algorithms.common import Rate, add_scaled_, scaled, with_weight_decay
 from deepdescent.algorithms.spec import Algorithm, Hyper, Hyperparameter, Variant
 
-
-def init(params: list[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
-    """The accumulations E[g²] = 0 and E[Δθ²] = 0."""
-    return zeros_like(params), zeros_like(params)
 
 
 def update(

@@ -16,13 +16,9 @@ import torch
 from torch import Tensor
 
 from deepdescent.algorithms import validation as check
-from deepdescent.algorithms.common import Rate, addcdiv_scaled_, scaled, with_weight_decay, zeros_like
+from deepdescent.algorithms.common import Rate, addcdiv_scaled_, scaled, with_weight_decay
 from deepdescent.algorithms.spec import Algorithm, Hyper, Hyperparameter, Variant
 
-
-def init(params: list[Tensor]) -> list[Tensor]:
-    """The gradient accumulation r = 0."""
-    return zeros_like(params)
 
 
 def update(

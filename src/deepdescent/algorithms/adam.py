@@ -26,13 +26,9 @@ import torch
 from torch import Tensor
 
 from deepdescent.algorithms import validation as check
-from deepdescent.algorithms.common import Rate, addcdiv_scaled_, with_weight_decay, zeros_like
+from deepdescent.algorithms.common import Rate, addcdiv_scaled_, with_weight_decay
 from deepdescent.algorithms.spec import Algorithm, Hyper, Hyperparameter, Variant
 
-
-def init(params: list[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
-    """The moments s = 0 and r = 0."""
-    return zeros_like(params), zeros_like(params)
 
 
 def update(

@@ -18,11 +18,6 @@ def with_weight_decay(grads: list[Tensor], params: list[Tensor], weight_decay: f
     return torch._foreach_add(grads, params, alpha=weight_decay)
 
 
-def zeros_like(params: list[Tensor]) -> list[Tensor]:
-    """Zero state buffers shaped like ``params`` (same dtype, device and memory format)."""
-    return [torch.zeros_like(p, memory_format=torch.preserve_format) for p in params]
-
-
 #: A learning rate: a number, or — for vectorized members (the lab) — one tensor per list entry
 #: that broadcasts against it (e.g. shape (members, 1, …, 1): one rate per member).
 Rate = Any

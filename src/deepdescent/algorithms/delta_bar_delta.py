@@ -22,10 +22,6 @@ from deepdescent.algorithms.common import with_weight_decay
 from deepdescent.algorithms.spec import Algorithm, Hyper, Hyperparameter, Variant, zero_buffer
 
 
-def init(params: list[Tensor], *, lr: float) -> tuple[list[Tensor], list[Tensor]]:
-    """Per-parameter rates ε = lr and the gradient average δ̄ = 0."""
-    return [torch.full_like(p, lr) for p in params], [torch.zeros_like(p) for p in params]
-
 
 def update(params: list[Tensor], grads: list[Tensor], rates: list[Tensor], bar_delta: list[Tensor], *,
            kappa: float, phi: float, theta: float, weight_decay: float, scale: float | list[Tensor] = 1.0) -> None:
@@ -50,8 +46,8 @@ def _initial_lr(h: Hyper) -> float:
 
 
 def _init(name: str, p: Tensor, h: Hyper) -> Tensor:
-    if name == "rates":
-        return init([p], lr=float(_initial_lr(h)))[0][0]
+    if name == "rates":  # per-parameter rates ε = lr; the gradient average δ̄ = 0
+        return torch.full_like(p, float(_initial_lr(h)))
     return zero_buffer(name, p, h)
 
 

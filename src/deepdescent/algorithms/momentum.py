@@ -42,10 +42,6 @@ from deepdescent.algorithms.common import Rate, add_scaled_, scaled
 Convention = Literal["book", "torch"]
 
 
-def init(params: list[Tensor]) -> list[Tensor]:
-    """v = 0 (book) or b = 0 (torch): the initial velocity of Algorithms 8.2, 8.3 and 8.6."""
-    return [torch.zeros_like(p, memory_format=torch.preserve_format) for p in params]
-
 
 def update(
     params: list[Tensor],

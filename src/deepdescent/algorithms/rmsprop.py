@@ -36,13 +36,9 @@ from torch import Tensor
 
 from deepdescent.algorithms import momentum as _momentum
 from deepdescent.algorithms import validation as check
-from deepdescent.algorithms.common import Rate, addcdiv_scaled_, scaled, with_weight_decay, zeros_like
+from deepdescent.algorithms.common import Rate, addcdiv_scaled_, scaled, with_weight_decay
 from deepdescent.algorithms.spec import Algorithm, Hyper, Hyperparameter, Variant
 
-
-def init(params: list[Tensor], *, momentum: float) -> tuple[list[Tensor], list[Tensor]]:
-    """The accumulation r = 0 and, when α > 0, the velocity v = 0."""
-    return zeros_like(params), (_momentum.init(params) if momentum != 0.0 else [])
 
 
 def _denominator(square_avg: list[Tensor], *, eps: float, nesterov: bool, convention: str) -> list[Tensor]:

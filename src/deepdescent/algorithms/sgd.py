@@ -25,10 +25,6 @@ from deepdescent.algorithms.common import Rate, add_scaled_, scaled, with_weight
 from deepdescent.algorithms.spec import REQUIRED, Algorithm, Hyper, Hyperparameter, Variant
 
 
-def init(params: list[Tensor], *, momentum: float) -> list[Tensor]:
-    """The velocity v = 0 (empty when α = 0: plain SGD keeps no state)."""
-    return _momentum.init(params) if momentum != 0.0 else []
-
 
 def update(
     params: list[Tensor],
