@@ -114,7 +114,7 @@ SECOND = [
                   True, SECOND_ORDER),
     OptimizerInfo(optim.LBFGS, [dict(max_iter=3), dict(history=2, max_iter=3)],
                   [(dict(history=0), "history"), (dict(max_iter=0), "max_iter"), (dict(lr=-1.0), "lr"),
-                   (dict(tolerance_grad=-1.0), "tolerance_grad")],
+                   (dict(tolerance_grad=float("nan")), "tolerance_grad")],
                   True, {**SECOND_ORDER, "history_size": "the memory is history= (torch: history_size=)"}),
 ]
 ALL = FIRST + SECOND

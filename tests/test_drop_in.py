@@ -9,8 +9,10 @@ import copy
 import fractions
 import multiprocessing as mp
 import pickle
+import warnings
 
 import numpy as np
+
 import pytest
 import torch
 from resume_helper import CONFIGS
@@ -255,6 +257,24 @@ def test_distributed_checkpoint_state_dicts_round_trip():
     assert all(torch.equal(p, q) for p, q in zip(_params(other), expected))
 
 
+@pytest.mark.parametrize("name", list(ALL))
+def test_an_in_memory_state_dict_round_trip_continues_in_lockstep(name):
+    """get/set_optimizer_state_dict on a plain module (no process group, no copy in between): the
+    restored optimizer shares no state tensor with the original, so both continue in lockstep."""
+    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict, set_optimizer_state_dict
+
+    model = _model()
+    opt = ALL[name](model.parameters())
+    _train(model, opt, range(3))
+    other = _model(seed=5)
+    other.load_state_dict(model.state_dict())
+    restored = ALL[name](other.parameters())
+    set_optimizer_state_dict(other, restored, get_optimizer_state_dict(model, opt))
+    _train(model, opt, range(3, 6))
+    _train(other, restored, range(3, 6))
+    assert all(torch.equal(p, q) for p, q in zip(_params(other), _params(model)))
+
+
 def _bad(sd: dict, edit) -> dict:
     sd = copy.deepcopy(sd)
     edit(sd)
@@ -371,6 +391,32 @@ def test_second_order_groups_added_later_are_optimized(name):
     assert len(opt.param_groups) == 3
 
 
+@pytest.mark.parametrize("name", list(SECOND))
+def test_a_group_added_after_steps_extends_the_method(name):
+    """A param group added after steps (the method has memory sized for the old parameters): the
+    next steps run over all parameters and reach the joint minimum (the memory grows; it used to
+    fail at the next step with a size mismatch)."""
+    a = nn.Parameter(torch.tensor([1.0], dtype=torch.float64))
+    b = nn.Parameter(torch.tensor([-1.0], dtype=torch.float64))
+    opt = SECOND[name]([a])
+    opt.step(_quadratic(a, b))
+    opt.add_param_group({"params": [b]})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a line search may fail once at the minimum
+        for _ in range(30):
+            opt.step(_quadratic(a, b))
+    torch.testing.assert_close(torch.cat([a, b]).detach(), torch.linalg.solve(_A, torch.ones(2, dtype=torch.float64)))
+
+
+def test_newton_steps_under_torch_compile():
+    """``torch.compile(opt.step)``: the step keeps nothing on the optimizer between its parts."""
+    w = nn.Parameter(torch.tensor([1.5, -0.5], dtype=torch.float64))
+    opt = optim.Newton([w])
+    loss = torch.compile(opt.step, backend="eager")(lambda: 0.5 * w @ _A @ w - w.sum())
+    assert isinstance(loss, torch.Tensor) and torch.allclose(
+        w.detach(), torch.linalg.solve(_A, torch.ones(2, dtype=torch.float64)))
+
+
 @pytest.mark.parametrize("name", ["CG", "BFGS", "L-BFGS"])
 def test_closures_may_return_a_number_after_backward(name):
     """torch.optim.LBFGS accepts a closure that calls backward() and returns a float."""
@@ -393,6 +439,16 @@ def test_closures_may_return_a_number_after_backward(name):
     before = x.detach().clone()
     still.step(_quadratic(x))
     assert torch.equal(x.detach(), before)
+    z = nn.Parameter(torch.tensor([3.0, -2.0], dtype=torch.float64))
+    default, never = SECOND[name]([z], max_iter=50), SECOND[name]([z], tolerance_grad=float("-inf"),
+                                                                    tolerance_change=float("-inf"), max_iter=50)
+    default.step(_quadratic(z))  # stops once the gradient is below 1e-7 ...
+    z.data = torch.tensor([3.0, -2.0], dtype=torch.float64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        never.step(_quadratic(z))  # ... -inf (torch accepts it) never stops on the gradient
+    stats = [o.state[z] for o in (default, never)]
+    assert stats[1]["n_iter"] + stats[1]["line_search_failures"] > stats[0]["n_iter"]
 
 
 BAD_SECOND_ORDER = {

@@ -9,9 +9,13 @@ import copy
 import io
 import itertools
 
+import warnings
+
 import pytest
 import torch
 from optimizer_infos import ALL, FIRST, OptimizerInfo
+
+from deepdescent import optim
 from torch import nn
 from torch.optim.lr_scheduler import ExponentialLR, ReduceLROnPlateau, StepLR
 from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
@@ -209,7 +213,7 @@ def test_fused_matches_forloop(info, config):
         params, loss_fn = _problem()
         runs.append(_run(info, config, 5, (params, loss_fn), info.cls(params, **config, impl=impl))[0])
     for a, b in zip(*runs):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+        assert torch.equal(a, b)  # the same bits (README, "Execution paths")
 
 
 @pytest.mark.parametrize("info,config", CASES)
@@ -222,7 +226,41 @@ def test_complex(info, config):
     _run(info, config, 4, ([z], lambda: (z - target).abs().pow(2).sum() + (z * 1j).real.sum()))
     _run(info, config, 4, ([r], lambda: (torch.view_as_complex(r) - target).abs().pow(2).sum()
                            + (torch.view_as_complex(r) * 1j).real.sum()))
-    torch.testing.assert_close(torch.view_as_real(z.detach()), r.detach())
+    assert torch.equal(torch.view_as_real(z.detach()), r.detach())
+
+
+@pytest.mark.parametrize("info,config", [c for c in CASES if c.values[0].cls in (optim.ConjugateGradient, optim.BFGS,
+                                                                                 optim.LBFGS)])
+@pytest.mark.parametrize("dtype", [torch.complex64, torch.complex128], ids=str)
+def test_complex_with_torch_protocol(info, config, dtype):
+    """PyTorch's test_complex protocol (random gradients and losses from the closure, the complex
+    run fed the real run's values) for the methods whose closure may set the gradients itself:
+    every iterate of the complex parameters equals its real view's, bit for bit."""
+    torch.manual_seed(0)
+    complex_params = [torch.randn(10, 5, dtype=dtype, requires_grad=True), torch.randn(10, dtype=dtype, requires_grad=True)]
+    real_params = [torch.view_as_real(p).detach().clone().requires_grad_() for p in complex_params]
+    fed: list[torch.Tensor] = []
+
+    def real_closure():
+        for p in real_params:
+            p.grad = torch.randn_like(p)
+            fed.append(p.grad.clone())
+        fed.append(torch.randn(1))
+        return fed[-1].clone()
+
+    def complex_closure():
+        for p in complex_params:
+            p.grad = torch.view_as_complex(fed.pop(0))
+        return fed.pop(0)
+    real, cplx = info.cls(real_params, **config), info.cls(complex_params, **config)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for _ in range(3):
+            real.step(real_closure)
+            cplx.step(complex_closure)
+            for c, r in zip(complex_params, real_params):
+                assert torch.equal(torch.view_as_real(c.detach()), r.detach())
+    assert not fed
 
 
 # ---------------------------------------------------------------- state dicts

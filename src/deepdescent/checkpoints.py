@@ -7,6 +7,8 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
+import torch
+from torch import Tensor
 from torch.optim import Optimizer
 
 
@@ -29,8 +31,41 @@ def load_checked(opt: Optimizer, state_dict: Any, check: Callable[[dict[str, Any
         apply(state_dict, checked)
     finally:
         opt._optimizer_load_state_dict_pre_hooks, opt._optimizer_load_state_dict_post_hooks = hooks
+    _unalias(opt, state_dict)
     for hook in opt._optimizer_load_state_dict_post_hooks.values():
         hook(opt)
+
+
+def _tensors(value: Any) -> list[Tensor]:
+    if isinstance(value, Tensor):
+        return [value]
+    return [t for v in value for t in _tensors(v)] if isinstance(value, (list, tuple)) else []
+
+
+def _address(t: Tensor) -> int | None:
+    """Where ``t``'s memory starts (None for an empty tensor, or one without plain storage)."""
+    try:
+        return t.untyped_storage().data_ptr() if t.numel() else None
+    except (RuntimeError, NotImplementedError):
+        return None
+
+
+def _unalias(opt: Optimizer, state_dict: dict[str, Any]) -> None:
+    """The loaded state never shares memory with the dict it came from: torch.optim keeps a state
+    tensor that is already of the parameter's dtype and device as the very object given, so an
+    in-memory round trip (``torch.distributed.checkpoint``'s get/set_optimizer_state_dict, a dict
+    handed from one optimizer to another) would leave two optimizers updating one buffer."""
+    given = {_address(t) for entry in state_dict["state"].values() if isinstance(entry, dict)
+             for v in entry.values() for t in _tensors(v)} - {None}
+
+    def own(v: Any) -> Any:
+        if isinstance(v, Tensor):
+            return v.clone(memory_format=torch.preserve_format) if _address(v) in given else v
+        return type(v)(own(x) for x in v) if isinstance(v, (list, tuple)) else v
+
+    for entry in opt.state.values():
+        for key, value in list(entry.items()):
+            entry[key] = own(value)
 
 
 def check_layout(opt: Optimizer, state_dict: dict[str, Any]) -> list[tuple[dict[str, Any], dict[str, Any]]]:

@@ -36,7 +36,11 @@ class SecondOrderOptimizer(Optimizer):
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """As torch.optim (later groups are optimized too; unknown keys are kept), but a
-        hyperparameter of the method must be the same in every group: one solve covers them all."""
+        hyperparameter of the method must be the same in every group: one solve covers them all.
+        A method with memory keeps it: its vectors grow by zeros and its n×n matrices by an
+        identity block for the new coordinates (BFGS's inverse Hessian starts there at I, as it
+        started everywhere), so the next step continues over all parameters."""
+        before = self._size() if hasattr(self, "state") else 0
         super().add_param_group(param_group)
         if any(p.dtype == torch.complex32 for p in self.param_groups[-1]["params"]):
             del self.param_groups[-1]
@@ -48,10 +52,32 @@ class SecondOrderOptimizer(Optimizer):
                 raise ValueError(f"{type(self).__name__} solves over all parameters at once: hyperparameter "
                                  f"{key}={value!r} cannot differ per param group (default {self.defaults[key]!r})")
         limit = self.defaults.get("max_params")
-        n = sum(p.numel() * (2 if p.is_complex() else 1) for p in self._params)
+        n = self._size()
         if limit is not None and n > limit:
             del self.param_groups[-1]
             raise ValueError(self._too_many(n, limit))
+        self._grow_state(before, n)
+
+    def _size(self) -> int:
+        """n, the length of the flat parameter vector (complex parameters count twice)."""
+        return sum(p.numel() * (2 if p.is_complex() else 1) for p in self._params)
+
+    def _grow_state(self, old: int, new: int) -> None:
+        params = self._params
+        state = self.state.get(params[0]) if params and old else None
+        if not state or new == old:
+            return
+
+        def grow(value: Any) -> Any:
+            if isinstance(value, Tensor) and value.dim() == 1 and value.numel() == old:
+                return torch.cat([value, value.new_zeros(new - old)])
+            if isinstance(value, Tensor) and value.dim() == 2 and value.shape == (old, old):
+                out = torch.eye(new, dtype=value.dtype, device=value.device)
+                out[:old, :old] = value
+                return out
+            return [grow(v) for v in value] if isinstance(value, list) else value
+        for key, value in list(state.items()):
+            state[key] = grow(value)
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
@@ -73,7 +99,7 @@ class SecondOrderOptimizer(Optimizer):
                 self._check({**self.defaults, **{k: v for k, v in saved.items() if k != "params"}})
             except (ValueError, TypeError) as err:
                 raise ValueError(f"param_groups[{i}] of the state_dict: {err}") from None
-        n = sum(p.numel() * (2 if p.is_complex() else 1) for p in self._params)
+        n = self._size()
         for index, entry in state_dict["state"].items():
             if not isinstance(entry, dict):
                 raise ValueError(f"the state of parameter index {index!r} must be a dict, got {type(entry).__name__}")
@@ -193,10 +219,11 @@ class LineSearchOptimizer(SecondOrderOptimizer):
         super()._check(defaults)
         if not isinstance(defaults["max_iter"], int) or defaults["max_iter"] < 1:
             raise ValueError(f"invalid max_iter={defaults['max_iter']!r}: must be an integer >= 1")
-        for name in ("tolerance_grad", "tolerance_change"):  # +inf allowed (stop at once), as torch.optim.LBFGS
-            value = defaults[name]
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
-                raise ValueError(f"invalid {name}={value!r}: must be a number >= 0 (inf allowed)")
+        for name in ("tolerance_grad", "tolerance_change"):  # any number, as torch.optim.LBFGS takes them:
+            value = defaults[name]  # +inf stops at once, 0 or less (-inf) never stops on this test
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+                raise ValueError(f"invalid {name}={value!r}: must be a number (±inf allowed: -inf never stops on it, "
+                                 "+inf stops at once), not NaN")
 
     def _direction(self, g: Tensor) -> Tensor:
         raise NotImplementedError

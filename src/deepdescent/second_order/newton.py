@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from deepdescent.curvature.autograd import hvp
+from deepdescent.curvature.autograd import ClosureEvaluation, hvp
 from deepdescent.curvature.vectors import unflat_like
 from deepdescent.algorithms import validation as check
 from deepdescent.second_order.base import SecondOrderOptimizer
@@ -56,14 +56,19 @@ class Newton(SecondOrderOptimizer):
 
     def hessian(self, closure: Callable[[], Any]) -> tuple[float, Tensor, Tensor]:
         """(loss, gradient, Hessian) at the current parameters, the Hessian by n HVPs."""
+        ev, h = self._evaluate_hessian(closure)
+        return ev.value, ev.grad, h
+
+    def _evaluate_hessian(self, closure: Callable[[], Any]) -> tuple[ClosureEvaluation, Tensor]:
+        # the evaluation is returned, never stashed on self: a compiled step (torch.compile) may
+        # not see attributes set inside it
         ev = self._evaluate(closure, create_graph=True)
-        self._returned = ev.returned
         n = ev.grad.numel()
         eye = torch.eye(n, dtype=ev.grad.dtype, device=ev.grad.device)
         rows = [hvp(ev, self._params, unflat_like(eye[i], self._params)) for i in range(n)]
         self._state["curvature_products"] += n
         h = torch.stack(rows)
-        return ev.value, ev.grad, (h + h.T) / 2
+        return ev, (h + h.T) / 2
 
     def _direction(self, g: Tensor, h: Tensor) -> tuple[Tensor, float]:
         if self.defaults["saddle_free"]:
@@ -85,7 +90,8 @@ class Newton(SecondOrderOptimizer):
         """One Newton step; returns the closure's loss before it. ``lr`` scales the step (without a
         line search) or the line search's first trial step (1: the full Newton step)."""
         def body(closure: Callable[[], Any]) -> Any:
-            f0, g, h = self.hessian(closure)
+            ev, h = self._evaluate_hessian(closure)
+            f0, g = ev.value, ev.grad
             d, alpha = self._direction(g, h)
             self._state["damping_used"] = alpha
             self._state["n_iter"] += 1
@@ -99,5 +105,5 @@ class Newton(SecondOrderOptimizer):
                     self._set(x0 + result.step * d)
                 else:
                     self._failed(x0, result.message)
-            return self._returned
+            return ev.returned
         return self._guarded(closure, body)
