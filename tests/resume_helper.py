@@ -13,7 +13,7 @@ from deepdescent import optim
 from deepdescent.algorithms import REGISTRY
 from deepdescent.schedules import LinearDecay
 
-def _configs() -> dict:
+def _configs() -> tuple[dict, dict]:
     """Every registered first-order algorithm in each variant it races in (the registry drives it:
     a new algorithm is covered without an entry here), plus the torch convention and weight decay
     at Nesterov's interim point where the algorithm has them."""
@@ -30,10 +30,14 @@ def _configs() -> dict:
                 except (ValueError, TypeError):
                     extra.pop("convention")
                 out[f"{variant.name.lower().replace('+', '-')}-decay"] = (cls, extra)
-    return {name: (lambda cls, options: lambda p: cls(p, **options))(cls, options) for name, (cls, options) in out.items()}
+    return {name: (lambda cls, options: lambda p: cls(p, **options))(cls, options) for name, (cls, options) in out.items()}, \
+        {name: cls.algorithm for name, (cls, _) in out.items()}
 
 
-CONFIGS = _configs()
+CONFIGS, SPECS = _configs()  # name → a maker of the optimizer; name → its algorithm spec
+#: One configuration per registered algorithm (its last variant: Nesterov, AMSGrad, …), for the
+#: slower tests that cannot afford every variant.
+ONE_PER_ALGORITHM = {spec.variants[-1].name.lower().replace("+", "-"): spec for spec in REGISTRY.values()}
 FIRST, SECOND = 13, 17  # checkpoint after 13 steps, 30 in all
 
 

@@ -10,6 +10,7 @@ import logging
 
 import pytest
 import torch
+from resume_helper import ONE_PER_ALGORITHM
 from test_drop_in import ALL
 from torch import nn
 
@@ -107,7 +108,7 @@ def _hf_train(make, folder, resume=None, seed: int = 0) -> list[torch.Tensor]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["sgd", "nesterov", "rmsprop-nesterov", "adam", "adadelta", "delta-bar-delta"])
+@pytest.mark.parametrize("name", list(ONE_PER_ALGORITHM))
 def test_hugging_face_trainer_resume_is_bit_identical(name, tmp_path):
     """Trainer steps without a closure (Nesterov keeps θ̃ in the parameters), clips gradients,
     saves optimizer.pt and scheduler.pt; resume from checkpoint-3 of 6 steps."""

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from deepdescent import executor, kernels, optim
 from deepdescent.algorithms import REGISTRY
 from deepdescent.executor import CPU_CHUNK_NUMEL
-from resume_helper import CONFIGS
+from resume_helper import CONFIGS, ONE_PER_ALGORITHM, SPECS
 from deepdescent.kernels.trace import structure_key
 
 shapes = st.lists(st.one_of(st.just(()), st.tuples(st.integers(0, 37)), st.tuples(st.integers(1, 9), st.integers(1, 13))),
@@ -26,7 +26,8 @@ def _run(make, shape_list, dtype, impl, steps=6, seed=0):
     params = [torch.randn(s, generator=g, dtype=dtype).requires_grad_() for s in shape_list]
     half = max(1, len(params) // 2)
     groups = [{"params": params[:half]}] + ([{"params": params[half:], "lr": 0.003}] if params[half:] else [])
-    opt = make(groups, impl)
+    opt = make(groups)
+    opt.impl = impl
     for _ in range(steps):
         for p in params:
             p.grad = torch.randn(p.shape, generator=g, dtype=dtype)
@@ -83,7 +84,7 @@ def test_fused_eager_and_chunked_paths_give_the_same_bits(name, options, lookahe
         assert torch.equal(e, c), f"eager != chunked: {int((e != c).sum())} of {e.numel()} elements differ"
 
 
-@pytest.mark.parametrize("name", list(CONFIGS))
+@pytest.mark.parametrize("name", [name for name in CONFIGS if SPECS[name].fused])
 @settings(max_examples=6, deadline=None)
 @given(shape_list=shapes, double=st.booleans())
 def test_fused_equals_eager_on_random_shapes(name, shape_list, double):
@@ -150,8 +151,7 @@ def test_the_fused_kernel_is_really_used_and_skips_nonfinite_steps():
     assert kernels.any_nonfinite([torch.tensor([1.0, 3e38])]) is False
 
 
-@pytest.mark.parametrize("name", [spec.variants[-1].name.lower().replace("+", "-") for spec in REGISTRY.values()
-                                  if spec.fused])
+@pytest.mark.parametrize("name", [name for name, spec in ONE_PER_ALGORITHM.items() if spec.fused])
 @settings(max_examples=3, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(shape_list=shapes)
 def test_triton_kernel_equals_eager_on_random_shapes(name, shape_list, triton_interpreter):
