@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import resume_helper as rh
-from deepdescent import optim
+from deepdescent import kernels, optim
 
 
 def _in_new_process(mode: str, directory, **env: str) -> None:
@@ -33,6 +33,8 @@ def test_resume_in_a_new_process_is_bit_identical(tmp_path):
     for name in rh.CONFIGS:
         assert resumed[name]["skipped"] == full[name]["skipped"] == 1, name
         assert resumed[name]["path"] == full[name]["path"], name
+        if rh.SPECS[name].fused and kernels.available("cpu") is None:  # the setup built them: fused from step 1
+            assert full[name]["path"] == "fused", name
         for e, g in zip(full[name]["params"], resumed[name]["params"]):
             assert torch.equal(e, g), f"{name}: resumed parameters differ from the uninterrupted run"
 
@@ -55,6 +57,26 @@ def test_a_process_without_kernels_is_eager_throughout_and_gives_the_same_bits(t
         for x, y, z in zip(a[name]["params"], b[name]["params"], f[name]["params"]):
             assert torch.equal(x, y), f"{name}: two eager runs differ"
             assert torch.equal(x, z), f"{name}: the eager and the fused run differ"
+
+
+def test_the_path_is_recorded_and_taken_again_or_a_warning_says_why_not(monkeypatch):
+    """state_dict() records the path; a resumed optimizer takes it again, and where the fused path
+    is unavailable it warns that the iterates may differ in the last bits, then runs eager."""
+    opt = _trained(optim.Adam)
+    sd = opt.state_dict()
+    assert sd["deepdescent"]["path"] == opt.path and opt.path in ("fused", "eager")
+    fused = {**sd, "deepdescent": {**sd["deepdescent"], "path": "fused"}}
+    again = _trained(optim.Adam, impl="auto")
+    again.load_state_dict(fused)
+    if kernels.available("cpu") is None:
+        assert again.path == "fused"
+    monkeypatch.setenv("DEEPDESCENT_NO_FUSED", "1")  # the fused path unavailable here
+    elsewhere = _trained(optim.Adam)
+    with pytest.warns(RuntimeWarning, match="last bits"):
+        elsewhere.load_state_dict(fused)
+    assert elsewhere.path == "eager"
+    with pytest.raises(ValueError, match="deepdescent.path='gpu'"):
+        elsewhere.load_state_dict({**sd, "deepdescent": {**sd["deepdescent"], "path": "gpu"}})
 
 
 def _trained(cls, **kw):
