@@ -117,3 +117,32 @@ def test_an_optimizer_with_train_and_eval_modes_is_stepped_in_train_and_evaluate
     assert not run.diverged and log[0] == "train"
     assert log.count("eval") == len(run.steps) + 1  # every record point, and the test evaluation
     assert all(a != b for a, b in zip(log, log[1:]))  # each evaluation returns to training mode
+
+
+def test_report_never_imports_what_a_run_directory_names(tmp_path, monkeypatch):
+    """A run directory is often someone else's: `report` reads the stored names and results and
+    imports nothing they name — not a module on the path, not one planted in the directory."""
+    out = tmp_path / "run"
+    runner = CliRunner()
+    result = runner.invoke(app, ["bench", "--problem", "saddle", "--optimizer", "Adam", "--optimizer",
+                                 "user_optim:SignSGD", "--lr-center", "0.02", "--budget", "2", "--seeds", "1",
+                                 "--out", str(out)], terminal_width=100)
+    assert result.exit_code == 0, result.output
+    witness = tmp_path / "imported"
+    for folder in (tmp_path / "lib", out):  # a module on sys.path, and one planted in the run directory
+        folder.mkdir(exist_ok=True)
+        (folder / "planted_mod.py").write_text(f"open({str(witness)!r}, 'a').write('x')\nimport torch\n"
+                                              "class Opt(torch.optim.SGD):\n    pass\n")
+    monkeypatch.syspath_prepend(str(tmp_path / "lib"))
+    monkeypatch.chdir(out)
+    monkeypatch.syspath_prepend(".")  # as `cd DIR && python -m deepdescent.cli report .` runs
+    meta = json.loads((out / "meta.json").read_text())
+    meta["optimizers"] += ["planted_mod:Opt", "planted_mod.Opt(lr=0.1)", "this.x"]
+    meta["described"]["planted_mod:Opt"] = {"book": "planted_mod", "default_lr": 0.1, "kind": "first", "note": "",
+                                            "in_book": False, "foreign": True}
+    (out / "meta.json").write_text(json.dumps(meta))
+    rebuilt = runner.invoke(app, ["report", "."])
+    assert rebuilt.exit_code == 0, rebuilt.output
+    assert not witness.exists() and "planted_mod" not in sys.modules and "this" not in sys.modules
+    page = (out / "report.html").read_text()
+    assert "user_optim:SignSGD(lr=0.02)" in page and "Adam" in page

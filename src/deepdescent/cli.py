@@ -248,6 +248,7 @@ def bench(
     # the password never reaches meta.json (`deepdescent report --storage URL` gives it back); the
     # default SQLite file is named relative to the run directory, so a copied run reads its own
     meta = {"suite": suite, "protocol": proto.tag(), "problems": names, "optimizers": opts,
+            "described": {o: optimizers.description(optimizers.optimizer(o)) for o in opts},
             **({"storage": study.redact(url)} if storage else
                {"storage": "results.db in the run directory", "database": "results.db"}),
             "started": time.strftime("%Y-%m-%d %H:%M:%S"), "torch": torch.__version__,
@@ -467,11 +468,16 @@ def report_cmd(
         raise typer.BadParameter(f"the storage URL's password is not kept in meta.json ({study.redact(url)}): "
                                  "pass it with --storage URL", param_hint="--storage")
     results: report.Results = {}
+    described = meta.get("described") if isinstance(meta.get("described"), dict) else {}
     try:
         for p in meta["problems"]:
             for o in meta["optimizers"]:
+                # nothing a run directory names is imported: its optimizers are described, not loaded
+                spec = optimizers.describe(o, described.get(o))
+                if spec is None:
+                    continue
                 try:
-                    runs = study.run_race(problems.problem(p), optimizers.optimizer(o), proto, url, run=False)
+                    runs = study.run_race(problems.problem(p), spec, proto, url, run=False)
                 except study.Missing:
                     continue
                 results.setdefault(p, {})[o] = runs

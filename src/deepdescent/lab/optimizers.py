@@ -162,8 +162,13 @@ def key(path: str, hparams: dict[str, Any]) -> str:
 def _load(path: str) -> type:
     import importlib
 
+    import re
+
     registered = entry_points()
     target = registered.get(path, path)
+    if not re.fullmatch(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*(:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*)?", target):
+        raise ValueError(f"invalid optimizer {path!r}: an import path is dotted names such as torch.optim.AdamW or "
+                         "package.module:Class (checked before anything is imported)")
     module, sep, attr = target.partition(":")
     if not sep:
         module, _, attr = target.rpartition(".")
@@ -227,6 +232,47 @@ def foreign(name: str) -> OptimizerSpec:
                          foreign=True,
                          note=f"{cls.__module__}.{cls.__qualname__}, member by member"
                               + (" on the full batch (its step needs a closure)" if closure else ""))
+
+
+#: What a run directory records of each raced optimizer (meta.json's "described"), so that its
+#: report never imports anything the directory names.
+DESCRIBED = ("book", "default_lr", "kind", "note", "in_book", "foreign")
+
+
+def description(spec: OptimizerSpec) -> dict[str, Any]:
+    """The fields of ``spec`` a report needs, as JSON."""
+    return {"family": spec.family, **{k: getattr(spec, k) for k in DESCRIBED}}
+
+
+def _not_loaded(params: Any, lr: float | None) -> torch.optim.Optimizer:
+    raise RuntimeError("a described optimizer only reads stored results; it never trains")
+
+
+def describe(name: str, described: dict[str, Any] | None = None) -> OptimizerSpec | None:
+    """A raced optimizer as a report sees it, without importing anything: a lab optimizer's own
+    spec, else the description the run directory recorded (``described``: :func:`description`'s
+    fields), else — for a name of the form of an import path, entry point or call — a foreign
+    method described from its name alone. None for anything else. A run directory is often
+    someone else's: nothing it names is ever imported (see :func:`optimizer` for racing)."""
+    if name in OPTIMIZERS:
+        return OPTIMIZERS[name]
+    info = dict(described or {})
+    if not info:
+        try:
+            path, hparams = parse(name)
+        except ValueError:
+            return None
+        if not path:
+            return None
+        lr = hparams.get("lr")
+        info = {"book": path, "default_lr": lr if isinstance(lr, (int, float)) else None, "kind": "first",
+                "note": f"{path}, member by member", "in_book": False, "foreign": True}
+    try:
+        spec = OptimizerSpec(name, str(info["book"]), _not_loaded, info["default_lr"], kind=str(info["kind"]),
+                             note=str(info["note"]), in_book=bool(info["in_book"]), foreign=bool(info["foreign"]))
+    except (KeyError, TypeError):
+        return None
+    return spec if spec.kind in ("first", "full_batch", "second") else None
 
 
 def lookup(name: str) -> OptimizerSpec | None:

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from deepdescent.lab.optimizers import OPTIMIZERS, lookup, parse
+from deepdescent.lab.optimizers import OPTIMIZERS, describe, parse
 from deepdescent.lab.problems import base_name, reference
 from deepdescent.lab.problems import problem as find_problem
 from deepdescent.lab.verdict import (Race, Results, Row, board, leaderboard, median, performance_profile, target,
@@ -72,7 +72,7 @@ def style(name: str) -> dict[str, Any]:
     dashed: adaptive rates, dash-dot: second order), so that every curve is distinguishable."""
     names = list(OPTIMIZERS)
     index = names.index(name) if name in names else len(names) + sum(map(ord, name))
-    spec = lookup(name)
+    spec = describe(name)
     return {"color": _COLOURS[index % len(_COLOURS)], "linestyle": _LINESTYLE[spec.family if spec else "adaptive"],
             "lw": 1.6}
 
@@ -391,7 +391,7 @@ def _reached(row: Row) -> str:
 def _name(name: str) -> str:
     """The optimizer as a table shows it: an import path by its class (its options elided), and a
     method that is not of chapter 8 marked †."""
-    spec = lookup(name)
+    spec = describe(name)
     if spec is None or spec.in_book:
         return name
     if spec.foreign:
@@ -456,7 +456,7 @@ def _verdict_matrix(all_results: Results) -> str:
     winners = {p: verdict(p, race)[0] for p, race in all_results.items()}
     rows = []
     for n in names:
-        spec = lookup(n)
+        spec = describe(n)
         book = f" <small>({html.escape(spec.book)})</small>" if spec else ""
         mark = "" if spec is None or spec.in_book else " <span title='not a method of chapter 8'>†</span>"
         cells = [f"{html.escape(n)}{mark}{book}"]
@@ -522,7 +522,7 @@ def write(all_results: Results, out: Path, meta: dict[str, Any]) -> Path:
         parts.append(f"<li><b>{html.escape(title(problem))}</b>: {html.escape(sentence)}</li>")
     parts.append("</ul>")
     raced = list(dict.fromkeys(n for race in all_results.values() for n in race))
-    specs = [(n, lookup(n)) for n in raced]
+    specs = [(n, describe(n)) for n in raced]
     notes = [(n, s) for n, s in specs if s is not None and s.in_book and s.note]
     if notes:
         parts.append("<h3>Where the raced variant differs from the book</h3><ul>" + "".join(

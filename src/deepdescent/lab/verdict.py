@@ -22,7 +22,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from deepdescent.lab import engine
-from deepdescent.lab.optimizers import lookup
+from deepdescent.lab.optimizers import describe
 from deepdescent.lab.problems import PROBLEMS, base_name, reference
 
 Results = dict[str, dict[str, dict[str, list[engine.RunResult]]]]  # problem → optimizer → track → runs
@@ -69,7 +69,7 @@ def time_to_target(run: engine.RunResult, target: float) -> float:
 
 
 def _kind(name: str) -> str:
-    spec = lookup(name)
+    spec = describe(name)
     return spec.kind if spec else "first"
 
 
@@ -171,7 +171,7 @@ FAMILY_WHY = {
 
 
 def family(name: str) -> str:
-    spec = lookup(name)
+    spec = describe(name)
     if spec is None:
         return "adaptive"
     return "sgd" if name == "SGD" else spec.family
