@@ -80,8 +80,13 @@ def test_a_failing_storage_never_overwrites_a_finished_runs_metadata(tmp_path):
     assert json.loads((out / "meta.json").read_text()) == {"finished": True}
 
 
-def test_passwords_are_hidden_and_the_report_asks_for_them(tmp_path):
-    url = "postgresql+psycopg://someone:s3cret@db.example:5432/results"
+@pytest.mark.parametrize("url", ["postgresql+psycopg://someone:s3cret@db.example:5432/results",
+                                 "postgresql+psycopg://someone@db.example/results?password=s3cret&sslmode=require",
+                                 "postgresql+psycopg://someone@db.example/results?sslpassword=s3cret",
+                                 "postgresql+psycopg://someone:s3cret@db.example/results?PWD=s3cret"])
+def test_passwords_are_hidden_and_the_report_asks_for_them(tmp_path, url):
+    """Every credential form SQLAlchemy accepts is hidden: in the URL's user info and as a query
+    parameter (libpq's password, sslpassword…); the report then asks for the URL."""
     assert "s3cret" not in study.redact(url) and "someone" in study.redact(url)
     out = tmp_path / "run"
     out.mkdir()

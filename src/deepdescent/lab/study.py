@@ -109,13 +109,20 @@ class StorageError(RuntimeError):
     """The result storage cannot be opened or used; the message is one line naming the cause."""
 
 
+#: Query parameters of a storage URL that carry a credential (libpq's, which SQLAlchemy passes on).
+SECRET_PARAMETERS = ("password", "passwd", "pwd", "sslpassword")
+
+
 def redact(url: str) -> str:
-    """The storage URL with its password hidden (SQLAlchemy's rendering), for every message,
-    page and file."""
+    """The storage URL with every credential hidden, for every message, page and file: the
+    password of ``user:password@host`` (SQLAlchemy's rendering) and one given as a query
+    parameter (``?password=…``, ``sslpassword``…)."""
     try:
         from sqlalchemy.engine import make_url
 
-        return make_url(url).render_as_string(hide_password=True)
+        parsed = make_url(url)
+        hidden = {k: "***" for k in parsed.query if k.lower() in SECRET_PARAMETERS}
+        return parsed.update_query_dict(hidden).render_as_string(hide_password=True).replace("%2A%2A%2A", "***")
     except Exception:  # noqa: BLE001 - not a URL SQLAlchemy parses: nothing to hide
         return url
 
