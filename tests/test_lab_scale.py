@@ -163,7 +163,7 @@ def test_sweep_deletes_only_the_claims_of_processes_that_are_gone(tmp_path):
     optuna = study.load_optuna()
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    owners = {"killed": (f"{socket.gethostname()}:{dead.pid}", time.time()),
+    owners = {"killed": (f"{socket.gethostname()}:{claims._namespace()}:{dead.pid}:0", time.time()),
               "lapsed": ("another-machine:1", time.time() - 10 * claims.TIMEOUT),
               "remote": ("another-machine:2", time.time())}
     for key, (owner, beat) in owners.items():

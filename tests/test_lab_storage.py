@@ -137,3 +137,33 @@ def test_workers_die_with_a_killed_bench_at_once(tmp_path):
     while time.time() < end and any(_alive(w) for w in workers):
         time.sleep(0.05)
     assert not any(_alive(w) for w in workers)
+
+
+def test_a_claim_from_another_pid_namespace_with_this_hostname_is_judged_by_its_heartbeat():
+    """Two containers (PID namespaces) may share a hostname: a claim written in another namespace,
+    whose PID names no process here, is alive while its heartbeat is; one written in this namespace
+    by a process that is gone is taken over at once; an old-style owner (host:pid) is judged by
+    its heartbeat alone."""
+    import socket
+    import time
+
+    from deepdescent.lab import claims
+
+    host, now, gone = socket.gethostname(), time.time(), 2 ** 22 + 12345  # above any PID in use here
+    elsewhere = {"owner": f"{host}:0123456789ab:{gone}:feedbeef", "beat": now}
+    assert claims.owner_alive(elsewhere, "a")
+    assert not claims.owner_alive({**elsewhere, "beat": now - 2 * claims.TIMEOUT}, "a")
+    here = {"owner": f"{host}:{claims._namespace()}:{gone}:feedbeef", "beat": now}
+    assert not claims.owner_alive(here, "b") and claims._namespace() != ""
+    mine = {"owner": claims._me(), "beat": now}
+    assert claims.owner_alive(mine, "c")
+    assert claims.owner_alive({"owner": f"{host}:{gone}", "beat": now}, "d")
+
+
+@pytest.mark.parametrize("value", ["abc", "nan", "-5", "0"])
+def test_a_bad_claim_timeout_is_refused_before_anything_runs(value, tmp_path, monkeypatch):
+    monkeypatch.setenv("DEEPDESCENT_CLAIM_TIMEOUT", value)
+    result = CliRunner().invoke(app, ["bench", "--problem", "saddle", "--optimizer", "Adam", "--out",
+                                      str(tmp_path / "r")], terminal_width=200)
+    flat = " ".join(result.output.replace("│", " ").split())
+    assert result.exit_code == 2 and "DEEPDESCENT_CLAIM_TIMEOUT" in flat and repr(value) in flat

@@ -234,6 +234,10 @@ def bench(
     except ValueError as err:
         raise typer.BadParameter(str(err)) from err
     _check_out(out)
+    try:
+        claims.claim_timeout()
+    except ValueError as err:
+        raise typer.BadParameter(str(err), param_hint="DEEPDESCENT_CLAIM_TIMEOUT") from None
     small = suite in ("quick", "modern")
     proto = study.Protocol(suite=suite, budget=budget or (6 if small else 12),
                            seeds=seeds or (2 if small else 3), search=search, device=device,

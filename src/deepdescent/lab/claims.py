@@ -15,13 +15,33 @@ finished ``bench`` deletes those of processes that are gone (:func:`sweep`).
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import math
 import os
+import secrets
 import socket
 import threading
 import time
 from collections.abc import Iterator
 
-TIMEOUT = float(os.environ.get("DEEPDESCENT_CLAIM_TIMEOUT", "60"))
+
+def claim_timeout() -> float:
+    """DEEPDESCENT_CLAIM_TIMEOUT in seconds (default 60); ValueError naming it when it is not a
+    positive number (``bench`` refuses to start then)."""
+    text = os.environ.get("DEEPDESCENT_CLAIM_TIMEOUT", "60")
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"invalid DEEPDESCENT_CLAIM_TIMEOUT={text!r}: must be a number of seconds > 0 (default 60)")
+    return value
+
+
+try:
+    TIMEOUT = claim_timeout()
+except ValueError:  # `bench` checks it first and says what is wrong; nothing runs with it
+    TIMEOUT = 60.0
 PREFIX = "claim:"
 
 _held: set[tuple[str, str | int]] = set()  # (url, claim study name or trial id) this process beats for
@@ -74,9 +94,12 @@ def holding_trial(url: str, trial_id: int) -> Iterator[None]:
 
 
 def owner_alive(attrs: dict, name: str) -> bool:
-    """Whether the process that wrote ``owner`` and ``beat`` into ``attrs`` still works on it."""
-    host, _, pid = str(attrs.get("owner", "")).rpartition(":")
-    if host == socket.gethostname() and pid.isdigit() and not _running(int(pid)):
+    """Whether the process that wrote ``owner`` and ``beat`` into ``attrs`` still works on it. Its
+    process ID is looked up only when it ran in this process's boot and PID namespace (two
+    containers may share a hostname, never a namespace); otherwise the heartbeat alone decides."""
+    parts = str(attrs.get("owner", "")).rsplit(":", 3)
+    if len(parts) == 4 and parts[0] == socket.gethostname() and parts[1] == _namespace() != "" and \
+            parts[2].isdigit() and not _running(int(parts[2])):
         return False  # its process on this machine is gone (killed): no need to wait for the heartbeat
     beat, now = attrs.get("beat"), time.time()
     if beat is None:  # just created, its first beat not yet written (or its creator died right then)
@@ -98,8 +121,23 @@ def sweep(url: str) -> list[str]:
     return stale
 
 
+_TOKEN = secrets.token_hex(4)  # this process, whatever its PID means elsewhere
+
+
+def _namespace() -> str:
+    """This process's boot and PID namespace, hashed: a PID names the same process only within it."""
+    parts = []
+    with contextlib.suppress(OSError):
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            parts.append(f.read().strip())
+    with contextlib.suppress(OSError):
+        parts.append(os.readlink("/proc/self/ns/pid"))
+    return hashlib.sha1("|".join(parts).encode()).hexdigest()[:12] if len(parts) == 2 else ""
+
+
 def _me() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
+    """The owner of this process's claims: host, namespace, PID and a random token."""
+    return f"{socket.gethostname()}:{_namespace()}:{os.getpid()}:{_TOKEN}"
 
 
 def _take(url: str, key: str) -> str:
