@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import pathlib
 import signal
 import sqlite3
 import subprocess
@@ -167,3 +168,23 @@ def test_a_bad_claim_timeout_is_refused_before_anything_runs(value, tmp_path, mo
                                       str(tmp_path / "r")], terminal_width=200)
     flat = " ".join(result.output.replace("│", " ").split())
     assert result.exit_code == 2 and "DEEPDESCENT_CLAIM_TIMEOUT" in flat and repr(value) in flat
+
+
+def test_a_worker_killed_mid_race_is_replaced_and_a_raising_optimizer_is_left_out(tmp_path):
+    """kill -9 of a worker during a race (`--workers 2`): the bench runs that race again in another
+    worker and finishes; a foreign optimizer that raises is left out with one line, the others go on."""
+    out = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(pathlib.Path(__file__).parent), *sys.path]),
+           "DEEPDESCENT_TEST_KILLED": str(tmp_path / "killed")}
+    cmd = [sys.executable, "-m", "deepdescent.cli", "bench", "--problem", "saddle", "--optimizer", "Adam",
+           "--optimizer", "user_optim:KilledOnce", "--optimizer", "user_optim:Raises", "--lr-center", "0.02",
+           "--budget", "2", "--seeds", "1", "--workers", "2", "--no-report", "--out", str(out)]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert (tmp_path / "killed").exists()  # a worker was killed
+    text = " ".join(done.stdout.split())
+    assert "KilledOnce" in text and "died; running it again" in text
+    assert "user_optim:Raises" in text and "this optimizer is broken; left out" in text
+    assert "Traceback" not in done.stdout + done.stderr
+    again = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert "2 of 3 races already stored" in " ".join(again.stdout.split())  # each stored once, the failed one retried

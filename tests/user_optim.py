@@ -61,3 +61,26 @@ class WithModes(SignSGD):
     def step(self, closure=None):
         assert self.mode == "train", "step() in eval mode"
         return super().step(closure)
+
+
+class KilledOnce(SignSGD):
+    """Sign descent whose first step, in the first process that takes it, kills that process
+    (kill -9: a worker the out-of-memory killer took); the file named by DEEPDESCENT_TEST_KILLED
+    records it. ``Raises`` fails at construction (a foreign optimizer with a bug)."""
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        import os
+        import signal
+
+        marker = os.environ["DEEPDESCENT_TEST_KILLED"]
+        if not os.path.exists(marker):
+            with open(marker, "w") as f:
+                f.write(str(os.getpid()))
+            os.kill(os.getpid(), signal.SIGKILL)
+        return super().step(closure)
+
+
+class Raises(SignSGD):
+    def __init__(self, params, lr: float = 0.01) -> None:
+        raise RuntimeError("this optimizer is broken")

@@ -43,7 +43,7 @@ def _worker_init(started=None, parent: int | None = None) -> None:
     prints one line), not every worker's traceback. It runs before the worker imports torch
     (``import deepdescent.cli`` does not), so an orphan lives a fraction of a second, not the
     seconds of those imports."""
-    global _STARTED
+    global _STARTED  # a folder: no queue a killed worker could leave half-written or locked
     if sys.platform.startswith("linux"):
         import ctypes
 
@@ -54,7 +54,13 @@ def _worker_init(started=None, parent: int | None = None) -> None:
     _STARTED = started
 
 
-_STARTED = None  # in a worker: the queue on which it says which job it starts
+_STARTED: str | None = None  # in a worker: the folder in which it says which job it runs (a file per job)
+
+
+def _started_file(folder: str, problem: str, optimizer: str) -> str:
+    import hashlib
+
+    return os.path.join(folder, hashlib.sha1(f"{problem}|{optimizer}".encode()).hexdigest()[:16])
 
 
 def _job(args: tuple[str, str, dict, str]) -> tuple[str, str, dict | None]:
@@ -62,8 +68,11 @@ def _job(args: tuple[str, str, dict, str]) -> tuple[str, str, dict | None]:
     from deepdescent.lab import claims, optimizers, problems, study
 
     problem, optimizer, proto, url = args
-    if _STARTED is not None:
-        _STARTED.put((problem, optimizer))
+    if _STARTED is not None:  # written whole (renamed into place): the parent never reads half of it
+        path = _started_file(_STARTED, problem, optimizer)
+        with open(f"{path}.{os.getpid()}", "w") as f:
+            f.write(str(os.getpid()))
+        os.replace(f"{path}.{os.getpid()}", path)
     torch_threads = int(os.environ.get("DEEPDESCENT_THREADS", "0"))
     if torch_threads:
         import torch
@@ -94,43 +103,110 @@ def _running(jobs: list[tuple[str, str]]) -> str:
     return f"running {text}" if names else "starting"
 
 
+#: A race whose worker process dies this many times (killed, out of memory, os._exit in a foreign
+#: optimizer) is left out of this bench (what it stored stays; rerunning tries it again).
+LOST_LIMIT = 3
+
+
+def _gone(pid: int) -> bool:
+    """Whether process ``pid`` has ended (a zombie not yet reaped counts as ended)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except OSError:
+        return False
+
+
 def _race(args: list[tuple], workers: int, bar, task, done) -> None:
     """Run the jobs (in ``workers`` processes), calling ``done(problem, optimizer, runs)`` as each ends.
     A job whose next batch another process (here or on another machine) trains goes back to the
-    end of the queue."""
+    end of the queue. A job whose worker dies (kill -9, the out-of-memory killer) is run again in
+    another worker, from what it stored; after LOST_LIMIT deaths, or when it raises, it is left
+    out with one line saying why, and the others go on."""
+    def left_out(a: tuple, why: str) -> None:
+        bar.console.print(f"{a[0]}/{a[1]}: {why}; left out of this bench (what it stored stays; rerun to try it "
+                          "again)", soft_wrap=True)
+        bar.advance(task)
+
+    def finished(a: tuple, result: tuple) -> bool:
+        p, o, runs = result
+        if runs is None:
+            return False
+        done(p, o, runs)
+        bar.advance(task)
+        return True
+
     if workers > 1 and len(args) > 1:
         os.environ.setdefault("DEEPDESCENT_THREADS", "1")  # each worker one thread: N workers, N cores
         ctx = mp.get_context("spawn")
-        started = ctx.Queue()
-        with ctx.Pool(workers, initializer=_worker_init, initargs=(started, os.getpid())) as pool:
+        deaths: dict[tuple, int] = {}
+        with tempfile.TemporaryDirectory(prefix="deepdescent-workers-") as started, \
+                ctx.Pool(workers, initializer=_worker_init, initargs=(started, os.getpid())) as pool:
             pending = {pool.apply_async(_job, (a,)): a for a in args}
-            running: list[tuple[str, str]] = []
+            running: dict[tuple[str, str], int] = {}  # (problem, optimizer) → the PID of the worker running it
+
+            def forget(a: tuple) -> None:
+                running.pop((a[0], a[1]), None)
+                with contextlib.suppress(OSError):
+                    os.remove(_started_file(started, a[0], a[1]))
             while pending:
-                while not started.empty():
-                    running.append(started.get())
+                for a in pending.values():
+                    with contextlib.suppress(OSError, ValueError):
+                        with open(_started_file(started, a[0], a[1])) as f:
+                            running[(a[0], a[1])] = int(f.read())
                 for res in [r for r in pending if r.ready()]:
-                    p, o, runs = res.get()  # a worker's exception is raised here
                     a = pending.pop(res)
-                    if (p, o) in running:
-                        running.remove((p, o))
-                    if runs is None:
-                        pending[pool.apply_async(_job, (a,))] = a
+                    forget(a)
+                    try:
+                        result = res.get()
+                    except (KeyboardInterrupt, study_errors()):
+                        raise
+                    except Exception as err:  # noqa: BLE001 - one race failed (a foreign optimizer raising)
+                        left_out(a, f"failed: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}")
                         continue
-                    done(p, o, runs)
-                    bar.advance(task)
-                bar.update(task, description=_running(running))
+                    if not finished(a, result):
+                        pending[pool.apply_async(_job, (a,))] = a
+                for res, a in list(pending.items()):
+                    pid = running.get((a[0], a[1]))
+                    if pid is None or not _gone(pid) or res.ready():
+                        continue
+                    del pending[res]  # its worker died: the pool replaced it
+                    forget(a)
+                    deaths[a[:2]] = deaths.get(a[:2], 0) + 1
+                    if deaths[a[:2]] >= LOST_LIMIT:
+                        left_out(a, f"its worker process died {deaths[a[:2]]} times")
+                    else:
+                        bar.console.print(f"{a[0]}/{a[1]}: its worker process died; running it again", soft_wrap=True)
+                        pending[pool.apply_async(_job, (a,))] = a
+                bar.update(task, description=_running(list(running)))
                 time.sleep(0.1)
     else:
         queue = list(args)
         while queue:
             a = queue.pop(0)
             bar.update(task, description=_running([(a[0], a[1])]))
-            p, o, runs = _job(a)
-            if runs is None:
-                queue.append(a)
+            try:
+                result = _job(a)
+            except (KeyboardInterrupt, study_errors()):
+                raise
+            except Exception as err:  # noqa: BLE001 - one race failed (a foreign optimizer raising)
+                left_out(a, f"failed: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}")
                 continue
-            done(p, o, runs)
-            bar.advance(task)
+            if not finished(a, result):
+                queue.append(a)
+
+
+def study_errors() -> type[Exception]:
+    """The storage's errors: they end the bench (with one line), never just one race."""
+    from deepdescent.lab import study
+
+    return study.StorageError
 
 
 def _write_meta(out: Path, meta: dict) -> None:
