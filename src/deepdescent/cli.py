@@ -10,6 +10,7 @@ import signal
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
@@ -134,8 +135,16 @@ def _race(args: list[tuple], workers: int, bar, task, done) -> None:
                           "again)", soft_wrap=True)
         bar.advance(task)
 
-    def finished(a: tuple, result: tuple) -> bool:
-        p, o, runs = result
+    def finished(a: tuple, result: Callable[[], tuple]) -> bool:
+        """Take a job's outcome: stored (True), left out because it raised (True), or to run again
+        because another process trains its next batch (False). Storage errors end the bench."""
+        try:
+            p, o, runs = result()
+        except (KeyboardInterrupt, study_errors()):
+            raise
+        except Exception as err:  # noqa: BLE001 - one race failed (a foreign optimizer raising)
+            left_out(a, f"failed: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}")
+            return True
         if runs is None:
             return False
         done(p, o, runs)
@@ -163,14 +172,7 @@ def _race(args: list[tuple], workers: int, bar, task, done) -> None:
                 for res in [r for r in pending if r.ready()]:
                     a = pending.pop(res)
                     forget(a)
-                    try:
-                        result = res.get()
-                    except (KeyboardInterrupt, study_errors()):
-                        raise
-                    except Exception as err:  # noqa: BLE001 - one race failed (a foreign optimizer raising)
-                        left_out(a, f"failed: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}")
-                        continue
-                    if not finished(a, result):
+                    if not finished(a, res.get):
                         pending[pool.apply_async(_job, (a,))] = a
                 for res, a in list(pending.items()):
                     pid = running.get((a[0], a[1]))
@@ -191,14 +193,7 @@ def _race(args: list[tuple], workers: int, bar, task, done) -> None:
         while queue:
             a = queue.pop(0)
             bar.update(task, description=_running([(a[0], a[1])]))
-            try:
-                result = _job(a)
-            except (KeyboardInterrupt, study_errors()):
-                raise
-            except Exception as err:  # noqa: BLE001 - one race failed (a foreign optimizer raising)
-                left_out(a, f"failed: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}")
-                continue
-            if not finished(a, result):
+            if not finished(a, lambda a=a: _job(a)):
                 queue.append(a)
 
 
