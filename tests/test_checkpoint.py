@@ -120,3 +120,62 @@ def test_loading_a_wrong_number_of_parameters_is_refused():
 def test_loading_garbage_is_refused():
     with pytest.raises(ValueError, match="'state' and 'param_groups'"):
         optim.Adam([torch.nn.Parameter(torch.ones(1))]).load_state_dict({"foo": 1})
+
+
+def _stepped(make, seed: int = 0):
+    torch.manual_seed(seed)
+    p = torch.nn.Parameter(torch.randn(3, 2))
+    opt = make([p])
+    for _ in range(2):
+        p.grad = torch.randn(3, 2)
+        opt.step()
+    return opt
+
+
+def _edited(sd: dict, edit) -> dict:
+    import copy
+
+    sd = copy.deepcopy(sd)
+    edit(sd["state"][0], sd["param_groups"][0])
+    return sd
+
+
+@pytest.mark.parametrize("name", list(rh.CONFIGS))
+def test_a_state_dict_with_a_broken_buffer_is_refused_and_changes_nothing(name):
+    """Every configuration: a buffer given as a list, a missing buffer, step = 0 beside buffers — each
+    refused with a ValueError naming it, the target optimizer unchanged (it would otherwise fail at
+    the next step, or silently restart that moment at zero, or divide by 1 − β⁰ = 0)."""
+    make, spec = rh.CONFIGS[name], rh.SPECS[name]
+    sd = _stepped(make).state_dict()
+    target = _stepped(make, seed=1)
+    before = {k: v.clone() if torch.is_tensor(v) else v for k, v in
+              target.state[target.param_groups[0]["params"][0]].items()}
+    buffers = spec.buffers(target.param_groups[0])
+    cases = [(lambda s, g: s.__setitem__("step", 0), r"'step'.*=0 beside its buffers")] if buffers else []
+    for b in buffers:
+        cases += [(lambda s, g, b=b: s.__setitem__(b, s[b].tolist()), rf"'{b}'.*is a list; it must be a tensor"),
+                  (lambda s, g, b=b: s.pop(b), rf"lacks \['{b}'\]")]
+    for edit, message in cases:
+        with pytest.raises(ValueError, match=message):
+            target.load_state_dict(_edited(sd, edit))
+        after = target.state[target.param_groups[0]["params"][0]]
+        assert sorted(after) == sorted(before)
+        assert all(torch.equal(after[k], v) if torch.is_tensor(v) else after[k] == v for k, v in before.items())
+
+
+def _nesterov(name: str) -> bool:
+    return rh.SPECS[name].interim(rh.CONFIGS[name]([torch.nn.Parameter(torch.ones(1))]).param_groups[0])
+
+
+@pytest.mark.parametrize("name", [n for n in rh.CONFIGS if _nesterov(n)])
+def test_a_flipped_nesterov_flag_is_refused(name):
+    """A Nesterov configuration's dict with nesterov turned off (the parameters hold θ̃ but would step
+    as θ), and one whose mode says it stepped without Nesterov momentum: both refused, naming the mode."""
+    make = rh.CONFIGS[name]
+    target = _stepped(make, seed=1)
+    with pytest.raises(ValueError, match="interim_mode='lookahead'.*no param group"):
+        target.load_state_dict(_edited(_stepped(make).state_dict(), lambda s, g: g.__setitem__("nesterov", False)))
+    unmoded = _stepped(make).state_dict()
+    unmoded["deepdescent"]["interim_mode"] = None
+    with pytest.raises(ValueError, match="interim_mode is None"):
+        target.load_state_dict(unmoded)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import math
 import statistics
 import warnings
@@ -522,9 +523,17 @@ def test_bad_input(tmp_path):
     with pytest.raises(FileNotFoundError, match="no log"):
         dg.read_jsonl(tmp_path / "missing.jsonl")
     bad = tmp_path / "bad.jsonl"
-    bad.write_text('{"step": 1}\n{not json\n')
+    bad.write_text('{"step": 1, "instrument": "cheap", "values": {}}\n{not json\n')
     with pytest.raises(ValueError, match="line 2.*corrupt"):
         dg.read_jsonl(bad)
+    for line, message in (('{"step": 1}', "line 1: 'instrument' must be a string"), ('[1, 2]', "line 1 is a JSON list"),
+                          ('{"step": "9", "instrument": "cheap", "values": {}}', "'step' must be an integer"),
+                          ('{"step": 1, "instrument": "cheap", "values": 3}', "'values' must be an object")):
+        bad.write_text(line + "\n")  # another program's log: named, never a bare KeyError
+        with pytest.raises(ValueError, match=re.escape(message)):
+            dg.read_jsonl(bad)
+        with pytest.raises(ValueError, match="records\\[0\\]"):
+            dg.plot([json.loads(line)])
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         dg.plot([], tmp_path / "empty.png")  # an empty log draws empty panels, no crash

@@ -157,6 +157,38 @@ def test_every_package_imports_only_the_layers_below_it():
     assert not wrong, "\n".join(wrong)
 
 
+#: The lab's modules, lowest first: each imports only those before it (a module-level or a local
+#: import alike), so that following `bench` to a stored trial and back to the report never circles.
+LAB_ORDER = ["files", "storage", "pages", "optimizers", "digits", "problems", "engine", "claims", "study", "verdict",
+             "science", "report"]
+
+
+def _lab_unit(rel: pathlib.PurePath) -> str:
+    return rel.parts[1].removesuffix(".py")
+
+
+def test_the_lab_imports_only_the_modules_below_each_module():
+    wrong, unplaced = [], set()
+    for path in sorted((SRC / "lab").rglob("*.py")):
+        rel = path.relative_to(SRC)
+        unit = _lab_unit(rel)
+        if unit == "__init__":
+            continue
+        if unit not in LAB_ORDER:
+            unplaced.add(unit)
+            continue
+        for module, names in _imports(path):
+            parts = module.split(".")
+            if parts[:2] != ["deepdescent", "lab"]:
+                continue
+            targets = [parts[2]] if len(parts) > 2 else names
+            for target in targets:
+                if target != unit and LAB_ORDER.index(target) > LAB_ORDER.index(unit):
+                    wrong.append(f"{rel} imports {module} {names}: {target} is above {unit}")
+    assert not unplaced, f"lab modules with no place in LAB_ORDER: {sorted(unplaced)}"
+    assert not wrong, "\n".join(wrong)
+
+
 def test_no_package_imports_a_private_module_of_another():
     """``deepdescent.algorithms._x`` is the algorithms package's own business."""
     wrong = []

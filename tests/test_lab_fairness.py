@@ -167,9 +167,9 @@ class _FakeEngine:
     def __init__(self, best: float) -> None:
         self.best, self.calls = best, []
 
-    def __call__(self, problem, spec, lrs, seeds, protocol):
+    def __call__(self, race, lrs, seeds):
         self.calls.append(list(lrs))
-        return [_run([1.0, (math.log10(lr) - math.log10(self.best)) ** 2], name=spec.name, lr=lr, seed=s)
+        return [_run([1.0, (math.log10(lr) - math.log10(self.best)) ** 2], name=race.spec.name, lr=lr, seed=s)
                 for lr in lrs for s in seeds]
 
 
@@ -179,7 +179,7 @@ def test_the_grid_is_extended_until_it_brackets_the_best_learning_rate(best, int
     monkeypatch.setattr(study, "_members", fake)
     url, spec, prob = f"sqlite:///{tmp_path / 'r.db'}", optimizers.optimizer("Adam"), problems.problem("saddle")
     proto = study.Protocol(budget=6, seeds=2)
-    grid, done = study._grid_search(prob, spec, proto, url, "saddle/Adam", [0, 1], True, None)
+    grid, done = study._grid_search(study.Race(prob, spec, proto, url), [0, 1])
     base = optimizers.lr_grid(spec.default_lr, 6)
     chosen = study.best_lr(grid, done, [0, 1])
     assert set(base) <= set(grid) and grid == sorted(grid)
@@ -189,7 +189,7 @@ def test_the_grid_is_extended_until_it_brackets_the_best_learning_rate(best, int
     else:
         assert len(grid) == 6 + study.MAX_EXTENSION and chosen == grid[0]
     assert len(fake.calls[0]) == 6 and all(len(c) == 1 for c in fake.calls[1:])  # one point per extension
-    again, _ = study._grid_search(prob, spec, proto, url, "saddle/Adam", [0, 1], False, None)  # the report's read
+    again, _ = study._grid_search(study.Race(prob, spec, proto, url, run=False), [0, 1])  # the report's read
     assert again == grid and len(fake.calls) == len(grid) - 5
     row = verdict.row("Adam", {"grid": [done[(lr, s)] for lr in grid for s in (0, 1)],
                                "tuned": [done[(chosen, s)] for s in (0, 1)], "defaults": []}, 1.0)
@@ -308,7 +308,7 @@ def test_only_a_batching_failure_falls_back_to_member_by_member(monkeypatch, cap
         raise engine.NotVectorizable("torch.func cannot batch saddle's model: vmap: .item()")
     monkeypatch.setattr(engine, "run_vectorized", unbatchable)
     with caplog.at_level(logging.WARNING, logger="deepdescent.lab"):
-        runs = study._members(prob, spec, [0.1, 0.01], [0, 1], proto)
+        runs = study._members(study.Race(prob, spec, proto, "unused"), [0.1, 0.01], [0, 1])
     assert len(runs) == 4 and members == [(0.1, 0), (0.1, 1), (0.01, 0), (0.01, 1)]
     assert "Adam on saddle runs member by member" in caplog.text
 
@@ -316,4 +316,4 @@ def test_only_a_batching_failure_falls_back_to_member_by_member(monkeypatch, cap
         raise RuntimeError("mat1 and mat2 shapes cannot be multiplied")
     monkeypatch.setattr(engine, "run_vectorized", broken)
     with pytest.raises(RuntimeError, match="mat1 and mat2"):
-        study._members(prob, spec, [0.1], [0], proto)
+        study._members(study.Race(prob, spec, proto, "unused"), [0.1], [0])

@@ -89,6 +89,11 @@ def test_bench_races_a_user_class_by_import_path_and_by_entry_point(entry_point,
     (["--optimizer", "user_optim:SignSGD", "--hparam", "momentum"], "expected NAME=VALUE"),
     (["--optimizer", "user_optim:SignSGD", "--hparam", "other@momentum=1"], "is not one of the import-path"),
     (["--optimizer", "user_optim:SignSGD", "--hparam", "beta=1"], "has no hyperparameter beta"),
+    (["--optimizer", "Adam", "--budget", "100000000"], "less than or equal to 200"),
+    (["--optimizer", "Adam", "--seeds", "100000000"], "less than or equal to 100"),
+    (["--optimizer", "user_optim:SignSGD", "--lr-center", "1e308"], "1e+308 is not in (0, 1e+06]"),
+    (["--optimizer", "user_optim:SignSGD", "--lr-center", "0"], "0.0 is not in (0, 1e+06]"),
+    (["--optimizer", "user_optim:SignSGD", "--lr-center", "nan"], "nan is not in (0, 1e+06]"),
 ])
 def test_bad_hparams_are_refused_before_anything_runs(args, message, tmp_path):
     result = CliRunner().invoke(app, ["bench", "--problem", "saddle", *args, "--out", str(tmp_path / "r")],
@@ -146,3 +151,82 @@ def test_report_never_imports_what_a_run_directory_names(tmp_path, monkeypatch):
     assert not witness.exists() and "planted_mod" not in sys.modules and "this" not in sys.modules
     page = (out / "report.html").read_text()
     assert "user_optim:SignSGD(lr=0.02)" in page and "Adam" in page
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("finished") / "run"
+    result = CliRunner().invoke(app, ["bench", "--problem", "saddle", "--optimizer", "Adam", "--budget", "2",
+                                      "--seeds", "1", "--no-report", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    return out
+
+
+@pytest.mark.parametrize("edit,message", [
+    (lambda m: [m], "it holds a list, not an object"),
+    (lambda m: {**m, "protocol": 4}, "'protocol' must be a string"),
+    (lambda m: {**m, "protocol": "v4-quick"}, "is not one bench writes"),
+    (lambda m: {**m, "problems": "saddle"}, "'problems' must be a list of names"),
+    (lambda m: {**m, "problems": ["no_such_problem"]}, "problem 'no_such_problem'"),
+    (lambda m: {**m, "optimizers": [1, 2]}, "'optimizers' must be a list of names"),
+    (lambda m: {**m, "database": "../../elsewhere.db"}, "'database' must be a file name in the run directory"),
+    (lambda m: {k: v for k, v in m.items() if k not in ("database", "storage")}, "neither 'database' nor"),
+    (lambda m: {**m, "suite": "science", "experiments": ["../x"], "scale": "cpu"}, "experiments ['../x']"),
+    (lambda m: {**m, "described": ["not", "a", "mapping"]}, None),  # ignored: the names describe themselves
+])
+def test_a_hand_edited_meta_json_gives_one_line_naming_the_field(finished_run, tmp_path, edit, message):
+    """meta.json of a real run, edited by hand: `report` names the wrong field and what is valid, in
+    one message, without a traceback (a field it can do without is ignored)."""
+    import shutil
+
+    out = tmp_path / "run"
+    shutil.copytree(finished_run, out)
+    meta = json.loads((out / "meta.json").read_text())
+    (out / "meta.json").write_text(json.dumps(edit(meta)))
+    result = CliRunner().invoke(app, ["report", str(out)], terminal_width=300)
+    flat = " ".join(result.output.replace("│", " ").split())
+    assert "Traceback" not in result.output and not isinstance(result.exception, (KeyError, TypeError, AttributeError))
+    if message is None:
+        assert result.exit_code == 0, result.output
+    else:
+        assert result.exit_code == 2 and message in flat, result.output
+
+
+def test_a_meta_json_that_is_not_text_is_called_corrupt(finished_run, tmp_path):
+    import shutil
+
+    out = tmp_path / "run"
+    shutil.copytree(finished_run, out)
+    (out / "meta.json").write_bytes(b"\xff\xfe\x00garbage")
+    result = CliRunner().invoke(app, ["report", str(out)], terminal_width=300)
+    assert result.exit_code == 2 and "is corrupt" in " ".join(result.output.replace("│", " ").split()), result.output
+
+
+@pytest.mark.parametrize("where", ["figure", "page"])
+def test_a_full_disk_while_writing_the_report_says_the_results_are_stored(finished_run, tmp_path, monkeypatch,
+                                                                         where):
+    """The disk fills while `report` writes a figure or the page: one line saying the results are
+    stored and how to write the report later; the previous report.html is left whole."""
+    import errno
+    import shutil
+
+    import matplotlib.figure
+
+    out = tmp_path / "run"
+    shutil.copytree(finished_run, out)
+    assert CliRunner().invoke(app, ["report", str(out)]).exit_code == 0
+    before = (out / "report.html").read_bytes()
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    if where == "figure":
+        monkeypatch.setattr(matplotlib.figure.Figure, "savefig", full)
+    else:
+        monkeypatch.setattr(pathlib.Path, "write_text", full)
+    result = CliRunner().invoke(app, ["report", str(out)])
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    flat = " ".join(result.output.split())
+    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+    assert lines[-1].startswith("error:") and "No space left on device" in flat and "results are stored" in flat
+    assert (out / "report.html").read_bytes() == before
+    assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]

@@ -5,30 +5,28 @@ a single-process run, and no claim is left behind."""
 
 from __future__ import annotations
 
-import glob
 import os
-import shutil
 import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 
 import pytest
 
-from deepdescent.lab import claims, study
+from deepdescent.lab import claims, storage, study
+from pg_server import PostgresServer
 
 ARGS = ["--problem", "saddle", "--problem", "cliff", "--optimizer", "Adam",
         "--optimizer", "L-BFGS", "--budget", "3", "--seeds", "2", "--no-report"]
 
 
 def _members(url: str) -> dict[tuple[str, float, int], float]:
-    optuna = study.load_optuna()
+    optuna = storage.load_optuna()
     out: dict[tuple[str, float, int], float] = {}
-    for name in study.study_names(url):
+    for name in storage.study_names(url):
         assert not name.startswith(claims.PREFIX), f"a claim was left behind: {name}"
-        s = optuna.load_study(study_name=name, storage=study.storage(url))
+        s = optuna.load_study(study_name=name, storage=storage.connect(url))
         for t in s.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
             key = (name, t.params["lr"], t.params["seed"])
             assert key not in out, f"member stored twice: {key}"
@@ -57,8 +55,8 @@ def _race_three(url: str, outs: list[str], storage: list[str]) -> None:
 
 def _stored_now(url: str) -> list:
     try:
-        return [n for n in study.study_names(url) if not n.startswith(claims.PREFIX) and "/grid/" in n]
-    except study.StorageError:
+        return [n for n in storage.study_names(url) if not n.startswith(claims.PREFIX) and "/grid/" in n]
+    except storage.StorageError:
         return []
 
 
@@ -78,37 +76,13 @@ def test_three_processes_on_one_sqlite_run_directory(single_process, tmp_path):
     assert _members(f"sqlite:///{tmp_path / 'run' / 'results.db'}") == single_process
 
 
-def _postgres_bin() -> str | None:
-    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"))
-    return os.path.dirname(found[-1]) if found else None
-
-
 @pytest.fixture(scope="module")
 def postgres():
-    """A throw-away PostgreSQL server (as the `postgres` user: it refuses to run as root), reached
-    over a Unix socket in a temporary folder; stopped and removed afterwards."""
-    pytest.importorskip("psycopg", reason="psycopg (the PostgreSQL driver) is not installed")
-    bindir = _postgres_bin()
-    if bindir is None or shutil.which("runuser") is None:
-        pytest.skip("PostgreSQL's server binaries (Debian package postgresql) or runuser are not here")
-    as_postgres = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
-    if os.geteuid() != 0 and os.environ.get("USER") != "postgres":
-        pytest.skip("starting a PostgreSQL server needs root (to run it as `postgres`) or the postgres user")
-    folder = tempfile.mkdtemp(prefix="deepdescent-pg-", dir="/tmp")
-    os.chmod(folder, 0o777)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    data = os.path.join(folder, "data")
-    run = lambda *cmd: subprocess.run([*as_postgres, *cmd], check=True, capture_output=True, text=True)  # noqa: E731
-    run(f"{bindir}/initdb", "-D", data, "-A", "trust", "-U", "postgres")
-    run(f"{bindir}/pg_ctl", "-D", data, "-l", os.path.join(folder, "log"), "-w",
-        "-o", f"-k {folder} -p {port} -c listen_addresses='' -c max_connections=200", "start")
+    server = PostgresServer()
     try:
-        yield f"postgresql+psycopg://postgres@/postgres?host={folder}&port={port}"
+        yield server.url
     finally:
-        subprocess.run([*as_postgres, f"{bindir}/pg_ctl", "-D", data, "-m", "immediate", "stop"], capture_output=True)
-        shutil.rmtree(folder, ignore_errors=True)
+        server.remove()
 
 
 @pytest.mark.slow
@@ -118,11 +92,66 @@ def test_three_processes_on_one_postgresql_study(single_process, postgres, tmp_p
     assert _members(postgres) == single_process
 
 
+def _wait_for_a_race(url: str, proc: subprocess.Popen) -> None:
+    """Until the bench has opened its first race's study (it is mid-race from then on)."""
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None and not _stored_now(url):
+        time.sleep(0.1)
+    assert proc.poll() is None, proc.communicate()[0]
+
+
+@pytest.mark.slow
+def test_a_database_outage_is_waited_out_and_a_lasting_one_ends_the_bench_in_one_line(single_process, tmp_path):
+    """The PostgreSQL server stops mid-bench (ending every connection, as a restart or failover does)
+    and comes back 5 s later: the bench waits and goes on. Then it stops for good: after
+    DEEPDESCENT_STORAGE_PATIENCE (8 s here) the bench ends with exit status 1 and one error line
+    naming the outage and the resume command. Once the server is back, that command finishes the
+    race: every member stored once, with the values of a single process on SQLite."""
+    server = PostgresServer()
+    env = {**os.environ, "DEEPDESCENT_STORAGE_PATIENCE": "8"}
+    args = ["--workers", "2", "--out", str(tmp_path / "run"), "--storage", server.url]
+    try:
+        proc = _bench(*args, env=env)
+        _wait_for_a_race(server.url, proc)
+        server.stop()
+        time.sleep(5)
+        server.start()
+        deadline = time.time() + 300  # the bench goes on: wait until it stores a race after the outage
+        while time.time() < deadline and proc.poll() is None and len(_finished_races(server.url)) < 1:
+            time.sleep(0.2)
+        server.stop()
+        output, _ = proc.communicate(timeout=600)
+        flat = " ".join(output.split())
+        assert "cannot be reached" in flat and "is back after" in flat, output  # the short outage was waited out
+        errors = [line for line in output.splitlines() if line.startswith("error:")]
+        assert proc.returncode == 1 and len(errors) == 1, output
+        assert "cannot be reached (for 8 s, DEEPDESCENT_STORAGE_PATIENCE)" in errors[0], output
+        assert "resume with: deepdescent bench" in errors[0] and "Traceback" not in output, output
+        server.start()
+        again = _bench(*args, env=env)
+        output, _ = again.communicate(timeout=600)
+        assert again.returncode == 0, output
+        assert _members(server.url) == single_process
+    finally:
+        server.remove()
+
+
+def _finished_races(url: str) -> list[str]:
+    """The tracks that hold a completed trial."""
+    try:
+        optuna = storage.load_optuna()
+        return [n for n in storage.study_names(url) if not n.startswith(claims.PREFIX) and optuna.load_study(
+            study_name=n, storage=storage.connect(url)).get_trials(deepcopy=False,
+                                                                 states=(optuna.trial.TrialState.COMPLETE,))]
+    except storage.StorageError:
+        return []
+
+
 def test_a_lapsed_claim_of_another_machine_is_taken_over(tmp_path, monkeypatch):
     url = f"sqlite:///{tmp_path / 'claims.db'}"
-    optuna = study.load_optuna()
+    optuna = storage.load_optuna()
     monkeypatch.setattr(claims, "TIMEOUT", 5.0)
-    other = optuna.create_study(study_name=f"{claims.PREFIX}batch:g0", storage=study.storage(url))
+    other = optuna.create_study(study_name=f"{claims.PREFIX}batch:g0", storage=storage.connect(url))
     other.set_user_attr("owner", "another-machine:4242")
     other.set_user_attr("beat", time.time())
     with pytest.raises(claims.Busy):  # alive: its heartbeat is fresh
@@ -130,25 +159,25 @@ def test_a_lapsed_claim_of_another_machine_is_taken_over(tmp_path, monkeypatch):
             pass
     other.set_user_attr("beat", time.time() - 6)  # its heartbeat lapsed: the machine died
     with claims.claimed(url, "batch"):
-        names = study.study_names(url)
+        names = storage.study_names(url)
         assert f"{claims.PREFIX}batch:g1" in names and f"{claims.PREFIX}batch:g0" not in names
-    assert not [n for n in study.study_names(url) if n.startswith(claims.PREFIX)]
+    assert not [n for n in storage.study_names(url) if n.startswith(claims.PREFIX)]
 
 
 def test_a_claim_created_beside_a_live_generation_gives_way(tmp_path, monkeypatch):
     """A process that listed the claims before another's generation appeared creates generation 0
     beside a live generation 1: it must see that one after creating its own, and give way."""
     url = f"sqlite:///{tmp_path / 'claims.db'}"
-    optuna = study.load_optuna()
-    other = optuna.create_study(study_name=f"{claims.PREFIX}batch:g1", storage=study.storage(url))
+    optuna = storage.load_optuna()
+    other = optuna.create_study(study_name=f"{claims.PREFIX}batch:g1", storage=storage.connect(url))
     other.set_user_attr("owner", "another-machine:4242")
     other.set_user_attr("beat", time.time())
-    names, calls = study.study_names, []
+    names, calls = storage.study_names, []
 
     def listed_too_early(u):
         calls.append(u)
         return [] if len(calls) == 1 else names(u)
-    monkeypatch.setattr(study, "study_names", listed_too_early)
+    monkeypatch.setattr(storage, "study_names", listed_too_early)
     with pytest.raises(claims.Busy):
         with claims.claimed(url, "batch"):
             pass
@@ -160,19 +189,19 @@ def test_sweep_deletes_only_the_claims_of_processes_that_are_gone(tmp_path):
     takes over: the sweep at the end of bench deletes it (and one whose heartbeat lapsed), never a
     live one (this process's, or another machine's with a fresh heartbeat)."""
     url = f"sqlite:///{tmp_path / 'claims.db'}"
-    optuna = study.load_optuna()
+    optuna = storage.load_optuna()
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     owners = {"killed": (f"{socket.gethostname()}:{claims._namespace()}:{dead.pid}:0", time.time()),
               "lapsed": ("another-machine:1", time.time() - 10 * claims.TIMEOUT),
               "remote": ("another-machine:2", time.time())}
     for key, (owner, beat) in owners.items():
-        c = optuna.create_study(study_name=f"{claims.PREFIX}{key}:g0", storage=study.storage(url))
+        c = optuna.create_study(study_name=f"{claims.PREFIX}{key}:g0", storage=storage.connect(url))
         c.set_user_attr("owner", owner)
         c.set_user_attr("beat", beat)
     with claims.claimed(url, "mine"):
         swept = claims.sweep(url)
-        left = sorted(n for n in study.study_names(url) if n.startswith(claims.PREFIX))
+        left = sorted(n for n in storage.study_names(url) if n.startswith(claims.PREFIX))
     assert sorted(swept) == [f"{claims.PREFIX}killed:g0", f"{claims.PREFIX}lapsed:g0"]
     assert left == [f"{claims.PREFIX}mine:g0", f"{claims.PREFIX}remote:g0"]
 
@@ -191,12 +220,13 @@ def test_a_sampled_search_resumes_a_dead_processs_proposal_under_its_own_trial(t
     expected = sorted(t.params["lr"] for t in _trials(whole))
 
     killed = f"sqlite:///{tmp_path / 'killed.db'}"
-    optuna = study.load_optuna()
-    s = study.open_study(killed, f"saddle/Adam/qmc/{proto.tag()}")
+    optuna = storage.load_optuna()
+    s = storage.open_study(killed, f"saddle/Adam/qmc/{proto.tag()}")
     _, trial_id, _ = study._propose(s, spec, proto, killed)  # the dead process's proposal
     s.ask()  # and one it was making when it died: no lr yet
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    study.storage(killed).set_trial_user_attr(trial_id, "owner", f"{socket.gethostname()}:{dead.stdout.strip()}")
+    storage.connect(killed).set_trial_user_attr(  # its owner's process is gone: taken over at once
+        trial_id, "owner", f"{socket.gethostname()}:{claims._namespace()}:{dead.stdout.strip()}:0")
     study.run_race(problem, spec, proto, killed)
     trials = _trials(killed, every=True)
     assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL] + \
@@ -205,10 +235,10 @@ def test_a_sampled_search_resumes_a_dead_processs_proposal_under_its_own_trial(t
 
 
 def _trials(url: str, every: bool = False):
-    optuna = study.load_optuna()
-    name = next(n for n in study.study_names(url) if "/qmc/" in n or "/tpe/" in n)
+    optuna = storage.load_optuna()
+    name = next(n for n in storage.study_names(url) if "/qmc/" in n or "/tpe/" in n)
     states = None if every else (optuna.trial.TrialState.COMPLETE,)
-    return optuna.load_study(study_name=name, storage=study.storage(url)).get_trials(deepcopy=False, states=states)
+    return optuna.load_study(study_name=name, storage=storage.connect(url)).get_trials(deepcopy=False, states=states)
 
 
 QMC_ARGS = ["--problem", "saddle", "--optimizer", "Adam", "--budget", "4", "--seeds", "2", "--search", "qmc",
@@ -217,7 +247,7 @@ QMC_ARGS = ["--problem", "saddle", "--optimizer", "Adam", "--budget", "4", "--se
 
 def _proposals(url: str) -> dict[float, float]:
     """lr → value of the sampled search's trials; every proposal exactly once, none left RUNNING."""
-    optuna = study.load_optuna()
+    optuna = storage.load_optuna()
     every = _trials(url, every=True)
     assert all(t.state == optuna.trial.TrialState.FAIL for t in every if not t.params)  # killed inside ``ask``
     trials = [t for t in every if t.params]
@@ -259,7 +289,7 @@ def test_three_processes_share_one_qmc_search(tmp_path):
 def _completed_now(url: str) -> bool:
     try:
         return bool(_trials(url))
-    except (study.StorageError, StopIteration):
+    except (storage.StorageError, StopIteration):
         return False
 
 
@@ -272,7 +302,7 @@ def test_concurrent_proposers_never_share_a_proposal(tmp_path, monkeypatch, sear
 
     from deepdescent.lab import optimizers, problems
 
-    optuna = study.load_optuna()
+    optuna = storage.load_optuna()
     proto = study.Protocol(budget=4, seeds=1, search=search)
     problem, spec = problems.problem("saddle"), optimizers.optimizer("Adam")
     alone = f"sqlite:///{tmp_path / 'alone.db'}"

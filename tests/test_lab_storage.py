@@ -18,7 +18,7 @@ import sqlalchemy.exc
 from typer.testing import CliRunner
 
 from deepdescent.cli import app
-from deepdescent.lab import study
+from deepdescent.lab import storage, study
 
 TINY = ["--problem", "saddle", "--optimizer", "Adam", "--budget", "2", "--seeds", "1", "--no-report"]
 HAS_PSYCOPG = importlib.util.find_spec("psycopg") is not None
@@ -31,7 +31,7 @@ def _bench(tmp_path, storage: str):
 
 
 def _valid_sqlite(path) -> bytes:
-    study.open_study(f"sqlite:///{path}", "some-study")  # a real results file: Optuna's schema, one study
+    storage.open_study(f"sqlite:///{path}", "some-study")  # a real results file: Optuna's schema, one study
     return path.read_bytes()
 
 
@@ -72,6 +72,46 @@ def test_each_storage_fault_gives_one_line_naming_its_cause(case, tmp_path, monk
     assert not (tmp_path / "run" / "meta.json").exists()  # written only once the storage opened
 
 
+def test_a_refused_login_and_a_missing_database_are_named_as_such(tmp_path):
+    """A real PostgreSQL server that wants a password: a wrong one, none, and a database that does
+    not exist each end the bench at once with one line saying so — not "cannot be reached"."""
+    from pg_server import PostgresServer
+
+    server = PostgresServer(password="right")
+    try:
+        cases = {server.url.replace(":right@", ":wrong@"): "refused the login",
+                 server.url.replace(":right@", "@"): "refused the login",
+                 server.url.replace("/postgres?", "/nosuchdb?"): "database named in the URL does not exist"}
+        for url, cause in cases.items():
+            start = time.monotonic()
+            result, lines = _bench(tmp_path, url)
+            assert result.exit_code == 1 and len(lines) == 1, result.output
+            assert cause in lines[0] and "cannot be reached" not in lines[0] and "right" not in lines[0], lines[0]
+            assert time.monotonic() - start < 30  # not waited out as an outage
+    finally:
+        server.remove()
+
+
+def test_random_bytes_inside_a_finished_runs_database_give_one_line(tmp_path):
+    """Random bytes over the second half of a finished run's results.db (its header intact): `bench`
+    (resuming) and `report` each end with one line naming the corruption; the file is left as it is."""
+    import random
+
+    out = tmp_path / "run"
+    assert CliRunner().invoke(app, ["bench", *TINY, "--out", str(out)]).exit_code == 0
+    db = out / "results.db"
+    data = bytearray(db.read_bytes())
+    at = len(data) // 2 // 4096 * 4096  # from a page boundary on
+    data[at:] = random.Random(0).randbytes(len(data) - at)
+    db.write_bytes(bytes(data))
+    for args in (["bench", *TINY, "--out", str(out)], ["report", str(out)]):
+        result = CliRunner().invoke(app, args)
+        lines = [line for line in result.output.splitlines() if line.strip()]
+        assert result.exit_code == 1 and len(lines) == 1, result.output
+        assert "the SQLite file is corrupt" in lines[0] and "Traceback" not in result.output, result.output
+        assert db.read_bytes() == bytes(data)
+
+
 def test_a_failing_storage_never_overwrites_a_finished_runs_metadata(tmp_path):
     out = tmp_path / "run"
     out.mkdir()
@@ -81,6 +121,22 @@ def test_a_failing_storage_never_overwrites_a_finished_runs_metadata(tmp_path):
     assert json.loads((out / "meta.json").read_text()) == {"finished": True}
 
 
+def test_a_bench_whose_every_race_fails_leaves_the_last_finished_run_as_it_was(tmp_path):
+    """A finished run, then a bench in the same folder whose only optimizer raises (and another that
+    stops mid-race): meta.json still describes the finished run, and `report` still reports it."""
+    out = tmp_path / "run"
+    runner = CliRunner()
+    assert runner.invoke(app, ["bench", *TINY, "--out", str(out)]).exit_code == 0
+    finished = (out / "meta.json").read_text()
+    env = {"PYTHONPATH": os.pathsep.join([str(pathlib.Path(__file__).parent), *sys.path])}
+    result = runner.invoke(app, ["bench", "--problem", "saddle", "--optimizer", "user_optim:Raises", "--lr-center",
+                                 "0.02", "--budget", "2", "--seeds", "1", "--out", str(out)], env=env)
+    assert result.exit_code == 1 and "no race finished" in result.output, result.output
+    assert (out / "meta.json").read_text() == finished
+    report = runner.invoke(app, ["report", str(out)])
+    assert report.exit_code == 0 and (out / "report.html").exists(), report.output
+
+
 @pytest.mark.parametrize("url", ["postgresql+psycopg://someone:s3cret@db.example:5432/results",
                                  "postgresql+psycopg://someone@db.example/results?password=s3cret&sslmode=require",
                                  "postgresql+psycopg://someone@db.example/results?sslpassword=s3cret",
@@ -88,11 +144,11 @@ def test_a_failing_storage_never_overwrites_a_finished_runs_metadata(tmp_path):
 def test_passwords_are_hidden_and_the_report_asks_for_them(tmp_path, url):
     """Every credential form SQLAlchemy accepts is hidden: in the URL's user info and as a query
     parameter (libpq's password, sslpassword…); the report then asks for the URL."""
-    assert "s3cret" not in study.redact(url) and "someone" in study.redact(url)
+    assert "s3cret" not in storage.redact(url) and "someone" in storage.redact(url)
     out = tmp_path / "run"
     out.mkdir()
     (out / "meta.json").write_text(json.dumps({"protocol": study.Protocol().tag(), "problems": [], "optimizers": [],
-                                               "storage": study.redact(url)}))
+                                               "storage": storage.redact(url)}))
     result = CliRunner().invoke(app, ["report", str(out)])
     assert result.exit_code != 0 and "--storage" in result.output and "s3cret" not in result.output
 

@@ -434,3 +434,16 @@ def test_every_optimizer_is_in_the_list():
     classes -= {optim.BookOptimizer}
     assert classes == {info.cls for info in ALL}
     assert len(list(itertools.chain(CASES))) >= 3 * len(ALL)
+
+
+@pytest.mark.parametrize("nonfinite", ["skip", "propagate", "raise"])
+@pytest.mark.parametrize("info,config", FIRST_CASES)
+def test_parameters_on_the_meta_device_step_as_in_torch(info, config, nonfinite):
+    """Shape tracing (models built on the meta device) steps an optimizer as torch.optim.Adam
+    steps there: no values to check for non-finite elements, the state created on the meta device."""
+    p = nn.Parameter(torch.empty(4, 3, device="meta"))
+    opt = info.cls([p], **{**config, "nonfinite": nonfinite})
+    for _ in range(2):
+        p.grad = torch.empty(4, 3, device="meta")
+        opt.step()
+    assert all(v.device.type == "meta" for v in opt.state[p].values() if torch.is_tensor(v) and v.dim())

@@ -64,7 +64,7 @@ def _started_file(folder: str, problem: str, optimizer: str) -> str:
     return os.path.join(folder, hashlib.sha1(f"{problem}|{optimizer}".encode()).hexdigest()[:16])
 
 
-def _job(args: tuple[str, str, dict, str]) -> tuple[str, str, dict | None]:
+def _job(args: tuple) -> tuple[str, str, dict | None]:
     """One race (problem, optimizer); None for its runs when another process holds its next batch."""
     from deepdescent.lab import claims, optimizers, problems, study
 
@@ -80,21 +80,22 @@ def _job(args: tuple[str, str, dict, str]) -> tuple[str, str, dict | None]:
 
         torch.set_num_threads(torch_threads)
     try:
-        runs = study.run_race(problems.problem(problem), optimizers.optimizer(optimizer), study.Protocol(**proto), url,
+        runs = study.run_race(problems.problem(problem), optimizers.optimizer(optimizer), proto, url,
                               wait=False)
     except claims.Busy:  # another process trains this race's next batch: come back to it later
         time.sleep(study.POLL)
         return problem, optimizer, None
-    return problem, optimizer, {k: [r.to_json() for r in v] for k, v in runs.items()}
+    return problem, optimizer, runs  # the RunResults as they are (the pool pickles them; no JSON round trip)
 
 
 def _stored(problem: str, optimizer: str, proto, url: str):
     """The finished results of one job, or None (reads only; creates nothing)."""
     from deepdescent.lab import optimizers, problems, study
+    from deepdescent.lab import storage as db
 
     try:
         return study.run_race(problems.problem(problem), optimizers.optimizer(optimizer), proto, url, run=False)
-    except study.Missing:
+    except db.Missing:
         return None
 
 
@@ -199,21 +200,31 @@ def _race(args: list[tuple], workers: int, bar, task, done) -> None:
 
 def study_errors() -> type[Exception]:
     """The storage's errors: they end the bench (with one line), never just one race."""
-    from deepdescent.lab import study
+    from deepdescent.lab import storage as db
 
-    return study.StorageError
+    return db.StorageError
 
 
 def _write_meta(out: Path, meta: dict) -> None:
-    tmp = out / "meta.json.tmp"
-    tmp.write_text(json.dumps(meta, indent=1))
-    os.replace(tmp, out / "meta.json")
+    from deepdescent.lab import files
+
+    files.write_text(out / "meta.json", json.dumps(meta, indent=1))
 
 
 def _fail(message: str) -> typer.Exit:
     """One line on the console, exit status 1 (no traceback: the message names the cause)."""
     console.print(f"[red]error:[/red] {message}", soft_wrap=True, highlight=False)
     return typer.Exit(1)
+
+
+def _report_written(write: Callable[[], Path], out: Path) -> Path:
+    """``write()``; a failed write (a full disk, no permission) ends with one line: the results are
+    stored, the previous report.html is left whole, and the command that writes it later."""
+    try:
+        return write()
+    except OSError as err:
+        raise _fail(f"the report could not be written in {out}: {err.strerror or err}; the results are stored "
+                    f"(write the report later with `deepdescent report {out}`)") from None
 
 
 def _resume_hint(out: Path, done: int, total: int) -> str:
@@ -223,6 +234,9 @@ def _resume_hint(out: Path, done: int, total: int) -> str:
     return f"interrupted: {done} of {total} races stored in {out}; resume with: {command}"
 
 
+#: Bounds of the race's sizes: beyond them a grid or a vectorized batch no longer fits in memory
+#: (every learning rate × seed trains at once) and a grid's points overflow a float.
+BUDGET_MAX, SEEDS_MAX, LR_CENTER_MAX = 200, 100, 1e6
 QUICK_TIME = "about 4 minutes on 2 cores"  # measured: BENCHMARKS.md, "The quick suite"
 MODERN_TIME = "about 6 minutes on 2 cores"  # measured: BENCHMARKS.md, "The modern suite"
 SCIENCE_TIME = "about 11 minutes on 2 cores"  # measured: BENCHMARKS.md, "The science suite"
@@ -245,11 +259,12 @@ def bench(
         help="NAME=VALUE for the import-path optimizers (repeatable; OPTIMIZER@NAME=VALUE for one of them), "
              "e.g. --hparam weight_decay=0.1.")] = None,
     lr_center: Annotated[float | None, typer.Option(
-        min=0.0, help="Centre of the learning-rate grid of the import-path optimizers (default: the class's "
-                      "default lr).")] = None,
-    budget: Annotated[int | None, typer.Option(min=1, help="Learning rates tried per optimizer.")] = None,
+        help=f"Centre of the learning-rate grid of the import-path optimizers, in (0, {LR_CENTER_MAX:g}] "
+             "(default: the class's default lr).")] = None,
+    budget: Annotated[int | None, typer.Option(
+        min=1, max=BUDGET_MAX, help=f"Learning rates tried per optimizer (1…{BUDGET_MAX}).")] = None,
     search: Annotated[str, typer.Option(help="grid (log grid), qmc (quasi-random) or tpe.")] = "grid",
-    seeds: Annotated[int | None, typer.Option(min=1, help="Seeds per setting.")] = None,
+    seeds: Annotated[int | None, typer.Option(min=1, max=SEEDS_MAX, help=f"Seeds per setting (1…{SEEDS_MAX}).")] = None,
     workers: Annotated[int | None, typer.Option(
         min=1, help="Local worker processes, one thread each (default: one per core, at most 4).")] = None,
     storage: Annotated[str | None, typer.Option(help="Optuna storage URL (default: SQLite under --out).")] = None,
@@ -275,6 +290,7 @@ def bench(
     import torch
 
     from deepdescent.lab import claims, optimizers, problems, report, study
+    from deepdescent.lab import storage as db
 
     if search not in study.SEARCHES:
         raise typer.BadParameter(f"unknown search {search!r}; valid: {', '.join(study.SEARCHES)}", param_hint="--search")
@@ -288,6 +304,8 @@ def bench(
                                      "fix their own problems, optimizers and budgets; choose them with --experiment)")
         _science(out, device, scale, experiment, write_report)
         return
+    if lr_center is not None and not 0 < lr_center <= LR_CENTER_MAX:  # NaN fails this too
+        raise typer.BadParameter(f"{lr_center!r} is not in (0, {LR_CENTER_MAX:g}]", param_hint="--lr-center")
     if experiment or scale:
         raise typer.BadParameter(f"--experiment and --scale belong to --suite science (given --suite {suite})")
     # one execution path throughout every run (a kernel switched in mid-run would change the last
@@ -305,18 +323,19 @@ def bench(
     except ValueError as err:
         raise typer.BadParameter(str(err)) from err
     _check_out(out)
-    try:
-        claims.claim_timeout()
-    except ValueError as err:
-        raise typer.BadParameter(str(err), param_hint="DEEPDESCENT_CLAIM_TIMEOUT") from None
+    for check, name in ((claims.claim_timeout, "DEEPDESCENT_CLAIM_TIMEOUT"), (db.patience, "DEEPDESCENT_STORAGE_PATIENCE")):
+        try:
+            check()
+        except ValueError as err:
+            raise typer.BadParameter(str(err), param_hint=name) from None
     small = suite in ("quick", "modern")
     proto = study.Protocol(suite=suite, budget=budget or (6 if small else 12),
                            seeds=seeds or (2 if small else 3), search=search, device=device,
                            time_limit=time_limit)
-    url = study.storage_url(out, storage)
+    url = db.url_for(out, storage)
     try:
-        study.open_study(url, "deepdescent-probe")  # a corrupt or unreachable storage fails here, clearly
-    except study.StorageError as err:
+        db.open_study(url, "deepdescent-probe", wait_out_outages=False)  # a corrupt or unreachable storage fails here, clearly
+    except db.StorageError as err:
         raise _fail(str(err)) from None
     jobs = [(p, o) for p in names for o in opts
             if study.applicable(problems.problem(p), optimizers.optimizer(o), proto.quick)]
@@ -324,25 +343,28 @@ def bench(
     # default SQLite file is named relative to the run directory, so a copied run reads its own
     meta = {"suite": suite, "protocol": proto.tag(), "problems": names, "optimizers": opts,
             "described": {o: optimizers.description(optimizers.optimizer(o)) for o in opts},
-            **({"storage": study.redact(url)} if storage else
+            **({"storage": db.redact(url)} if storage else
                {"storage": "results.db in the run directory", "database": "results.db"}),
             "started": time.strftime("%Y-%m-%d %H:%M:%S"), "torch": torch.__version__,
             "machine": f"{platform.machine()}, {os.cpu_count()} cores"}
-    _write_meta(out, meta)
+    if not (out / "meta.json").exists():  # a finished run's meta.json is replaced only when this one finishes
+        _write_meta(out, meta)
     results: report.Results = {p: {} for p in names}
     todo = []
     for p, o in jobs:
-        runs = _stored(p, o, proto, url)
+        try:
+            runs = _stored(p, o, proto, url)
+        except db.StorageError as err:
+            raise _fail(f"{err} (nothing was run)") from None
         if runs is None:
-            todo.append((p, o, {"suite": proto.suite, "budget": proto.budget, "seeds": proto.seeds,
-                                "search": proto.search, "device": proto.device, "time_limit": proto.time_limit}, url))
+            todo.append((p, o, proto, url))  # the Protocol itself travels to the workers (pickled whole)
         else:
             results[p][o] = runs
     if len(todo) < len(jobs):
         console.print(f"{len(jobs) - len(todo)} of {len(jobs)} races already stored in {out}")
 
     def done(p: str, o: str, runs: dict) -> None:
-        results[p][o] = {k: [_from_json(r) for r in v] for k, v in runs.items()}
+        results[p][o] = runs
 
     start = time.perf_counter()
     with Progress(TextColumn("{task.description}", style="cyan"), BarColumn(bar_width=20),
@@ -356,12 +378,15 @@ def bench(
             stored_now = sum(len(r) for r in results.values())
             console.print(_resume_hint(out, stored_now, len(jobs)), soft_wrap=True)
             raise typer.Exit(130) from None
-        except study.StorageError as err:  # e.g. the disk filled up mid-race: what is stored stays
+        except db.StorageError as err:  # a lasting outage, a full disk: what is stored stays
             bar.stop()
-            raise _fail(str(err)) from None
+            stored_now = sum(len(r) for r in results.values())
+            raise _fail(f"{err}; {_resume_hint(out, stored_now, len(jobs))}") from None
     with contextlib.suppress(Exception):  # noqa: BLE001 - housekeeping: claims left by killed processes
         claims.sweep(url)
     results = {p: r for p, r in results.items() if r}
+    if not results:  # every race failed: the run directory keeps the meta.json of its last finished bench
+        raise _fail("no race finished (see the lines above); nothing stored, the run directory is as it was")
     report.terminal(results, console)
     meta["seconds"] = round(time.perf_counter() - start, 1)
     _write_meta(out, meta)
@@ -369,7 +394,7 @@ def bench(
         console.print(f"results stored; write the report with `deepdescent report {out}`")
         return
     with console.status("writing the report"):
-        page = report.write(results, out, meta)
+        page = _report_written(lambda: report.write(results, out, meta), out)
     console.print(f"report: {page}  (figures in {out / 'figures'}; rebuild with `deepdescent report {out}`)")
 
 
@@ -427,7 +452,7 @@ def _science(out: Path, device: str, scale: str | None, only: list[str] | None, 
     console.print(table)
     if write_report:
         with console.status("writing the report"):
-            page = science_report.write(records, out, meta)
+            page = _report_written(lambda: science_report.write(records, out, meta), out)
         console.print(f"report: {page}  (figures in {out / 'figures'}; rebuild with `deepdescent report {out}`)")
 
 
@@ -437,6 +462,49 @@ def _suite_of(out: Path) -> str | None:
         return json.loads((out / "meta.json").read_text()).get("suite")
     except (OSError, json.JSONDecodeError, AttributeError):
         return None
+
+
+def _checked_meta(meta, path: Path) -> dict:
+    """A run directory's meta.json, its fields checked (the folder may come from anyone): each wrong
+    one is named with what is valid, before anything is read with it."""
+    from deepdescent.lab import problems, science, study
+
+    def bad(what: str) -> typer.BadParameter:
+        return typer.BadParameter(f"{str(path)!r} is not a meta.json bench writes: {what}", param_hint="DIRECTORY")
+
+    def names(key: str) -> list[str]:
+        value = meta.get(key)
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise bad(f"{key!r} must be a list of names, not {value!r}"[:300])
+        return value
+
+    if not isinstance(meta, dict):
+        raise bad(f"it holds a {type(meta).__name__}, not an object")
+    if meta.get("suite") == "science":
+        unknown = [k for k in names("experiments") if k not in science.EXPERIMENTS]
+        if unknown or meta.get("scale") not in science.SCALES:
+            raise bad(f"experiments {unknown} or scale {meta.get('scale')!r} unknown (experiments: "
+                      f"{', '.join(science.EXPERIMENTS)}; scales: {', '.join(science.SCALES)})")
+        return meta
+    if not isinstance(meta.get("protocol"), str):
+        raise bad(f"'protocol' must be a string such as 'v4-quick-b6-s2-grid', not {meta.get('protocol')!r}")
+    version = meta["protocol"].split("-")[0]
+    if version != f"v{study.PROTOCOL_VERSION}":
+        raise typer.BadParameter(f"{str(path.parent)!r} holds results of protocol {version}; this deepdescent "
+                                 f"reads v{study.PROTOCOL_VERSION} only: rerun `deepdescent bench` for it",
+                                 param_hint="DIRECTORY")
+    for p in names("problems"):
+        try:
+            problems.problem(p)
+        except ValueError as err:
+            raise bad(f"problem {p!r}: {err}") from None
+    names("optimizers")
+    database = meta.get("database")
+    if database is not None and (not isinstance(database, str) or Path(database).name != database or not database):
+        raise bad(f"'database' must be a file name in the run directory, not {database!r}")
+    if database is None and not isinstance(meta.get("storage"), str):
+        raise bad(f"neither 'database' nor a 'storage' URL given (storage: {meta.get('storage')!r})")
+    return meta
 
 
 def _science_report(directory: Path, meta: dict) -> None:
@@ -449,7 +517,7 @@ def _science_report(directory: Path, meta: dict) -> None:
         raise _fail(str(err)) from None
     if not records:
         raise typer.BadParameter(f"no finished experiments in {directory / 'science'}", param_hint="DIRECTORY")
-    console.print(f"report: {science_report.write(records, directory, meta)}")
+    console.print(f"report: {_report_written(lambda: science_report.write(records, directory, meta), directory)}")
 
 
 def _with_hparams(names: list[str], hparams: list[str], lr_center: float | None) -> list[str]:
@@ -504,12 +572,6 @@ def _check_device(device: str) -> None:
                                      "device(s)", param_hint="--device")
 
 
-def _from_json(d):
-    from deepdescent.lab.engine import RunResult
-
-    return RunResult.from_json(d)
-
-
 @app.command("report")
 def report_cmd(
     directory: Annotated[Path, typer.Argument(help="A run directory made by `deepdescent bench`.")],
@@ -519,6 +581,7 @@ def report_cmd(
 ) -> None:
     """Rebuild the report of a run directory from its stored results."""
     from deepdescent.lab import optimizers, problems, report, study
+    from deepdescent.lab import storage as db
 
     meta_path = directory / "meta.json"
     if not meta_path.is_file():
@@ -526,21 +589,22 @@ def report_cmd(
                                  param_hint="DIRECTORY")
     try:
         meta = json.loads(meta_path.read_text())
-    except json.JSONDecodeError as err:
-        raise typer.BadParameter(f"{str(meta_path)!r} is corrupt ({err.msg})", param_hint="DIRECTORY") from err
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise typer.BadParameter(f"{str(meta_path)!r} is corrupt ({getattr(err, 'msg', err.reason)})",
+                                 param_hint="DIRECTORY") from err
+    meta = _checked_meta(meta, meta_path)
     if meta.get("suite") == "science":
         _science_report(directory, meta)
         return
-    version = meta["protocol"].split("-")[0]
-    if version != f"v{study.PROTOCOL_VERSION}":
-        raise typer.BadParameter(f"{str(directory)!r} holds results of protocol {version}; this deepdescent "
-                                 f"reads v{study.PROTOCOL_VERSION} only: rerun `deepdescent bench` for it",
-                                 param_hint="DIRECTORY")
-    proto = study.Protocol.from_tag(meta["protocol"])
+    try:
+        proto = study.Protocol.from_tag(meta["protocol"])
+    except (ValueError, IndexError) as err:
+        raise typer.BadParameter(f"{str(meta_path)!r}: protocol {meta['protocol']!r} is not one bench writes "
+                                 f"(e.g. {study.Protocol().tag()!r})", param_hint="DIRECTORY") from err
     url = storage or (f"sqlite:///{(directory / meta['database']).resolve()}" if meta.get("database")
                       else meta["storage"])
     if not storage and "***" in url:
-        raise typer.BadParameter(f"the storage URL's password is not kept in meta.json ({study.redact(url)}): "
+        raise typer.BadParameter(f"the storage URL's password is not kept in meta.json ({db.redact(url)}): "
                                  "pass it with --storage URL", param_hint="--storage")
     results: report.Results = {}
     described = meta.get("described") if isinstance(meta.get("described"), dict) else {}
@@ -553,15 +617,16 @@ def report_cmd(
                     continue
                 try:
                     runs = study.run_race(problems.problem(p), spec, proto, url, run=False)
-                except study.Missing:
+                except db.Missing:
                     continue
                 results.setdefault(p, {})[o] = runs
-    except study.StorageError as err:
+    except db.StorageError as err:
         raise _fail(str(err)) from None
     if not results:
-        raise typer.BadParameter(f"no finished results in {study.redact(url)}", param_hint="DIRECTORY")
+        raise typer.BadParameter(f"no finished results in {db.redact(url)}", param_hint="DIRECTORY")
     report.terminal(results, console)
-    console.print(f"report: {report.write(results, directory, {**meta, 'storage': study.redact(url)})}")
+    page = _report_written(lambda: report.write(results, directory, {**meta, "storage": db.redact(url)}), directory)
+    console.print(f"report: {page}")
 
 
 @app.command("list")

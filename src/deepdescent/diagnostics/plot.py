@@ -7,7 +7,7 @@ import os
 import textwrap
 from typing import Any
 
-from deepdescent.diagnostics.sinks import read_jsonl
+from deepdescent.diagnostics.sinks import check_record, read_jsonl
 
 
 def _series(records: list[dict[str, Any]], instrument: str, key: str) -> tuple[list[int], list[float]]:
@@ -81,6 +81,8 @@ def plot(log: str | os.PathLike[str] | list[dict[str, Any]], path: str | os.Path
     import numpy as np
 
     records = read_jsonl(log) if not isinstance(log, list) else log
+    for i, record in enumerate(records):
+        check_record(record, f"records[{i}]")
     fig, axes = plt.subplots(4, 3, figsize=(15, 16.5), constrained_layout=True)
     (a1, a2, a3), (a4, a5, a6), (a7, a8, a9), (a10, a11, a12) = axes
 

@@ -119,4 +119,21 @@ def read_jsonl(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
                 records.append(json.loads(line))
             except json.JSONDecodeError as err:
                 raise ValueError(f"{str(p)!r} line {i} is not valid JSON ({err.msg}): the log is corrupt") from err
+            check_record(records[-1], f"{str(p)!r} line {i}")
     return records
+
+
+#: The fields every record has, and their types (the schema at the top of this module).
+FIELDS = {"step": (int, "an integer"), "instrument": (str, "a string"), "values": (dict, "an object")}
+
+
+def check_record(record: Any, where: str) -> None:
+    """ValueError naming ``where`` unless ``record`` has the Monitor's record schema (a JSON object
+    with an integer ``step``, a string ``instrument`` and a ``values`` object)."""
+    if not isinstance(record, dict):
+        raise ValueError(f"{where} is a JSON {type(record).__name__}, not a Monitor record (an object with "
+                         f"{', '.join(FIELDS)})")
+    for key, (kind, called) in FIELDS.items():
+        if not isinstance(record.get(key), kind) or isinstance(record.get(key), bool):
+            raise ValueError(f"{where}: {key!r} must be {called} in a Monitor record, got "
+                             f"{record.get(key)!r}"[:300] + " (is this a deepdescent Monitor log?)")

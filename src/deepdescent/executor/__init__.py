@@ -175,8 +175,9 @@ class Executor:
 
     def nonfinite(self, grad_lists: list[list[Tensor]], sharded: bool = False) -> bool:
         """Whether any of the lists holds a non-finite element — on any rank, when ``sharded``
-        (every shard must take the same decision)."""
-        flags = [self.found_nonfinite(g) for g in grad_lists if g]
+        (every shard must take the same decision). Tensors on the meta device hold no values (shape
+        tracing steps through them, as through torch.optim): nothing to find there."""
+        flags = [self.found_nonfinite(g) for g in grad_lists if g and g[0].device.type != "meta"]
         if sharded:
             flags = [found_on_any_rank(flags)]
         return any(bool(f) for f in flags)  # on the CPU, reading a CPU scalar is not a sync

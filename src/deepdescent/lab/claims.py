@@ -24,6 +24,8 @@ import threading
 import time
 from collections.abc import Iterator
 
+from deepdescent.lab import storage
+
 
 def claim_timeout() -> float:
     """DEEPDESCENT_CLAIM_TIMEOUT in seconds (default 60); ValueError naming it when it is not a
@@ -73,11 +75,9 @@ def claimed(url: str, key: str) -> Iterator[None]:
 def own_trial(url: str, trial_id: int) -> None:
     """Mark a RUNNING trial (a sampled search's proposal) as this process's: the others read
     ``owner`` and ``beat`` with :func:`owner_alive` to wait for it or take it over."""
-    from deepdescent.lab import study
-
-    storage = study.storage(url)
-    storage.set_trial_user_attr(trial_id, "owner", _me())
-    storage.set_trial_user_attr(trial_id, "beat", time.time())
+    store = storage.connect(url)
+    store.set_trial_user_attr(trial_id, "owner", _me())
+    store.set_trial_user_attr(trial_id, "beat", time.time())
 
 
 @contextlib.contextmanager
@@ -112,10 +112,8 @@ def sweep(url: str) -> list[str]:
     machine no longer runs); returns their names. A process killed after recording its batch but
     before deleting its claim leaves one that nobody takes over (the batch is done): a finished
     ``bench`` sweeps them. Live claims (other processes still working) are left alone."""
-    from deepdescent.lab import study
-
-    storage = study.storage(url)
-    stale = [n for n in study.study_names(url) if n.startswith(PREFIX) and not _alive(storage, n)]
+    store = storage.connect(url)
+    stale = [n for n in storage.study_names(url) if n.startswith(PREFIX) and not _alive(store, n)]
     for name in stale:
         _delete(url, name)
     return stale
@@ -141,18 +139,16 @@ def _me() -> str:
 
 
 def _take(url: str, key: str) -> str:
-    from deepdescent.lab import study
-
-    optuna = study.load_optuna()
-    storage = study.storage(url)
+    optuna = storage.load_optuna()
+    store = storage.connect(url)
     prefix = f"{PREFIX}{key}:g"
-    generations = sorted(int(n[len(prefix):]) for n in study.study_names(url) if n.startswith(prefix)
+    generations = sorted(int(n[len(prefix):]) for n in storage.study_names(url) if n.startswith(prefix)
                          and n[len(prefix):].isdigit())
-    if generations and _alive(storage, prefix + str(generations[-1])):
+    if generations and _alive(store, prefix + str(generations[-1])):
         raise Busy(key)
     name = prefix + str(generations[-1] + 1 if generations else 0)
     try:
-        claim = optuna.create_study(study_name=name, storage=storage)
+        claim = optuna.create_study(study_name=name, storage=store)
     except optuna.exceptions.DuplicatedStudyError:
         raise Busy(key) from None
     claim.set_user_attr("beat", time.time())
@@ -162,18 +158,16 @@ def _take(url: str, key: str) -> str:
     # Two processes can still create different generations (one listed the names before the other's
     # was deleted, one after). Whoever sees another live generation after creating its own gives
     # way; the later of two always sees the earlier, so at most one keeps a claim.
-    others = [n for n in study.study_names(url) if n.startswith(prefix) and n != name and n[len(prefix):].isdigit()]
-    if any(_alive(storage, n) for n in others):
+    others = [n for n in storage.study_names(url) if n.startswith(prefix) and n != name and n[len(prefix):].isdigit()]
+    if any(_alive(store, n) for n in others):
         _delete(url, name)
         raise Busy(key)
     return name
 
 
-def _alive(storage, name: str) -> bool:
-    from deepdescent.lab import study
-
+def _alive(store, name: str) -> bool:
     try:
-        attrs = study.load_optuna().load_study(study_name=name, storage=storage).user_attrs
+        attrs = storage.load_optuna().load_study(study_name=name, storage=store).user_attrs
     except KeyError:  # deleted meanwhile: its batch is done or given up
         return False
     return owner_alive(attrs, name)
@@ -194,10 +188,8 @@ def _running(pid: int) -> bool:
 
 
 def _delete(url: str, name: str) -> None:
-    from deepdescent.lab import study
-
     with contextlib.suppress(KeyError):
-        study.load_optuna().delete_study(study_name=name, storage=study.storage(url))
+        storage.load_optuna().delete_study(study_name=name, storage=storage.connect(url))
 
 
 def _start_heartbeat() -> None:
@@ -210,9 +202,7 @@ def _start_heartbeat() -> None:
 
 
 def _beat() -> None:
-    from deepdescent.lab import study
-
-    optuna = study.load_optuna()
+    optuna = storage.load_optuna()
     while True:
         time.sleep(max(TIMEOUT / 6, 0.2))
         with _lock:
@@ -220,7 +210,7 @@ def _beat() -> None:
         for url, name in held:
             with contextlib.suppress(Exception):  # a missed beat is retried; a lapsed claim is taken over
                 if isinstance(name, int):  # a trial
-                    study.storage(url).set_trial_user_attr(name, "beat", time.time())
+                    storage.connect(url).set_trial_user_attr(name, "beat", time.time())
                     continue
-                s = optuna.load_study(study_name=name, storage=study.storage(url))
+                s = optuna.load_study(study_name=name, storage=storage.connect(url))
                 s.set_user_attr("beat", time.time())

@@ -4,9 +4,7 @@ the stored runs: writing the report never trains a model."""
 
 from __future__ import annotations
 
-import base64
 import html
-import io
 import math
 import re
 import statistics
@@ -16,6 +14,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from deepdescent.lab import files, science
+from deepdescent.lab.pages import html_table, meta_table, pyplot, save_figure
+from deepdescent.lab.science import report as science_report
 from deepdescent.lab.optimizers import OPTIMIZERS, describe, parse
 from deepdescent.lab.problems import base_name, reference
 from deepdescent.lab.problems import problem as find_problem
@@ -24,8 +25,6 @@ from deepdescent.lab.verdict import (Race, Results, Row, board, leaderboard, med
 
 __all__ = ["REFERENCES", "Results", "depth_study", "leaderboard", "performance_profile", "target", "terminal",
            "title", "write"]
-
-DPI = 200  # print resolution of the PNG figures
 
 #: Reference numbers a problem can be compared with, and whether they are comparable.
 REFERENCES = {
@@ -77,30 +76,9 @@ def style(name: str) -> dict[str, Any]:
             "lw": 1.6}
 
 
-def pyplot():
-    """matplotlib's pyplot on the Agg backend (no display needed)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def _stem(problem: str) -> str:
     """A file name for a problem: ``deep_linear-depth-50-scheme-normalized``."""
     return re.sub(r"[^A-Za-z0-9_]+", "-", problem)
-
-
-def save_figure(fig, out: Path, stem: str) -> str:
-    """``fig`` as ``out/stem.png`` and ``.svg``, closed; returns the PNG as base64 (for the page)."""
-    out.mkdir(parents=True, exist_ok=True)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=DPI)
-    (out / f"{stem}.png").write_bytes(buf.getvalue())
-    fig.savefig(out / f"{stem}.svg")
-    pyplot().close(fig)
-    return base64.b64encode(buf.getvalue()).decode()
 
 
 def _loss_scale(ax, values: list[float], axis: str = "y") -> None:
@@ -442,13 +420,6 @@ def terminal(all_results: Results, console) -> None:
 
 
 # ------------------------------------------------------------------------------------- the page
-def html_table(headers: list[str], rows: list[list[str]], cls: str = "") -> str:
-    """An HTML table; the cells are HTML already (escape them first)."""
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
-    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>" for r in rows)
-    return f"<table class='{cls}'><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-
-
 def _verdict_matrix(all_results: Results) -> str:
     """Optimizers × problems: seeds reaching the target, epochs to it, tuned learning rate."""
     names = list(dict.fromkeys(n for race in all_results.values() for n in race))
@@ -475,18 +446,6 @@ def _verdict_matrix(all_results: Results) -> str:
     return f"<table class='matrix'><thead><tr><th>optimizer</th>{heads}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def meta_table(meta: dict[str, Any]) -> str:
-    """The run's facts (suite, protocol, machine, times) as a two-column table."""
-    labels = {"suite": "suite", "protocol": "protocol", "problems": "problems", "optimizers": "optimizers",
-              "storage": "result storage", "started": "started", "seconds": "race time (s, this machine)",
-              "torch": "torch", "machine": "machine"}
-    rows = []
-    for key, value in meta.items():
-        text = ", ".join(map(str, value)) if isinstance(value, list) else str(value)
-        rows.append([html.escape(labels.get(key, key)), html.escape(text)])
-    return html_table(["", ""], rows, "meta")
-
-
 PROTOCOL_TEXT = (
     "Every optimizer on a problem gets the same compute budget in gradient-equivalents (epochs): a full-batch "
     "gradient counts 1, a minibatch gradient batch/n, a curvature-vector product 2, each line-search evaluation 1. "
@@ -501,9 +460,6 @@ PROTOCOL_TEXT = (
 def _published_results(out: Path, figs: Path) -> str:
     """The science suite's "Published results" section when ``out`` also holds its records
     (``bench --suite science --out`` the same directory); else nothing."""
-    from deepdescent.lab import science
-    from deepdescent.lab.science import report as science_report
-
     records = science.stored(out)
     return science_report.section(records, figs) if records else ""
 
@@ -566,5 +522,5 @@ def write(all_results: Results, out: Path, meta: dict[str, Any]) -> Path:
     page = (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>deepdescent bench</title>"
             f"<style>{style_}</style></head><body>{''.join(parts)}</body></html>")
     path = out / "report.html"
-    path.write_text(page, encoding="utf-8")
+    files.write_text(path, page)  # a full disk leaves the previous report whole
     return path

@@ -33,16 +33,15 @@ import hashlib
 import json
 import logging
 import math
-import os
 import random
 import statistics
 import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 from deepdescent.lab import claims, engine
+from deepdescent.lab.storage import Missing, connect, load_optuna, open_study
 from deepdescent.lab.optimizers import OPTIMIZERS, OptimizerSpec, lookup, lr_grid
 from deepdescent.lab.problems import PROBLEMS, Problem
 
@@ -53,6 +52,7 @@ MAX_EXTENSION = 3  # grid points added beyond an edge at most, per side
 
 
 SEARCHES = ("grid", "qmc", "tpe")
+_log = logging.getLogger("deepdescent.lab")
 
 
 @dataclass(frozen=True)
@@ -91,150 +91,6 @@ class Protocol:
         return {"device": self.device, "time_limit": self.time_limit}
 
 
-def storage_url(out: Path, storage: str | None) -> str:
-    return storage or f"sqlite:///{(out / 'results.db').resolve()}"
-
-
-def load_optuna():
-    import optuna
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    return optuna
-
-
-_log = logging.getLogger("deepdescent.lab")
-
-
-class StorageError(RuntimeError):
-    """The result storage cannot be opened or used; the message is one line naming the cause."""
-
-
-#: Query parameters of a storage URL that carry a credential (libpq's, which SQLAlchemy passes on).
-SECRET_PARAMETERS = ("password", "passwd", "pwd", "sslpassword")
-
-
-def redact(url: str) -> str:
-    """The storage URL with every credential hidden, for every message, page and file: the
-    password of ``user:password@host`` (SQLAlchemy's rendering) and one given as a query
-    parameter (``?password=…``, ``sslpassword``…)."""
-    try:
-        from sqlalchemy.engine import make_url
-
-        parsed = make_url(url)
-        hidden = {k: "***" for k in parsed.query if k.lower() in SECRET_PARAMETERS}
-        return parsed.update_query_dict(hidden).render_as_string(hide_password=True).replace("%2A%2A%2A", "***")
-    except Exception:  # noqa: BLE001 - not a URL SQLAlchemy parses: nothing to hide
-        return url
-
-
-_STORAGES: dict[tuple[str, int], object] = {}
-
-
-def storage(url: str):
-    """One Optuna storage object per URL and process. SQLite waits up to a minute for another
-    process's write lock instead of failing; the creation of a fresh database's schema, which
-    several processes may race, is retried."""
-    key = (url, os.getpid())
-    if key not in _STORAGES:
-        optuna = load_optuna()
-        _check_sqlite_folder(url)
-        kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
-        _STORAGES[key] = _retried(url, lambda: optuna.storages.RDBStorage(url, engine_kwargs=kwargs))
-    return _STORAGES[key]
-
-
-def study_names(url: str) -> list[str]:
-    return _retried(url, lambda: load_optuna().get_all_study_names(storage=storage(url)))
-
-
-def _retried(url: str, fn):
-    for attempt in range(_RETRIES):
-        try:
-            return fn()
-        except Exception as err:  # noqa: BLE001 - classified below: retried, or one line naming the cause
-            if _is_race(err) and attempt < _RETRIES - 1:
-                time.sleep(0.2 * (attempt + 1))
-                continue
-            raise StorageError(f"cannot open the result storage {redact(url)}: {_cause(err, url)}") from err
-    raise AssertionError("unreachable")
-
-
-def open_study(url: str, name: str, *, create: bool = True, sampler=None):
-    """The study ``name`` in the storage ``url``; with ``create=False`` (reading a report) a study
-    that is not there raises :class:`Missing` instead of being created empty. Opening a fresh
-    database from several processes at once is retried (their schema creations race); any other
-    failure raises :class:`StorageError` with its cause in one line."""
-    optuna = load_optuna()
-
-    def attempt():
-        if not create:
-            return optuna.load_study(study_name=name, storage=storage(url), sampler=sampler)
-        return optuna.create_study(study_name=name, storage=storage(url), load_if_exists=True, direction="minimize",
-                                   sampler=sampler)
-    try:
-        return _retried(url, attempt)
-    except StorageError as err:
-        if isinstance(err.__cause__, KeyError):  # load_study: no such study
-            raise Missing(name) from err.__cause__
-        raise
-
-
-_RETRIES = 8
-
-
-def _messages(err: BaseException) -> str:
-    text = []
-    while err is not None:
-        text.append(f"{type(err).__name__}: {err}")
-        err = err.__cause__ or err.__context__
-    return "\n".join(text).lower()
-
-
-def _is_race(err: BaseException) -> bool:
-    """A schema creation that lost to another process's (the tables or their version row appeared
-    meanwhile), or SQLite's lock held by another writer: trying again succeeds."""
-    text = _messages(err)
-    return any(s in text for s in ("integrityerror", "already exists", "database is locked", "unique constraint",
-                                   "duplicate key"))
-
-
-def _cause(err: BaseException, url: str) -> str:
-    text = _messages(err)
-    scheme = url.split(":", 1)[0]
-    if "could not parse sqlalchemy url" in text or "://" not in url:
-        return ("not a database URL (expected e.g. sqlite:////abs/path/results.db or "
-                "postgresql+psycopg://user:password@host/db)")
-    if "failed to import db access module" in text or "no module named" in text:
-        driver = {"postgresql": "psycopg (pip install 'psycopg[binary]', URL postgresql+psycopg://…)",
-                  "mysql": "a MySQL driver (pip install pymysql, URL mysql+pymysql://…)"}.get(scheme.split("+")[0],
-                                                                                             "its database driver")
-        return f"the Python driver for {scheme} is not installed: install {driver}"
-    if "disk is full" in text or "no space left" in text:
-        return "the disk is full (free space, or choose another --out/--storage)"
-    if "database disk image is malformed" in text:
-        return ("the SQLite file is corrupt (SQLite reports it malformed): move it away to start afresh, or restore "
-                "it from a copy")
-    if "file is not a database" in text:
-        return "the file is not an SQLite database (another kind of file, or truncated before its header)"
-    if "unable to open database file" in text or "readonly database" in text or "permission denied" in text:
-        return "the database file cannot be opened or written (permissions, or a folder in its path is missing)"
-    if "connection refused" in text or "could not connect" in text or "could not translate host" in text \
-            or "connection to server" in text:
-        return "the database server cannot be reached (is it running, and are host and port right?)"
-    if "password authentication failed" in text or "authentication" in text:
-        return "the database refused the login (user or password)"
-    first = str(err).splitlines()[0] if str(err) else type(err).__name__
-    return f"{type(err).__name__}: {redact(first) if '://' in first else first}"
-
-
-def _check_sqlite_folder(url: str) -> None:
-    if url.startswith("sqlite:///"):
-        path = Path(url[len("sqlite:///"):])
-        if str(path) and str(path) != ":memory:" and not path.parent.is_dir():
-            raise StorageError(f"cannot open the result storage {redact(url)}: the folder {str(path.parent)!r} "
-                               "does not exist")
-
-
 def stored(study) -> dict[tuple[float | None, int], engine.RunResult]:
     optuna = load_optuna()
     out = {}
@@ -268,8 +124,32 @@ def applicable(problem: Problem, spec: OptimizerSpec, quick: bool) -> bool:
     return sum(p.numel() for p in task.model.parameters()) <= spec.max_params
 
 
-class Missing(LookupError):
-    """Results asked for without running (``run=False``) are not in the storage."""
+@dataclass(frozen=True)
+class Race:
+    """One optimizer on one problem under one protocol, in one storage — what every step of running
+    (or, with ``run=False``, only reading) it needs. ``wait=False``: a batch another live process
+    holds raises :class:`claims.Busy` instead of being waited for (the caller does other work and
+    comes back)."""
+
+    problem: Problem
+    spec: OptimizerSpec
+    protocol: Protocol
+    url: str
+    run: bool = True
+    wait: bool = True
+    progress: Callable[[str], None] | None = None
+
+    @property
+    def prefix(self) -> str:
+        return f"{self.problem.name}/{self.spec.name}"
+
+    def study(self, name: str):
+        """The study of one track (``name`` = prefix/track) under this protocol."""
+        return open_study(self.url, f"{name}/{self.protocol.tag()}", create=self.run)
+
+    def say(self, text: str) -> None:
+        if self.progress:
+            self.progress(text)
 
 
 def run_race(problem: Problem, spec: OptimizerSpec, protocol: Protocol, url: str,
@@ -284,29 +164,24 @@ def run_race(problem: Problem, spec: OptimizerSpec, protocol: Protocol, url: str
     processes on one storage split the work. A batch another live process holds is waited for
     (``wait=True``) or raises :class:`claims.Busy` (``wait=False``: the caller does other work
     and comes back)."""
-    global _WAIT
-    _WAIT = wait
+    race = Race(problem, spec, protocol, url, run, wait, progress)
     seeds = list(range(protocol.seeds))
-    prefix = f"{problem.name}/{spec.name}"
+    prefix = race.prefix
     if spec.kind == "second":
-        runs = _track(problem, spec, None, seeds, protocol, url, f"{prefix}/defaults", run, progress)
+        runs = _track(race, None, seeds, f"{prefix}/defaults")
         return {"grid": runs, "tuned": runs, "defaults": runs, "instruments": []}
-    if protocol.search == "grid":
-        grid, done = _grid_search(problem, spec, protocol, url, prefix, seeds, run, progress)
-    else:
-        grid, done = _sampled_search(problem, spec, protocol, url, prefix, seeds, run, progress)
+    search = _grid_search if protocol.search == "grid" else _sampled_search
+    grid, done = search(race, seeds)
     best = best_lr(grid, done, seeds)
     if spec.default_lr in grid:
         defaults = [done[(spec.default_lr, s)] for s in seeds]
     else:
-        defaults = _vectorized_track(problem, spec, spec.default_lr, seeds, protocol, url, f"{prefix}/defaults", run,
-                                     progress)
+        defaults = _vectorized_track(race, spec.default_lr, seeds, f"{prefix}/defaults")
     return {
         "grid": [done[(lr, s)] for lr in grid for s in seeds],
         "tuned": [done[(best, s)] for s in seeds],
         "defaults": defaults,
-        "instruments": _track(problem, spec, best, seeds[:1], protocol, url, f"{prefix}/instruments", run, progress,
-                              instruments=True),
+        "instruments": _track(race, best, seeds[:1], f"{prefix}/instruments", instruments=True),
     }
 
 
@@ -317,21 +192,21 @@ def best_lr(grid: list[float], done: dict, seeds: list[int]) -> float:
     return min(grid, key=lambda lr: (median_final([done[(lr, s)] for s in seeds]), abs(grid.index(lr) - middle)))
 
 
-_WAIT = True  # run_race's wait, for the batches of the race it runs
 POLL = 0.5  # seconds between looks at a batch another process holds
 
 
-def _claim_and_run(study, url: str, done: dict, members: list[tuple], compute: Callable[[list[tuple]], list]) -> None:
+def _claim_and_run(race: Race, study, done: dict, members: list[tuple],
+                   compute: Callable[[list[tuple]], list]) -> None:
     """Train ``members`` ((lr, seed) pairs) missing from ``done`` as one batch under a claim, and
     record them; when another live process holds that batch, wait for its results (or raise
-    :class:`claims.Busy` when not waiting)."""
+    :class:`claims.Busy` when the race does not wait)."""
     while True:  # the caller's ``done`` was read just before: the first look needs no new read
         missing = [m for m in members if m not in done]
         if not missing:
             return
         key = hashlib.sha1(f"{study.study_name}|{missing!r}".encode()).hexdigest()[:20]
         try:
-            with claims.claimed(url, key):
+            with claims.claimed(race.url, key):
                 done.update(stored(study))  # finished while we claimed: nothing to train twice
                 todo = [m for m in missing if m not in done]
                 results = compute(todo) if todo else []
@@ -342,44 +217,41 @@ def _claim_and_run(study, url: str, done: dict, members: list[tuple], compute: C
                         record(study, r)
                         done[(r.lr, r.seed)] = r
         except claims.Busy:
-            if not _WAIT:
+            if not race.wait:
                 raise
             time.sleep(POLL)
             done.update(stored(study))
 
 
-def _track(problem: Problem, spec: OptimizerSpec, lr: float | None, seeds: list[int], protocol: Protocol, url: str,
-           name: str, run: bool, progress: Callable[[str], None] | None, *,
+def _track(race: Race, lr: float | None, seeds: list[int], name: str, *,
            instruments: bool = False) -> list[engine.RunResult]:
     """One setting, every seed, member by member, stored and resumable."""
-    study = open_study(url, f"{name}/{protocol.tag()}", create=run)
+    study = race.study(name)
     done = stored(study)
     for s in seeds:
         if (lr, s) not in done:
-            if not run:
+            if not race.run:
                 raise Missing(name)
-            if progress:
-                progress(f"{name} lr={lr} seed {s}")
-            _claim_and_run(study, url, done, [(lr, s)], lambda todo: [
-                engine.run_member(problem, spec, lr, seed, protocol.quick, instruments=instruments,
-                                  **protocol.run_options()) for _, seed in todo])
+            race.say(f"{name} lr={lr} seed {s}")
+            _claim_and_run(race, study, done, [(lr, s)], lambda todo: [
+                engine.run_member(race.problem, race.spec, lr, seed, race.protocol.quick, instruments=instruments,
+                                  **race.protocol.run_options()) for _, seed in todo])
     return [done[(lr, s)] for s in seeds]
 
 
-def _vectorized_track(problem: Problem, spec: OptimizerSpec, lr: float, seeds: list[int], protocol: Protocol,
-                      url: str, name: str, run: bool, progress: Callable[[str], None] | None) -> list[engine.RunResult]:
+def _vectorized_track(race: Race, lr: float, seeds: list[int], name: str) -> list[engine.RunResult]:
     """One learning rate, every seed, trained together like the grid; stored and resumable."""
-    study = open_study(url, f"{name}/{protocol.tag()}", create=run)
+    study = race.study(name)
     done = stored(study)
     if any((lr, s) not in done for s in seeds):
-        if not run:
+        if not race.run:
             raise Missing(name)
-        _run_missing(problem, spec, [lr], seeds, protocol, study, done, progress, name, url)
+        _run_missing(race, [lr], seeds, study, done, name)
     return [done[(lr, s)] for s in seeds]
 
 
-def _members(problem: Problem, spec: OptimizerSpec, lrs: list[float], seeds: list[int],
-             protocol: Protocol) -> list[engine.RunResult]:
+def _members(race: Race, lrs: list[float], seeds: list[int]) -> list[engine.RunResult]:
+    problem, spec, protocol = race.problem, race.spec, race.protocol
     if spec.algorithm is None:  # a foreign optimizer: no functional core to vectorize
         return [engine.run_member(problem, spec, lr, s, protocol.quick, **protocol.run_options())
                 for lr in lrs for s in seeds]
@@ -391,28 +263,27 @@ def _members(problem: Problem, spec: OptimizerSpec, lrs: list[float], seeds: lis
                 for lr in lrs for s in seeds]
 
 
-def _run_missing(problem, spec, lrs, seeds, protocol, study, done, progress, name, url) -> None:
+def _run_missing(race: Race, lrs: list[float], seeds: list[int], study, done: dict, name: str) -> None:
     """The missing members of lrs × seeds, trained together (vectorized) as one claimed batch."""
     members = [(lr, s) for lr in sorted(lrs) for s in seeds if (lr, s) not in done]
-    if progress:
-        progress(f"{name}: {len({lr for lr, _ in members})} learning rates × {len(seeds)} seeds")
+    race.say(f"{name}: {len({lr for lr, _ in members})} learning rates × {len(seeds)} seeds")
 
     def compute(todo):
-        return _members(problem, spec, sorted({lr for lr, _ in todo}), sorted({s for _, s in todo}), protocol)
-    _claim_and_run(study, url, done, members, compute)
+        return _members(race, sorted({lr for lr, _ in todo}), sorted({s for _, s in todo}))
+    _claim_and_run(race, study, done, members, compute)
 
 
-def _grid_search(problem, spec, protocol, url, prefix, seeds, run, progress):
+def _grid_search(race: Race, seeds: list[int]):
     """The log grid, extended one point at a time beyond an edge that holds the best learning rate."""
-    study = open_study(url, f"{prefix}/grid/{protocol.tag()}", create=run)
+    study = race.study(f"{race.prefix}/grid")
     done = stored(study)
     below = above = 0
     while True:
-        grid = lr_grid(spec.default_lr, protocol.budget, extend=(below, above))
+        grid = lr_grid(race.spec.default_lr, race.protocol.budget, extend=(below, above))
         if any((lr, s) not in done for lr in grid for s in seeds):
-            if not run:
-                raise Missing(prefix)
-            _run_missing(problem, spec, grid, seeds, protocol, study, done, progress, prefix, url)
+            if not race.run:
+                raise Missing(race.prefix)
+            _run_missing(race, grid, seeds, study, done, race.prefix)
         best = best_lr(grid, done, seeds)
         if len(grid) > 1 and best == grid[0] and below < MAX_EXTENSION:
             below += 1
@@ -422,7 +293,7 @@ def _grid_search(problem, spec, protocol, url, prefix, seeds, run, progress):
             return grid, done
 
 
-def _sampled_search(problem, spec, protocol, url, prefix, seeds, run, progress):
+def _sampled_search(race: Race, seeds: list[int]):
     """Quasi-random (Sobol) or TPE proposals of log₁₀ lr over the grid's 4 decades: one Optuna
     trial per proposed learning rate, valued by the median final training loss of its seeds (all
     seeds of a proposal train together, vectorized). Completed trials are kept on resume.
@@ -432,32 +303,32 @@ def _sampled_search(problem, spec, protocol, url, prefix, seeds, run, progress):
     process; TPE's depend on which results exist when it proposes (with several processes it
     proposes with fewer, as any parallel TPE does), each trained once."""
     optuna = load_optuna()
-    study = open_study(url, f"{prefix}/{protocol.search}/{protocol.tag()}", create=run)
+    protocol, url, prefix = race.protocol, race.url, race.prefix
+    study = race.study(f"{prefix}/{protocol.search}")
 
     def completed():
         return study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
 
-    if len(completed()) < protocol.budget and not run:
+    if len(completed()) < protocol.budget and not race.run:
         raise Missing(prefix)
     while len(completed()) < protocol.budget:
         try:
             with claims.claimed(url, hashlib.sha1(f"{study.study_name}|ask".encode()).hexdigest()[:20]):
-                proposal = _propose(study, spec, protocol, url)
+                proposal = _propose(study, race.spec, protocol, url)
         except claims.Busy:  # another process is proposing (a moment) or died proposing (taken over)
             time.sleep(POLL / 10 * (1 + random.random()))  # jitter: two that gave way to each other try apart
             continue
         if proposal is None:  # every remaining proposal is another live process's work
-            if not _WAIT:
+            if not race.wait:
                 raise claims.Busy(prefix)
             time.sleep(POLL)
             continue
         number, trial_id, lr = proposal
-        if progress:
-            progress(f"{prefix}: {protocol.search} proposal {number + 1}/{protocol.budget}, lr={lr:.3g}")
+        race.say(f"{prefix}: {protocol.search} proposal {number + 1}/{protocol.budget}, lr={lr:.3g}")
         with claims.holding_trial(url, trial_id):
-            runs = _members(problem, spec, [lr], seeds, protocol)
+            runs = _members(race, [lr], seeds)
             value = median_final(runs)
-            storage(url).set_trial_user_attr(trial_id, "runs", json.dumps([r.to_json() for r in runs]))
+            connect(url).set_trial_user_attr(trial_id, "runs", json.dumps([r.to_json() for r in runs]))
             try:
                 study.tell(number, value if math.isfinite(value) else 1e300)
             except (RuntimeError, ValueError):  # another process finished this proposal first: its result stays
@@ -495,7 +366,7 @@ def _propose(study, spec, protocol, url) -> tuple[int, int, float] | None:
         number, lr = trial.number, trial.params["lr"]
     else:
         return None
-    store = storage(url)  # the trial's id in the storage, through its public interface
+    store = connect(url)  # the trial's id in the storage, through its public interface
     trial_id = store.get_trial_id_from_study_id_trial_number(store.get_study_id_from_name(study.study_name), number)
     claims.own_trial(url, trial_id)
     return number, trial_id, lr

@@ -381,7 +381,24 @@ class BookOptimizer(Optimizer):
             except ValueError as err:
                 raise ValueError(f"param_groups[{i}] of the state_dict: {err}") from None
         self._check_shapes(state_dict)
+        self._check_interim_mode(state_dict, meta)
         return meta
+
+    def _check_interim_mode(self, state_dict: dict[str, Any], meta: dict[str, Any]) -> None:
+        """Whether the parameters hold θ or Nesterov's θ̃ must agree with the groups' Nesterov flags:
+        a flag flipped in the dict would step from the wrong point."""
+        mode = meta.get("interim_mode")
+        stepped = {i for i, s in state_dict["state"].items() if s}
+        nesterov = [self.algorithm.interim({**group, **saved}) for saved, group in
+                    zip(state_dict["param_groups"], self.param_groups)]
+        if mode is not None and not any(nesterov):
+            raise ValueError(f"deepdescent.interim_mode={mode!r} says the parameters were stepped with Nesterov "
+                             "momentum, but no param group of the state_dict uses it (nesterov=False in each)")
+        if mode is None and meta and any(flag and stepped & set(saved["params"]) for flag, saved in
+                                         zip(nesterov, state_dict["param_groups"])):
+            raise ValueError("a param group of the state_dict uses Nesterov momentum and has stepped, but "
+                             "deepdescent.interim_mode is None: it was stepped without Nesterov momentum "
+                             "(nesterov flipped in the dict?)")
 
     def _check_layout(self, state_dict: dict[str, Any]) -> None:
         """A dict without the metadata entry must have this optimizer's layout: no group key and
@@ -426,16 +443,30 @@ class BookOptimizer(Optimizer):
                 f"state_dict has {len(saved_ids)} parameters, {type(self).__name__} has {len(params)}"
             )
         index = dict(zip(saved_ids, params))
+        hyper = {i: {**group, **saved} for saved, group in zip(state_dict["param_groups"], self.param_groups)
+                 for i in saved["params"]}  # the hyperparameters each parameter will step with
         for i, s in state_dict["state"].items():
             p = index.get(i)
             if p is None:
                 raise ValueError(f"state_dict has state for parameter index {i!r}, which no group lists")
             if not isinstance(s, dict):
                 raise ValueError(f"the state of parameter {self._param_name(p)} must be a dict, got {type(s).__name__}")
+            if s:  # stepped at least once: the step count and every buffer of the algorithm are there
+                missing = [k for k in ("step", *self.algorithm.buffers(hyper[i])) if k not in s]
+                if missing:
+                    raise ValueError(f"the state of parameter {self._param_name(p)} lacks {missing} (it holds "
+                                     f"{sorted(s)}): {type(self).__name__} keeps "
+                                     f"{['step', *self.algorithm.buffers(hyper[i])]} once a parameter has stepped")
+                if _count(s["step"]) == 0:
+                    raise ValueError(f"invalid state 'step' of parameter {self._param_name(p)}=0 beside its buffers: "
+                                     "a parameter with state has stepped at least once (step >= 1)")
             for key, value in s.items():
                 where = f"state {key!r} of parameter {self._param_name(p)}"
                 if key == "step":
                     _check_step(where, value)
+                elif key in self.algorithm.buffers(hyper[i]) and not isinstance(value, Tensor):
+                    raise ValueError(f"{where} is a {type(value).__name__}; it must be a tensor of the parameter's "
+                                     f"shape {tuple(p.shape)}")
                 elif isinstance(value, Tensor) and (value.shape != p.shape or not (
                         value.is_complex() if p.is_complex() else value.is_floating_point())):
                     kind = "complex" if p.is_complex() else "floating"
@@ -453,9 +484,14 @@ class BookOptimizer(Optimizer):
         return f"(shape {tuple(p.shape)})"
 
 
+def _count(value: Any) -> Any:
+    """A step count as a number (a 0-dim tensor holds it on the device path)."""
+    return value.item() if isinstance(value, Tensor) and value.dim() == 0 else value
+
+
 def _check_step(where: str, value: Any) -> None:
     """A step count: an integer >= 0 (a 0-dim tensor holding one on the device path)."""
-    number = value.item() if isinstance(value, Tensor) and value.dim() == 0 else value
+    number = _count(value)
     if isinstance(number, bool) or not isinstance(number, numbers.Real) or number < 0 or number != int(number):
         raise ValueError(f"invalid {where}={value!r}: must be an integer >= 0")
 

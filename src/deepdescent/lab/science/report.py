@@ -7,6 +7,8 @@ import html
 from pathlib import Path
 from typing import Any
 
+from deepdescent.lab import files
+from deepdescent.lab.pages import html_table, meta_table, pyplot, save_figure
 from deepdescent.lab.science import EXPERIMENTS, summaries
 
 HEADERS = ["claim", "source", "published", "ours", "comparable", "verdict", "budget"]
@@ -40,7 +42,6 @@ def markdown(records: dict[str, dict[str, Any]]) -> str:
 
 def section(records: dict[str, dict[str, Any]], figures: Path) -> str:
     """The "Published results" HTML: the table, then each experiment with its figure."""
-    from deepdescent.lab.report import html_table, pyplot, save_figure
 
     table_rows = []
     for r in rows(records):
@@ -83,7 +84,6 @@ def _doc(exp) -> str:
 
 def write(records: dict[str, dict[str, Any]], out: Path, meta: dict[str, Any]) -> Path:
     """``out/report.html``: the Published results section and the run's facts."""
-    from deepdescent.lab.report import meta_table
 
     style = ("body{font-family:sans-serif;max-width:1200px;margin:auto;padding:1em}table{border-collapse:collapse;"
              "font-size:13px;margin:.5em 0}td,th{border:1px solid #ccc;padding:3px 6px;text-align:left;"
@@ -95,5 +95,5 @@ def write(records: dict[str, dict[str, Any]], out: Path, meta: dict[str, Any]) -
     page = (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>deepdescent science</title>"
             f"<style>{style}</style></head><body>{body}</body></html>")
     path = out / "report.html"
-    path.write_text(page, encoding="utf-8")
+    files.write_text(path, page)  # a full disk leaves the previous report whole
     return path
