@@ -140,7 +140,8 @@ def _edited(sd: dict, edit) -> dict:
     return sd
 
 
-@pytest.mark.parametrize("name", list(rh.CONFIGS))
+@pytest.mark.parametrize("name", [n for n in rh.CONFIGS if rh.SPECS[n].buffers(
+    rh.CONFIGS[n]([torch.nn.Parameter(torch.ones(1))]).param_groups[0])])  # SGD keeps none: nothing to break
 def test_a_state_dict_with_a_broken_buffer_is_refused_and_changes_nothing(name):
     """Every configuration: a buffer given as a list, a missing buffer, step = 0 beside buffers — each
     refused with a ValueError naming it, the target optimizer unchanged (it would otherwise fail at
@@ -151,7 +152,7 @@ def test_a_state_dict_with_a_broken_buffer_is_refused_and_changes_nothing(name):
     before = {k: v.clone() if torch.is_tensor(v) else v for k, v in
               target.state[target.param_groups[0]["params"][0]].items()}
     buffers = spec.buffers(target.param_groups[0])
-    cases = [(lambda s, g: s.__setitem__("step", 0), r"'step'.*=0 beside its buffers")] if buffers else []
+    cases = [(lambda s, g: s.__setitem__("step", 0), r"'step'.*=0 beside its buffers")]
     for b in buffers:
         cases += [(lambda s, g, b=b: s.__setitem__(b, s[b].tolist()), rf"'{b}'.*is a list; it must be a tensor"),
                   (lambda s, g, b=b: s.pop(b), rf"lacks \['{b}'\]")]

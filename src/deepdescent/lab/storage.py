@@ -132,15 +132,12 @@ def _retried(url: str, fn: Callable[[], T]) -> T:
     for attempt in range(_RACES):
         try:
             return fn()
-        except StorageError as err:
-            if _is_race(err) and attempt < _RACES - 1:
-                time.sleep(0.2 * (attempt + 1))
-                continue
-            raise
         except Exception as err:  # noqa: BLE001 - classified below: retried, or one line naming the cause
             if _is_race(err) and attempt < _RACES - 1:
                 time.sleep(0.2 * (attempt + 1))
                 continue
+            if isinstance(err, StorageError):  # named already
+                raise
             raise StorageError(f"cannot open the result storage {redact(url)}: {cause(err, url)}") from err
     raise AssertionError("unreachable")
 
