@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-import multiprocessing as mp
 import os
-import signal
 import sys
 import tempfile
 import time
@@ -38,42 +36,11 @@ def _check_out(out: Path) -> None:
         raise typer.BadParameter(f"cannot write to {str(out)!r}: {err.strerror}", param_hint="--out") from err
 
 
-def _worker_init(started=None, parent: int | None = None) -> None:
-    """Pool initializer: a worker ends when the bench process does (even on kill -9), so that a
-    resumed bench never races an orphan over the same trials; Ctrl-C is the parent's to handle (it
-    prints one line), not every worker's traceback. It runs before the worker imports torch
-    (``import deepdescent.cli`` does not), so an orphan lives a fraction of a second, not the
-    seconds of those imports."""
-    global _STARTED  # a folder: no queue a killed worker could leave half-written or locked
-    if sys.platform.startswith("linux"):
-        import ctypes
-
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-        if os.getppid() != (parent or os.getppid()):  # the parent died before prctl took effect
-            os._exit(1)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    _STARTED = started
-
-
-_STARTED: str | None = None  # in a worker: the folder in which it says which job it runs (a file per job)
-
-
-def _started_file(folder: str, problem: str, optimizer: str) -> str:
-    import hashlib
-
-    return os.path.join(folder, hashlib.sha1(f"{problem}|{optimizer}".encode()).hexdigest()[:16])
-
-
 def _job(args: tuple) -> tuple[str, str, dict | None]:
     """One race (problem, optimizer); None for its runs when another process holds its next batch."""
     from deepdescent.lab import claims, optimizers, problems, study
 
     problem, optimizer, proto, url = args
-    if _STARTED is not None:  # written whole (renamed into place): the parent never reads half of it
-        path = _started_file(_STARTED, problem, optimizer)
-        with open(f"{path}.{os.getpid()}", "w") as f:
-            f.write(str(os.getpid()))
-        os.replace(f"{path}.{os.getpid()}", path)
     torch_threads = int(os.environ.get("DEEPDESCENT_THREADS", "0"))
     if torch_threads:
         import torch
@@ -85,7 +52,7 @@ def _job(args: tuple) -> tuple[str, str, dict | None]:
     except claims.Busy:  # another process trains this race's next batch: come back to it later
         time.sleep(study.POLL)
         return problem, optimizer, None
-    return problem, optimizer, runs  # the RunResults as they are (the pool pickles them; no JSON round trip)
+    return problem, optimizer, runs  # the RunResults as they are (pickled to the bench; no JSON round trip)
 
 
 def _stored(problem: str, optimizer: str, proto, url: str):
@@ -110,42 +77,30 @@ def _running(jobs: list[tuple[str, str]]) -> str:
 LOST_LIMIT = 3
 
 
-def _gone(pid: int) -> bool:
-    """Whether process ``pid`` has ended (a zombie not yet reaped counts as ended)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
-    except OSError:
-        return False
-
-
 def _race(args: list[tuple], workers: int, bar, task, done) -> None:
     """Run the jobs (in ``workers`` processes), calling ``done(problem, optimizer, runs)`` as each ends.
     A job whose next batch another process (here or on another machine) trains goes back to the
     end of the queue. A job whose worker dies (kill -9, the out-of-memory killer) is run again in
     another worker, from what it stored; after LOST_LIMIT deaths, or when it raises, it is left
     out with one line saying why, and the others go on."""
+    from deepdescent.lab.workers import Outcome, Workers, error_name
+
     def left_out(a: tuple, why: str) -> None:
         bar.console.print(f"{a[0]}/{a[1]}: {why}; left out of this bench (what it stored stays; rerun to try it "
                           "again)", soft_wrap=True)
         bar.advance(task)
 
-    def finished(a: tuple, result: Callable[[], tuple]) -> bool:
+    def finished(a: tuple, outcome: Outcome) -> bool:
         """Take a job's outcome: stored (True), left out because it raised (True), or to run again
         because another process trains its next batch (False). Storage errors end the bench."""
-        try:
-            p, o, runs = result()
-        except (KeyboardInterrupt, study_errors()):
-            raise
-        except Exception as err:  # noqa: BLE001 - one race failed (a foreign optimizer raising)
-            left_out(a, f"failed: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}")
+        err = outcome.raised
+        if isinstance(err, study_errors()):
+            raise err
+        if err is not None:  # one race failed (a foreign optimizer raising)
+            message = str(err).splitlines()[0] if str(err) else ""
+            left_out(a, f"failed: {error_name(err)}: {message}")
             return True
+        p, o, runs = outcome.value
         if runs is None:
             return False
         done(p, o, runs)
@@ -154,47 +109,34 @@ def _race(args: list[tuple], workers: int, bar, task, done) -> None:
 
     if workers > 1 and len(args) > 1:
         os.environ.setdefault("DEEPDESCENT_THREADS", "1")  # each worker one thread: N workers, N cores
-        ctx = mp.get_context("spawn")
         deaths: dict[tuple, int] = {}
-        with tempfile.TemporaryDirectory(prefix="deepdescent-workers-") as started, \
-                ctx.Pool(workers, initializer=_worker_init, initargs=(started, os.getpid())) as pool:
-            pending = {pool.apply_async(_job, (a,)): a for a in args}
-            running: dict[tuple[str, str], int] = {}  # (problem, optimizer) → the PID of the worker running it
-
-            def forget(a: tuple) -> None:
-                running.pop((a[0], a[1]), None)
-                with contextlib.suppress(OSError):
-                    os.remove(_started_file(started, a[0], a[1]))
-            while pending:
-                for a in pending.values():
-                    with contextlib.suppress(OSError, ValueError):
-                        with open(_started_file(started, a[0], a[1])) as f:
-                            running[(a[0], a[1])] = int(f.read())
-                for res in [r for r in pending if r.ready()]:
-                    a = pending.pop(res)
-                    forget(a)
-                    if not finished(a, res.get):
-                        pending[pool.apply_async(_job, (a,))] = a
-                for res, a in list(pending.items()):
-                    pid = running.get((a[0], a[1]))
-                    if pid is None or not _gone(pid) or res.ready():
+        with Workers(_job, workers) as pool:
+            for a in args:
+                pool.submit(a)
+            while pool.pending:
+                for outcome in pool.outcomes(timeout=0.2):
+                    a = outcome.job
+                    if not outcome.lost:
+                        if not finished(a, outcome):
+                            pool.submit(a)
                         continue
-                    del pending[res]  # its worker died: the pool replaced it
-                    forget(a)
                     deaths[a[:2]] = deaths.get(a[:2], 0) + 1
                     if deaths[a[:2]] >= LOST_LIMIT:
                         left_out(a, f"its worker process died {deaths[a[:2]]} times")
                     else:
                         bar.console.print(f"{a[0]}/{a[1]}: its worker process died; running it again", soft_wrap=True)
-                        pending[pool.apply_async(_job, (a,))] = a
-                bar.update(task, description=_running(list(running)))
-                time.sleep(0.1)
+                        pool.submit(a)
+                bar.update(task, description=_running([a[:2] for a in pool.running()]))
     else:
         queue = list(args)
         while queue:
             a = queue.pop(0)
             bar.update(task, description=_running([(a[0], a[1])]))
-            if not finished(a, lambda a=a: _job(a)):
+            try:
+                outcome = Outcome(a, value=_job(a))
+            except Exception as err:  # noqa: BLE001 - judged by finished() (storage errors end the bench)
+                outcome = Outcome(a, raised=err)
+            if not finished(a, outcome):
                 queue.append(a)
 
 
