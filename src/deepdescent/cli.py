@@ -184,6 +184,25 @@ MODERN_TIME = "about 6 minutes on 2 cores"  # measured: BENCHMARKS.md, "The mode
 SCIENCE_TIME = "about 11 minutes on 2 cores"  # measured: BENCHMARKS.md, "The science suite"
 
 
+def _problem_names(given: list[str]) -> list[str]:
+    """The canonical names of the problems to race. A lab problem that does not exist stops the
+    bench (a typo); a workload that fails to import or to check is left out with one line naming
+    what is wrong, and the others race."""
+    from deepdescent.lab import problems
+
+    names = []
+    for n in given:
+        try:
+            names.append(problems.problem(n).name)
+        except ValueError as err:
+            if not problems.is_workload(n):
+                raise typer.BadParameter(str(err), param_hint="--problem") from None
+            console.print(f"{err}; left out of this bench", soft_wrap=True, highlight=False)
+    if not names:
+        raise typer.BadParameter("no problem left to race (see the lines above)", param_hint="--problem")
+    return list(dict.fromkeys(names))
+
+
 @app.command()
 def bench(
     suite: Annotated[str, typer.Option(
@@ -254,8 +273,8 @@ def bench(
     # bits of the results with the machine's speed): wait for a missing kernel instead
     os.environ.setdefault("DEEPDESCENT_KERNEL_BUILD", "wait")
     _check_device(device)
+    names = _problem_names(problem or study.suite(suite))
     try:
-        names = list(dict.fromkeys(problems.problem(n).name for n in (problem or study.suite(suite))))
         opts = _with_hparams(optimizer or study.all_optimizers(suite), hparam or [], lr_center)
         if suite == "modern" and not optimizer and study.missing_modern():
             console.print(f"not installed, left out: {', '.join(study.missing_modern())} "
@@ -285,6 +304,8 @@ def bench(
     # default SQLite file is named relative to the run directory, so a copied run reads its own
     meta = {"suite": suite, "protocol": proto.tag(), "problems": names, "optimizers": opts,
             "described": {o: optimizers.description(optimizers.optimizer(o)) for o in opts},
+            "problems_described": {p: problems.description(problems.problem(p)) for p in names
+                                   if problems.problem(p).workload},
             **({"storage": db.redact(url)} if storage else
                {"storage": "results.db in the run directory", "database": "results.db"}),
             "started": time.strftime("%Y-%m-%d %H:%M:%S"), "torch": torch.__version__,
@@ -435,9 +456,12 @@ def _checked_meta(meta, path: Path) -> dict:
         raise typer.BadParameter(f"{str(path.parent)!r} holds results of protocol {version}; this deepdescent "
                                  f"reads v{study.PROTOCOL_VERSION} only: rerun `deepdescent bench` for it",
                                  param_hint="DIRECTORY")
+    described = meta.get("problems_described", {})
+    if not isinstance(described, dict):
+        raise bad(f"'problems_described' must be an object, not {described!r}"[:300])
     for p in names("problems"):
-        try:
-            problems.problem(p)
+        try:  # a workload is described from what the directory recorded: never imported
+            problems.describe(p, described.get(p)) if problems.is_workload(p) else problems.problem(p)
         except ValueError as err:
             raise bad(f"problem {p!r}: {err}") from None
     names("optimizers")
@@ -550,15 +574,17 @@ def report_cmd(
                                  "pass it with --storage URL", param_hint="--storage")
     results: report.Results = {}
     described = meta.get("described") if isinstance(meta.get("described"), dict) else {}
+    workloads = meta.get("problems_described", {})
     try:
         for p in meta["problems"]:
+            prob = problems.describe(p, workloads.get(p)) if problems.is_workload(p) else problems.problem(p)
             for o in meta["optimizers"]:
                 # nothing a run directory names is imported: its optimizers are described, not loaded
                 spec = optimizers.describe(o, described.get(o))
                 if spec is None:
                     continue
                 try:
-                    runs = study.run_race(problems.problem(p), spec, proto, url, run=False)
+                    runs = study.run_race(prob, spec, proto, url, run=False)
                 except db.Missing:
                     continue
                 results.setdefault(p, {})[o] = runs

@@ -149,10 +149,12 @@ class NotVectorizable(Exception):
 
 
 def _vmap_failure(err: BaseException) -> bool:
-    """Whether an error of the first vectorized step comes from torch.func's batching (an op
-    without a batching rule, data-dependent control flow) rather than from the engine."""
+    """Whether an error of the first vectorized step comes from torch.func's transforms (an op
+    without a batching rule, data-dependent control flow, a module that updates a buffer in place
+    such as batch norm's running statistics) rather than from the engine or the model itself."""
     text = str(err)
-    return any(s in text for s in ("vmap", "functorch", "Batching rule", "batching rule", "BatchedTensor"))
+    return any(s in text for s in ("vmap", "functorch", "Batching rule", "batching rule", "BatchedTensor",
+                                   "During a grad", "mutate a captured Tensor"))
 
 
 class _Deadline:

@@ -13,6 +13,7 @@ import torch
 from deepdescent import optim
 from deepdescent.algorithms import REGISTRY
 from deepdescent.algorithms.spec import Algorithm, Variant
+from deepdescent.lab import paths
 
 
 @dataclass(frozen=True)
@@ -127,9 +128,7 @@ ENTRY_POINTS = "deepdescent.optimizers"
 
 def entry_points() -> dict[str, str]:
     """The optimizers registered by installed packages: name → "module:attribute"."""
-    from importlib.metadata import entry_points as found
-
-    return {ep.name: ep.value for ep in found(group=ENTRY_POINTS)}
+    return paths.entry_points(ENTRY_POINTS)
 
 
 def parse(key: str) -> tuple[str, dict[str, Any]]:
@@ -160,28 +159,7 @@ def key(path: str, hparams: dict[str, Any]) -> str:
 
 
 def _load(path: str) -> type:
-    import importlib
-
-    import re
-
-    registered = entry_points()
-    target = registered.get(path, path)
-    if not re.fullmatch(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*(:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*)?", target):
-        raise ValueError(f"invalid optimizer {path!r}: an import path is dotted names such as torch.optim.AdamW or "
-                         "package.module:Class (checked before anything is imported)")
-    module, sep, attr = target.partition(":")
-    if not sep:
-        module, _, attr = target.rpartition(".")
-    if not module or not attr:
-        raise ValueError(f"unknown optimizer {path!r}: not a lab optimizer ({', '.join(OPTIMIZERS)}), not an "
-                         f"entry point of {ENTRY_POINTS!r} ({', '.join(registered) or 'none installed'}), and not "
-                         "an import path such as torch.optim.AdamW or package.module:Class")
-    try:
-        obj = importlib.import_module(module)
-        for part in attr.split("."):
-            obj = getattr(obj, part)
-    except (ImportError, AttributeError) as err:
-        raise ValueError(f"cannot import optimizer {path!r}: {err}") from None
+    obj = paths.load(path, ENTRY_POINTS, "optimizer", f"a lab optimizer ({', '.join(OPTIMIZERS)})")
     if not (isinstance(obj, type) and issubclass(obj, torch.optim.Optimizer)):
         raise ValueError(f"{path!r} is {obj!r}, not a torch.optim.Optimizer subclass")
     return obj

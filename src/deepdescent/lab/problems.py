@@ -20,6 +20,8 @@ import torch
 from torch import Tensor, nn
 
 from deepdescent import init
+from deepdescent.lab import paths, workload
+from deepdescent.lab.workload import Workload
 
 
 @dataclass
@@ -76,6 +78,11 @@ class Problem:
     #: Settable as ``name:key=value,...``: key → (keyword argument of ``build``, converter that
     #: raises ValueError naming what is valid).
     params: dict[str, tuple[str, Callable[[str], object]]] = field(default_factory=dict)
+    #: A user's :class:`~deepdescent.lab.workload.Workload` (import path or entry point): its
+    #: floor and kind are known without building it (a report never imports it).
+    workload: bool = False
+    floor: float = 0.0
+    classification: bool = False
 
 
 #: The problem instance (data, rotations, targets) is fixed; a run's seed varies only the
@@ -409,10 +416,17 @@ PROBLEMS: dict[str, Problem] = {p.name: p for p in [
 def problem(name: str) -> Problem:
     """A problem by name; a parameterized one as ``name:key=value,...``, e.g. ``adding:T=100`` or
     ``deep_linear:depth=50,scheme=normalized``. Its canonical name (keys sorted) names its studies,
-    so variants never share results."""
+    so variants never share results. A user's workload by import path or entry point
+    (:mod:`deepdescent.lab.workload`), imported and checked once per process."""
+    if name in _WORKLOADS and _WORKLOADS[name].build is not _not_built:
+        return _WORKLOADS[name]
     base, colon, text = name.partition(":")
     if base not in PROBLEMS:
-        raise ValueError(f"unknown problem {base!r}; valid: {', '.join(PROBLEMS)}")
+        if is_workload(name):
+            _WORKLOADS[name] = _from_workload(name)
+            return _WORKLOADS[name]
+        raise ValueError(f"unknown problem {base!r}; valid: {', '.join(PROBLEMS)}, an entry point of "
+                         f"{workload.ENTRY_POINTS!r}, or a workload's import path such as package.module:name")
     p = PROBLEMS[base]
     if not colon:
         return p
@@ -430,6 +444,92 @@ def problem(name: str) -> Problem:
     canonical = f"{base}:" + ",".join(f"{k}={values[k]}" for k in sorted(values))
     kwargs = {p.params[k][0]: v for k, v in values.items()}
     return replace(p, name=canonical, build=functools.partial(p.build, **kwargs))
+
+
+# ------------------------------------------------------------------------------ your workloads
+#: The workloads of this process by name: loaded by :func:`problem`, or described by
+#: :func:`describe` for a report, which never imports them (a described one cannot train:
+#: :func:`problem` loads it when asked).
+_WORKLOADS: dict[str, Problem] = {}
+
+
+def is_workload(name: str) -> bool:
+    """Whether ``name`` names a user's workload (not a lab problem): an import path or an entry point."""
+    return name.partition(":")[0] not in PROBLEMS and (
+        paths.is_path(name) or name in paths.entry_points(workload.ENTRY_POINTS))
+
+
+def _from_workload(name: str) -> Problem:
+    obj = paths.load(name, workload.ENTRY_POINTS, "problem", f"a lab problem ({', '.join(PROBLEMS)})")
+    if callable(obj) and not isinstance(obj, Workload):
+        obj = workload.call(name, f"{name}()", obj)
+    w = workload.check(name, obj)
+    return Problem(name, w.challenge, w.description or name, functools.partial(_workload_task, name, w),
+                   suites=(), workload=True, floor=float(w.floor), classification=w.classification)
+
+
+def _workload_task(name: str, w: Workload, seed: int, quick: bool) -> Task:
+    """A workload is the same at every scale (``quick`` changes nothing): the lab seeds its model."""
+    x, y = w.train
+    x_test, y_test = w.test if w.test is not None else w.train
+    return Task(workload.build_model(name, w, seed), w.loss, x, y, x_test, y_test, w.batch_size, float(w.budget),
+                classification=w.classification, floor=float(w.floor))
+
+
+#: What a run directory records of each raced workload (meta.json's "problems_described").
+DESCRIBED = ("challenge", "description", "floor", "classification")
+
+
+def description(p: Problem) -> dict[str, object]:
+    return {k: getattr(p, k) for k in DESCRIBED}
+
+
+def _not_built(seed: int, quick: bool) -> Task:
+    raise RuntimeError("a described workload only reads stored results; it never trains")
+
+
+def describe(name: str, described: dict | None = None) -> Problem:
+    """A workload as a report sees it, from what its run directory recorded (``described``:
+    :func:`description`'s fields), without importing anything; ValueError for a field of the
+    wrong type."""
+    if name in _WORKLOADS and _WORKLOADS[name].build is not _not_built:
+        return _WORKLOADS[name]  # loaded in this process: it says more than a description
+    if described is not None and not isinstance(described, dict):
+        raise ValueError(f"the description of workload {name!r} is not one bench writes: {described!r}"[:300])
+    info = {"challenge": "", "description": name, "floor": 0.0, "classification": False, **(described or {})}
+    ok = (isinstance(info["challenge"], str) and isinstance(info["description"], str)
+          and isinstance(info["floor"], (int, float)) and not isinstance(info["floor"], bool)
+          and math.isfinite(info["floor"]) and isinstance(info["classification"], bool))
+    if not ok:
+        raise ValueError(f"the description of workload {name!r} is not one bench writes: {described!r}"[:300])
+    _WORKLOADS[name] = Problem(name, info["challenge"], info["description"], _not_built, suites=(), workload=True,
+                               floor=float(info["floor"]), classification=info["classification"])
+    return _WORKLOADS[name]
+
+
+def known(name: str) -> Problem:
+    """A lab problem, or a workload loaded or described in this process, by name: what a report
+    shows of it. Imports nothing (ValueError for any other name)."""
+    if name in _WORKLOADS:
+        return _WORKLOADS[name]
+    if is_workload(name):
+        raise ValueError(f"workload {name!r} was neither loaded nor described in this process")
+    return problem(name)
+
+
+def floor(name: str) -> float:
+    """The training loss's infimum of a problem (0 where unknown): targets are set above it.
+    Imports nothing: a workload must have been loaded or described in this process."""
+    if name in _WORKLOADS:
+        return _WORKLOADS[name].floor
+    return reference(name).floor if base_name(name) in PROBLEMS else 0.0
+
+
+def challenge(name: str) -> str:
+    """The §8.2 challenge a problem shows ("" where unknown); imports nothing, as :func:`floor`."""
+    if name in _WORKLOADS:
+        return _WORKLOADS[name].challenge
+    return PROBLEMS[base_name(name)].challenge if base_name(name) in PROBLEMS else ""
 
 
 @functools.lru_cache(maxsize=64)

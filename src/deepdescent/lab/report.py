@@ -18,8 +18,8 @@ from deepdescent.lab import files, science
 from deepdescent.lab.pages import html_table, meta_table, pyplot, save_figure
 from deepdescent.lab.science import report as science_report
 from deepdescent.lab.optimizers import OPTIMIZERS, describe, parse
-from deepdescent.lab.problems import base_name, reference
-from deepdescent.lab.problems import problem as find_problem
+from deepdescent.lab.problems import PROBLEMS, base_name, floor, reference
+from deepdescent.lab.problems import known
 from deepdescent.lab.verdict import (Race, Results, Row, board, leaderboard, median, performance_profile, target,
                                      time_to_target, verdict)
 
@@ -49,6 +49,8 @@ REFERENCES = {
 
 def title(problem: str) -> str:
     """The problem and the variant that actually ran: ``deep_linear (depth=20, scheme=orthogonal)``."""
+    if base_name(problem) not in PROBLEMS:  # a workload: its name says it all
+        return problem
     extra = reference(problem).extra
     shown = {k: v for k, v in extra.items() if isinstance(v, (int, float, str)) and not isinstance(v, bool)}
     if "length" in shown:
@@ -156,7 +158,7 @@ def _learning_curves(problem: str, race: Race, out: Path) -> str:
             label = name + (f" ({diverged} diverged)" if diverged else "") + (f" (✂ {cut} cut by the time limit)"
                                                                                if cut else "")
             drawn[name] = label, torch.tensor([_curve(r, xs) for r in runs], dtype=torch.float64)
-    axis = _LossAxis([tgt] + [float(v) for _, c in drawn.values() for v in c.flatten()], reference(problem).floor)
+    axis = _LossAxis([tgt] + [float(v) for _, c in drawn.values() for v in c.flatten()], floor(problem))
     for name, (label, curves) in drawn.items():
         ax.plot(xs, axis(curves.nanmedian(0).values.tolist()), label=label, **style(name))
         if len(curves) > 1:
@@ -187,7 +189,7 @@ def _sensitivity(problem: str, race: Race, out: Path) -> str | None:
     values = [m for _, med in lines.values() for m in med if math.isfinite(m)]
     if not values:
         return None
-    axis = _LossAxis(values, reference(problem).floor)
+    axis = _LossAxis(values, floor(problem))
     fig, ax = plt.subplots(figsize=(8, 4.5), constrained_layout=True)
     for name, (lrs, med) in lines.items():
         st = style(name)
@@ -405,8 +407,8 @@ def terminal(all_results: Results, console) -> None:
 
     for problem, race in all_results.items():
         tgt, rows = board(problem, race)
-        p = find_problem(problem)
-        table = Table(title=f"{title(problem)} — {p.challenge}\ntarget T = {tgt:.4g}, budget "
+        p = known(problem)
+        table = Table(title=f"{title(problem)} — {p.challenge or 'challenge not stated'}\ntarget T = {tgt:.4g}, budget "
                             f"{_fmt(max(r.budget for t in race.values() for r in t['tuned']), 4)} epochs",
                       title_justify="left", box=box.SIMPLE_HEAD, show_edge=False, padding=(0, 1, 0, 0))
         for header, _ in COLUMNS[:TERMINAL_COLUMNS]:
@@ -441,7 +443,7 @@ def _verdict_matrix(all_results: Results) -> str:
             cells.append(f"<span{mark}>{r.reached}/{r.seeds} · {html.escape(_fmt(r.ge_to_target, 3))}</span>{lr}")
         rows.append(cells)
     heads = "".join(f"<th><a href='#{_stem(p)}'>{html.escape(title(p))}</a><br><small>"
-                    f"{html.escape(find_problem(p).challenge)}</small></th>" for p in all_results)
+                    f"{html.escape(known(p).challenge)}</small></th>" for p in all_results)
     body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>" for r in rows)
     return f"<table class='matrix'><thead><tr><th>optimizer</th>{heads}</tr></thead><tbody>{body}</tbody></table>"
 
@@ -499,10 +501,10 @@ def write(all_results: Results, out: Path, meta: dict[str, Any]) -> Path:
                      f'src="data:image/png;base64,{depth}">')
     for problem, race in all_results.items():
         tgt, rows = board(problem, race)
-        p = find_problem(problem)
+        p = known(problem)
         budget = max(r.budget for t in race.values() for r in t["tuned"])
         parts.append(f"<h2 id='{_stem(problem)}'>{html.escape(title(problem))}</h2><p>{html.escape(p.description)}"
-                     f" — challenge: <b>{html.escape(p.challenge)}</b>; budget {_fmt(budget)} epochs; target "
+                     f" — challenge: <b>{html.escape(p.challenge or 'not stated')}</b>; budget {_fmt(budget)} epochs; target "
                      f"training loss T = {tgt:.4g}</p>")
         parts.append(html_table([h for h, _ in COLUMNS], [[html.escape(c(r)) for _, c in COLUMNS] for r in rows]))
         parts.append(f"<p class='cap'>{html.escape(CAPTION)}</p>")

@@ -38,7 +38,7 @@ import statistics
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from deepdescent.lab import claims, engine
 from deepdescent.lab.storage import Missing, connect, load_optuna, open_study
@@ -138,6 +138,7 @@ class Race:
     run: bool = True
     wait: bool = True
     progress: Callable[[str], None] | None = None
+    said: set[str] = field(default_factory=set, compare=False)  # log lines said once per race
 
     @property
     def prefix(self) -> str:
@@ -258,7 +259,9 @@ def _members(race: Race, lrs: list[float], seeds: list[int]) -> list[engine.RunR
     try:
         return engine.run_vectorized(problem, spec, lrs, seeds, protocol.quick, **protocol.run_options())
     except engine.NotVectorizable as err:  # e.g. cuDNN's RNN under vmap: member by member, said in the log
-        _log.warning("%s on %s runs member by member: %s", spec.name, problem.name, err)
+        if "member by member" not in race.said:
+            race.said.add("member by member")
+            _log.warning("%s on %s runs member by member: %s", spec.name, problem.name, str(err).split(". ")[0])
         return [engine.run_member(problem, spec, lr, s, protocol.quick, **protocol.run_options())
                 for lr in lrs for s in seeds]
 

@@ -23,7 +23,8 @@ from dataclasses import dataclass
 
 from deepdescent.lab import engine
 from deepdescent.lab.optimizers import describe
-from deepdescent.lab.problems import PROBLEMS, base_name, reference
+from deepdescent.lab.problems import challenge as challenge_of
+from deepdescent.lab.problems import floor
 
 Results = dict[str, dict[str, dict[str, list[engine.RunResult]]]]  # problem → optimizer → track → runs
 Race = dict[str, dict[str, list[engine.RunResult]]]  # optimizer → track → runs
@@ -115,7 +116,7 @@ def leaderboard(results: Race, floor: float = 0.0) -> tuple[float, list[Row]]:
 
 def board(problem: str, race: Race) -> tuple[float, list[Row]]:
     """The leaderboard of a lab problem (its target relative to the problem's floor)."""
-    return leaderboard(race, reference(problem).floor if base_name(problem) in PROBLEMS else 0.0)
+    return leaderboard(race, floor(problem))
 
 
 def performance_profile(all_results: Results) -> dict[str, list[float]]:
@@ -184,11 +185,11 @@ def _epochs(t: float) -> str:
 def verdict(problem: str, race: Race) -> tuple[str | None, str]:
     """(winner, a sentence that says what won and why, in the chapter's words, with the numbers)."""
     tgt, rows = board(problem, race)
-    challenge = PROBLEMS[base_name(problem)].challenge if base_name(problem) in PROBLEMS else ""
+    challenge = challenge_of(problem)
     why = CHALLENGE_WHY.get(challenge, challenge)
     win = rows[0]
     if not win.reached:
-        return None, f"No optimizer ends at the target T = {tgt:.4g} within the budget — {why}."
+        return None, f"No optimizer ends at the target T = {tgt:.4g} within the budget" + (f" — {why}." if why else ".")
     text = (f"{win.optimizer} wins: {win.reached}/{win.seeds} seeds end at or below T = {tgt:.4g}, after "
             f"{_epochs(win.ge_to_target)}")
     sgd = next((r for r in rows if r.optimizer == "SGD"), None)
@@ -196,4 +197,5 @@ def verdict(problem: str, race: Race) -> tuple[str | None, str]:
         text += f"; SGD: {sgd.reached}/{sgd.seeds} seeds, {_epochs(sgd.ge_to_target)}"
         if math.isfinite(sgd.ge_to_target) and sgd.ge_to_target > 0:
             text += f" ({win.ge_to_target / sgd.ge_to_target:.2g}× SGD's time)"
-    return win.optimizer, f"{text}. Challenge: {why}; {FAMILY_WHY[family(win.optimizer)]}."
+    challenge_text = f"Challenge: {why}; " if why else ""  # a workload need not name one
+    return win.optimizer, f"{text}. {challenge_text}{FAMILY_WHY[family(win.optimizer)]}."

@@ -1,0 +1,149 @@
+"""Your own problem in the lab: a :class:`Workload` names a model, its data, its loss and its budget;
+``deepdescent bench --problem package.module:name`` races the optimizers on it under the lab's
+protocol (equal budgets in gradient-equivalents, a learning-rate grid per optimizer, seeds,
+targets, resume, several processes on one storage).
+
+``name`` is a :class:`Workload` or a function of no arguments that returns one (called once per
+process: load the data there). A package can also register it under the entry-point group
+``deepdescent.problems``::
+
+    [project.entry-points."deepdescent.problems"]
+    mine = "package.module:name"
+
+The model is built by ``model()`` after ``torch.manual_seed(seed)``: a run's seed varies the
+initialization and the minibatch order, never the data. Every member of a race optimizes the same
+objective (as DeepOBS's test problems and AlgoPerf's workloads fix the data and vary the seed).
+Models that ``torch.func`` can batch (no in-place buffer updates such as batch norm's running
+statistics, no data-dependent control flow) race with all members stacked; others member by
+member, which the log says.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+#: The entry-point group under which packages register workloads.
+ENTRY_POINTS = "deepdescent.problems"
+
+
+class WorkloadError(ValueError):
+    """A workload that cannot race: the message names it, what is wrong and what is expected."""
+
+
+@dataclass(frozen=True)
+class Workload:
+    """A model, its data and its loss, as the lab races them.
+
+    Attributes:
+        model: builds the model (an ``nn.Module`` with trainable parameters); the lab seeds torch
+            first, so that the seed of a run varies its initialization.
+        train: (inputs, targets), tensors with the same first dimension (the examples).
+        loss: ``loss(output, targets)`` averaged over the batch, a scalar tensor.
+        batch_size: examples per minibatch of the first-order methods (second-order methods and
+            L-BFGS take the full batch, as on the built-in problems).
+        budget: compute every optimizer gets, in gradient-equivalents (epochs): one full-batch
+            gradient is 1, a minibatch gradient ``batch_size / n``, a curvature-vector product 2.
+        test: held-out (inputs, targets) for the test loss (and accuracy); None evaluates on
+            the training data (said in the report).
+        classification: the outputs are class scores: the report shows accuracy too.
+        floor: the training loss's infimum where known (else 0): targets are set relative to it.
+        description: one line for the report.
+        challenge: the §8.2 challenge it shows, if one (free text; "" when not stated).
+    """
+
+    model: Callable[[], nn.Module]
+    train: tuple[Tensor, Tensor]
+    loss: Callable[[Tensor, Tensor], Tensor]
+    batch_size: int
+    budget: float = 10.0
+    test: tuple[Tensor, Tensor] | None = None
+    classification: bool = False
+    floor: float = 0.0
+    description: str = ""
+    challenge: str = ""
+
+
+#: The largest budget a workload may ask for (gradient-equivalents): the built-in full suite's
+#: longest problem takes 300.
+BUDGET_MAX = 100_000
+
+
+def _pair(name: str, field: str, value: object) -> tuple[Tensor, Tensor]:
+    if isinstance(value, (tuple, list)) and len(value) == 2 and all(isinstance(v, Tensor) for v in value):
+        x, y = value
+        if x.dim() > 0 and y.dim() > 0 and len(x) == len(y) > 0:
+            return x, y
+        got = f"tensors of shapes {tuple(x.shape)} and {tuple(y.shape)}"
+    elif isinstance(value, (tuple, list)):
+        got = f"a {type(value).__name__} of {', '.join(type(v).__name__ for v in value) or 'nothing'}"
+    else:
+        got = type(value).__name__
+    raise WorkloadError(f"problem {name!r}: {field} must be (inputs, targets), two tensors with the same first "
+                        f"dimension (the examples), at least one example; got {got}")
+
+
+def _number(name: str, field: str, value: object, valid: str, test: Callable[[float], bool]) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not test(float(value)):
+        raise WorkloadError(f"problem {name!r}: {field}={value!r}; valid: {valid}")
+    return float(value)
+
+
+def check(name: str, w: object) -> Workload:
+    """``w`` as a valid :class:`Workload`, or a WorkloadError naming what is wrong. Builds the
+    model once (seed 0) and evaluates the loss on two training examples."""
+    if not isinstance(w, Workload):
+        raise WorkloadError(f"problem {name!r} is {type(w).__name__}, not a deepdescent.lab.workload.Workload "
+                            "(or a function of no arguments that returns one)")
+    x, _ = _pair(name, "train", w.train)
+    if w.test is not None:
+        _pair(name, "test", w.test)
+    if isinstance(w.batch_size, bool) or not isinstance(w.batch_size, int) or not 1 <= w.batch_size <= len(x):
+        raise WorkloadError(f"problem {name!r}: batch_size={w.batch_size!r}; valid: an integer in "
+                            f"[1, {len(x)}] (the training examples)")
+    _number(name, "budget", w.budget, f"a number of gradient-equivalents in (0, {BUDGET_MAX}]",
+            lambda v: 0 < v <= BUDGET_MAX)
+    _number(name, "floor", w.floor, "a finite number (the training loss's infimum, 0 if unknown)", math.isfinite)
+    for field in ("model", "loss"):
+        if not callable(getattr(w, field)):
+            raise WorkloadError(f"problem {name!r}: {field} is {type(getattr(w, field)).__name__}, not callable")
+    model = build_model(name, w, 0)
+    value = evaluate_loss(name, w, model, w.train[0][:2], w.train[1][:2])
+    if not math.isfinite(value):
+        raise WorkloadError(f"problem {name!r}: the loss at initialization is {value} on two training examples; "
+                            "expected a finite number")
+    return w
+
+
+def call(name: str, what: str, fn: Callable[[], object]) -> object:
+    """``fn()``; what the user's code raises becomes one line naming the workload and the call."""
+    try:
+        return fn()
+    except Exception as err:  # noqa: BLE001 - the user's code: any failure is the workload's
+        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        raise WorkloadError(f"problem {name!r}: {what} raised {type(err).__name__}: {first}") from None
+
+
+def build_model(name: str, w: Workload, seed: int) -> nn.Module:
+    """``w.model()`` after ``torch.manual_seed(seed)``, checked: a module with trainable parameters."""
+    torch.manual_seed(seed)
+    model = call(name, "model()", w.model)
+    if not isinstance(model, nn.Module):
+        raise WorkloadError(f"problem {name!r}: model() returned {type(model).__name__}; expected a torch.nn.Module")
+    if not any(p.requires_grad for p in model.parameters()):
+        raise WorkloadError(f"problem {name!r}: the model has no trainable parameters (nothing to optimize)")
+    return model
+
+
+def evaluate_loss(name: str, w: Workload, model: nn.Module, x: Tensor, y: Tensor) -> float:
+    with torch.no_grad():
+        out = call(name, "loss(model(inputs), targets)", lambda: w.loss(model(x), y))
+    if not isinstance(out, Tensor) or out.numel() != 1:
+        shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+        raise WorkloadError(f"problem {name!r}: loss(model(inputs), targets) returned {shape}; expected a scalar "
+                            "tensor (the batch's mean loss)")
+    return float(out)

@@ -1,0 +1,154 @@
+"""Your own workload in the lab (issue 26 §1): a Workload named by import path races under the lab's
+protocol beside the book's optimizers; a broken one is named in one line and the others race; a
+report never imports the workloads its run directory names."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+import user_workloads
+from deepdescent.cli import app
+from deepdescent.lab import optimizers, problems, study
+from deepdescent.lab.workload import Workload, WorkloadError, check
+
+TESTS = pathlib.Path(__file__).resolve().parent
+
+
+def _replayed_sgd(w: Workload, lr: float, seed: int) -> float:
+    """A plain PyTorch loop: the seeded model, ``budget`` full-batch steps of torch.optim.SGD."""
+    torch.manual_seed(seed)
+    model = w.model()
+    opt = torch.optim.SGD(model.parameters(), lr=lr)
+    x, y = w.train
+    for _ in range(int(w.budget)):
+        opt.zero_grad()
+        w.loss(model(x), y).backward()
+        opt.step()
+    with torch.no_grad():
+        return float(w.loss(model(x), y))
+
+
+def test_a_workload_races_under_the_protocol_and_each_member_is_a_plain_training_run():
+    """Every member of SGD's grid (vectorized: all members stacked) ends where a plain loop with
+    torch.optim.SGD at that learning rate and seed ends: the seed drives the model's
+    initialization, the budget the number of steps, the data are the workload's."""
+    w = user_workloads.full_batch()
+    prob = problems.problem("user_workloads:full_batch")
+    assert prob.workload and prob.name == "user_workloads:full_batch"
+    runs = study.run_race(prob, optimizers.optimizer("SGD"), study.Protocol(budget=3, seeds=2), "sqlite://")
+    assert len(runs["grid"]) >= 6 and all(r.vectorized for r in runs["grid"])
+    for r in runs["grid"]:
+        assert r.grad_equiv[-1] == w.budget and r.budget == w.budget
+        expected = _replayed_sgd(w, r.lr, r.seed)
+        if math.isfinite(expected) and expected < 1e3:
+            assert r.final_train_loss == pytest.approx(expected, rel=1e-4, abs=1e-6), (r.lr, r.seed)
+    assert len({r.train_loss[0] for r in runs["grid"]}) == 2  # two seeds, two initializations
+
+
+@pytest.mark.parametrize("name,message", [
+    ("user_workloads:not_a_workload", "is int, not a deepdescent.lab.workload.Workload"),
+    ("user_workloads:returns_a_dict", "is dict, not a deepdescent.lab.workload.Workload"),
+    ("user_workloads:wrong_train", r"train must be \(inputs, targets\).*shapes \(5, 2\) and \(4,\)"),
+    ("user_workloads:no_parameters", "the model has no trainable parameters"),
+    ("user_workloads:batch_too_large", r"batch_size=9; valid: an integer in \[1, 8\]"),
+    ("user_workloads:not_a_scalar", r"returned \(2,\); expected a scalar tensor"),
+    ("user_workloads:factory_raises", r"user_workloads:factory_raises\(\) raised FileNotFoundError: data/train.pt"),
+    ("user_workloads:nope", "cannot import problem 'user_workloads:nope': AttributeError"),
+    ("no_such_package.workloads:mine", "cannot import problem .*ModuleNotFoundError"),
+    ("user_workloads:x;import os", "unknown problem"),
+])
+def test_a_broken_workload_is_named_with_what_is_wrong(name, message):
+    with pytest.raises(ValueError, match=message):
+        problems.problem(name)
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("budget", 0, r"budget=0; valid: a number of gradient-equivalents in \(0, 100000\]"),
+    ("budget", float("nan"), "budget=nan"),
+    ("floor", float("inf"), "floor=inf; valid: a finite number"),
+    ("batch_size", True, "batch_size=True"),
+    ("loss", "mse", "loss is str, not callable"),
+    ("test", (torch.zeros(3, 2),), "test must be .* got a tuple of Tensor"),
+])
+def test_each_field_of_a_workload_is_checked(field, value, message):
+    import dataclasses
+
+    w = dataclasses.replace(user_workloads.full_batch(), **{field: value})
+    with pytest.raises(WorkloadError, match=message):
+        check("mine", w)
+
+
+def test_a_nonfinite_loss_at_initialization_is_refused():
+    import dataclasses
+
+    w = dataclasses.replace(user_workloads.full_batch(), loss=lambda out, y: out.sum() * math.nan)
+    with pytest.raises(WorkloadError, match="loss at initialization is nan"):
+        check("mine", w)
+
+
+def test_the_bench_races_a_workload_beside_lab_problems_and_leaves_out_broken_ones(tmp_path, monkeypatch):
+    """One line per broken workload (failing at its check, or raising inside training), the others
+    race; a model torch.func cannot batch races member by member and says so."""
+    out = tmp_path / "run"
+    broken = ["user_workloads:wrong_train", "user_workloads:factory_raises", "no_such_package.workloads:mine"]
+    args = ["bench", "--problem", "user_workloads:blobs", "--problem", "saddle", "--problem", "user_workloads:stateful",
+            "--problem", "user_workloads:fails_in_training", *[a for b in broken for a in ("--problem", b)],
+            "--optimizer", "SGD", "--optimizer", "Adam", "--budget", "2", "--seeds", "1", "--workers", "1",
+            "--no-report", "--out", str(out)]
+    result = CliRunner().invoke(app, args, env={"COLUMNS": "250"})
+    text = " ".join(result.output.split())
+    assert result.exit_code == 0, result.output
+    for name in broken:
+        assert f"'{name}'" in text and f"{name}" not in json.loads((out / "meta.json").read_text())["problems"]
+    assert text.count("left out of this bench") == len(broken) + 2  # + fails_in_training × (SGD, Adam)
+    assert "user_workloads:fails_in_training/SGD: failed: RuntimeError: CUDA out of memory (simulated)" in text
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["problems"] == ["user_workloads:blobs", "saddle", "user_workloads:stateful",
+                                "user_workloads:fails_in_training"]
+    assert meta["problems_described"]["user_workloads:blobs"] == {
+        "challenge": "", "description": "three blobs, 2-16-3 MLP", "floor": 0.0, "classification": True}
+    assert "user_workloads:blobs — challenge not stated" in text and "saddle — saddle points" in text
+    assert "Traceback" not in result.output
+
+
+def test_the_report_of_a_workload_run_imports_nothing_the_folder_names(tmp_path):
+    """A run directory is often someone else's: its meta.json names a workload module planted in
+    the folder, and `report` (run from inside it) must not import it."""
+    out = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), *sys.path])}
+    cmd = [sys.executable, "-m", "deepdescent.cli", "bench", "--problem", "user_workloads:blobs", "--optimizer", "SGD",
+           "--budget", "2", "--seeds", "1", "--workers", "1", "--no-report", "--out", str(out)]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    planted = out / "imported.txt"
+    (out / "user_workloads.py").write_text(f"open({str(planted)!r}, 'w').write('imported')\n")
+    clean = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    done = subprocess.run([sys.executable, "-m", "deepdescent.cli", "report", "."], cwd=out, env=clean,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert not planted.exists()
+    page = (out / "report.html").read_text()
+    assert "user_workloads:blobs" in page and "three blobs, 2-16-3 MLP" in page
+
+
+def test_a_workload_registered_under_the_entry_point_group_races_by_its_name(tmp_path, monkeypatch):
+    """An installed package that registers `blobs3` under 'deepdescent.problems' (a dist-info on the path)."""
+    info = tmp_path / "site" / "user_workloads-1.0.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: user-workloads\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text("[deepdescent.problems]\nblobs3 = user_workloads:blobs\n")
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    prob = problems.problem("blobs3")
+    assert prob.workload and prob.name == "blobs3" and prob.description == "three blobs, 2-16-3 MLP"
+    assert problems.is_workload("blobs3") and not problems.is_workload("saddle")
+    with pytest.raises(ValueError, match="'deepdescent.problems'"):
+        problems.problem("blobs4")
