@@ -157,7 +157,7 @@ def test_bench_science_end_to_end_resumes_and_rebuilds(tmp_path):
 
 
 def test_bench_science_beside_a_race_keeps_the_race_meta(tmp_path):
-    race_meta = {"suite": "quick", "protocol": "v4-quick-b6-s2-grid", "problems": [], "optimizers": []}
+    race_meta = {"suite": "quick", "protocol": "v5-quick-b6-s2-grid", "problems": [], "optimizers": []}
     (tmp_path / "meta.json").write_text(json.dumps(race_meta))
     result = CliRunner().invoke(app, ["bench", "--suite", "science", "--scale", "tiny", "--experiment", "saddles",
                                       "--out", str(tmp_path), "--no-report"])

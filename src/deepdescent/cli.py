@@ -450,7 +450,7 @@ def _checked_meta(meta, path: Path) -> dict:
                       f"{', '.join(science.EXPERIMENTS)}; scales: {', '.join(science.SCALES)})")
         return meta
     if not isinstance(meta.get("protocol"), str):
-        raise bad(f"'protocol' must be a string such as 'v4-quick-b6-s2-grid', not {meta.get('protocol')!r}")
+        raise bad(f"'protocol' must be a string such as 'v{study.PROTOCOL_VERSION}-quick-b6-s2-grid', not {meta.get('protocol')!r}")
     version = meta["protocol"].split("-")[0]
     if version != f"v{study.PROTOCOL_VERSION}":
         raise typer.BadParameter(f"{str(path.parent)!r} holds results of protocol {version}; this deepdescent "

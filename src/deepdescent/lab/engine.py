@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
@@ -25,6 +26,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, grad_and_value, vmap
 
 from deepdescent import executor as ex
+from deepdescent.lab import challenges
 from deepdescent.lab.optimizers import OptimizerSpec
 from deepdescent.lab.problems import Problem, Task
 from deepdescent.second_order import CurvatureSkipWarning, LineSearchWarning
@@ -63,10 +65,18 @@ class RunResult:
     trajectory: list[list[float]] | None = None
     vectorized: bool = False
     line_search_failures: int = 0  # steps whose line search failed (parameters restored)
-    #: Figure 8.1's quantities at each recorded point (instrumented runs only): ‖g‖ and gᵀHg
-    #: on the evaluation examples, at θ.
+    #: The §8.2 challenges at each recorded point (instrumented runs only; lab.challenges): ‖g‖
+    #: and gᵀHg (Fig. 8.1), λmax and λmin of H (with Lanczos's convergence), each parameter
+    #: tensor's ‖g‖, on the evaluation examples at θ; and the largest minibatch ‖g‖ since the
+    #: previous point (cliffs; NaN for full-batch methods).
     grad_norm: list[float] | None = None
     gTHg: list[float] | None = None
+    lambda_max: list[float] | None = None
+    lambda_min: list[float] | None = None
+    lambda_converged: list[bool] | None = None
+    layer_names: list[str] | None = None
+    layer_grad_norms: list[list[float]] | None = None
+    grad_peak: list[float] | None = None
 
     def within_budget(self) -> int:
         """How many recorded points lie within the budget."""
@@ -175,16 +185,24 @@ def run_member(problem: Problem, spec: OptimizerSpec, lr: float | None, seed: in
     """Train one member with the optimizer class itself, in a plain PyTorch loop, on ``device``,
     until the problem's budget of gradient-equivalents (or ``budget``) is spent. ``time_limit``
     (seconds, off by default) cuts the run and flags it ``truncated``; ``instruments`` records
-    Figure 8.1's ‖g‖ and gᵀHg at every recorded point."""
+    the §8.2 challenges' quantities (:mod:`.challenges`) at every recorded point."""
     task = _budgeted(problem, seed, quick, device, budget)
     model = task.model
     opt = spec.make(model.parameters(), lr)
     n = len(task.x_train)
     order = _order(n, seed).to(device)
     x_eval, y_eval = task.x_train[:EVAL_EXAMPLES], task.y_train[:EVAL_EXAMPLES]
+    x_meas, y_meas = task.x_train[:challenges.EXAMPLES], task.y_train[:challenges.EXAMPLES]
     result = RunResult(spec.name, lr, seed, budget=task.budget)
+    peak = [math.nan]  # the largest minibatch ‖g‖ since the last point (instrumented runs)
     if instruments:
-        result.grad_norm, result.gTHg = [], []
+        result.grad_norm, result.gTHg, result.lambda_max, result.lambda_min = [], [], [], []
+        result.lambda_converged, result.layer_grad_norms, result.grad_peak = [], [], []
+        result.layer_names = [n for n, p in model.named_parameters() if p.requires_grad]
+
+    def watch() -> None:
+        norm = challenges.minibatch_norm(model)
+        peak[0] = norm if math.isnan(peak[0]) else max(peak[0], norm)
     deadline, started = _Deadline(time_limit), time.perf_counter()
     first: float | None = None
     track = [] if task.trajectory_2d else None
@@ -199,9 +217,10 @@ def run_member(problem: Problem, spec: OptimizerSpec, lr: float | None, seed: in
                 if track is not None:
                     track.append([float(v) for v in next(model.parameters()).detach().flatten()[:2]])
             if instruments:
-                norm, curv = figure_8_1(model, task.loss, x_eval, y_eval)
-                result.grad_norm.append(norm)  # type: ignore[union-attr]
-                result.gTHg.append(curv)  # type: ignore[union-attr]
+                spectrum = len(result.grad_norm) % 2 == 0  # type: ignore[arg-type]
+                _record(result, challenges.measure(model, task.loss, x_meas, y_meas, seed=seed, spectrum=spectrum),
+                        peak[0])
+                peak[0] = math.nan
         first = loss if first is None else first
         result.steps.append(step)
         result.grad_equiv.append(spent)
@@ -214,8 +233,13 @@ def run_member(problem: Problem, spec: OptimizerSpec, lr: float | None, seed: in
         if spec.kind == "second":
             _second_order_loop(task, spec, opt, model, result, evaluate, deadline)
         else:
-            _minibatch_loop(task, spec, opt, model, order, evaluate, deadline, result)
+            _minibatch_loop(task, spec, opt, model, order, evaluate, deadline, result, watch if instruments else None)
     result.trajectory = track
+    if instruments and result.lambda_max and math.isnan(result.lambda_max[-1]):  # λ at the end, always
+        with (at_theta() if at_theta else _null()):
+            m = challenges.measure(model, task.loss, x_meas, y_meas, seed=seed)
+        result.lambda_max[-1], result.lambda_min[-1] = m.lambda_max, m.lambda_min  # type: ignore[index]
+        result.lambda_converged[-1] = m.converged  # type: ignore[index]
     result.seconds = time.perf_counter() - started
     if not result.diverged:
         with (at_theta() if at_theta else _null()):
@@ -246,8 +270,17 @@ def _evaluation_mode(opt: Any):
     return _Mode
 
 
-def _minibatch_loop(task: Task, spec: OptimizerSpec, opt, model, order, evaluate, deadline, result) -> None:
-    """First-order methods: ``budget / cost`` steps, minibatches (or the full batch) in a fixed order."""
+def _record(result: RunResult, m: challenges.Measurement, peak: float) -> None:
+    for name, value in (("grad_norm", m.grad_norm), ("gTHg", m.gTHg), ("lambda_max", m.lambda_max),
+                        ("lambda_min", m.lambda_min), ("lambda_converged", m.converged),
+                        ("layer_grad_norms", m.layers), ("grad_peak", peak)):
+        getattr(result, name).append(value)
+
+
+def _minibatch_loop(task: Task, spec: OptimizerSpec, opt, model, order, evaluate, deadline, result,
+                    watch: Callable[[], None] | None = None) -> None:
+    """First-order methods: ``budget / cost`` steps, minibatches (or the full batch) in a fixed
+    order; ``watch()`` after each backward pass (the instrumented run's gradient peaks)."""
     n = len(task.x_train)
     batch = task.batch_size if spec.kind == "first" else n
     steps, cost = task.steps_for(batch), task.step_cost(batch)
@@ -260,6 +293,8 @@ def _minibatch_loop(task: Task, spec: OptimizerSpec, opt, model, order, evaluate
             x, y = task.x_train[idx], task.y_train[idx]
         opt.zero_grad()
         task.loss(model(x), y).backward()
+        if watch is not None:
+            watch()
         opt.step()
         if getattr(opt, "skipped_steps", 0):  # a non-finite gradient: the member diverged
             result.diverged = True

@@ -21,7 +21,7 @@ from deepdescent.lab.optimizers import OPTIMIZERS, describe, parse
 from deepdescent.lab.problems import PROBLEMS, base_name, floor, reference
 from deepdescent.lab.problems import known
 from deepdescent.lab.verdict import (Race, Results, Row, board, leaderboard, median, performance_profile, target,
-                                     time_to_target, verdict)
+                                     measured, time_to_target, verdict)
 
 __all__ = ["REFERENCES", "Results", "depth_study", "leaderboard", "performance_profile", "target", "terminal",
            "title", "write"]
@@ -280,6 +280,40 @@ def _instrument_panel(problem: str, race: Race, out: Path) -> str | None:
     return save_figure(fig, out, f"{_stem(problem)}_instruments")
 
 
+def _spectrum_panel(problem: str, race: Race, out: Path) -> str | None:
+    """λmax·lr (left; the stability limit 2 of gradient descent drawn) and λmin (right; below 0:
+    negative curvature, a saddle where ‖g‖ is small) along every measured run."""
+    _, rows = board(problem, race)
+    runs = [race[r.optimizer]["instruments"][0] for r in rows
+            if race[r.optimizer].get("instruments") and race[r.optimizer]["instruments"][0].lambda_max]
+    if not runs:
+        return None
+    plt = pyplot()
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2), constrained_layout=True)
+    for run in runs:
+        n = run.within_budget()
+        pts = [(x, hi, lo) for x, hi, lo in zip(run.grad_equiv[:n], run.lambda_max[:n], run.lambda_min[:n])
+               if math.isfinite(hi) and math.isfinite(lo)]
+        if not pts:
+            continue
+        xs = [x for x, _, _ in pts]
+        kw = {**style(run.optimizer), "label": run.optimizer, "marker": "."}
+        if run.lr is not None:
+            left.plot(xs, [run.lr * hi for _, hi, _ in pts], **kw)
+        right.plot(xs, [lo for _, _, lo in pts], **kw)
+    left.axhline(2.0, color="k", lw=0.8, ls="--")
+    left.set_yscale("log")
+    left.set_ylabel("lr · λmax (gradient descent is stable below 2)")
+    right.axhline(0.0, color="k", lw=0.8)
+    right.set_yscale("symlog", linthresh=1e-3)
+    right.set_ylabel("λmin (below 0: negative curvature)")
+    for ax in (left, right):
+        ax.set_xlabel("gradient-equivalents")
+    _legend(right)
+    fig.suptitle(f"{title(problem)}: the Hessian's extreme eigenvalues along each measured run (seed 0)", fontsize=10)
+    return save_figure(fig, out, f"{_stem(problem)}_spectrum")
+
+
 def _profile_figure(all_results: Results, out: Path) -> str:
     plt = pyplot()
     ratios = performance_profile(all_results)
@@ -417,6 +451,8 @@ def terminal(all_results: Results, console) -> None:
             table.add_row(*[cell(r) for _, cell in COLUMNS[:TERMINAL_COLUMNS]])
         console.print(table)
         console.print(verdict(problem, race)[1], soft_wrap=False, width=min(console.width, 100))
+        for sentence in measured(problem, race):
+            console.print(f"  measured: {sentence}.", soft_wrap=False, width=min(console.width, 100), highlight=False)
         console.print()
     console.print(CAPTION, width=min(console.width, 100))
 
@@ -477,7 +513,9 @@ def write(all_results: Results, out: Path, meta: dict[str, Any]) -> Path:
              "Green: the problem's winner; light green: solved (at least half the seeds).</p>", _verdict_matrix(all_results), "<ul class='verdicts'>"]
     for problem, race in all_results.items():
         sentence = verdict(problem, race)[1]
-        parts.append(f"<li><b>{html.escape(title(problem))}</b>: {html.escape(sentence)}</li>")
+        why = "".join(f"<li>{html.escape(m)}.</li>" for m in measured(problem, race))
+        parts.append(f"<li><b>{html.escape(title(problem))}</b>: {html.escape(sentence)}"
+                     + (f"<ul class='measured'><small>measured:</small>{why}</ul>" if why else "") + "</li>")
     parts.append("</ul>")
     raced = list(dict.fromkeys(n for race in all_results.values() for n in race))
     specs = [(n, describe(n)) for n in raced]
@@ -511,7 +549,7 @@ def write(all_results: Results, out: Path, meta: dict[str, Any]) -> Path:
         if base_name(problem) in REFERENCES:
             ref, comp = REFERENCES[base_name(problem)]
             parts.append(f"<p class='ref'>Reference: {html.escape(ref)} — <i>{html.escape(comp)}</i></p>")
-        for maker in (_learning_curves, _sensitivity, _trajectories, _instrument_panel):
+        for maker in (_learning_curves, _sensitivity, _trajectories, _instrument_panel, _spectrum_panel):
             data = maker(problem, race, figs)
             if data:
                 parts.append(f'<img alt="{problem} {maker.__name__.strip("_")}" src="data:image/png;base64,{data}">')

@@ -46,8 +46,9 @@ from deepdescent.lab.optimizers import OPTIMIZERS, OptimizerSpec, lookup, lr_gri
 from deepdescent.lab.problems import PROBLEMS, Problem
 
 #: 2: runs record their failed line searches; 3: equal gradient-equivalent budgets, no clock,
-#: extended grids, instrumented runs; 4: quadratic_deep is DeepOBS's exactly
-PROTOCOL_VERSION = 4
+#: extended grids, instrumented runs; 4: quadratic_deep is DeepOBS's exactly; 5: instrumented
+#: runs measure the §8.2 challenges (lab.challenges) on a fixed batch, second-order runs included
+PROTOCOL_VERSION = 5
 MAX_EXTENSION = 3  # grid points added beyond an edge at most, per side
 
 
@@ -168,9 +169,9 @@ def run_race(problem: Problem, spec: OptimizerSpec, protocol: Protocol, url: str
     race = Race(problem, spec, protocol, url, run, wait, progress)
     seeds = list(range(protocol.seeds))
     prefix = race.prefix
-    if spec.kind == "second":
-        runs = _track(race, None, seeds, f"{prefix}/defaults")
-        return {"grid": runs, "tuned": runs, "defaults": runs, "instruments": []}
+    if spec.kind == "second":  # measured along every seed's run (the measurements do not change a step)
+        runs = _track(race, None, seeds, f"{prefix}/defaults", instruments=True)
+        return {"grid": runs, "tuned": runs, "defaults": runs, "instruments": runs[:1]}
     search = _grid_search if protocol.search == "grid" else _sampled_search
     grid, done = search(race, seeds)
     best = best_lr(grid, done, seeds)

@@ -21,7 +21,7 @@ import statistics
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from deepdescent.lab import engine
+from deepdescent.lab import challenges, engine
 from deepdescent.lab.optimizers import describe
 from deepdescent.lab.problems import challenge as challenge_of
 from deepdescent.lab.problems import floor
@@ -199,3 +199,109 @@ def verdict(problem: str, race: Race) -> tuple[str | None, str]:
             text += f" ({win.ge_to_target / sgd.ge_to_target:.2g}× SGD's time)"
     challenge_text = f"Challenge: {why}; " if why else ""  # a workload need not name one
     return win.optimizer, f"{text}. {challenge_text}{FAMILY_WHY[family(win.optimizer)]}."
+
+
+# ------------------------------------------------------------------------- measured reasons
+#: Gradient descent on a quadratic converges while ε·λmax < 2 (§4.3.1; the curvature term of
+#: §8.2.1's ½ε²gᵀHg − εgᵀg): the stability limit of momentum-free first-order steps.
+STABILITY = 2.0
+SPIKE = 10.0  # a minibatch ‖g‖ an order of magnitude above the initial ‖g‖: a cliff (§8.2.4)
+SPREAD = 1e3  # layer gradient norms spanning this factor: vanishing/exploding gradients (§8.2.5)
+
+
+def _measured(tracks: dict[str, list[engine.RunResult]]) -> engine.RunResult | None:
+    runs = tracks.get("instruments") or []
+    return runs[0] if runs and runs[0].lambda_max else None
+
+
+def _finite(values: Iterable[float]) -> list[float]:
+    return [v for v in values if v is not None and math.isfinite(v)]
+
+
+def _stability(name: str, run: engine.RunResult) -> str | None:
+    """lr·λmax for a momentum-free first-order method at its tuned learning rate."""
+    tops = _finite(run.lambda_max or [])
+    if run.lr is None or not tops or family(name) not in ("sgd",):
+        return None
+    start, peak = run.lr * tops[0], run.lr * max(tops)
+    side = "below" if peak < STABILITY else "above"
+    return (f"{name}'s tuned lr {run.lr:.3g} × λmax gives lr·λmax = {start:.2g} at the start and at most "
+            f"{peak:.2g} along the run, {side} the stability limit {STABILITY:g} of gradient descent (§8.2.1): "
+            f"{'the largest curvature caps its step' if peak > 0.5 * STABILITY else 'its step is well inside the limit'}")
+
+
+def _adaptive_scale(name: str, run: engine.RunResult) -> str | None:
+    tops = _finite(run.lambda_max or [])
+    if run.lr is None or not tops or family(name) != "adaptive":
+        return None
+    return (f"{name}'s lr·λmax = {run.lr * max(tops):.2g} does not bound it: its step is rescaled per parameter "
+            "(§8.5)")
+
+
+def _saddle(name: str, run: engine.RunResult) -> str | None:
+    """λmin < 0 at the end: where the gradient has (nearly) vanished, a saddle point (§8.2.3)."""
+    if not run.lambda_min or not run.grad_norm:
+        return None
+    low, top, norm = run.lambda_min[-1], run.lambda_max[-1], run.grad_norm[-1]  # type: ignore[index]
+    norms = _finite(run.grad_norm)
+    if not (math.isfinite(low) and math.isfinite(top) and norms) or low >= -challenges.FLAT * abs(top):
+        return None
+    unsure = "" if run.lambda_converged[-1] else " (Lanczos not converged: an estimate)"  # type: ignore[index]
+    if norm <= 1e-2 * max(norms):
+        return f"{name} ends at a saddle point (§8.2.3): ‖g‖ = {norm:.2g}, λmin = {low:.3g} < 0{unsure}"
+    return f"{name} ends on negative curvature, still moving: λmin = {low:.3g}, ‖g‖ = {norm:.2g}{unsure}"
+
+
+def _cliff(name: str, run: engine.RunResult, diverged: int) -> str | None:
+    """The largest minibatch ‖g‖ against ‖g‖ at initialization (the same start for every optimizer)."""
+    peaks, norms = _finite(run.grad_peak or []), _finite(run.grad_norm or [])
+    if not peaks or not norms or norms[0] <= 0:
+        return None
+    ratio = max(peaks) / norms[0]
+    if ratio < SPIKE:
+        return None
+    n = run.within_budget()
+    losses = run.train_loss[:n]
+    rises = [(b / a, a, b) for a, b in zip(losses, losses[1:]) if a > 0 and math.isfinite(b)]
+    rise, before, after = max(rises, default=(1.0, 0.0, 0.0))
+    jumped = f" and its training loss rose {rise:.2g}× between two points ({before:.3g} → {after:.3g})" if rise > 2 else ""
+    grid = f"{diverged} of its grid's runs diverged" if diverged else "none of its grid's runs diverged"
+    return f"{name} met minibatch gradients {ratio:.2g}× the initial ‖g‖{jumped} (cliffs, §8.2.4); {grid}"
+
+
+def _layers(run: engine.RunResult) -> str | None:
+    """At initialization (the same for every optimizer: seed 0), the spread of the layers' gradient norms."""
+    if not run.layer_grad_norms or not run.layer_names:
+        return None
+    first = [(n, v) for n, v in zip(run.layer_names, run.layer_grad_norms[0]) if n.endswith("weight") and v > 0]
+    if len(first) < 2:
+        return None
+    spread = max(v for _, v in first) / min(v for _, v in first)
+    if spread < SPREAD:
+        return (f"at initialization the weight gradients of the {len(first)} layers lie within a factor {spread:.2g}: "
+                "no vanishing or exploding gradients measured")
+    (lo_name, lo), (hi_name, hi) = min(first, key=lambda t: t[1]), max(first, key=lambda t: t[1])
+    return (f"at initialization the weight gradients span a factor {spread:.2g} ({lo_name}: {lo:.2g}, {hi_name}: "
+            f"{hi:.2g}): vanishing/exploding gradients (§8.2.5)")
+
+
+def measured(problem: str, race: Race) -> list[str]:
+    """What the instrumented runs measured that explains the verdict, as sentences with the numbers
+    (none where nothing was measured; each says where a measurement is only an estimate)."""
+    _, rows = board(problem, race)
+    said: list[str] = []
+    runs = {r.optimizer: _measured(race[r.optimizer]) for r in rows}
+    runs = {n: r for n, r in runs.items() if r is not None}
+    if not runs:
+        return []
+    winner = rows[0].optimizer
+    for name in dict.fromkeys([winner, "SGD"]):
+        run = runs.get(name)
+        if run is not None:
+            said += [s for s in (_stability(name, run), _adaptive_scale(name, run)) if s]
+    for r in rows:
+        run = runs.get(r.optimizer)
+        if run is not None:
+            said += [s for s in (_saddle(r.optimizer, run), _cliff(r.optimizer, run, r.diverged)) if s]
+    layers = _layers(runs.get(winner) or next(iter(runs.values())))
+    return said + ([layers] if layers else [])

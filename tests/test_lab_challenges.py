@@ -1,0 +1,104 @@
+"""The §8.2 challenges measured along a race (issue 26 §3): λmax, λmin, gᵀHg and per-layer norms
+against exact Hessians in float64; measuring never changes a run; the verdict's measured reasons
+come from the numbers and say nothing where nothing was measured."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from deepdescent.lab import challenges, engine, optimizers, problems
+from deepdescent.lab.verdict import measured
+
+
+def _least_squares(seed: int = 0):
+    """½-free least squares, mean((Xw − y)²): its Hessian is exactly 2XᵀX/n."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(40, 5, generator=g, dtype=torch.float64) * torch.tensor([3.0, 1.0, 0.5, 0.1, 0.01],
+                                                                            dtype=torch.float64)
+    y = torch.randn(40, 1, generator=g, dtype=torch.float64)
+    model = nn.Linear(5, 1, bias=False).double()
+    with torch.no_grad():
+        model.weight.copy_(torch.randn(1, 5, generator=g, dtype=torch.float64))
+    return model, nn.functional.mse_loss, x, y
+
+
+def test_the_spectrum_and_figure_8_1_match_the_exact_hessian():
+    model, loss, x, y = _least_squares()
+    m = challenges.measure(model, loss, x, y)
+    h = 2 * x.T @ x / len(x)
+    w = model.weight.detach().reshape(-1)
+    grad = 2 * x.T @ (x @ w - y.reshape(-1)) / len(x)
+    eig = torch.linalg.eigvalsh(h)
+    assert m.lambda_max == pytest.approx(float(eig[-1]), rel=1e-6)
+    assert m.lambda_min == pytest.approx(float(eig[0]), rel=1e-3, abs=1e-9)
+    assert m.converged
+    assert m.grad_norm == pytest.approx(float(grad.norm()), rel=1e-9)
+    assert m.gTHg == pytest.approx(float(grad @ h @ grad), rel=1e-9)
+    assert m.layers == pytest.approx([float(grad.norm())], rel=1e-9)
+
+
+def test_a_saddle_is_measured_as_negative_curvature():
+    """x² − y² + y⁴/4 at (1, 10⁻³): H = diag(2, −2 + 3y²)."""
+    task = problems.problem("saddle").build(0, True)
+    with torch.no_grad():
+        next(task.model.parameters()).copy_(torch.tensor([1.0, 1e-3]))
+    m = challenges.measure(task.model, task.loss, task.x_train[:challenges.EXAMPLES], task.y_train[:challenges.EXAMPLES])
+    assert m.lambda_max == pytest.approx(2.0, rel=1e-4) and m.lambda_min == pytest.approx(-2.0 + 3e-6, rel=1e-4)
+    no_spectrum = challenges.measure(task.model, task.loss, task.x_train, task.y_train, spectrum=False)
+    assert math.isnan(no_spectrum.lambda_max) and not math.isnan(no_spectrum.grad_norm)
+
+
+@pytest.mark.parametrize("optimizer,lr", [("SGD", 0.05), ("Newton", None)])
+def test_measuring_never_changes_the_run(optimizer, lr):
+    prob, spec = problems.problem("saddle"), optimizers.optimizer(optimizer)
+    plain = engine.run_member(prob, spec, lr, 0, True)
+    measured_run = engine.run_member(prob, spec, lr, 0, True, instruments=True)
+    assert measured_run.train_loss == plain.train_loss and measured_run.grad_equiv == plain.grad_equiv
+    points = len(measured_run.grad_equiv)
+    for field in ("grad_norm", "gTHg", "lambda_max", "lambda_min", "lambda_converged", "layer_grad_norms", "grad_peak"):
+        assert len(getattr(measured_run, field)) == points, field
+    lam = measured_run.lambda_max
+    assert all(math.isfinite(v) for v in lam[::2]) and math.isfinite(lam[-1])  # every other point, and the end
+    assert all(math.isnan(v) for v in lam[1:-1:2])
+    assert measured_run.layer_names == ["theta"] or len(measured_run.layer_names) == 1
+    if spec.kind == "first":  # the minibatch gradients' peak between points (none before the first point)
+        assert math.isnan(measured_run.grad_peak[0]) and all(v > 0 for v in measured_run.grad_peak[1:])
+    else:
+        assert all(math.isnan(v) for v in measured_run.grad_peak)
+
+
+def _run(name: str, lr, losses, *, lam_max, lam_min, norms, peaks=None, layers=None, names=None):
+    n = len(losses)
+    return engine.RunResult(name, lr, 0, budget=float(n - 1), steps=list(range(n)), grad_equiv=[float(i) for i in range(n)],
+                            train_loss=list(losses), grad_norm=list(norms), gTHg=[1.0] * n, lambda_max=list(lam_max),
+                            lambda_min=list(lam_min), lambda_converged=[True] * n,
+                            layer_grad_norms=layers or [[1.0]] * n, layer_names=names or ["w.weight"],
+                            grad_peak=list(peaks or [math.nan] * n))
+
+
+def _race(**runs):
+    return {name: {"grid": [r], "tuned": [r], "defaults": [r], "instruments": [r]} for name, r in runs.items()}
+
+
+def test_the_measured_reasons_name_a_saddle_the_stability_limit_a_cliff_and_layer_spread():
+    sgd = _run("SGD", 0.9, [3, 2, 1], lam_max=[2.0, 2.1, 2.2], lam_min=[-1, -1, 0.5], norms=[1, 1, 1],
+               peaks=[math.nan, 40.0, 1.0], layers=[[1e-4, 1.0], [1, 1], [1, 1]], names=["0.weight", "2.weight"])
+    newton = _run("Newton", None, [3, 3, 3], lam_max=[2, 2, 2], lam_min=[-2, -2, -2], norms=[1, 1e-3, 0.0])
+    said = " | ".join(measured("saddle", _race(SGD=sgd, Newton=newton)))
+    assert "SGD's tuned lr 0.9 × λmax gives lr·λmax = 1.8 at the start and at most 2 along the run" in said
+    assert "Newton ends at a saddle point (§8.2.3): ‖g‖ = 0, λmin = -2 < 0" in said
+    assert "SGD met minibatch gradients 40× the initial ‖g‖" in said
+    assert "the weight gradients span a factor 1e+04 (0.weight: 0.0001, 2.weight: 1)" in said
+    assert "SGD ends" not in said  # its λmin ends positive: no saddle claimed
+
+
+def test_nothing_measured_says_nothing_and_flat_curvature_claims_no_saddle():
+    plain = _run("SGD", 0.1, [3, 2, 1], lam_max=[1, 1, 1], lam_min=[0, 0, 0], norms=[1, 1, 1])
+    unmeasured = {"SGD": {**_race(SGD=plain)["SGD"], "instruments": []}}
+    assert measured("saddle", unmeasured) == []
+    flat = _run("Newton", None, [3, 3, 3], lam_max=[1, 1, 1], lam_min=[0, 0, -1e-5], norms=[1, 0, 0])
+    assert not any("saddle" in s for s in measured("saddle", _race(Newton=flat)))
