@@ -267,8 +267,8 @@ def digits_population():
     return g, float(((g - mean) ** 2).sum() / len(g)) / float(mean @ mean)
 
 
-@pytest.mark.parametrize(("m", "draws", "sampling"), [(8, 60000, "with"), (32, 8000, "with"), (128, 1500, "with"),
-                                                      (128, 1500, "epochs"), (512, 300, "with"), (512, 300, "epochs")])
+@pytest.mark.parametrize(("m", "draws", "sampling"), [(8, 30000, "with"), (32, 4000, "with"), (128, 750, "epochs"),
+                                                      (512, 150, "with"), (512, 150, "epochs")])
 def test_b_simple_is_not_capped_by_the_batch_size(digits_population, m, draws, sampling):
     """McCandlish et al. (2018, App. A): averaged over minibatches, B_simple comes within 10% of the
     full-data value (≈ 194 here) at every batch size — tr Σ / ‖ḡ‖² would tend to 1/(1/B + 1/m),

@@ -96,9 +96,13 @@ def test_the_measured_reasons_name_a_saddle_the_stability_limit_a_cliff_and_laye
     assert "SGD ends" not in said  # its λmin ends positive: no saddle claimed
 
 
-def test_nothing_measured_says_nothing_and_flat_curvature_claims_no_saddle():
+def test_nothing_measured_says_nothing_and_no_saddle_is_claimed_without_evidence():
+    """Flat curvature (|λmin| < 1% of λmax), an unconverged λmin, or a gradient still large: no saddle."""
     plain = _run("SGD", 0.1, [3, 2, 1], lam_max=[1, 1, 1], lam_min=[0, 0, 0], norms=[1, 1, 1])
     unmeasured = {"SGD": {**_race(SGD=plain)["SGD"], "instruments": []}}
     assert measured("saddle", unmeasured) == []
-    flat = _run("Newton", None, [3, 3, 3], lam_max=[1, 1, 1], lam_min=[0, 0, -1e-5], norms=[1, 0, 0])
-    assert not any("saddle" in s for s in measured("saddle", _race(Newton=flat)))
+    flat = _run("Newton", None, [3, 3, 3], lam_max=[1, 1, 1], lam_min=[0, 0, -5e-3], norms=[1, 0, 0])
+    moving = _run("BFGS", None, [3, 3, 3], lam_max=[1, 1, 1], lam_min=[-1, -1, -1], norms=[1, 0.5, 0.01])
+    unsure = _run("CG", None, [3, 3, 3], lam_max=[1, 1, 1], lam_min=[-1, -1, -1], norms=[1, 0, 0])
+    unsure.lambda_converged[-1] = False
+    assert not any("saddle" in s for s in measured("saddle", _race(Newton=flat, BFGS=moving, CG=unsure)))

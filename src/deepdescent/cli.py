@@ -179,7 +179,7 @@ def _resume_hint(out: Path, done: int, total: int) -> str:
 #: Bounds of the race's sizes: beyond them a grid or a vectorized batch no longer fits in memory
 #: (every learning rate × seed trains at once) and a grid's points overflow a float.
 BUDGET_MAX, SEEDS_MAX, LR_CENTER_MAX = 200, 100, 1e6
-QUICK_TIME = "about 4 minutes on 2 cores"  # measured: BENCHMARKS.md, "The quick suite"
+QUICK_TIME = "about 6 minutes on 2 cores"  # measured: BENCHMARKS.md, "The quick suite"
 MODERN_TIME = "about 6 minutes on 2 cores"  # measured: BENCHMARKS.md, "The modern suite"
 SCIENCE_TIME = "about 11 minutes on 2 cores"  # measured: BENCHMARKS.md, "The science suite"
 
@@ -273,7 +273,11 @@ def bench(
     # bits of the results with the machine's speed): wait for a missing kernel instead
     os.environ.setdefault("DEEPDESCENT_KERNEL_BUILD", "wait")
     _check_device(device)
-    names = _problem_names(problem or study.suite(suite))
+    try:
+        given = problem or study.suite(suite)
+    except ValueError as err:
+        raise typer.BadParameter(str(err)) from err
+    names = _problem_names(given)
     try:
         opts = _with_hparams(optimizer or study.all_optimizers(suite), hparam or [], lr_center)
         if suite == "modern" and not optimizer and study.missing_modern():

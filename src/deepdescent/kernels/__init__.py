@@ -292,26 +292,33 @@ def _exclusive(ext: Extension) -> Iterator[None]:
         guard.release()
 
 
+def _built(ext: Extension) -> str:
+    """The library file of ``ext``, compiled unless it is on disk (another process may have built
+    it meanwhile): in a private folder, moved into place whole, under the cross-process lock of
+    ``ext``. Libraries of different extensions compile at the same time (threads: each a compiler
+    process)."""
+    with _exclusive(ext):
+        target = _library(ext)
+        if not os.path.exists(target):
+            folder = tempfile.mkdtemp(prefix=f"{ext.name}.build-", dir=_cache_root())
+            try:
+                built = _build_runtime(ext, folder) if ext.runtime else _build_kernels(ext, folder)
+                os.replace(built, target)
+            except Exception as err:  # noqa: BLE001 - no compiler, no headers: fall back, say why once
+                first = str(err).strip().splitlines()[0][:300] if str(err).strip() else ""
+                _FAILED[ext.name] = f"building {ext.label} failed: {type(err).__name__}: {first}"
+                raise FusedUnavailable(_FAILED[ext.name]) from err
+            finally:
+                shutil.rmtree(folder, ignore_errors=True)
+        return target
+
+
 def _compile(ext: Extension) -> None:
-    """Compile ``ext`` (or load it, if another process built it meanwhile) and register its
-    functions. Built in a private folder and moved into place whole."""
+    """Compile ``ext`` (or load it, if another process built it meanwhile) and register its functions."""
     with _BUILD_LOCK:
         if _loaded(ext):
             return
-        with _exclusive(ext):
-            target = _library(ext)
-            if not os.path.exists(target):
-                folder = tempfile.mkdtemp(prefix=f"{ext.name}.build-", dir=_cache_root())
-                try:
-                    built = _build_runtime(ext, folder) if ext.runtime else _build_kernels(ext, folder)
-                    os.replace(built, target)
-                except Exception as err:  # noqa: BLE001 - no compiler, no headers: fall back, say why once
-                    first = str(err).strip().splitlines()[0][:300] if str(err).strip() else ""
-                    _FAILED[ext.name] = f"building {ext.label} failed: {type(err).__name__}: {first}"
-                    raise FusedUnavailable(_FAILED[ext.name]) from err
-                finally:
-                    shutil.rmtree(folder, ignore_errors=True)
-            _import(ext, target)
+        _import(ext, _built(ext))
 
 
 def _build_runtime(ext: Extension, folder: str) -> str:
@@ -487,11 +494,19 @@ def build(report: Callable[[str], None] | None = None) -> int:
     them from the disk cache), one library per algorithm; the number of functions loaded.
     An algorithm that cannot be traced or built is reported and left to the eager path."""
     global _DISABLED
+    from concurrent.futures import ThreadPoolExecutor
+
     report = report or (lambda line: None)
-    for ext in _extensions(report):
+    extensions = list(_extensions(report))
+    todo = [e for e in extensions if not _loaded(e) and not os.path.exists(_library(e))]
+    with ThreadPoolExecutor(max_workers=max(1, min(len(todo), os.cpu_count() or 1))) as pool:
+        list(pool.map(_quietly_built, todo))  # every core compiles; loading (in order) follows
+    for ext in extensions:
         if _loaded(ext):
             continue
         try:
+            if ext.name in _FAILED:
+                raise FusedUnavailable(_FAILED[ext.name])
             _compile(ext)
             report(f"{ext.label}: {len(ext.functions)} kernel(s)")
         except FusedUnavailable as err:
@@ -500,6 +515,15 @@ def build(report: Callable[[str], None] | None = None) -> int:
                 _DISABLED = str(err)
                 break
     return len(_FUNCTIONS)
+
+
+def _quietly_built(ext: Extension) -> bool:
+    """Compile ``ext``'s library file; a failure is recorded and said by the load that follows."""
+    try:
+        _built(ext)
+        return True
+    except FusedUnavailable:
+        return False
 
 
 def _extensions(report: Callable[[str], None]) -> Iterator[Extension]:

@@ -28,8 +28,9 @@ LANCZOS_STEPS = 12
 #: The measurement batch: the first training examples (fixed: every point measures one function),
 #: so that a measurement costs a bounded number of gradients whatever the dataset's size.
 EXAMPLES = 256
-#: |λ| below this fraction of λmax counts as zero curvature (no saddle, no minimum claimed).
-FLAT = 1e-3
+#: |λmin| below this fraction of λmax counts as flat (no saddle claimed): a trained network's
+#: Hessian has many near-zero eigenvalues of either sign.
+FLAT = 1e-2
 
 
 @dataclass

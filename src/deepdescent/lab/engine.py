@@ -67,8 +67,8 @@ class RunResult:
     line_search_failures: int = 0  # steps whose line search failed (parameters restored)
     #: The §8.2 challenges at each recorded point (instrumented runs only; lab.challenges): ‖g‖
     #: and gᵀHg (Fig. 8.1), λmax and λmin of H (with Lanczos's convergence), each parameter
-    #: tensor's ‖g‖, on the evaluation examples at θ; and the largest minibatch ‖g‖ since the
-    #: previous point (cliffs; NaN for full-batch methods).
+    #: tensor's ‖g‖, on the measurement batch (``challenges.EXAMPLES``) at θ; and the largest
+    #: minibatch ‖g‖ since the previous point (cliffs; NaN for full-batch methods).
     grad_norm: list[float] | None = None
     gTHg: list[float] | None = None
     lambda_max: list[float] | None = None

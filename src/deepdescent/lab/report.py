@@ -256,7 +256,8 @@ def _instrument_panel(problem: str, race: Race, out: Path) -> str | None:
     its instrumented run recorded them; each on its own logarithmic axis."""
     _, rows = board(problem, race)
     run = next((race[r.optimizer]["instruments"][0] for r in rows if race[r.optimizer].get("instruments")
-                and race[r.optimizer]["instruments"][0].grad_norm), None)
+                and race[r.optimizer]["instruments"][0].grad_norm and race[r.optimizer]["instruments"][0].lr is not None),
+               None)
     if run is None:
         return None
     n = run.within_budget()

@@ -169,8 +169,8 @@ def run_race(problem: Problem, spec: OptimizerSpec, protocol: Protocol, url: str
     race = Race(problem, spec, protocol, url, run, wait, progress)
     seeds = list(range(protocol.seeds))
     prefix = race.prefix
-    if spec.kind == "second":  # measured along every seed's run (the measurements do not change a step)
-        runs = _track(race, None, seeds, f"{prefix}/defaults", instruments=True)
+    if spec.kind == "second":  # seed 0's run is measured (the measurements do not change a step)
+        runs = _track(race, None, seeds, f"{prefix}/defaults", instrumented=seeds[:1])
         return {"grid": runs, "tuned": runs, "defaults": runs, "instruments": runs[:1]}
     search = _grid_search if protocol.search == "grid" else _sampled_search
     grid, done = search(race, seeds)
@@ -183,7 +183,7 @@ def run_race(problem: Problem, spec: OptimizerSpec, protocol: Protocol, url: str
         "grid": [done[(lr, s)] for lr in grid for s in seeds],
         "tuned": [done[(best, s)] for s in seeds],
         "defaults": defaults,
-        "instruments": _track(race, best, seeds[:1], f"{prefix}/instruments", instruments=True),
+        "instruments": _track(race, best, seeds[:1], f"{prefix}/instruments", instrumented=seeds[:1]),
     }
 
 
@@ -226,8 +226,9 @@ def _claim_and_run(race: Race, study, done: dict, members: list[tuple],
 
 
 def _track(race: Race, lr: float | None, seeds: list[int], name: str, *,
-           instruments: bool = False) -> list[engine.RunResult]:
-    """One setting, every seed, member by member, stored and resumable."""
+           instrumented: list[int] = ()) -> list[engine.RunResult]:
+    """One setting, every seed, member by member, stored and resumable; the ``instrumented``
+    seeds' runs measure the §8.2 challenges along the way."""
     study = race.study(name)
     done = stored(study)
     for s in seeds:
@@ -236,8 +237,8 @@ def _track(race: Race, lr: float | None, seeds: list[int], name: str, *,
                 raise Missing(name)
             race.say(f"{name} lr={lr} seed {s}")
             _claim_and_run(race, study, done, [(lr, s)], lambda todo: [
-                engine.run_member(race.problem, race.spec, lr, seed, race.protocol.quick, instruments=instruments,
-                                  **race.protocol.run_options()) for _, seed in todo])
+                engine.run_member(race.problem, race.spec, lr, seed, race.protocol.quick,
+                                  instruments=seed in instrumented, **race.protocol.run_options()) for _, seed in todo])
     return [done[(lr, s)] for s in seeds]
 
 
