@@ -83,7 +83,7 @@ def test_bench_end_to_end_report_and_rebuild(tmp_path):
     assert "Reference: saddle point f(0, 0) = 0, minima f(0, ±√2) = −1" in page and "comparable: analytic" in page
     assert "<th>LS fails</th>" in page
     for stem in ["performance_profile", "saddle_curves", "saddle_sensitivity", "saddle_trajectories",
-                 "cliff_trajectories", "saddle_instruments"]:
+                 "cliff_trajectories", "saddle_instruments", "saddle_spectrum", "cliff_spectrum"]:
         assert (out / "figures" / f"{stem}.png").stat().st_size > 5000
         assert (out / "figures" / f"{stem}.svg").is_file()
     (out / "report.html").unlink()
