@@ -59,11 +59,12 @@ def test_measuring_never_changes_the_run(optimizer, lr):
     measured_run = engine.run_member(prob, spec, lr, 0, True, instruments=True)
     assert measured_run.train_loss == plain.train_loss and measured_run.grad_equiv == plain.grad_equiv
     points = len(measured_run.grad_equiv)
-    for field in ("grad_norm", "gTHg", "lambda_max", "lambda_min", "lambda_converged", "layer_grad_norms", "grad_peak"):
+    for field in ("grad_norm", "gTHg", "lambda_max", "lambda_min", "lambda_converged", "layer_grad_norms", "grad_peak",
+                  "noise_scale", "test_curve"):
         assert len(getattr(measured_run, field)) == points, field
-    lam = measured_run.lambda_max
-    assert all(math.isfinite(v) for v in lam[::2]) and math.isfinite(lam[-1])  # every other point, and the end
-    assert all(math.isnan(v) for v in lam[1:-1:2])
+    lam, every = measured_run.lambda_max, challenges.SPECTRUM_EVERY
+    assert all(math.isfinite(v) for v in lam[::every]) and math.isfinite(lam[-1])  # every 4th point, and the end
+    assert all(math.isnan(v) for i, v in enumerate(lam[:-1]) if i % every)
     assert measured_run.layer_names == ["theta"] or len(measured_run.layer_names) == 1
     if spec.kind == "first":  # the minibatch gradients' peak between points (none before the first point)
         assert math.isnan(measured_run.grad_peak[0]) and all(v > 0 for v in measured_run.grad_peak[1:])
@@ -91,7 +92,7 @@ def test_the_measured_reasons_name_a_saddle_the_stability_limit_a_cliff_and_laye
     said = " | ".join(measured("saddle", _race(SGD=sgd, Newton=newton)))
     assert "SGD's tuned lr 0.9 × λmax gives lr·λmax = 1.8 at the start and at most 2 along the run" in said
     assert "Newton ends at a saddle point (§8.2.3): ‖g‖ = 0, λmin = -2 < 0" in said
-    assert "SGD met minibatch gradients 40× the initial ‖g‖" in said
+    assert "SGD met minibatch gradients 40× the norm expected there" in said
     assert "the weight gradients span a factor 1e+04 (0.weight: 0.0001, 2.weight: 1)" in said
     assert "SGD ends" not in said  # its λmin ends positive: no saddle claimed
 
@@ -106,3 +107,74 @@ def test_nothing_measured_says_nothing_and_no_saddle_is_claimed_without_evidence
     unsure = _run("CG", None, [3, 3, 3], lam_max=[1, 1, 1], lam_min=[-1, -1, -1], norms=[1, 0, 0])
     unsure.lambda_converged[-1] = False
     assert not any("saddle" in s for s in measured("saddle", _race(Newton=flat, BFGS=moving, CG=unsure)))
+
+
+# ------------------------------------------------------------------ the noise scale (B_simple)
+def _regression(n: int = 512, noise: float = 2.0):
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(n, 4, generator=g, dtype=torch.float64)
+    y = x @ torch.tensor([[1.0], [-2.0], [0.5], [0.0]], dtype=torch.float64) + noise * torch.randn(n, 1, generator=g,
+                                                                                                   dtype=torch.float64)
+    model = nn.Linear(4, 1, bias=False).double()
+    with torch.no_grad():
+        model.weight.zero_()
+    return model, x, y
+
+
+def _per_example_grads(model, x, y):
+    """∇ of (xᵀw − y)² for every example, in closed form: 2(xᵀw − y)x."""
+    with torch.no_grad():
+        return 2 * (model(x) - y) * x
+
+
+def test_the_noise_scale_is_mcCandlish_s_two_batch_estimator_and_unbiased_in_the_mean():
+    """B_simple = tr(Σ)/‖G‖² from the chunk gradients, checked against the same estimator written
+    out from closed-form per-example gradients; averaged over shuffles of the data it is within
+    15% of the exact tr(Σ)/‖G‖² of all examples."""
+    model, x, y = _regression()
+    loss = nn.functional.mse_loss
+    per = _per_example_grads(model, x, y)
+    chunks = per.view(challenges.CHUNKS, -1, 4).mean(1)  # the gradient of each chunk
+    b, big = len(x) // challenges.CHUNKS, len(x)
+    g_small = chunks.square().sum(1).mean()
+    g_big = chunks.mean(0).square().sum()
+    signal = (big * g_big - b * g_small) / (big - b)
+    trace = (g_small - g_big) / (1 / b - 1 / big)
+    assert challenges.noise_scale(model, loss, x, y) == pytest.approx(float(trace / signal), rel=1e-9)
+
+    exact = float((per - per.mean(0)).square().sum(1).mean() / per.mean(0).square().sum())
+    g = torch.Generator().manual_seed(0)
+    estimates = []
+    for _ in range(40):
+        perm = torch.randperm(len(x), generator=g)
+        estimates.append(challenges.noise_scale(model, loss, x[perm], y[perm]))
+    assert sum(estimates) / len(estimates) == pytest.approx(exact, rel=0.15)
+
+
+def test_no_noise_scale_from_too_few_examples_or_without_signal():
+    model, x, y = _regression()
+    assert math.isnan(challenges.noise_scale(model, nn.functional.mse_loss, x[:15], y[:15]))  # chunks of 1
+    with torch.no_grad():  # at the least-squares solution G = 0 and the estimate of ‖G‖² is not positive
+        model.weight.copy_(torch.linalg.lstsq(x, y).solution.T)
+    assert math.isnan(challenges.noise_scale(model, nn.functional.mse_loss, x, y))
+
+
+def test_measuring_a_batch_norm_model_leaves_its_running_statistics_as_they_were():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Linear(4, 1))
+    before = [b.clone() for b in model.buffers()]
+    challenges.measure(model, nn.functional.mse_loss, torch.randn(64, 3), torch.randn(64, 1))
+    assert all(torch.equal(a, b) for a, b in zip(before, model.buffers()))
+
+
+def test_the_noise_sentence_compares_b_simple_with_the_minibatch():
+    from deepdescent.lab import verdict
+
+    run = _run("SGD", 0.1, [3, 2, 1], lam_max=[1, 1, 1], lam_min=[0, 0, 0], norms=[1, 1, 1])
+    run.noise_scale = [900.0, math.nan, 2000.0]
+    assert "≈ 9e+02 examples at the start, 2e+03 at the end" in verdict._noise("SGD", run, 32)
+    assert "far above the minibatch of 32" in verdict._noise("SGD", run, 32)
+    assert "well below the minibatch of 10000" in verdict._noise("SGD", run, 10_000)
+    assert "comparable to the minibatch of 1000" in verdict._noise("SGD", run, 1000)
+    run.noise_scale = [math.nan] * 3
+    assert verdict._noise("SGD", run, 32) is None

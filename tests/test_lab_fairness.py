@@ -317,3 +317,40 @@ def test_only_a_batching_failure_falls_back_to_member_by_member(monkeypatch, cap
     monkeypatch.setattr(engine, "run_vectorized", broken)
     with pytest.raises(RuntimeError, match="mat1 and mat2"):
         study._members(study.Race(prob, spec, proto, "unused"), [0.1], [0])
+
+
+def _held(losses: list[float], accuracy: list[float], *, name: str = "SGD", seed: int = 0) -> RunResult:
+    run = _run([1.0, 0.5, 0.4, 0.3], name=name, seed=seed)
+    run.test_curve, run.test_accuracy_curve = losses, accuracy
+    return run
+
+
+def test_the_held_out_target_is_the_best_final_accuracy_less_5_percent_of_its_distance_to_1_first_reached():
+    """AlgoPerf's validation target: the first recorded point that meets it counts (a run may dip
+    below it later); a classifier's metric is accuracy, another's held-out loss."""
+    adam = [_held([2, 1, 0.5, 0.4], [0.5, 0.91, 0.85, 0.90], name="Adam", seed=s) for s in (0, 1)]
+    sgd = [_held([2, 1.5, 1.0, 0.8], [0.5, 0.6, 0.7, 0.8], seed=s) for s in (0, 1)]
+    race = {"Adam": _race(adam), "SGD": _race(sgd)}
+    metric, tgt = verdict.held_out_target(race, classification=True)
+    assert metric == "accuracy" and tgt == pytest.approx(0.90 - 0.05 * 0.10, abs=1e-8)
+    assert verdict.time_to_held_out(adam[0], metric, tgt) == 1.0  # 0.91 at epoch 1, though 0.85 at 2
+    assert verdict.time_to_held_out(sgd[0], metric, tgt) == math.inf
+    metric, tgt = verdict.held_out_target(race, classification=False)
+    assert metric == "loss" and tgt == pytest.approx(0.4 * 1.05, abs=1e-8)
+    assert verdict.time_to_held_out(adam[0], metric, tgt) == 3.0
+    adam[0].diverged = True
+    assert verdict.time_to_held_out(adam[0], metric, tgt) == math.inf
+    old = _run([1.0, 0.5, 0.4, 0.3])  # records of an older protocol: no held-out curve, no target
+    assert verdict.held_out_target({"SGD": _race([old])}, classification=True) is None
+
+
+def test_the_overall_answer_ranks_by_problems_solved_then_speed_and_states_its_caveats():
+    fast = {"SGD": _race([_run([1.0, 0.5, 0.3, 0.3])]), "Adam": _race([_run([1.0, 0.01, 0.01, 0.01], name="Adam")])}
+    slow = {"SGD": _race([_run([1.0, 0.5, 0.01, 0.01])]), "Adam": _race([_run([1.0, 0.9, 0.8, 0.8], name="Adam")])}
+    both = {"SGD": _race([_run([1.0, 0.2, 0.1, 0.01])]), "Adam": _race([_run([1.0, 0.01, 0.01, 0.01], name="Adam")])}
+    said = verdict.overall({"saddle": fast, "cliff": slow, "rosenbrock": both})
+    assert said[0].startswith("Across the 3 problems, Adam solved 2, within 2× of the fastest on 2")
+    assert "it did not solve cliff (cliffs)" in said[0]
+    assert said[1] == "Next: SGD, 2 solved, within 2× of the fastest on 1"
+    assert said[2].startswith("Caveats: every learning rate was tuned per problem")
+    assert verdict.overall({"saddle": fast}) == []  # one problem: its verdict says it all

@@ -165,7 +165,7 @@ def finished_run(tmp_path_factory):
 @pytest.mark.parametrize("edit,message", [
     (lambda m: [m], "it holds a list, not an object"),
     (lambda m: {**m, "protocol": 4}, "'protocol' must be a string"),
-    (lambda m: {**m, "protocol": "v5-quick"}, "is not one bench writes"),
+    (lambda m: {**m, "protocol": "v6-quick"}, "is not one bench writes"),
     (lambda m: {**m, "problems": "saddle"}, "'problems' must be a list of names"),
     (lambda m: {**m, "problems": ["no_such_problem"]}, "problem 'no_such_problem'"),
     (lambda m: {**m, "optimizers": [1, 2]}, "'optimizers' must be a list of names"),

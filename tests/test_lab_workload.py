@@ -78,6 +78,9 @@ def test_a_broken_workload_is_named_with_what_is_wrong(name, message):
     ("batch_size", True, "batch_size=True"),
     ("loss", "mse", "loss is str, not callable"),
     ("test", (torch.zeros(3, 2),), "test must be .* got a tuple of Tensor"),
+    ("eval_examples", 0, r"eval_examples=0; valid: an integer ≥ 1"),
+    ("measure_examples", 2.5, r"measure_examples=2.5; valid: an integer ≥ 1"),
+    ("stack", "yes", "stack='yes'; valid: True or False"),
 ])
 def test_each_field_of_a_workload_is_checked(field, value, message):
     import dataclasses
@@ -115,7 +118,8 @@ def test_the_bench_races_a_workload_beside_lab_problems_and_leaves_out_broken_on
     assert meta["problems"] == ["user_workloads:blobs", "saddle", "user_workloads:stateful",
                                 "user_workloads:fails_in_training"]
     assert meta["problems_described"]["user_workloads:blobs"] == {
-        "challenge": "", "description": "three blobs, 2-16-3 MLP", "floor": 0.0, "classification": True}
+        "challenge": "", "description": "three blobs, 2-16-3 MLP", "floor": 0.0, "classification": True,
+        "batch_size": 32}
     assert "user_workloads:blobs — challenge not stated" in text and "saddle — saddle points" in text
     assert "Traceback" not in result.output
 

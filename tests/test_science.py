@@ -116,6 +116,7 @@ def test_the_report_is_built_from_the_stored_files(tiny, tmp_path):
     for r in rows.values():
         assert r["published"] and r["ours"] and r["verdict"] in ("reproduced", "partly", "not reproduced")
         assert r["comparable"] == "yes" or r["comparable"].startswith("no — ")
+        assert ("failed: " in r["explanation"]) == (r["verdict"] != "reproduced")  # the failed check named
     record = json.loads(science.path(out, "saddles").read_text())
     record["raw"]["runs"]["saddle"]["gradient descent"]["final"] = -0.5432
     (tmp_path / "science").mkdir()
@@ -143,6 +144,8 @@ def test_bench_science_end_to_end_resumes_and_rebuilds(tmp_path):
     assert result.exit_code == 0, result.output
     page = (out / "report.html").read_text()
     assert "Published results" in page and page.count("<h3 id='sci-") == 2
+    assert page.index("a smoke test of the code path, not a verdict") < page.index("<h3 id='sci-")
+    assert "a smoke test of the code path" in " ".join(result.output.split())
     assert (out / "figures" / "science-deepobs.png").is_file()
     meta = json.loads((out / "meta.json").read_text())
     assert meta["suite"] == "science" and meta["scale"] == "tiny"
@@ -157,7 +160,7 @@ def test_bench_science_end_to_end_resumes_and_rebuilds(tmp_path):
 
 
 def test_bench_science_beside_a_race_keeps_the_race_meta(tmp_path):
-    race_meta = {"suite": "quick", "protocol": "v5-quick-b6-s2-grid", "problems": [], "optimizers": []}
+    race_meta = {"suite": "quick", "protocol": "v6-quick-b6-s2-grid", "problems": [], "optimizers": []}
     (tmp_path / "meta.json").write_text(json.dumps(race_meta))
     result = CliRunner().invoke(app, ["bench", "--suite", "science", "--scale", "tiny", "--experiment", "saddles",
                                       "--out", str(tmp_path), "--no-report"])

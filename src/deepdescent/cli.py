@@ -66,6 +66,21 @@ def _stored(problem: str, optimizer: str, proto, url: str):
         return None
 
 
+def _columns(eta: bool) -> list:
+    """The progress bar: its description cut with … where the line is too narrow, so that the
+    counts, the elapsed time and the ETA always show whole."""
+    from rich.table import Column
+
+    def whole() -> Column:
+        return Column(no_wrap=True, overflow="ignore")
+    rest = 20 + 9 + 8 + (4 + 8 if eta else 0) + 6  # the bar, n/total, elapsed, ETA, the spaces between
+    return [TextColumn("{task.description}", style="cyan", table_column=Column(
+                no_wrap=True, overflow="ellipsis", max_width=max(12, console.width - rest))),
+            BarColumn(bar_width=20, table_column=whole()),
+            TextColumn("{task.completed}/{task.total}", table_column=whole()), TimeElapsedColumn(table_column=whole()),
+            *([TextColumn("ETA", table_column=whole()), TimeRemainingColumn(table_column=whole())] if eta else [])]
+
+
 def _running(jobs: list[tuple[str, str]]) -> str:
     names = [f"{p}/{o}" for p, o in jobs]
     text = ", ".join(names[:2]) + (f" +{len(names) - 2}" if len(names) > 2 else "")
@@ -180,6 +195,7 @@ def _resume_hint(out: Path, done: int, total: int) -> str:
 #: (every learning rate × seed trains at once) and a grid's points overflow a float.
 BUDGET_MAX, SEEDS_MAX, LR_CENTER_MAX = 200, 100, 1e6
 QUICK_TIME = "about 6 minutes on 2 cores"  # measured: BENCHMARKS.md, "The quick suite"
+WORKLOADS_TIME = "about 10 minutes on 2 cores"  # measured: BENCHMARKS.md, "The workloads suite"
 MODERN_TIME = "about 6 minutes on 2 cores"  # measured: BENCHMARKS.md, "The modern suite"
 SCIENCE_TIME = "about 11 minutes on 2 cores"  # measured: BENCHMARKS.md, "The science suite"
 
@@ -208,7 +224,7 @@ def bench(
     suite: Annotated[str, typer.Option(
         help=f"quick ({QUICK_TIME}), full, depth (deep linear network: depth × initialization), modern "
              f"(the book's fastest against AdamW, NAdam, RAdam and Schedule-Free AdamW on the quick "
-             f"problems, {MODERN_TIME}), or science (chapter 8's published claims reproduced, {SCIENCE_TIME}).")] = "quick",
+             f"problems, {MODERN_TIME}), workloads (a ResNet, a Transformer and an LSTM, {WORKLOADS_TIME}), or science (chapter 8's published claims reproduced, {SCIENCE_TIME}).")] = "quick",
     problem: Annotated[list[str] | None, typer.Option(
         help="Only these problems (repeatable); parameters as name:key=value,…, e.g. adding:T=100, "
              "deep_linear:depth=50,scheme=normalized.")] = None,
@@ -274,7 +290,7 @@ def bench(
     os.environ.setdefault("DEEPDESCENT_KERNEL_BUILD", "wait")
     _check_device(device)
     try:
-        given = problem or study.suite(suite)
+        given = problem or study.suite(suite, device)
     except ValueError as err:
         raise typer.BadParameter(str(err)) from err
     names = _problem_names(given)
@@ -293,7 +309,7 @@ def bench(
             check()
         except ValueError as err:
             raise typer.BadParameter(str(err), param_hint=name) from None
-    small = suite in ("quick", "modern")
+    small = suite in study.SMALL_SUITES
     proto = study.Protocol(suite=suite, budget=budget or (6 if small else 12),
                            seeds=seeds or (2 if small else 3), search=search, device=device,
                            time_limit=time_limit)
@@ -334,9 +350,7 @@ def bench(
         results[p][o] = runs
 
     start = time.perf_counter()
-    with Progress(TextColumn("{task.description}", style="cyan"), BarColumn(bar_width=20),
-                  TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn(), TextColumn("ETA"),
-                  TimeRemainingColumn(), console=console, transient=True) as bar:
+    with Progress(*_columns(eta=True), console=console, transient=True) as bar:
         task = bar.add_task("starting", total=len(todo))
         try:
             _race(todo, min(workers or min(4, os.cpu_count() or 1), max(1, len(todo))), bar, task, done)
@@ -389,8 +403,7 @@ def _science(out: Path, device: str, scale: str | None, only: list[str] | None, 
             "device": device, "started": time.strftime("%Y-%m-%d %H:%M:%S"), "torch": torch.__version__,
             "machine": f"{platform.machine()}, {os.cpu_count()} cores"}
     start = time.perf_counter()
-    with Progress(TextColumn("{task.description}", style="cyan"), BarColumn(bar_width=20),
-                  TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn(), console=console,
+    with Progress(*_columns(eta=False), console=console,
                   transient=True) as bar:
         task = bar.add_task("starting", total=len(meta["experiments"]))
 
@@ -410,7 +423,7 @@ def _science(out: Path, device: str, scale: str | None, only: list[str] | None, 
     _write_meta(out / "science", meta)
     if _suite_of(out) in (None, "science"):
         _write_meta(out, meta)  # a race's meta.json in the same directory is left as it is
-    table = Table(title="Published results")
+    table = Table(title="Published results", caption=science_report.SMOKE if science_report.smoke_test(records) else None)
     for c in ("experiment", "published", "ours", "comparable", "verdict"):
         table.add_column(c, overflow="fold")
     for r in science_report.rows(records):
@@ -607,10 +620,13 @@ def list_cmd() -> None:
     from deepdescent.lab import optimizers, problems
 
     t = Table(title="problems")
-    for c in ("name", "challenge (§8.2)", "suites", "description"):
+    t.add_column("name", no_wrap=True)
+    for c in ("challenge (§8.2)", "suites"):
         t.add_column(c)
+    t.add_column("description", overflow="fold")
     for p in problems.PROBLEMS.values():
-        t.add_row(p.name, p.challenge, ", ".join(p.suites), p.description)
+        variant = f"\n[dim]variant: {p.example}[/dim]" if p.example else ""
+        t.add_row(p.name, p.challenge, ", ".join(p.suites), p.description + variant)
     console.print(t)
     t = Table(title="optimizers")
     for c in ("name", "book", "kind", "default lr"):

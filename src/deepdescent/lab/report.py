@@ -8,6 +8,7 @@ import html
 import math
 import re
 import statistics
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +21,8 @@ from deepdescent.lab.science import report as science_report
 from deepdescent.lab.optimizers import OPTIMIZERS, describe, parse
 from deepdescent.lab.problems import PROBLEMS, base_name, floor, reference
 from deepdescent.lab.problems import known
-from deepdescent.lab.verdict import (Race, Results, Row, board, leaderboard, median, performance_profile, target,
-                                     measured, time_to_target, verdict)
+from deepdescent.lab.verdict import (Race, Results, Row, board, held_out, leaderboard, measured, median, overall,
+                                     performance_profile, ranking, target, time_to_target, verdict)
 
 __all__ = ["REFERENCES", "Results", "depth_study", "leaderboard", "performance_profile", "target", "terminal",
            "title", "write"]
@@ -61,6 +62,8 @@ def title(problem: str) -> str:
 
 # ------------------------------------------------------------------------------------- figures
 _LINESTYLE = {"momentum": "-", "adaptive": "--", "second": "-."}
+#: Characters of a figure title per line (an 8-inch axis at 10 pt; longer titles wrap, never cut).
+TITLE_WIDTH = 75
 
 
 #: One colour per optimizer (tab10, then Dark2's darker hues), in the order of the lab's registry.
@@ -116,32 +119,37 @@ def _curve(run, xs) -> list[float]:
 class _LossAxis:
     """How losses are drawn: on a log axis as the distance to the problem's floor (0, or the
     known minimum) when every value lies at or above it — an exact 0 drawn a decade under the
-    smallest positive distance, and said so — else on a linear axis (a noisy loss can dip
-    below its floor)."""
+    smallest positive distance, and said so — else (a noisy loss can dip below its floor) on a
+    symmetric log axis of the same distance, linear only within the largest dip, so that the
+    curves' approach to the floor stays visible."""
 
     def __init__(self, values: list[float], floor: float) -> None:
         finite = [v for v in values if math.isfinite(v)]
         self.log = bool(finite) and min(finite) >= floor - 1e-6 * max(1.0, abs(floor))  # float32 rounding
-        self.floor = floor if self.log else 0.0
+        self.floor = floor
         gaps = [v - floor for v in finite if v > floor]
         self.tiny = min(gaps) / 10 if gaps else 1e-12
         self.zeros = self.log and any(v <= floor for v in finite)
+        dips = [floor - v for v in finite if v < floor]
+        self.linear = max(dips) if dips else 0.0  # the symlog axis's linear range (± the largest dip)
         self.drawn = self(finite)
 
     def __call__(self, values):
         if not self.log:
-            return values
+            return [v - self.floor if math.isfinite(v) else v for v in values]
         return [max(v - self.floor, self.tiny) if math.isfinite(v) else v for v in values]
 
     def label(self, text: str) -> str:
-        if not self.log:
-            return text
         shifted = text if self.floor == 0 else f"{text} − ({self.floor:.4g})"
+        if not self.log:
+            return shifted + f"\n(symmetric log; linear within ±{self.linear:.1g}: the noise dips below the floor)"
         return shifted + (f"\n(0 drawn at {self.tiny:.0e})" if self.zeros else "")
 
     def apply(self, ax) -> None:
         if self.log:
             _loss_scale(ax, self.drawn)
+        else:
+            ax.set_yscale("symlog", linthresh=self.linear)
 
 
 def _learning_curves(problem: str, race: Race, out: Path) -> str:
@@ -169,7 +177,7 @@ def _learning_curves(problem: str, race: Race, out: Path) -> str:
     axis.apply(ax)
     ax.set_xlabel("gradient-equivalents (full-batch gradients; every optimizer gets the same budget)")
     ax.set_ylabel(axis.label("training loss") + "\nmedian; band: min–max over seeds")
-    ax.set_title(f"{title(problem)}: learning curves at the tuned learning rate", fontsize=10)
+    ax.set_title(textwrap.fill(f"{title(problem)}: learning curves at the tuned learning rate", TITLE_WIDTH), fontsize=10)
     _legend(ax)
     return save_figure(fig, out, f"{_stem(problem)}_curves")
 
@@ -203,7 +211,7 @@ def _sensitivity(problem: str, race: Race, out: Path) -> str | None:
     axis.apply(ax)
     ax.set_xlabel("learning rate (★ tuned; × at the top: diverged)")
     ax.set_ylabel(axis.label("final training loss") + "\nmedian over seeds")
-    ax.set_title(f"{title(problem)}: learning-rate sensitivity", fontsize=10)
+    ax.set_title(textwrap.fill(f"{title(problem)}: learning-rate sensitivity", TITLE_WIDTH), fontsize=10)
     _legend(ax)
     return save_figure(fig, out, f"{_stem(problem)}_sensitivity")
 
@@ -246,7 +254,7 @@ def _trajectories(problem: str, race: Race, out: Path) -> str | None:
     names = ("w", "b") if f is None else ("θ₁", "θ₂")
     ax.set_xlabel(names[0])
     ax.set_ylabel(names[1])
-    ax.set_title(f"{title(problem)}: trajectories (tuned lr, seed 0)", fontsize=10)
+    ax.set_title(textwrap.fill(f"{title(problem)}: trajectories (tuned lr, seed 0)", TITLE_WIDTH), fontsize=10)
     _legend(ax)
     return save_figure(fig, out, f"{_stem(problem)}_trajectories")
 
@@ -276,8 +284,8 @@ def _instrument_panel(problem: str, race: Race, out: Path) -> str | None:
     elif finite:
         twin.set_yscale("symlog", linthresh=max(1e-12, 1e-3 * max(abs(c) for c in finite)))
     twin.set_ylabel("gᵀHg", color="tab:red")
-    ax.set_title(f"{title(problem)}: {run.optimizer} (lr {run.lr:.3g}, seed 0) — the quantities of Fig. 8.1",
-                 fontsize=10)
+    ax.set_title(textwrap.fill(f"{title(problem)}: {run.optimizer} (lr {run.lr:.3g}, seed 0) — the quantities of "
+                               "Fig. 8.1", TITLE_WIDTH), fontsize=10)
     return save_figure(fig, out, f"{_stem(problem)}_instruments")
 
 
@@ -311,7 +319,8 @@ def _spectrum_panel(problem: str, race: Race, out: Path) -> str | None:
     for ax in (left, right):
         ax.set_xlabel("gradient-equivalents")
     _legend(right)
-    fig.suptitle(f"{title(problem)}: the Hessian's extreme eigenvalues along each measured run (seed 0)", fontsize=10)
+    fig.suptitle(textwrap.fill(f"{title(problem)}: the Hessian's extreme eigenvalues along each measured run (seed 0)",
+                               TITLE_WIDTH + 40), fontsize=10)
     return save_figure(fig, out, f"{_stem(problem)}_spectrum")
 
 
@@ -432,7 +441,9 @@ TERMINAL_COLUMNS = 8
 CAPTION = ("lr: tuned learning rate (* still at the edge of its grid after extending it); final loss: median "
            "training loss when the budget is spent; ≤T: seeds that end at or below the target; epochs→T: "
            "median epochs (gradient-equivalents) after which those seeds stay below it; div: diverged runs "
-           "of the grid; ✂: runs cut by --time-limit; †: not a method of chapter 8")
+           "of the grid; defaults: median final training loss at the optimizer's default learning rate (untuned); "
+           "LS fails: steps whose line search failed, median over seeds (second-order methods); ✂: runs cut by "
+           "--time-limit; †: not a method of chapter 8")
 
 
 def terminal(all_results: Results, console) -> None:
@@ -454,6 +465,14 @@ def terminal(all_results: Results, console) -> None:
         console.print(verdict(problem, race)[1], soft_wrap=False, width=min(console.width, 100))
         for sentence in measured(problem, race):
             console.print(f"  measured: {sentence}.", soft_wrap=False, width=min(console.width, 100), highlight=False)
+        if held_out(problem, race):
+            console.print(f"  {held_out(problem, race)}.", soft_wrap=False, width=min(console.width, 100),
+                          highlight=False)
+        console.print()
+    answer = overall(all_results)
+    if answer:
+        console.print("Which optimizer? " + " ".join(f"{s}." for s in answer), soft_wrap=False,
+                      width=min(console.width, 100), highlight=False)
         console.print()
     console.print(CAPTION, width=min(console.width, 100))
 
@@ -461,7 +480,7 @@ def terminal(all_results: Results, console) -> None:
 # ------------------------------------------------------------------------------------- the page
 def _verdict_matrix(all_results: Results) -> str:
     """Optimizers × problems: seeds reaching the target, epochs to it, tuned learning rate."""
-    names = list(dict.fromkeys(n for race in all_results.values() for n in race))
+    names = ranking(all_results)
     boards = {p: {r.optimizer: r for r in board(p, race)[1]} for p, race in all_results.items()}
     winners = {p: verdict(p, race)[0] for p, race in all_results.items()}
     rows = []
@@ -511,13 +530,20 @@ def write(all_results: Results, out: Path, meta: dict[str, Any]) -> Path:
     parts += [published, "<h2 id='verdict'>Verdict</h2>",
              "<p>Each cell: seeds that reach the problem's target / seeds · median epochs to it (never: none did), "
              "every optimizer with the same budget; the tuned learning rate below (* at the edge of its grid). "
-             "Green: the problem's winner; light green: solved (at least half the seeds).</p>", _verdict_matrix(all_results), "<ul class='verdicts'>"]
+             "Green: the problem's winner; light green: solved (at least half the seeds). Rows: most problems solved "
+             "first, then most within 2× of the fastest, then the geometric mean of the time ratios.</p>", _verdict_matrix(all_results), "<ul class='verdicts'>"]
     for problem, race in all_results.items():
         sentence = verdict(problem, race)[1]
         why = "".join(f"<li>{html.escape(m)}.</li>" for m in measured(problem, race))
+        held = held_out(problem, race)
+        sentence += f" {held}." if held else ""
         parts.append(f"<li><b>{html.escape(title(problem))}</b>: {html.escape(sentence)}"
                      + (f"<ul class='measured'><small>measured:</small>{why}</ul>" if why else "") + "</li>")
     parts.append("</ul>")
+    answer = overall(all_results)
+    if answer:
+        parts.append("<h3 id='overall'>Which optimizer?</h3><p>" + " ".join(f"{html.escape(s)}." for s in answer)
+                     + "</p>")
     raced = list(dict.fromkeys(n for race in all_results.values() for n in race))
     specs = [(n, describe(n)) for n in raced]
     notes = [(n, s) for n, s in specs if s is not None and s.in_book and s.note]

@@ -47,8 +47,10 @@ from deepdescent.lab.problems import PROBLEMS, Problem
 
 #: 2: runs record their failed line searches; 3: equal gradient-equivalent budgets, no clock,
 #: extended grids, instrumented runs; 4: quadratic_deep is DeepOBS's exactly; 5: instrumented
-#: runs measure the §8.2 challenges (lab.challenges) on a fixed batch, second-order runs included
-PROTOCOL_VERSION = 5
+#: runs measure the §8.2 challenges (lab.challenges) on a fixed batch, second-order runs included;
+#: 6: the noise scale B_simple measured too, the spectrum at every 4th point, losses recorded in
+#: the model's evaluation mode
+PROTOCOL_VERSION = 6
 MAX_EXTENSION = 3  # grid points added beyond an edge at most, per side
 
 
@@ -73,6 +75,7 @@ class Protocol:
     def quick(self) -> bool:
         """The problems' small sizes (the quick and modern suites)."""
         return self.suite in ("quick", "modern")
+
 
     def tag(self) -> str:
         on = "" if self.device == "cpu" else f"-{self.device.replace(':', '.')}"
@@ -400,7 +403,12 @@ def _sampler(protocol, k: int, low: float, high: float):
 #: Saxe et al. (2013): the deep linear network at three depths under orthogonal and scaled-uniform
 #: (Glorot) initialization; the report draws training time against depth.
 DEPTH_SUITE = [f"deep_linear:depth={d},scheme={s}" for s in ("orthogonal", "normalized") for d in (2, 8, 32)]
-SUITES = ("quick", "full", "depth", "modern")
+SUITES = ("quick", "full", "depth", "modern", "workloads")
+#: Suites of small races: 6 learning rates and 2 seeds unless told otherwise (the others 12 and 3).
+SMALL_SUITES = ("quick", "modern", "workloads")
+#: The workloads suite: models people train (lab.workloads), raced by the plain gradient step
+#: (the reference), the book's momentum and its two most used adaptive methods.
+WORKLOAD_OPTIMIZERS = ["SGD", "Nesterov", "RMSProp", "Adam"]
 #: The modern suite: the book's fastest first-order methods on the quick problems against what
 #: practitioners use today, from torch.optim and the ``schedulefree`` package (Defazio et al. 2024,
 #: the self-tuning track winner of AlgoPerf 2024; ``pip install deepdescent[modern]``).
@@ -408,11 +416,15 @@ MODERN_BOOK = ["Nesterov", "RMSProp", "Adam"]
 MODERN = ["torch.optim.AdamW", "torch.optim.NAdam", "torch.optim.RAdam", "schedulefree.AdamWScheduleFree"]
 
 
-def suite(name: str) -> list[str]:
+def suite(name: str, device: str = "cpu") -> list[str]:
+    """The problems of a suite; the workloads at their ``full`` size on a GPU."""
     if name not in SUITES:
         raise ValueError(f"unknown suite {name!r}; valid: {', '.join(SUITES)}")
     if name == "depth":
         return list(DEPTH_SUITE)
+    if name == "workloads":
+        size = "" if device == "cpu" else ":size=full"
+        return [p.name + size for p in PROBLEMS.values() if "workloads" in p.suites]
     return [p.name for p in PROBLEMS.values() if ("quick" if name == "modern" else name) in p.suites]
 
 
@@ -421,6 +433,8 @@ def all_optimizers(suite_name: str = "quick") -> list[str]:
     for the modern suite, the book's fastest and the modern ones (those whose package is installed)."""
     if suite_name == "modern":
         return MODERN_BOOK + [n for n in MODERN if lookup(n) is not None]
+    if suite_name == "workloads":
+        return list(WORKLOAD_OPTIMIZERS)
     return [name for name, spec in OPTIMIZERS.items() if spec.in_book]
 
 

@@ -54,6 +54,15 @@ class Workload:
         floor: the training loss's infimum where known (else 0): targets are set relative to it.
         description: one line for the report.
         challenge: the §8.2 challenge it shows, if one (free text; "" when not stated).
+        eval_examples: training examples (the first ones) on which the training loss is recorded
+            at each of the 21 points of a run; lower it where a forward pass is costly.
+        measure_examples: the measurement batch (the first training examples) of the §8.2
+            challenges on the instrumented run of each race (``deepdescent.lab.challenges``): a
+            gradient, a curvature product and the noise scale at every point, twelve more
+            products where the spectrum is taken.
+        stack: the members of a first-order race may train stacked under ``torch.func.vmap``
+            (models it cannot batch race member by member anyway); False races them one at a
+            time, where stacking is slower (measure it).
     """
 
     model: Callable[[], nn.Module]
@@ -66,6 +75,9 @@ class Workload:
     floor: float = 0.0
     description: str = ""
     challenge: str = ""
+    eval_examples: int = 1000
+    measure_examples: int = 256
+    stack: bool = True
 
 
 #: The largest budget a workload may ask for (gradient-equivalents): the built-in full suite's
@@ -105,9 +117,16 @@ def check(name: str, w: object) -> Workload:
     if isinstance(w.batch_size, bool) or not isinstance(w.batch_size, int) or not 1 <= w.batch_size <= len(x):
         raise WorkloadError(f"problem {name!r}: batch_size={w.batch_size!r}; valid: an integer in "
                             f"[1, {len(x)}] (the training examples)")
+    for field in ("eval_examples", "measure_examples"):
+        value = getattr(w, field)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise WorkloadError(f"problem {name!r}: {field}={value!r}; valid: an integer ≥ 1 (at most the training "
+                                "examples are used)")
     _number(name, "budget", w.budget, f"a number of gradient-equivalents in (0, {BUDGET_MAX}]",
             lambda v: 0 < v <= BUDGET_MAX)
     _number(name, "floor", w.floor, "a finite number (the training loss's infimum, 0 if unknown)", math.isfinite)
+    if not isinstance(w.stack, bool):
+        raise WorkloadError(f"problem {name!r}: stack={w.stack!r}; valid: True or False")
     for field in ("model", "loss"):
         if not callable(getattr(w, field)):
             raise WorkloadError(f"problem {name!r}: {field} is {type(getattr(w, field)).__name__}, not callable")

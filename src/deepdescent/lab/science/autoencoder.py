@@ -25,7 +25,7 @@ from torch.func import functional_call, grad, vmap
 
 from deepdescent import optim
 from deepdescent.lab.science import curves
-from deepdescent.lab.science.experiment import Experiment, Summary, check_scale, num, verdict
+from deepdescent.lab.science.experiment import Experiment, Summary, check_scale, judged, num
 
 #: Per scale: image side, training images, encoder layers, budget (gradient-equivalents), first-order
 #: minibatch, learning-rate grid (the loss is summed over pixels: rates are per-pixel-sum).
@@ -217,7 +217,9 @@ def summarize(raw: dict[str, Any]) -> Summary:
         why=f"{raw['side']}×{raw['side']} images, {raw['n']:,} cases and layers {'-'.join(map(str, raw['layers']))} "
             f"(published: 28×28, 20,000, 784-400-200-100-50-25-6); {raw['budget']} gradient-equivalents "
             "where the papers trained for far longer",
-        verdict=verdict(published_order, momentum_helps and err["HF"] < err["SGD"]),
+        **judged({"the published order of the methods' errors": published_order,
+                  "momentum lowers SGD's error": momentum_helps, "HF's error below SGD's": err["HF"] < err["SGD"]},
+                 momentum_helps and err["HF"] < err["SGD"]),
         explanation=why, numbers={f"{m}_error": v for m, v in err.items()})
 
 

@@ -16,7 +16,7 @@ import torch
 
 from deepdescent import optim, training
 from deepdescent.lab import problems
-from deepdescent.lab.science.experiment import Experiment, Summary, num, verdict
+from deepdescent.lab.science.experiment import Experiment, Summary, judged, num
 
 SIZES: dict[str, dict[str, Any]] = {
     "tiny": dict(seeds=2, cliff_epochs=5, adding_epochs=1, cliff_lrs=(0.1, 1.0), adding_lrs=(0.1, 1.0)),
@@ -101,7 +101,9 @@ def summarize(raw: dict[str, Any]) -> Summary:
         comparable=False,
         why="the lab's one-unit cliff RNN and a 32-unit adding-problem RNN at T = 20 trained briefly "
             "(Pascanu et al.: longer sequences, many more updates)",
-        verdict=verdict(all(d and s for d, s, _ in found.values()), any(d for d, _, _ in found.values())),
+        **judged({**{f"{p}: clipping cuts divergence": d for p, (d, _, _) in found.items()},
+                  **{f"{p}: clipping solves more runs at steep rates": ok for p, (_, ok, _) in found.items()}},
+                 any(d for d, _, _ in found.values())),
         explanation="; ".join(f"{p}: {text}" for p, (_, _, text) in found.items()),
         numbers={f"{p}_{k}_success": rates(raw, p, k)[0] for p in raw["runs"] for k in ("plain", "clipped")})
 

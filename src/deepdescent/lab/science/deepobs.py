@@ -17,7 +17,7 @@ import torch
 
 from deepdescent import optim
 from deepdescent.lab import problems
-from deepdescent.lab.science.experiment import Experiment, Summary, verdict
+from deepdescent.lab.science.experiment import Experiment, Summary, judged
 
 SIZES: dict[str, dict[str, Any]] = {
     "tiny": dict(epochs=3, grid=(-2.6, -1.8, -1.4), seeds=1),
@@ -88,7 +88,7 @@ def summarize(raw: dict[str, Any]) -> Summary:
             + "the same problem (eigenvalues, rotation, data from DeepOBS's seeds), batch size, epochs and learning-rate "
             "grid; one seed per grid point here (DeepOBS: several), and the momentum baseline's μ taken as "
             f"the closer of 0.9/0.99 ({momentum})",
-        verdict=verdict(max(matched) <= 1, max(matched) <= 2),
+        **judged({"every tuned rate within one grid step of the published one": max(matched) <= 1}, max(matched) <= 2),
         explanation="grid steps (factor 10^0.2 each) between our tuned rate and DeepOBS's: "
                     + ", ".join(f"{n} {steps[n]}" for n in steps),
         numbers={f"{n}_lr": lr for n, (lr, _) in best.items()} | {f"{n}_test": v for n, (_, v) in best.items()})

@@ -14,7 +14,7 @@ from typing import Any
 
 from deepdescent import optim
 from deepdescent.lab import problems
-from deepdescent.lab.science.experiment import Experiment, Summary, verdict
+from deepdescent.lab.science.experiment import Experiment, Summary, judged
 
 SIZES: dict[str, dict[str, Any]] = {
     "tiny": dict(depths=(2, 8), epochs=150, lrs=(0.1, 0.3)),
@@ -82,7 +82,8 @@ def summarize(raw: dict[str, Any]) -> Summary:
         comparable=False,
         why="the lab's 16-unit deep linear network on a random linear teacher (Saxe et al.: a 1000-unit-wide MNIST "
             "network); full-batch gradient descent",
-        verdict=verdict(flat and glorot > 2 * ortho, glorot > ortho),
+        **judged({"orthogonal: epochs grow < 3× with depth": flat, "Glorot's grow > 2× orthogonal's": glorot > 2 * ortho},
+                 glorot > ortho),
         explanation=f"from depth {lo} to {hi} the epochs grow {ortho:.3g}× with orthogonal initialization and "
                     f"{glorot:.3g}× with Glorot's",
         numbers={f"{scheme}_{d}": v for scheme, row in table.items() for d, v in row.items()})

@@ -31,6 +31,8 @@ class Summary:
     verdict: str  # one of VERDICTS
     explanation: str  # the verdict's reason, in one or two sentences
     numbers: dict[str, float] = field(default_factory=dict)  # the key numbers behind ``ours``
+    #: The checks of the claim that failed, in words (empty when reproduced): the report names them.
+    failed: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.verdict not in VERDICTS:
@@ -58,6 +60,12 @@ def check_scale(scale: str) -> str:
 
 def verdict(reproduced: bool, partly: bool) -> str:
     return "reproduced" if reproduced else "partly" if partly else "not reproduced"
+
+
+def judged(checks: dict[str, bool], partly: bool) -> dict[str, Any]:
+    """``verdict`` and ``failed`` of a Summary from the claim's named checks: reproduced when all
+    hold, partly when ``partly`` does; the failed ones named."""
+    return {"verdict": verdict(all(checks.values()), partly), "failed": tuple(k for k, ok in checks.items() if not ok)}
 
 
 def num(value: float | None) -> float:

@@ -15,7 +15,7 @@ import torch
 
 from deepdescent import optim
 from deepdescent.lab import engine, problems
-from deepdescent.lab.science.experiment import Experiment, Summary, num, verdict
+from deepdescent.lab.science.experiment import Experiment, Summary, judged, num
 
 SIZES: dict[str, dict[str, Any]] = {
     "tiny": dict(problem="digits_mlp", epochs=2, lr=0.1, points=4),
@@ -29,7 +29,7 @@ def run(scale: str, device: str = "cpu") -> dict[str, Any]:
     task = problems.problem(s["problem"]).build(0, True).to(device)
     model = task.model
     opt = optim.SGD(model.parameters(), lr=s["lr"])
-    x_eval, y_eval = task.x_train[:engine.EVAL_EXAMPLES], task.y_train[:engine.EVAL_EXAMPLES]
+    x_eval, y_eval = task.x_train[:task.eval_examples], task.y_train[:task.eval_examples]
     n, b = len(task.x_train), task.batch_size
     steps = s["epochs"] * (n // b)
     marks = {round(steps * i / s["points"]) for i in range(s["points"] + 1)}
@@ -77,7 +77,8 @@ def summarize(raw: dict[str, Any]) -> Summary:
              f"{last_mini:.3g}; gᵀHg {curv0:.3g} → {r['gTHg'][-1]:.3g} (max {curv_max:.3g}) over {raw['epochs']} epochs",
         comparable=False,
         why=f"the lab's {raw['problem']} (the book's figure: a large convolutional network for object detection)",
-        verdict=verdict(error_falls and norm_grows and curv_grows, error_falls and (norm_grows or curv_grows)),
+        **judged({"the error halves": error_falls, "‖g‖ grows": norm_grows, "gᵀHg grows > 10×": curv_grows},
+                 error_falls and (norm_grows or curv_grows)),
         explanation=("the error falls" if error_falls else "the error does not halve")
                     + ("; the gradient norm grows" if norm_grows else "; the gradient norm does not grow")
                     + ("; gᵀHg grows by more than 10×" if curv_grows else "; gᵀHg grows less than 10×"),

@@ -14,7 +14,7 @@ import torch
 
 from deepdescent import optim
 from deepdescent.lab import problems
-from deepdescent.lab.science.experiment import Experiment, Summary, verdict
+from deepdescent.lab.science.experiment import Experiment, Summary, judged
 
 SIZES: dict[str, dict[str, Any]] = {
     "tiny": dict(networks=("digits_mlp", "deep_linear"), epochs=2, points=11),
@@ -71,7 +71,7 @@ def summarize(raw: dict[str, Any]) -> Summary:
         comparable=False,
         why="the lab's small networks trained briefly with Adam (Goodfellow et al.: MNIST/CIFAR maxout, "
             "convolutional and recurrent networks trained to convergence)",
-        verdict=verdict(len(monotone) == len(bumps), len(monotone) > 0),
+        **judged({f"{n}: the path is monotone": n in monotone for n in bumps}, len(monotone) > 0),
         explanation=("every path falls monotonically" if len(monotone) == len(bumps) else
                      f"not monotone: {', '.join(n for n in bumps if n not in monotone)}"),
         numbers={f"{n}_bump": v for n, v in bumps.items()})

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from deepdescent.lab.science import autoencoder as ae
-from deepdescent.lab.science.experiment import Experiment, Summary, num, verdict
+from deepdescent.lab.science.experiment import Experiment, Summary, judged, num
 
 CAPS = (0.9, 0.99, 0.999)
 #: "Falls as μ_max grows" allows a 5% rise between neighbouring caps: one seed per run.
@@ -39,7 +39,7 @@ def summarize(raw: dict[str, Any]) -> Summary:
         comparable=False,
         why=f"experiment 1's scaled CURVES; the schedule's period compressed from 250 to {raw['period']} updates so "
             "that every cap is reached within our budget",
-        verdict=verdict(monotone and helps, helps),
+        **judged({"the error falls as μ_max rises": monotone, "NAG beats SGD": helps}, helps),
         explanation=("error falls as μ_max grows (within 5%)" if monotone else
                      "error does not fall monotonically with μ_max (5% allowed)")
                     + ("; every schedule beats SGD" if all(c < err["SGD"] for c in capped) else "")

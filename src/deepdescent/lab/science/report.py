@@ -25,9 +25,20 @@ def rows(records: dict[str, dict[str, Any]]) -> list[dict[str, str]]:
         out.append({"key": key, "title": exp.title, "claim": exp.claim, "source": exp.source,
                     "published": exp.published, "ours": s.ours,
                     "comparable": "yes" if s.comparable else f"no — {s.why}",
-                    "comparable_why": s.why, "verdict": s.verdict, "explanation": s.explanation,
+                    "comparable_why": s.why, "verdict": s.verdict,
+                    "explanation": s.explanation + (f"; failed: {', '.join(s.failed)}" if s.failed else ""),
                     "budget": f"{rec['budget']} ({rec['seconds']:g} s, {rec.get('device', 'cpu')})"})
     return out
+
+
+#: Said above the results of a run at the tiny scale.
+SMOKE = ("Scale tiny: a smoke test of the code path, not a verdict — each experiment ran for seconds, far too "
+         "little for its claim; run --scale cpu (or full on a GPU) for verdicts.")
+
+
+def smoke_test(records: dict[str, dict[str, Any]]) -> bool:
+    """Whether any record ran at the tiny scale (its verdicts mean nothing)."""
+    return any(r.get("scale") == "tiny" for r in records.values())
 
 
 def markdown(records: dict[str, dict[str, Any]]) -> str:
@@ -52,6 +63,7 @@ def section(records: dict[str, dict[str, Any]], figures: Path) -> str:
                            f"<span class='{cls}'>{html.escape(r['verdict'])}</span><br><small>"
                            f"{html.escape(r['explanation'])}</small>", html.escape(r["budget"])])
     parts = ["<h2 id='published'>Published results</h2>",
+             *([f"<p class='smoke'><b>{html.escape(SMOKE)}</b></p>"] if smoke_test(records) else []),
              "<p>Each claim of chapter 8 (or of the paper it cites) tested here at our scale: the published number, "
              "ours (derived from the runs stored in <code>science/*.json</code>), whether the two measure the same "
              "thing at the same scale, and the verdict.</p>",
@@ -89,7 +101,7 @@ def write(records: dict[str, dict[str, Any]], out: Path, meta: dict[str, Any]) -
              "font-size:13px;margin:.5em 0}td,th{border:1px solid #ccc;padding:3px 6px;text-align:left;"
              "vertical-align:top}img{max-width:100%;display:block;margin:1em 0}.cap{color:#555;font-size:12px}"
              ".win{background:#9be29b;padding:1px 3px}.ok{background:#f5e6a8;padding:1px 3px}"
-             ".na{background:#f5c6c6;padding:1px 3px}")
+             ".na{background:#f5c6c6;padding:1px 3px}.smoke{background:#fff3c4;padding:.5em}")
     body = (f"<h1>deepdescent bench — science suite</h1>{section(records, out / 'figures')}"
             f"<h2>Run</h2>{meta_table(meta)}")
     page = (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>deepdescent science</title>"

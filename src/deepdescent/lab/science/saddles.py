@@ -18,7 +18,7 @@ import torch
 from deepdescent import optim
 from deepdescent.curvature import spectrum
 from deepdescent.lab import problems
-from deepdescent.lab.science.experiment import Experiment, Summary, num, verdict
+from deepdescent.lab.science.experiment import Experiment, Summary, judged, num
 
 SIZES: dict[str, dict[str, Any]] = {
     "tiny": dict(newton_steps=5, gd_steps=200, net_newton_steps=3, net_gd_steps=300),
@@ -113,7 +113,8 @@ def summarize(raw: dict[str, Any]) -> Summary:
         ours=" | ".join(parts), comparable=False,
         why="the lab's 2-D saddle and a 20-5-20 linear autoencoder (Dauphin et al.: MNIST/CIFAR networks, "
             "saddle-free Newton in a Krylov subspace); exact Hessians here",
-        verdict=verdict(newton_trapped and others_escape, newton_trapped or others_escape),
+        **judged({"Newton is drawn to the saddle": newton_trapped, "the other methods escape": others_escape},
+                 newton_trapped or others_escape),
         explanation=("Newton ends at a saddle (λmin < 0) on every problem" if newton_trapped else
                      "Newton does not end at a saddle everywhere")
                     + ("; saddle-free Newton and gradient descent escape (lower loss, not at a saddle)" if others_escape else
