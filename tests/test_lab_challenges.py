@@ -106,7 +106,9 @@ def test_nothing_measured_says_nothing_and_no_saddle_is_claimed_without_evidence
     moving = _run("BFGS", None, [3, 3, 3], lam_max=[1, 1, 1], lam_min=[-1, -1, -1], norms=[1, 0.5, 0.01])
     unsure = _run("CG", None, [3, 3, 3], lam_max=[1, 1, 1], lam_min=[-1, -1, -1], norms=[1, 0, 0])
     unsure.lambda_converged[-1] = False
-    assert not any("saddle" in s for s in measured("saddle", _race(Newton=flat, BFGS=moving, CG=unsure)))
+    said = measured("saddle", _race(Newton=flat, BFGS=moving, CG=unsure))
+    assert not any("at a saddle point (§8.2.3): ‖g‖" in s for s in said)
+    assert said[-1] == "Not as the chapter says: no measured run ends at a saddle point (§8.2.3)"
 
 
 # ------------------------------------------------------------------ the noise scale (B_simple)
@@ -178,3 +180,39 @@ def test_the_noise_sentence_compares_b_simple_with_the_minibatch():
     assert "comparable to the minibatch of 1000" in verdict._noise("SGD", run, 1000)
     run.noise_scale = [math.nan] * 3
     assert verdict._noise("SGD", run, 32) is None
+
+
+def test_the_chapter_s_account_is_checked_against_the_records_and_a_changed_record_changes_the_answer():
+    """Each quick problem's challenge: the measured reasons say whether the records agree with the
+    chapter's account; change the one record that decides it and the answer turns."""
+    def account(problem, race):
+        return [s for s in measured(problem, race) if "chapter" in s]
+
+    sgd = _run("SGD", 0.5, [3, 2, 1], lam_max=[1.0, 3.0, 3.9], lam_min=[0, 0, 0], norms=[1, 1, 1])
+    assert account("quadratic_deep", _race(SGD=sgd))[0].startswith(
+        "As the chapter says (ill-conditioning, §8.2.1): SGD's tuned step reaches lr·λmax = 1.9")
+    sgd.lambda_max[1:] = [0.8, 0.8]
+    assert account("quadratic_deep", _race(SGD=sgd))[0].startswith("Not as the chapter says: SGD's tuned step stays "
+                                                                   "at lr·λmax ≤ 0.5, well under")
+
+    newton = _run("Newton", None, [3, 3, 3], lam_max=[2, 2, 2], lam_min=[-2, -2, -2], norms=[1, 1e-3, 0.0])
+    adagrad = _run("AdaGrad", 0.1, [3, 2, -1], lam_max=[2, 2, 2], lam_min=[-2, 1, 1], norms=[1, 1, 1])
+    race = _race(AdaGrad=adagrad, Newton=newton)
+    assert account("saddle", race) == ["As the chapter says (§8.2.3): Newton ends at a saddle point, AdaGrad does not"]
+    newton.grad_norm[-1] = 0.5  # still moving: no saddle
+    assert account("saddle", race) == ["Not as the chapter says: no measured run ends at a saddle point (§8.2.3)"]
+
+    spiky = _run("SGD", 0.1, [3, 2, 1], lam_max=[1, 1, 1], lam_min=[0, 0, 0], norms=[1, 1, 1],
+                 peaks=[math.nan, 30.0, 1.0])
+    assert account("cliff", _race(SGD=spiky)) == ["As the chapter says (§8.2.4): 1 of the 1 measured methods met "
+                                                  "gradient spikes"]
+    spiky.noise_scale = [0.0, 32 * 99.0, 0.0]  # the peak is what a noisy minibatch gradient of 32 gives
+    assert account("cliff", _race(SGD=spiky))[0].startswith("Not as the chapter says: no measured run met")
+
+    even = _run("SGD", 0.1, [3, 2, 1], lam_max=[1, 1, 1], lam_min=[0, 0, 0], norms=[1, 1, 1],
+                layers=[[1.0, 2.0]] * 3, names=["0.weight", "1.weight"])
+    assert account("deep_linear", _race(SGD=even))[0].startswith("Not as the chapter says, at this initialization")
+    even.layer_grad_norms[0] = [1e-5, 2.0]
+    assert account("deep_linear", _race(SGD=even))[0].startswith("As the chapter says (§8.2.5)")
+    assert "is not measured here" in account("adding", _race(SGD=even))[0]
+    assert account("digits_mlp", _race(SGD=even)) == []  # a baseline: no account to check

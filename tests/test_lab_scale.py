@@ -21,11 +21,13 @@ ARGS = ["--problem", "saddle", "--problem", "cliff", "--optimizer", "Adam",
         "--optimizer", "L-BFGS", "--budget", "3", "--seeds", "2", "--no-report"]
 
 
-def _members(url: str) -> dict[tuple[str, float, int], float]:
+def _members(url: str, prefix: str = "") -> dict[tuple[str, float, int], float]:
     optuna = storage.load_optuna()
     out: dict[tuple[str, float, int], float] = {}
     for name in storage.study_names(url):
         assert not name.startswith(claims.PREFIX), f"a claim was left behind: {name}"
+        if not name.startswith(prefix):
+            continue
         s = optuna.load_study(study_name=name, storage=storage.connect(url))
         for t in s.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
             key = (name, t.params["lr"], t.params["seed"])
@@ -334,3 +336,51 @@ def test_concurrent_proposers_never_share_a_proposal(tmp_path, monkeypatch, sear
     assert len(got) == 4
     if search == "qmc":
         assert got == _proposals(alone)
+
+
+WORKLOAD = ["--problem", "user_workloads:blobs", "--optimizer", "Adam", "--optimizer", "SGD", "--budget", "3",
+            "--seeds", "2", "--workers", "1", "--no-report"]
+
+
+def _workload_bench(*extra: str) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([os.path.dirname(__file__), *sys.path])}
+    return subprocess.Popen([sys.executable, "-m", "deepdescent.cli", "bench", *WORKLOAD, *extra],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_your_own_workload_resumes_after_kill_9_with_nothing_lost_or_repeated(backend, postgres, tmp_path):
+    """A user's workload (import path) killed with -9 once it has stored some members, then run
+    again: every member stored exactly once, with the values of an uninterrupted run."""
+    whole = tmp_path / "whole"
+    p = _workload_bench("--out", str(whole))
+    output, _ = p.communicate(timeout=600)
+    assert p.returncode == 0, output
+    expected = _members(f"sqlite:///{whole / 'results.db'}")
+    out = tmp_path / "run"
+    url = postgres if backend == "postgresql" else f"sqlite:///{out / 'results.db'}"
+    storage_args = ["--storage", postgres] if backend == "postgresql" else []
+    proc = _workload_bench("--out", str(out), *storage_args)
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None and _stored_members(url) < 3:
+        time.sleep(0.1)
+    assert proc.poll() is None, "the bench finished before the kill"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert _stored_members(url) < len(expected)  # killed mid-run
+    again = _workload_bench("--out", str(out), *storage_args)
+    output, _ = again.communicate(timeout=600)
+    assert again.returncode == 0, output
+    assert _members(url, "user_workloads:blobs/") == expected
+
+
+def _stored_members(url: str) -> int:
+    """Complete trials of the workload's studies so far (0 while the storage is not there yet)."""
+    optuna = storage.load_optuna()
+    try:
+        return sum(len(optuna.load_study(study_name=n, storage=storage.connect(url)).get_trials(
+            deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
+            for n in storage.study_names(url) if n.startswith("user_workloads:blobs/"))
+    except Exception:  # noqa: BLE001 - the database is being created
+        return 0

@@ -4,9 +4,11 @@ report never imports the workloads its run directory names."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
+import re
 import pathlib
 import subprocess
 import sys
@@ -83,16 +85,12 @@ def test_a_broken_workload_is_named_with_what_is_wrong(name, message):
     ("stack", "yes", "stack='yes'; valid: True or False"),
 ])
 def test_each_field_of_a_workload_is_checked(field, value, message):
-    import dataclasses
-
     w = dataclasses.replace(user_workloads.full_batch(), **{field: value})
     with pytest.raises(WorkloadError, match=message):
         check("mine", w)
 
 
 def test_a_nonfinite_loss_at_initialization_is_refused():
-    import dataclasses
-
     w = dataclasses.replace(user_workloads.full_batch(), loss=lambda out, y: out.sum() * math.nan)
     with pytest.raises(WorkloadError, match="loss at initialization is nan"):
         check("mine", w)
@@ -117,9 +115,10 @@ def test_the_bench_races_a_workload_beside_lab_problems_and_leaves_out_broken_on
     meta = json.loads((out / "meta.json").read_text())
     assert meta["problems"] == ["user_workloads:blobs", "saddle", "user_workloads:stateful",
                                 "user_workloads:fails_in_training"]
-    assert meta["problems_described"]["user_workloads:blobs"] == {
-        "challenge": "", "description": "three blobs, 2-16-3 MLP", "floor": 0.0, "classification": True,
-        "batch_size": 32}
+    described = meta["problems_described"]["user_workloads:blobs"]
+    assert described == {"challenge": "", "description": "three blobs, 2-16-3 MLP", "floor": 0.0,
+                         "classification": True, "batch_size": 32, "fingerprint": described["fingerprint"]}
+    assert re.fullmatch("[0-9a-f]{12}", described["fingerprint"])
     assert "user_workloads:blobs — challenge not stated" in text and "saddle — saddle points" in text
     assert "Traceback" not in result.output
 
@@ -156,3 +155,66 @@ def test_a_workload_registered_under_the_entry_point_group_races_by_its_name(tmp
     assert problems.is_workload("blobs3") and not problems.is_workload("saddle")
     with pytest.raises(ValueError, match="'deepdescent.problems'"):
         problems.problem("blobs4")
+
+
+def test_a_dataloader_or_a_dataset_is_read_once_into_tensors_in_its_own_order():
+    """The lab draws its own seeded minibatches: a shuffling DataLoader's batches are read whole
+    (their order does not matter), its batch size taken; a map-style Dataset is stacked."""
+    w = check("mine", user_workloads.from_loader())
+    x, y = w.train
+    expected_x, expected_y = user_workloads._blobs(256, 0)
+    assert w.batch_size == 32 and x.shape == (256, 2) and y.shape == (256,)
+    order = torch.argsort(x[:, 0])
+    assert torch.equal(x[order], expected_x[torch.argsort(expected_x[:, 0])])
+    assert sorted(y.tolist()) == sorted(expected_y.tolist())
+    assert torch.equal(w.test[0], user_workloads._blobs(128, 1)[0]) and w.test[1].dtype == torch.long
+    tensors = torch.utils.data.TensorDataset(expected_x, expected_y)  # its tensors taken as they are
+    assert check("mine", dataclasses.replace(w, train=tensors)).train[0] is expected_x
+
+
+@pytest.mark.parametrize("train,message", [
+    (iter([]), "train yields no examples"),
+    ([1, 2, 3], r"train must be \(inputs, targets\)"),
+    (iter([torch.zeros(3)]), "train yields Tensor; expected \\(inputs, targets\\) pairs"),
+])
+def test_a_loader_that_yields_nothing_or_no_pairs_is_named(train, message):
+    w = dataclasses.replace(user_workloads.full_batch(), train=train)
+    with pytest.raises(WorkloadError, match=message):
+        check("mine", w)
+
+
+def test_the_fingerprint_follows_the_data_the_model_and_the_loss():
+    from deepdescent.lab.workload import fingerprint
+
+    w = check("mine", user_workloads.blobs())
+    assert fingerprint(w) == fingerprint(check("mine", user_workloads.blobs()))
+    x, y = w.train
+    nudged = x.clone()
+    nudged[3, 1] += 1e-6
+    assert fingerprint(dataclasses.replace(w, train=(nudged, y))) != fingerprint(w)
+    assert fingerprint(dataclasses.replace(w, loss=torch.nn.functional.nll_loss)) != fingerprint(w)
+    wider = dataclasses.replace(w, model=lambda: torch.nn.Sequential(torch.nn.Linear(2, 17), torch.nn.Tanh(),
+                                                                     torch.nn.Linear(17, 3)))
+    assert fingerprint(wider) != fingerprint(w)
+    assert fingerprint(dataclasses.replace(w, batch_size=16)) != fingerprint(w)
+
+
+def test_an_edited_workload_races_again_and_keeps_the_other_version_s_results(tmp_path):
+    out = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), *sys.path])}
+    cmd = [sys.executable, "-m", "deepdescent.cli", "bench", "--problem", "user_workloads:edited", "--optimizer", "SGD",
+           "--budget", "2", "--seeds", "1", "--workers", "1", "--no-report", "--out", str(out)]
+    first = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stdout + first.stderr
+    again = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)  # unchanged: nothing reruns
+    assert "changed since" not in again.stdout and "1 of 1 races already stored" in " ".join(again.stdout.split())
+    edited = subprocess.run(cmd, env={**env, "DEEPDESCENT_TEST_DATA_SEED": "1"}, capture_output=True, text=True,
+                            timeout=600)
+    assert edited.returncode == 0, edited.stdout + edited.stderr
+    said = " ".join(edited.stdout.split())
+    assert "user_workloads:edited changed since the results in" in said and "its races run again" in said
+    from deepdescent.lab import storage
+
+    names = storage.study_names(f"sqlite:///{out / 'results.db'}")
+    versions = {n.rsplit("-w", 1)[1] for n in names if n.startswith("user_workloads:edited/SGD/grid/")}
+    assert len(versions) == 2  # both versions' results stored, apart

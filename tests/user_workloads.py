@@ -76,3 +76,33 @@ def full_batch() -> Workload:
     """Every step on all 64 examples (batch_size = n): a plain loop can replay any member exactly."""
     return Workload(model=lambda: nn.Sequential(nn.Linear(2, 8), nn.Tanh(), nn.Linear(8, 3)), train=_blobs(64, 0),
                     loss=nn.functional.cross_entropy, batch_size=64, budget=5, classification=True, floor=0.0)
+
+
+class Pairs(torch.utils.data.Dataset):
+    """A map-style dataset of (input, target) pairs, as a user's data pipeline gives them."""
+
+    def __init__(self, n: int, seed: int) -> None:
+        self.x, self.y = _blobs(n, seed)
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        return self.x[i], int(self.y[i])
+
+
+def from_loader() -> Workload:
+    """The training data as a shuffling DataLoader (its batch size taken), the held-out data as a Dataset."""
+    loader = torch.utils.data.DataLoader(Pairs(256, 0), batch_size=32, shuffle=True)
+    return Workload(model=lambda: nn.Sequential(nn.Linear(2, 16), nn.Tanh(), nn.Linear(16, 3)), train=loader,
+                    test=Pairs(128, 1), loss=nn.functional.cross_entropy, budget=4, classification=True)
+
+
+def edited() -> Workload:
+    """blobs whose data a user changes between two benches (DEEPDESCENT_TEST_DATA_SEED)."""
+    import os
+
+    seed = int(os.environ.get("DEEPDESCENT_TEST_DATA_SEED", "0"))
+    return Workload(model=lambda: nn.Sequential(nn.Linear(2, 16), nn.Tanh(), nn.Linear(16, 3)),
+                    train=_blobs(128, seed), loss=nn.functional.cross_entropy, batch_size=32, budget=2,
+                    classification=True)

@@ -200,6 +200,21 @@ MODERN_TIME = "about 6 minutes on 2 cores"  # measured: BENCHMARKS.md, "The mode
 SCIENCE_TIME = "about 11 minutes on 2 cores"  # measured: BENCHMARKS.md, "The science suite"
 
 
+def _say_changed_workloads(out: Path, described: dict) -> None:
+    """One line per workload whose fingerprint differs from the one ``out``'s meta.json recorded:
+    its races run again; the results of the other version stay stored under their own names."""
+    try:
+        before = json.loads((out / "meta.json").read_text()).get("problems_described", {})
+    except (OSError, ValueError, AttributeError):
+        return
+    for name, info in described.items():
+        old = before.get(name, {}).get("fingerprint") if isinstance(before.get(name), dict) else None
+        if old and old != info["fingerprint"]:
+            console.print(f"{name} changed since the results in {out} (data, model, loss or settings: fingerprint "
+                          f"{old} → {info['fingerprint']}): its races run again; the stored ones stay under the old "
+                          "fingerprint", soft_wrap=True, highlight=False)
+
+
 def _problem_names(given: list[str]) -> list[str]:
     """The canonical names of the problems to race. A lab problem that does not exist stops the
     bench (a typo); a workload that fails to import or to check is left out with one line naming
@@ -330,6 +345,7 @@ def bench(
                {"storage": "results.db in the run directory", "database": "results.db"}),
             "started": time.strftime("%Y-%m-%d %H:%M:%S"), "torch": torch.__version__,
             "machine": f"{platform.machine()}, {os.cpu_count()} cores"}
+    _say_changed_workloads(out, meta["problems_described"])
     if not (out / "meta.json").exists():  # a finished run's meta.json is replaced only when this one finishes
         _write_meta(out, meta)
     results: report.Results = {p: {} for p in names}

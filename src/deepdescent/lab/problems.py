@@ -90,6 +90,10 @@ class Problem:
     classification: bool = False
     batch_size: int = 0  # a workload's minibatch (0: read it from the built task)
     example: str = ""  # a parameterized name, e.g. ``adding:T=100`` (shown by ``deepdescent list``)
+    #: A user's workload's :func:`~deepdescent.lab.workload.fingerprint` (its data, initial model,
+    #: loss and settings): part of its studies' names, so that an edited workload never mixes its
+    #: results with the stored ones of another version ("" for the lab's problems).
+    fingerprint: str = ""
 
 
 DATA_SEED = data.DATA_SEED
@@ -461,7 +465,7 @@ def _from_workload(name: str) -> Problem:
     w = workload.check(name, obj)
     return Problem(name, w.challenge, w.description or name, functools.partial(_workload_task, name, w),
                    suites=(), workload=True, floor=float(w.floor), classification=w.classification,
-                   batch_size=w.batch_size)
+                   batch_size=w.batch_size, fingerprint=workload.fingerprint(w))
 
 
 def _workload_task(name: str, w: Workload, seed: int, quick: bool) -> Task:
@@ -474,7 +478,7 @@ def _workload_task(name: str, w: Workload, seed: int, quick: bool) -> Task:
 
 
 #: What a run directory records of each raced workload (meta.json's "problems_described").
-DESCRIBED = ("challenge", "description", "floor", "classification", "batch_size")
+DESCRIBED = ("challenge", "description", "floor", "classification", "batch_size", "fingerprint")
 
 
 def description(p: Problem) -> dict[str, object]:
@@ -494,16 +498,17 @@ def describe(name: str, described: dict | None = None) -> Problem:
     if described is not None and not isinstance(described, dict):
         raise ValueError(f"the description of workload {name!r} is not one bench writes: {described!r}"[:300])
     info = {"challenge": "", "description": name, "floor": 0.0, "classification": False, "batch_size": 0,
-            **(described or {})}
+            "fingerprint": "", **(described or {})}
     ok = (isinstance(info["challenge"], str) and isinstance(info["description"], str)
           and isinstance(info["floor"], (int, float)) and not isinstance(info["floor"], bool)
           and math.isfinite(info["floor"]) and isinstance(info["classification"], bool)
-          and type(info["batch_size"]) is int and info["batch_size"] >= 0)
+          and type(info["batch_size"]) is int and info["batch_size"] >= 0
+          and isinstance(info["fingerprint"], str) and len(info["fingerprint"]) <= 64)
     if not ok:
         raise ValueError(f"the description of workload {name!r} is not one bench writes: {described!r}"[:300])
     _WORKLOADS[name] = Problem(name, info["challenge"], info["description"], _not_built, suites=(), workload=True,
                                floor=float(info["floor"]), classification=info["classification"],
-                               batch_size=info["batch_size"])
+                               batch_size=info["batch_size"], fingerprint=info["fingerprint"])
     return _WORKLOADS[name]
 
 

@@ -149,8 +149,10 @@ class Race:
         return f"{self.problem.name}/{self.spec.name}"
 
     def study(self, name: str):
-        """The study of one track (``name`` = prefix/track) under this protocol."""
-        return open_study(self.url, f"{name}/{self.protocol.tag()}", create=self.run)
+        """The study of one track (``name`` = prefix/track) under this protocol (and, for a user's
+        workload, this version of it: its fingerprint)."""
+        version = f"-w{self.problem.fingerprint}" if self.problem.fingerprint else ""
+        return open_study(self.url, f"{name}/{self.protocol.tag()}{version}", create=self.run)
 
     def say(self, text: str) -> None:
         if self.progress:

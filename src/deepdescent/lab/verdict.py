@@ -397,6 +397,47 @@ def _noise(name: str, run: engine.RunResult, batch: int) -> str | None:
             f"of {name}'s run (an estimate, good to a factor of about 2), {relation}")
 
 
+def _account(problem: str, runs: dict[str, engine.RunResult], winner: str, batch: int) -> str | None:
+    """Whether the measurements agree with the chapter's account of the problem's challenge: a
+    sentence that says so, says they do not, or says the challenge is not measured here."""
+    ch = challenge_of(problem)
+    if ch.startswith("ill-conditioning"):
+        sgd = runs.get("SGD")
+        tops = _finite(sgd.lambda_max or []) if sgd is not None and sgd.lr is not None else []
+        if not tops:
+            return "The chapter's account (ill-conditioning) is not tested here: SGD's λmax was not measured"
+        peak = sgd.lr * max(tops)  # type: ignore[union-attr]
+        if peak >= 0.5 * STABILITY:
+            return (f"As the chapter says (ill-conditioning, §8.2.1): SGD's tuned step reaches lr·λmax = {peak:.2g}, "
+                    "so the largest curvature caps its learning rate")
+        return (f"Not as the chapter says: SGD's tuned step stays at lr·λmax ≤ {peak:.2g}, well under the curvature's "
+                "cap of 2, so something other than ill-conditioning (gradient noise, see B_simple) bounds it here")
+    if ch == "saddle points":
+        trapped = [n for n, r in runs.items() if _saddle(n, r)]
+        if trapped:
+            return (f"As the chapter says (§8.2.3): {', '.join(trapped)} end{'s' if len(trapped) == 1 else ''} at a "
+                    f"saddle point, {winner} does not")
+        return "Not as the chapter says: no measured run ends at a saddle point (§8.2.3)"
+    if ch == "cliffs":
+        spiky = [n for n, r in runs.items() if _spike(r, batch) >= SPIKE]
+        if spiky:
+            return f"As the chapter says (§8.2.4): {len(spiky)} of the {len(runs)} measured methods met gradient spikes"
+        return "Not as the chapter says: no measured run met a minibatch gradient spike (§8.2.4)"
+    if ch.startswith("vanishing"):
+        run = runs.get(winner) or next(iter(runs.values()))
+        text = _layers(run)
+        if text is None:
+            return "The chapter's account (vanishing/exploding gradients) is not tested here: one layer only"
+        if "no vanishing" in text:
+            return ("Not as the chapter says, at this initialization: the layers' gradients are even at the start (an "
+                    "orthogonal or scaled initialization, §8.4, is what keeps them so)")
+        return "As the chapter says (§8.2.5): the layers' gradients differ by orders of magnitude at the start"
+    if ch == "long-term dependencies":
+        return ("The chapter's account (long-term dependencies) is not measured here: the gradient's decay across "
+                "time steps is not recorded, only each parameter tensor's")
+    return None
+
+
 def measured(problem: str, race: Race) -> list[str]:
     """What the instrumented runs measured that explains the verdict, as sentences with the numbers
     (none where nothing was measured; each says where a measurement is only an estimate)."""
@@ -418,7 +459,7 @@ def measured(problem: str, race: Race) -> list[str]:
     first = next((n for n in dict.fromkeys([winner, "SGD", *runs]) if n in runs and _kind(n) == "first"), None)
     noise = _noise(first, runs[first], batch) if first else None
     layers = _layers(runs.get(winner) or next(iter(runs.values())))
-    return said + [s for s in (noise, layers) if s]
+    return said + [s for s in (noise, layers, _account(problem, runs, winner, batch)) if s]
 
 
 # ---------------------------------------------------------------------------- overall answer

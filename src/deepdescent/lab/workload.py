@@ -20,8 +20,10 @@ member, which the log says.
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import torch
@@ -42,10 +44,13 @@ class Workload:
     Attributes:
         model: builds the model (an ``nn.Module`` with trainable parameters); the lab seeds torch
             first, so that the seed of a run varies its initialization.
-        train: (inputs, targets), tensors with the same first dimension (the examples).
+        train: (inputs, targets), tensors with the same first dimension (the examples); or a
+            ``torch.utils.data.DataLoader`` (any iterable of (inputs, targets) batches) or a map-style
+            ``Dataset`` of (input, target) pairs, read once, whole, when the workload is checked: the
+            lab draws its own minibatches (seeded, the same for every optimizer), never the loader's.
         loss: ``loss(output, targets)`` averaged over the batch, a scalar tensor.
         batch_size: examples per minibatch of the first-order methods (second-order methods and
-            L-BFGS take the full batch, as on the built-in problems).
+            L-BFGS take the full batch, as on the built-in problems); None takes a DataLoader's.
         budget: compute every optimizer gets, in gradient-equivalents (epochs): one full-batch
             gradient is 1, a minibatch gradient ``batch_size / n``, a curvature-vector product 2.
         test: held-out (inputs, targets) for the test loss (and accuracy); None evaluates on
@@ -66,11 +71,11 @@ class Workload:
     """
 
     model: Callable[[], nn.Module]
-    train: tuple[Tensor, Tensor]
+    train: tuple[Tensor, Tensor] | Iterable
     loss: Callable[[Tensor, Tensor], Tensor]
-    batch_size: int
+    batch_size: int | None = None
     budget: float = 10.0
-    test: tuple[Tensor, Tensor] | None = None
+    test: tuple[Tensor, Tensor] | Iterable | None = None
     classification: bool = False
     floor: float = 0.0
     description: str = ""
@@ -105,18 +110,63 @@ def _number(name: str, field: str, value: object, valid: str, test: Callable[[fl
     return float(value)
 
 
+#: The most examples a DataLoader or Dataset is read into (the lab holds a workload's data in memory).
+MATERIALIZED_MAX = 10_000_000
+
+
+def _materialized(name: str, field: str, value: object) -> object:
+    """A DataLoader (an iterable of (inputs, targets) batches) or a map-style Dataset of
+    (input, target) pairs as one (inputs, targets) pair of tensors; anything else as it is (the
+    pair check names it)."""
+    if value is None or isinstance(value, (tuple, list, Tensor)):
+        return value
+    if isinstance(value, torch.utils.data.TensorDataset) and len(value.tensors) == 2:
+        return value.tensors
+    if hasattr(value, "__getitem__") and hasattr(value, "__len__"):  # a map-style Dataset
+        if not 0 < len(value) <= MATERIALIZED_MAX:
+            raise WorkloadError(f"problem {name!r}: {field} is a dataset of {len(value)} examples; valid: 1 to "
+                                f"{MATERIALIZED_MAX:,}")
+        pairs = [call(name, f"{field}[{i}]", lambda i=i: value[i]) for i in range(len(value))]
+        batches = [(torch.as_tensor(x).unsqueeze(0), torch.as_tensor(y).unsqueeze(0)) for x, y in _pairs(name, field, pairs)]
+    elif isinstance(value, Iterable):  # a DataLoader: its batches
+        batches, seen = [], 0
+        for x, y in _pairs(name, field, call(name, f"iter({field})", lambda: list(value))):
+            batches.append((torch.as_tensor(x), torch.as_tensor(y)))
+            seen += len(batches[-1][0])
+            if seen > MATERIALIZED_MAX:
+                raise WorkloadError(f"problem {name!r}: {field} yields more than {MATERIALIZED_MAX:,} examples")
+    else:
+        return value
+    if not batches:
+        raise WorkloadError(f"problem {name!r}: {field} yields no examples")
+    return torch.cat([x for x, _ in batches]), torch.cat([y for _, y in batches])
+
+
+def _pairs(name: str, field: str, items: list) -> list:
+    for item in items[:1]:
+        if not (isinstance(item, (tuple, list)) and len(item) == 2):
+            raise WorkloadError(f"problem {name!r}: {field} yields {type(item).__name__}; expected (inputs, targets) "
+                                "pairs")
+    return items
+
+
 def check(name: str, w: object) -> Workload:
-    """``w`` as a valid :class:`Workload`, or a WorkloadError naming what is wrong. Builds the
-    model once (seed 0) and evaluates the loss on two training examples."""
+    """``w`` as a valid :class:`Workload` (a DataLoader or Dataset read into tensors), or a
+    WorkloadError naming what is wrong. Builds the model once (seed 0) and evaluates the loss on
+    two training examples."""
     if not isinstance(w, Workload):
         raise WorkloadError(f"problem {name!r} is {type(w).__name__}, not a deepdescent.lab.workload.Workload "
                             "(or a function of no arguments that returns one)")
+    loader_batch = getattr(w.train, "batch_size", None)
+    w = dataclasses.replace(w, train=_materialized(name, "train", w.train), test=_materialized(name, "test", w.test))
+    if w.batch_size is None and isinstance(loader_batch, int):
+        w = dataclasses.replace(w, batch_size=loader_batch)
     x, _ = _pair(name, "train", w.train)
     if w.test is not None:
         _pair(name, "test", w.test)
     if isinstance(w.batch_size, bool) or not isinstance(w.batch_size, int) or not 1 <= w.batch_size <= len(x):
         raise WorkloadError(f"problem {name!r}: batch_size={w.batch_size!r}; valid: an integer in "
-                            f"[1, {len(x)}] (the training examples)")
+                            f"[1, {len(x)}] (the training examples; None only with a DataLoader that has one)")
     for field in ("eval_examples", "measure_examples"):
         value = getattr(w, field)
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -166,3 +216,21 @@ def evaluate_loss(name: str, w: Workload, model: nn.Module, x: Tensor, y: Tensor
         raise WorkloadError(f"problem {name!r}: loss(model(inputs), targets) returned {shape}; expected a scalar "
                             "tensor (the batch's mean loss)")
     return float(out)
+
+
+def fingerprint(w: Workload) -> str:
+    """12 hex digits that change when a checked workload's data, initial model (seed 0),
+    loss function or settings change: its stored results are kept apart from another version's."""
+    h = hashlib.sha256()
+    tensors = [*w.train, *(w.test or ())]
+    torch.manual_seed(0)
+    model = w.model()
+    tensors += [p.detach() for p in model.parameters()]
+    for t in tensors:
+        h.update(f"{t.dtype}{tuple(t.shape)}".encode())
+        h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    loss = getattr(w.loss, "__qualname__", type(w.loss).__qualname__)
+    settings = (type(model).__qualname__, getattr(w.loss, "__module__", ""), loss, w.batch_size, float(w.budget),
+                float(w.floor), w.classification, w.eval_examples, w.measure_examples, w.stack)
+    h.update(repr(settings).encode())
+    return h.hexdigest()[:12]
