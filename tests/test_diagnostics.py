@@ -675,3 +675,39 @@ def test_the_dashboard_draws_histograms_batch_size_tests_and_the_schedule():
     bars = {c.get_label(): [p.get_width() for p in c.patches] for c in schedule.containers}
     assert bars == {"measurements": [2, 0], "steps waited for budget": [0, 5]}
     assert [t.get_text() for t in schedule.get_yticklabels()] == ["gradient_noise", "curvature"]
+
+
+def test_the_instruments_measure_on_a_fixed_batch_of_their_own_and_close_says_what_the_budget_buys(caplog):
+    """measure_examples=6: every expensive measurement is taken on the first 6 examples of the first
+    batch (gᵀHg checked against the exact Hessian there, at a later step with other minibatches);
+    close() says what one measurement costs in training steps and how many the budget buys."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 5), nn.Tanh(), nn.Linear(5, 3)).double()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    monitor = dg.Monitor(model, ce, opt, instruments=[dg.IllConditioning()], every={"ill_conditioning": 7},
+                         budget=1e6, measure_examples=6)
+    gen = torch.Generator().manual_seed(0)
+    first, records = None, []
+    for _ in range(15):
+        xb, yb = torch.randn(16, 4, generator=gen, dtype=D), torch.randint(0, 3, (16,), generator=gen)
+        first = first or (xb[:6].clone(), yb[:6].clone())
+        opt.zero_grad()
+        loss = ce(model(xb), yb)
+        loss.backward()
+        got = monitor.step(xb, yb, loss)
+        if any(r["instrument"] == "ill_conditioning" and r["step"] == 14 for r in got):
+            h = _exact_hessian(model, ce, *first)
+            params = [p for p in model.parameters()]
+            g = flat(torch.autograd.grad(ce(model(first[0]), first[1]), params))
+            records.append((next(r for r in got if r["instrument"] == "ill_conditioning")["values"]["gTHg"],
+                            float(g @ h @ g)))
+        opt.step()
+    assert records and records[0][0] == pytest.approx(records[0][1], rel=1e-9)
+    with caplog.at_level("INFO", logger="deepdescent.diagnostics"):
+        afford = monitor.close()
+    cost = afford["ill_conditioning"]
+    assert cost["step_equivalents"] > 0
+    assert cost["measurements"] == pytest.approx(0.8 * 0.85 * 1e6 * 15 / cost["step_equivalents"])
+    assert "ill_conditioning" in caplog.text and "measurements" in caplog.text
+    with pytest.raises(ValueError, match="measure_examples=0"):
+        dg.Monitor(model, ce, opt, measure_examples=0)

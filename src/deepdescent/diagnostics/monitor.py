@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import statistics
 import time
@@ -20,6 +21,7 @@ from deepdescent.diagnostics.sinks import JSONLSink, Sink
 #: the cheap tier's share of the budget: enough for ~100 measurements of loss and gradient norms in
 #: 3,000 steps of a small model; the rest goes to the instruments that make extra passes
 CHEAP_SHARE = 0.15
+_log = logging.getLogger("deepdescent.diagnostics")
 
 
 class Monitor:
@@ -51,6 +53,10 @@ class Monitor:
             instruments make (they never change running statistics).
         log: a JSONL path (shortcut for a :class:`JSONLSink`); sinks: more sinks.
         eval_batch: ``(inputs, targets)`` for the landscape instruments (default: the first batch).
+        measure_examples: the expensive instruments' batch of their own: the first this many
+            examples of the first batch, the same at every measurement (their values comparable
+            over time, and a measurement's cost bounded whatever the minibatch); None: each
+            measurement on that step's minibatch.
         seed: measurement t draws its dropout masks from seed + t (the same masks in all its
             passes); the training loop's random stream is left as it was.
 
@@ -62,7 +68,13 @@ class Monitor:
     def __init__(self, model: nn.Module, loss_fn: Any, optimizer: torch.optim.Optimizer | None = None, *,
                  instruments: Sequence[inst.Instrument] | None = None, every: dict[str, int] | None = None,
                  budget: float = 0.10, mode: str = "train", log: str | None = None, sinks: Iterable[Sink] = (),
-                 eval_batch: tuple[Tensor, Tensor] | None = None, seed: int = 0) -> None:
+                 eval_batch: tuple[Tensor, Tensor] | None = None, seed: int = 0,
+                 measure_examples: int | None = None) -> None:
+        if measure_examples is not None and (isinstance(measure_examples, bool) or not isinstance(measure_examples, int)
+                                             or measure_examples < 1):
+            raise ValueError(f"invalid measure_examples={measure_examples!r}: an integer ≥ 1, or None (each step's "
+                             "minibatch)")
+        self.measure_examples = measure_examples
         if not 0 < budget:
             raise ValueError(f"invalid budget={budget!r}: a fraction > 0 (0.10 allows a 10% slowdown)")
         if mode not in ("train", "eval"):
@@ -228,6 +240,10 @@ class Monitor:
         if self.steps == 0:
             self.warmup_seconds = _warm_up_torch_func()
             now += self.warmup_seconds
+        if self.measure_examples is not None:  # the instruments' own batch, fixed at the first step
+            kept = self.state.setdefault("measure_batch", (inputs[:self.measure_examples].detach().clone(),
+                                                           targets[:self.measure_examples].detach().clone()))
+            inputs, targets = kept
         ctx = inst.StepContext(self.model, self.loss_fn, inputs, targets,
                                None if loss is None else float(loss.detach() if isinstance(loss, Tensor) else loss),
                                self.optimizer, self.steps, self.mode, self.state, seed=self.seed + self.steps)
@@ -297,9 +313,26 @@ class Monitor:
                            "postponed": self.postponed, "waiting": dict(self._pending),
                            "disabled": dict(self.disabled)}}
 
-    def close(self) -> None:
+    def affordable(self) -> dict[str, dict[str, float]]:
+        """Per expensive instrument measured: its last measurement's cost in step-equivalents
+        (seconds over the typical training step's) and how many measurements the budget buys over
+        the steps run so far, had it the expensive allowance alone (0.8 × 85% of ``budget``)."""
+        step = self._typical_step()
+        if step <= 0:
+            return {}
+        allowance = 0.8 * (1 - CHEAP_SHARE) * self.budget * self.steps  # step-equivalents
+        out = {}
+        for i in self.instruments:
+            if i.tier != "cheap" and i.name in self.cost:
+                cost = self.cost[i.name] / step
+                out[i.name] = {"step_equivalents": cost, "measurements": allowance / cost if cost > 0 else math.inf}
+        return out
+
+    def close(self) -> dict[str, dict[str, float]]:
         """Write the final overhead record, warn about every enabled instrument that never
-        measured after step 0 although it fell due (and how long it waited), and close the sinks."""
+        measured after step 0 although it fell due (and how long it waited), say (log
+        ``deepdescent.diagnostics``, INFO) what one measurement costs and how many the budget buys
+        (:meth:`affordable`, returned), and close the sinks."""
         waited = self.postponed
         never = [n for n, k in self.measured.items()
                  if k == self._at_start.get(n, 0) and n not in self.disabled and waited[n] > 0]
@@ -309,10 +342,18 @@ class Monitor:
                             for n in never)
             warnings.warn(f"Monitor: over {self.steps} steps these instruments never measured after step 0: {why}; "
                           f"raise budget= or lengthen their cadence with every=", RuntimeWarning, stacklevel=2)
+        afford = self.affordable()
+        if afford:
+            _log.info("Monitor: over %d steps at budget %g, one measurement costs (in training steps) and the budget "
+                      "buys: %s", self.steps, self.budget, "; ".join(
+                          f"{n} {a['step_equivalents']:.3g} steps, {a['measurements']:.0f} measurements"
+                          for n, a in afford.items()))
         record = self._overhead_record()
+        record["values"]["affordable"] = afford
         for sink in self.sinks:
             sink.write(record)
             sink.close()
+        return afford
 
 
 _TORCH_FUNC_STARTED = False
