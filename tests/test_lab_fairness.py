@@ -354,3 +354,15 @@ def test_the_overall_answer_ranks_by_problems_solved_then_speed_and_states_its_c
     assert said[1] == "Next: SGD, 2 solved, within 2× of the fastest on 1"
     assert said[2].startswith("Caveats: every learning rate was tuned per problem")
     assert verdict.overall({"saddle": fast}) == []  # one problem: its verdict says it all
+
+
+def test_a_final_loss_never_reads_as_the_target_it_missed():
+    """Adam on saddle ended 2e-5 above T: the table must not read "final −1, T = −1, 0/2"."""
+    assert verdict.apart(-0.999999, [-0.999977, -1.0, math.inf]) == 6
+    assert f"{-0.999977:.{verdict.apart(-0.999999, [-0.999977])}g}" != f"{-0.999999:.6g}"
+    assert verdict.apart(0.5, [0.25, 0.75]) == 4  # already apart: the usual 4 digits
+
+
+def test_every_lab_optimizer_has_a_colour_of_its_own():
+    colours = [report.style(n)["color"] for n in optimizers.OPTIMIZERS]
+    assert len(set(colours)) == len(colours)

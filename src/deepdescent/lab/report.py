@@ -21,8 +21,8 @@ from deepdescent.lab.science import report as science_report
 from deepdescent.lab.optimizers import OPTIMIZERS, describe, parse
 from deepdescent.lab.problems import PROBLEMS, base_name, floor, reference
 from deepdescent.lab.problems import known
-from deepdescent.lab.verdict import (Race, Results, Row, board, held_out, leaderboard, measured, median, overall,
-                                     performance_profile, ranking, target, time_to_target, verdict)
+from deepdescent.lab.verdict import (Race, Results, Row, apart, board, finals, held_out, leaderboard, measured, median,
+                                     overall, performance_profile, ranking, target, time_to_target, verdict)
 
 __all__ = ["REFERENCES", "Results", "depth_study", "leaderboard", "performance_profile", "target", "terminal",
            "title", "write"]
@@ -66,9 +66,11 @@ _LINESTYLE = {"momentum": "-", "adaptive": "--", "second": "-."}
 TITLE_WIDTH = 75
 
 
-#: One colour per optimizer (tab10, then Dark2's darker hues), in the order of the lab's registry.
+#: One colour per optimizer of the lab's registry (21: tab10, Dark2, then three more), in its
+#: order, so that no two lab optimizers share one; foreign ones cycle through them.
 _COLOURS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
-            "#17becf", "#1b9e77", "#d95f02", "#7570b3", "#e7298a", "#66a61e", "#000000"]
+            "#17becf", "#1b9e77", "#d95f02", "#7570b3", "#e7298a", "#66a61e", "#e6ab02", "#a6761d", "#000000",
+            "#b15928", "#6a3d9a", "#fb9a99"]
 
 
 def style(name: str) -> dict[str, Any]:
@@ -398,8 +400,8 @@ def _fmt(v: Any, digits: int = 4) -> str:
     return str(v)
 
 
-def _loss(v: float) -> str:
-    return "diverged" if v == math.inf else _fmt(v)
+def _loss(v: float, digits: int = 4) -> str:
+    return "diverged" if v == math.inf else _fmt(v, digits)
 
 
 def _lr(row: Row) -> str:
@@ -424,17 +426,17 @@ def _name(name: str) -> str:
     return f"{name} †"
 
 
-COLUMNS = (
-    ("optimizer", lambda r: _name(r.optimizer)),
-    ("lr", _lr),
-    ("final loss", lambda r: _loss(r.final)),
-    ("≤T", _reached),
-    ("epochs→T", lambda r: _fmt(r.ge_to_target, 3)),
-    ("test loss", lambda r: _fmt(r.test_loss, 3)),
-    ("acc", lambda r: "–" if r.test_accuracy is None else f"{100 * r.test_accuracy:.1f}%"),
-    ("div", lambda r: str(r.diverged)),
-    ("defaults", lambda r: _loss(r.defaults_final)),
-    ("LS fails", lambda r: _fmt(r.line_search_failures)),
+COLUMNS = (  # cell(row, digits): ``digits`` those of the final loss (verdict.apart)
+    ("optimizer", lambda r, d: _name(r.optimizer)),
+    ("lr", lambda r, d: _lr(r)),
+    ("final loss", lambda r, d: _loss(r.final, d)),
+    ("≤T", lambda r, d: _reached(r)),
+    ("epochs→T", lambda r, d: _fmt(r.ge_to_target, 3)),
+    ("test loss", lambda r, d: _fmt(r.test_loss, 3)),
+    ("acc", lambda r, d: "–" if r.test_accuracy is None else f"{100 * r.test_accuracy:.1f}%"),
+    ("div", lambda r, d: str(r.diverged)),
+    ("defaults", lambda r, d: _loss(r.defaults_final)),
+    ("LS fails", lambda r, d: _fmt(r.line_search_failures)),
 )
 TERMINAL_COLUMNS = 8
 
@@ -454,13 +456,14 @@ def terminal(all_results: Results, console) -> None:
     for problem, race in all_results.items():
         tgt, rows = board(problem, race)
         p = known(problem)
-        table = Table(title=f"{title(problem)} — {p.challenge or 'challenge not stated'}\ntarget T = {tgt:.4g}, budget "
+        d = apart(tgt, finals(rows))  # enough digits that no final loss reads as T
+        table = Table(title=f"{title(problem)} — {p.challenge or 'challenge not stated'}\ntarget T = {tgt:.{d}g}, budget "
                             f"{_fmt(max(r.budget for t in race.values() for r in t['tuned']), 4)} epochs",
                       title_justify="left", box=box.SIMPLE_HEAD, show_edge=False, padding=(0, 1, 0, 0))
         for header, _ in COLUMNS[:TERMINAL_COLUMNS]:
             table.add_column(header, justify="left" if header == "optimizer" else "right", no_wrap=True)
         for r in rows:
-            table.add_row(*[cell(r) for _, cell in COLUMNS[:TERMINAL_COLUMNS]])
+            table.add_row(*[cell(r, d) for _, cell in COLUMNS[:TERMINAL_COLUMNS]])
         console.print(table)
         console.print(verdict(problem, race)[1], soft_wrap=False, width=min(console.width, 100))
         for sentence in measured(problem, race):
@@ -570,8 +573,9 @@ def write(all_results: Results, out: Path, meta: dict[str, Any]) -> Path:
         budget = max(r.budget for t in race.values() for r in t["tuned"])
         parts.append(f"<h2 id='{_stem(problem)}'>{html.escape(title(problem))}</h2><p>{html.escape(p.description)}"
                      f" — challenge: <b>{html.escape(p.challenge or 'not stated')}</b>; budget {_fmt(budget)} epochs; target "
-                     f"training loss T = {tgt:.4g}</p>")
-        parts.append(html_table([h for h, _ in COLUMNS], [[html.escape(c(r)) for _, c in COLUMNS] for r in rows]))
+                     f"training loss T = {tgt:.{apart(tgt, finals(rows))}g}</p>")
+        d = apart(tgt, finals(rows))
+        parts.append(html_table([h for h, _ in COLUMNS], [[html.escape(c(r, d)) for _, c in COLUMNS] for r in rows]))
         parts.append(f"<p class='cap'>{html.escape(CAPTION)}</p>")
         if base_name(problem) in REFERENCES:
             ref, comp = REFERENCES[base_name(problem)]

@@ -245,6 +245,20 @@ def family(name: str) -> str:
     return "sgd" if name == "SGD" else spec.family
 
 
+def apart(tgt: float, values: Iterable[float]) -> int:
+    """Significant digits (4 to 10) at which every finite value that differs from the target
+    also reads differently from it: a final loss 2e-5 above T = −1 never shows as "−1"."""
+    others = [v for v in values if v is not None and math.isfinite(v) and v != tgt]
+    digits = 4
+    while digits < 10 and any(f"{v:.{digits}g}" == f"{tgt:.{digits}g}" for v in others):
+        digits += 1
+    return digits
+
+
+def finals(rows: list[Row]) -> list[float]:
+    return [r.final for r in rows]
+
+
 def _epochs(t: float) -> str:
     return f"{t:.3g} epochs" if math.isfinite(t) else "never"
 
@@ -255,9 +269,10 @@ def verdict(problem: str, race: Race) -> tuple[str | None, str]:
     challenge = challenge_of(problem)
     why = CHALLENGE_WHY.get(challenge, challenge)
     win = rows[0]
+    d = apart(tgt, finals(rows))
     if not win.reached:
-        return None, f"No optimizer ends at the target T = {tgt:.4g} within the budget" + (f" — {why}." if why else ".")
-    text = (f"{win.optimizer} wins: {win.reached}/{win.seeds} seeds end at or below T = {tgt:.4g}, after "
+        return None, f"No optimizer ends at the target T = {tgt:.{d}g} within the budget" + (f" — {why}." if why else ".")
+    text = (f"{win.optimizer} wins: {win.reached}/{win.seeds} seeds end at or below T = {tgt:.{d}g}, after "
             f"{_epochs(win.ge_to_target)}")
     sgd = next((r for r in rows if r.optimizer == "SGD"), None)
     if sgd is not None and win.optimizer != "SGD":
