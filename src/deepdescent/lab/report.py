@@ -144,14 +144,18 @@ class _LossAxis:
     def label(self, text: str) -> str:
         shifted = text if self.floor == 0 else f"{text} − ({self.floor:.4g})"
         if not self.log:
-            return shifted + f"\n(symmetric log; linear within ±{self.linear:.1g}: the noise dips below the floor)"
+            return shifted + f"\n(symmetric log, linear within ±{self.linear:.1g})"
         return shifted + (f"\n(0 drawn at {self.tiny:.0e})" if self.zeros else "")
 
     def apply(self, ax) -> None:
         if self.log:
             _loss_scale(ax, self.drawn)
-        else:
+        else:  # ticks at 0 and at the decades beyond the linear range (none crowded around 0)
+            from matplotlib import ticker
+
             ax.set_yscale("symlog", linthresh=self.linear)
+            ax.yaxis.set_major_locator(ticker.FixedLocator(
+                [t for t in ax.yaxis.get_major_locator()() if t == 0 or abs(t) >= self.linear]))
 
 
 def _learning_curves(problem: str, race: Race, out: Path) -> str:
