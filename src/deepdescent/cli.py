@@ -194,9 +194,9 @@ def _resume_hint(out: Path, done: int, total: int) -> str:
 #: Bounds of the race's sizes: beyond them a grid or a vectorized batch no longer fits in memory
 #: (every learning rate × seed trains at once) and a grid's points overflow a float.
 BUDGET_MAX, SEEDS_MAX, LR_CENTER_MAX = 200, 100, 1e6
-QUICK_TIME = "about 6 minutes on 2 cores"  # measured: BENCHMARKS.md, "The quick suite"
-WORKLOADS_TIME = "about 10 minutes on 2 cores"  # measured: BENCHMARKS.md, "The workloads suite"
-MODERN_TIME = "about 6 minutes on 2 cores"  # measured: BENCHMARKS.md, "The modern suite"
+QUICK_TIME = "about 6 minutes on an idle 2-core machine"  # measured: BENCHMARKS.md, "The quick suite"
+WORKLOADS_TIME = "about 5 minutes on an idle 2-core machine"  # measured: BENCHMARKS.md, "The workloads suite"
+MODERN_TIME = "about 6 minutes on an idle 2-core machine"  # measured: BENCHMARKS.md, "The modern suite"
 SCIENCE_TIME = "about 11 minutes on 2 cores"  # measured: BENCHMARKS.md, "The science suite"
 
 
