@@ -2,8 +2,11 @@
 
 For each algorithm, the reference is torch.optim's fastest implementation of the same (or
 nearest) mathematics, measured in the same run: each of torch's paths (fused, foreach, for-loop)
-that exists for it is timed and the fastest is kept. Parameters: 10M float32 as 50 × 200k and as
-1000 × 10k tensors; 1 and 2 threads. Reports ms/step, GB/s of minimal memory traffic and the ratio
+that exists for it is timed and the fastest is kept. Parameters: float32 tensors shaped as real
+models' parameter lists (GPT-2 small: 148 tensors, 124M; ResNet-50: 161 tensors, 25.6M; many small
+layers: 600 × 2,000) and uniform ones (50 × 200k, 1000 × 10k); 1 and 2 threads. On the CPU each row
+also gives the fraction of the in-place read-modify-write bandwidth (measured in the same run) the
+step reaches, and its time beyond that bandwidth per tensor (the per-tensor overhead). Reports ms/step, GB/s of minimal memory traffic and the ratio
 ours/torch of throughput (> 1: deepdescent is faster). On the CPU, ours, torch's fastest path and
 torch's fused Adam (the reference of "ours / fused Adam GB/s") are then stepped in turn, so that a
 shared machine's slow phases hit all three alike.
@@ -54,7 +57,32 @@ def _cases() -> dict[str, tuple[Callable, type, dict, int, str]]:
 
 
 CASES = _cases()
-LAYOUTS = {"50x200k": (50, 200_000), "1000x10k": (1000, 10_000), "100x1M": (100, 1_000_000)}
+def _gpt2_small() -> list[int]:
+    """GPT-2 small's 148 parameter tensors (124M): token and position embeddings, 12 blocks of
+    two layer norms, the attention's qkv and output projections and the MLP (weights, biases),
+    and the final layer norm."""
+    d, block = 768, [768, 768, 768 * 2304, 2304, 768 * 768, 768, 768, 768, 768 * 3072, 3072, 3072 * 768, 768]
+    return [50257 * d, 1024 * d] + block * 12 + [d, d]
+
+
+def _resnet50() -> list[int]:
+    """ResNet-50's 161 parameter tensors (25.6M): the stem, 16 bottleneck blocks (three
+    convolutions with batch norm's weight and bias each; a projection on each stage's first block)
+    and the classifier."""
+    sizes, cin = [64 * 3 * 7 * 7, 64, 64], 64
+    for width, blocks in ((64, 3), (128, 4), (256, 6), (512, 3)):
+        for b in range(blocks):
+            sizes += [cin * width, width, width, width * width * 9, width, width, width * 4 * width,
+                      4 * width, 4 * width]
+            if b == 0:
+                sizes += [cin * 4 * width, 4 * width, 4 * width]
+            cin = 4 * width
+    return sizes + [2048 * 1000, 1000]
+
+
+#: Layouts: the sizes of the parameter tensors.
+LAYOUTS = {"gpt2-small": _gpt2_small(), "resnet50": _resnet50(), "600x2k": [2_000] * 600,
+           "50x200k": [200_000] * 50, "1000x10k": [10_000] * 1000, "100x1M": [1_000_000] * 100}
 
 
 def _cpu_name() -> str:
@@ -85,11 +113,22 @@ def copy_bandwidth(n: int = 1 << 28) -> float:
     return 2 * 4 * n * 10 / (time.perf_counter() - t0) / 1e9
 
 
+def rmw_bandwidth(n: int = 1 << 26, repeats: int = 10) -> float:
+    """CPU GB/s of an in-place read-modify-write x += y over n float32 (12 bytes an element: x and y
+    read, x written), the median of ``repeats``: the ceiling of an optimizer step's traffic."""
+    x, y = torch.zeros(n), torch.ones(n)
+    times = []
+    for _ in range(repeats + 2):
+        t0 = time.perf_counter()
+        x.add_(y)
+        times.append(time.perf_counter() - t0)
+    return 12 * n / statistics.median(times[2:]) / 1e9
+
+
 def make_params(layout: str, device: str) -> list[torch.nn.Parameter]:
-    n, size = LAYOUTS[layout]
     gen = torch.Generator(device=device).manual_seed(0)
     params = []
-    for _ in range(n):
+    for size in LAYOUTS[layout]:
         p = torch.nn.Parameter(torch.randn(size, generator=gen, device=device))
         p.grad = torch.randn(size, generator=gen, device=device)
         params.append(p)
@@ -171,7 +210,8 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--repeats", type=int, default=15)
-    ap.add_argument("--layouts", nargs="+", default=["50x200k", "1000x10k"])
+    ap.add_argument("--layouts", nargs="+", default=["gpt2-small", "resnet50", "600x2k", "50x200k"],
+                    choices=list(LAYOUTS))
     ap.add_argument("--only", nargs="+", default=list(CASES), help="optimizer names to time")
     ap.add_argument("--markdown", help="also write the table as Markdown to this file")
     ap.add_argument("--impl", default="auto", choices=["auto", "fused", "eager"], help="deepdescent's path")
@@ -184,10 +224,14 @@ def main() -> None:
     print(header)
     rows = []
     cols = ("threads", "layout", "optimizer", "ours ms", "ours GB/s", "torch path", "torch ms", "torch GB/s",
-            "ratio", "torch math", "ours / fused Adam GB/s") + (("% of copy",) if args.device == "cuda" else ())
+            "ratio", "torch math", "ours / fused Adam GB/s") + (
+        ("% of copy",) if args.device == "cuda" else ("% of RMW", "µs/tensor over RMW"))
     print(" | ".join(cols))
     for threads in args.threads if args.device == "cpu" else [torch.get_num_threads()]:
         torch.set_num_threads(threads)
+        rmw = rmw_bandwidth() if args.device == "cpu" else 0.0
+        if rmw:
+            print(f"in-place read-modify-write bandwidth at {threads} thread(s): {rmw:.1f} GB/s", flush=True)
         for layout in args.layouts:
             params = make_params(layout, args.device)
             n = sum(p.numel() for p in params)
@@ -216,6 +260,9 @@ def main() -> None:
                        f"{gbs(ref):.1f}", f"{ref / ours:.2f}", note, f"{gbs(ours) / adam_gbs:.2f}")
                 if args.device == "cuda":
                     row += (f"{100 * gbs(ours) / copy:.0f}%",)
+                else:  # the step's time beyond what its traffic takes at the RMW bandwidth, per tensor
+                    floor = n * nbytes / (rmw * 1e9)
+                    row += (f"{100 * gbs(ours) / rmw:.0f}%", f"{max(0.0, ours - floor) / len(params) * 1e6:.1f}")
                 rows.append(row)
                 print(" | ".join(map(str, row)), flush=True)
             del params
