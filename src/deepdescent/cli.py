@@ -22,8 +22,17 @@ app = typer.Typer(help="deepdescent: optimization of deep models after chapter 8
 console = Console(width=None if os.isatty(1) or "COLUMNS" in os.environ else 100)
 
 
+def _version(show: bool) -> None:
+    if show:
+        from deepdescent import __version__
+
+        console.print(f"deepdescent {__version__}", highlight=False)
+        raise typer.Exit()
+
+
 @app.callback()
-def _main() -> None:
+def _main(version: Annotated[bool, typer.Option(
+        "--version", callback=_version, is_eager=True, help="Print the version and exit.")] = False) -> None:
     """deepdescent: optimization of deep models after chapter 8 of Deep Learning."""
 
 
