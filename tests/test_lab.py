@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 
 from deepdescent.cli import app
 from deepdescent.algorithms import REGISTRY
-from deepdescent.lab import engine, optimizers, problems, study
+from deepdescent.lab import engine, optimizers, problems, study, suites
 from deepdescent.second_order import CurvatureSkipWarning, LineSearchWarning
 
 TINY = ["--problem", "saddle", "--problem", "cliff", "--optimizer", "Adam", "--optimizer", "L-BFGS",
@@ -326,7 +326,7 @@ def test_depth_suite_end_to_end(tmp_path):
     assert "<h2>Depth and initialization</h2>" in page
     assert (out / "figures" / "depth_initialization.png").stat().st_size > 5000
     assert (out / "figures" / "deep_linear-depth-4_curves.svg").is_file()
-    assert study.suite("depth")[0] == "deep_linear:depth=2,scheme=orthogonal"
+    assert suites.suite("depth").problems("cpu")[0] == "deep_linear:depth=2,scheme=orthogonal"
 
 
 def test_report_of_a_non_run_directory(tmp_path):

@@ -10,7 +10,7 @@ import pytest
 import torch
 from rich.console import Console
 
-from deepdescent.lab import engine, optimizers, problems, report, study, verdict
+from deepdescent.lab import engine, optimizers, problems, report, study, suites, verdict
 from deepdescent.lab.engine import RunResult
 
 
@@ -73,7 +73,7 @@ def test_every_optimizer_spends_the_same_budget(name, optimizer):
 
 
 def test_problem_budgets_are_in_gradient_equivalents():
-    for name in study.suite("quick"):
+    for name in suites.suite("quick").problems("cpu"):
         task = problems.problem(name).build(0, True)
         full = task.steps_for(len(task.x_train))
         assert task.steps * task.step_cost(task.batch_size) <= task.budget + 1e-9

@@ -10,7 +10,7 @@ import math
 import pytest
 import torch
 
-from deepdescent.lab import engine, optimizers, problems, study, workloads
+from deepdescent.lab import engine, optimizers, problems, study, suites, workloads
 from deepdescent.lab.workload import Workload, check
 
 
@@ -33,13 +33,14 @@ def test_each_builtin_workload_is_a_public_workload_at_both_sizes(name):
 
 
 def test_the_workloads_suite_takes_the_full_sizes_on_a_gpu_and_a_wrong_size_is_named():
-    assert study.suite("workloads") == list(workloads.BUILTIN)
-    assert study.suite("workloads", "cuda") == [f"{n}:size=full" for n in workloads.BUILTIN]
+    chosen = suites.suite("workloads")
+    assert chosen.problems("cpu") == list(workloads.BUILTIN)
+    assert chosen.problems("cuda") == [f"{n}:size=full" for n in workloads.BUILTIN]
     assert problems.problem("lstm_rows:size=full").name == "lstm_rows:size=full"
     with pytest.raises(ValueError, match="lstm_rows.*size='huge'.*valid: cpu, full"):
         problems.problem("lstm_rows:size=huge")
-    assert study.all_optimizers("workloads") == study.WORKLOAD_OPTIMIZERS
-    assert "workloads" in study.SMALL_SUITES
+    assert chosen.optimizers() == suites.WORKLOAD_OPTIMIZERS and chosen.small and (chosen.budget, chosen.seeds) == (6, 2)
+    assert study.Protocol(suite="workloads").quick and not study.Protocol(suite="full").quick
 
 
 def test_a_batch_norm_model_is_evaluated_in_inference_mode_and_trains_in_training_mode():

@@ -5,6 +5,7 @@ is one number in pyproject (from the package), the changelog and the command."""
 
 from __future__ import annotations
 
+import os
 import pathlib
 import re
 import subprocess
@@ -48,8 +49,9 @@ def test_a_wheel_installs_and_runs_in_a_fresh_virtual_environment(tmp_path):
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
     python, command = venv / "bin" / "python", venv / "bin" / "deepdescent"
+    clean = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # pip must not see the repository's copy
     done = subprocess.run([str(python), "-m", "pip", "install", "-q", str(wheel), "torch==2.13.0"],
-                          capture_output=True, text=True, timeout=900)
+                          capture_output=True, text=True, env=clean, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     env = {"PATH": f"{venv / 'bin'}:/usr/bin:/bin", "HOME": str(tmp_path),
            "DEEPDESCENT_KERNEL_CACHE": str(tmp_path / "kernels"), "DEEPDESCENT_KERNEL_BUILD": "wait"}

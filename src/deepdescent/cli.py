@@ -24,9 +24,9 @@ console = Console(width=None if os.isatty(1) or "COLUMNS" in os.environ else 100
 
 def _version(show: bool) -> None:
     if show:
-        from deepdescent import __version__
+        import deepdescent
 
-        console.print(f"deepdescent {__version__}", highlight=False)
+        console.print(f"deepdescent {deepdescent.__version__}", highlight=False)
         raise typer.Exit()
 
 
@@ -290,12 +290,16 @@ def bench(
 
     import torch
 
-    from deepdescent.lab import claims, optimizers, problems, report, study
+    from deepdescent.lab import claims, optimizers, problems, report, study, suites
     from deepdescent.lab import storage as db
 
     if search not in study.SEARCHES:
         raise typer.BadParameter(f"unknown search {search!r}; valid: {', '.join(study.SEARCHES)}", param_hint="--search")
-    if suite == "science":
+    try:
+        chosen = suites.suite(suite)
+    except ValueError as err:
+        raise typer.BadParameter(str(err), param_hint="--suite") from err
+    if chosen.experiments:
         given = [name for name, value in (("--problem", problem), ("--optimizer", optimizer), ("--hparam", hparam),
                                           ("--lr-center", lr_center), ("--budget", budget), ("--seeds", seeds),
                                           ("--workers", workers), ("--storage", storage), ("--time-limit", time_limit),
@@ -313,16 +317,11 @@ def bench(
     # bits of the results with the machine's speed): wait for a missing kernel instead
     os.environ.setdefault("DEEPDESCENT_KERNEL_BUILD", "wait")
     _check_device(device)
+    names = _problem_names(problem or chosen.problems(device))
     try:
-        given = problem or study.suite(suite, device)
-    except ValueError as err:
-        raise typer.BadParameter(str(err)) from err
-    names = _problem_names(given)
-    try:
-        opts = _with_hparams(optimizer or study.all_optimizers(suite), hparam or [], lr_center)
-        if suite == "modern" and not optimizer and study.missing_modern():
-            console.print(f"not installed, left out: {', '.join(study.missing_modern())} "
-                          "(pip install 'deepdescent[modern]')")
+        opts = _with_hparams(optimizer or chosen.optimizers(), hparam or [], lr_center)
+        if not optimizer and chosen.missing():
+            console.print(f"not installed, left out: {', '.join(chosen.missing())} (pip install '{chosen.install}')")
         for o in opts:
             optimizers.optimizer(o)
     except ValueError as err:
@@ -333,10 +332,8 @@ def bench(
             check()
         except ValueError as err:
             raise typer.BadParameter(str(err), param_hint=name) from None
-    small = suite in study.SMALL_SUITES
-    proto = study.Protocol(suite=suite, budget=budget or (6 if small else 12),
-                           seeds=seeds or (2 if small else 3), search=search, device=device,
-                           time_limit=time_limit)
+    proto = study.Protocol(suite=suite, budget=budget or chosen.budget, seeds=seeds or chosen.seeds, search=search,
+                           device=device, time_limit=time_limit)
     url = db.url_for(out, storage)
     try:
         db.open_study(url, "deepdescent-probe", wait_out_outages=False)  # a corrupt or unreachable storage fails here, clearly

