@@ -331,17 +331,17 @@ def test_the_held_out_target_is_the_best_final_accuracy_less_5_percent_of_its_di
     adam = [_held([2, 1, 0.5, 0.4], [0.5, 0.91, 0.85, 0.90], name="Adam", seed=s) for s in (0, 1)]
     sgd = [_held([2, 1.5, 1.0, 0.8], [0.5, 0.6, 0.7, 0.8], seed=s) for s in (0, 1)]
     race = {"Adam": _race(adam), "SGD": _race(sgd)}
-    metric, tgt = verdict.held_out_target(race, classification=True)
+    metric, tgt = verdict.held_out_target(race, accuracy=True)
     assert metric == "accuracy" and tgt == pytest.approx(0.90 - 0.05 * 0.10, abs=1e-8)
     assert verdict.time_to_held_out(adam[0], metric, tgt) == 1.0  # 0.91 at epoch 1, though 0.85 at 2
     assert verdict.time_to_held_out(sgd[0], metric, tgt) == math.inf
-    metric, tgt = verdict.held_out_target(race, classification=False)
+    metric, tgt = verdict.held_out_target(race, accuracy=False)
     assert metric == "loss" and tgt == pytest.approx(0.4 * 1.05, abs=1e-8)
     assert verdict.time_to_held_out(adam[0], metric, tgt) == 3.0
     adam[0].diverged = True
     assert verdict.time_to_held_out(adam[0], metric, tgt) == math.inf
     old = _run([1.0, 0.5, 0.4, 0.3])  # records of an older protocol: no held-out curve, no target
-    assert verdict.held_out_target({"SGD": _race([old])}, classification=True) is None
+    assert verdict.held_out_target({"SGD": _race([old])}, accuracy=True) is None
 
 
 def test_the_overall_answer_ranks_by_problems_solved_then_speed_and_states_its_caveats():

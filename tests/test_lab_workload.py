@@ -123,13 +123,18 @@ def test_the_bench_races_a_workload_beside_lab_problems_and_leaves_out_broken_on
     assert "Traceback" not in result.output
 
 
+def _bench_command(problem: str, out: pathlib.Path) -> tuple[list[str], dict[str, str]]:
+    """`deepdescent bench` of SGD on a workload of tests/user_workloads.py in a new process (2 lrs, 1 seed)."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), *sys.path])}
+    return [sys.executable, "-m", "deepdescent.cli", "bench", "--problem", problem, "--optimizer", "SGD", "--budget",
+            "2", "--seeds", "1", "--workers", "1", "--no-report", "--out", str(out)], env
+
+
 def test_the_report_of_a_workload_run_imports_nothing_the_folder_names(tmp_path):
     """A run directory is often someone else's: its meta.json names a workload module planted in
     the folder, and `report` (run from inside it) must not import it."""
     out = tmp_path / "run"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), *sys.path])}
-    cmd = [sys.executable, "-m", "deepdescent.cli", "bench", "--problem", "user_workloads:blobs", "--optimizer", "SGD",
-           "--budget", "2", "--seeds", "1", "--workers", "1", "--no-report", "--out", str(out)]
+    cmd, env = _bench_command("user_workloads:blobs", out)
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout + done.stderr
     planted = out / "imported.txt"
@@ -201,9 +206,7 @@ def test_the_fingerprint_follows_the_data_the_model_and_the_loss():
 
 def test_an_edited_workload_races_again_and_keeps_the_other_version_s_results(tmp_path):
     out = tmp_path / "run"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), *sys.path])}
-    cmd = [sys.executable, "-m", "deepdescent.cli", "bench", "--problem", "user_workloads:edited", "--optimizer", "SGD",
-           "--budget", "2", "--seeds", "1", "--workers", "1", "--no-report", "--out", str(out)]
+    cmd, env = _bench_command("user_workloads:edited", out)
     first = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert first.returncode == 0, first.stdout + first.stderr
     again = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)  # unchanged: nothing reruns

@@ -122,11 +122,11 @@ def _held_out_final(run: engine.RunResult, accuracy: bool) -> float:
     return math.nan if run.diverged or not n else curve[n - 1]  # type: ignore[index]
 
 
-def held_out_target(race: Race, classification: bool) -> tuple[str, float] | None:
+def held_out_target(race: Race, accuracy: bool) -> tuple[str, float] | None:
     """AlgoPerf's validation target, set like the training one: the best first-order method's
-    median final held-out accuracy less 5% of its distance to 1 (classifiers), or held-out loss
-    plus 5% of its size; (metric, target), None where the runs recorded no held-out curve."""
-    accuracy = classification
+    median final held-out accuracy less 5% of its distance to 1 (``accuracy``: classifiers), or
+    held-out loss plus 5% of its size; (metric, target), None where the runs recorded no held-out
+    curve."""
     finals = []
     for n, tracks in race.items():
         tuned = tracks["tuned"]
