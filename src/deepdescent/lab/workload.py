@@ -115,11 +115,15 @@ MATERIALIZED_MAX = 10_000_000
 
 
 def _materialized(name: str, field: str, value: object) -> object:
-    """A DataLoader (an iterable of (inputs, targets) batches) or a map-style Dataset of
-    (input, target) pairs as one (inputs, targets) pair of tensors; anything else as it is (the
-    pair check names it)."""
+    """A DataLoader or a map-style Dataset of (input, target) pairs as one (inputs, targets) pair
+    of tensors, in the dataset's index order (the same in every process, whatever the loader's
+    sampler); an iterable of (inputs, targets) batches (an IterableDataset's loader) in its own
+    order; anything else as it is (the pair check names it)."""
     if value is None or isinstance(value, (tuple, list, Tensor)):
         return value
+    dataset = getattr(value, "dataset", None)  # a DataLoader: its map-style dataset in index order, so that
+    if hasattr(dataset, "__getitem__") and hasattr(dataset, "__len__"):  # a shuffling sampler changes nothing
+        value = dataset
     if isinstance(value, torch.utils.data.TensorDataset) and len(value.tensors) == 2:
         return value.tensors
     if hasattr(value, "__getitem__") and hasattr(value, "__len__"):  # a map-style Dataset
