@@ -28,7 +28,6 @@ import torch
 from deepdescent.lab.optimizers import OPTIMIZERS
 
 
-
 def _torch_reference(spec, h: dict) -> tuple[type, dict, str] | None:
     """torch.optim's class and options for the same math (or the nearest: torch's convention)."""
     options = spec.torch_options(h) if spec.torch_options else None

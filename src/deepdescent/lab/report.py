@@ -16,13 +16,28 @@ import torch
 from torch import Tensor
 
 from deepdescent.lab import files, science
-from deepdescent.lab.pages import html_table, meta_table, pyplot, save_figure
-from deepdescent.lab.science import report as science_report
 from deepdescent.lab.optimizers import OPTIMIZERS, describe, parse
-from deepdescent.lab.problems import PROBLEMS, base_name, floor, reference
-from deepdescent.lab.problems import known
-from deepdescent.lab.verdict import (Race, Results, Row, apart, board, finals, held_out, leaderboard, measured, median,
-                                     overall, performance_profile, ranking, target, time_to_target, verdict)
+from deepdescent.lab.pages import html_table, meta_table, pyplot, save_figure
+from deepdescent.lab.problems import PROBLEMS, base_name, floor, known, reference
+from deepdescent.lab.science import report as science_report
+from deepdescent.lab.verdict import (
+    Race,
+    Results,
+    Row,
+    apart,
+    board,
+    finals,
+    held_out,
+    leaderboard,
+    measured,
+    median,
+    overall,
+    performance_profile,
+    ranking,
+    target,
+    time_to_target,
+    verdict,
+)
 
 __all__ = ["Results", "depth_study", "leaderboard", "performance_profile", "target", "terminal",
            "title", "write"]
