@@ -60,7 +60,7 @@ def test_measuring_never_changes_the_run(optimizer, lr):
     assert measured_run.train_loss == plain.train_loss and measured_run.grad_equiv == plain.grad_equiv
     points = len(measured_run.grad_equiv)
     for field in ("grad_norm", "gTHg", "lambda_max", "lambda_min", "lambda_converged", "layer_grad_norms", "grad_peak",
-                  "noise_scale", "test_curve"):
+                  "noise_scale", "test_curve", "time_grad_norms"):
         assert len(getattr(measured_run, field)) == points, field
     lam, every = measured_run.lambda_max, challenges.SPECTRUM_EVERY
     assert all(math.isfinite(v) for v in lam[::every]) and math.isfinite(lam[-1])  # every 4th point, and the end
@@ -214,5 +214,36 @@ def test_the_chapter_s_account_is_checked_against_the_records_and_a_changed_reco
     assert account("deep_linear", _race(SGD=even))[0].startswith("Not as the chapter says, at this initialization")
     even.layer_grad_norms[0] = [1e-5, 2.0]
     assert account("deep_linear", _race(SGD=even))[0].startswith("As the chapter says (§8.2.5)")
-    assert "is not measured here" in account("adding", _race(SGD=even))[0]
+    assert "is not measured here" in account("adding", _race(SGD=even))[0]  # no time steps recorded
+    even.time_grad_norms = [[1e-5, 1e-3, 1.0], [0.5, 0.8, 1.0]]
+    assert account("adding", _race(SGD=even)) == [
+        "As the chapter says (§8.2.5): at initialization the gradient reaching the first of the 3 time steps is "
+        "1e-05× the last one's: it vanishes through the recurrence; at the end of SGD's run 0.5×"]
+    even.time_grad_norms[0][0] = 0.2
+    assert account("adding", _race(SGD=even))[0].startswith("Not as the chapter says at this length: at "
+                                                            "initialization the first of the 3 time steps still gets 0.2×")
     assert account("digits_mlp", _race(SGD=even)) == []  # a baseline: no account to check
+
+
+def test_the_gradient_through_time_matches_a_linear_recurrence():
+    """A one-unit tanh RNN with recurrent weight λ at inputs of 10⁻⁶ (tanh is the identity there to
+    first order, so h_t = λh_{t−1} + x_t): ‖∂L/∂h_t‖ ∝ λ^(T−t) for a loss on the last state."""
+    torch.manual_seed(0)
+    rnn = nn.RNN(1, 1, batch_first=True, bias=False).double()
+    lam = 0.5
+    with torch.no_grad():
+        rnn.weight_hh_l0.fill_(lam)
+        rnn.weight_ih_l0.fill_(1.0)
+
+    class Last(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.rnn = rnn
+
+        def forward(self, x):
+            return self.rnn(x)[0][:, -1]
+
+    x = 1e-6 * torch.ones(4, 6, 1, dtype=torch.float64)
+    norms = challenges.time_steps(Last(), lambda out, y: (out * y).sum(), x, torch.ones(4, 1, dtype=torch.float64))
+    assert [n / norms[-1] for n in norms] == pytest.approx([lam ** (5 - t) for t in range(6)], rel=1e-6)
+    assert challenges.time_steps(nn.Linear(2, 2), nn.functional.mse_loss, torch.zeros(3, 2), torch.zeros(3, 2)) is None

@@ -16,6 +16,9 @@ outside the budget), with the curvature tools of :mod:`deepdescent.curvature`.
   minibatch gradient falls as 1/√B): minibatches much smaller than B_simple give noise-dominated
   steps, much larger ones waste computation. Estimated from the gradients of ``CHUNKS`` equal
   chunks of the measurement batch and of the whole batch.
+- ‖∂L/∂h_t‖ at every time step t of a recurrent model's first RNN/LSTM/GRU call (the
+  diagnostics' unrolled probes): the ratio of the first step's to the last step's is how much of
+  the gradient survives the recurrence, the long-term dependencies of §8.2.5.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from deepdescent.curvature.spectrum import lanczos
+from deepdescent.diagnostics.recurrent import probing
 
 #: Hessian-vector products per λ estimate (each about two gradients' cost).
 LANCZOS_STEPS = 12
@@ -54,6 +58,7 @@ class Measurement:
     converged: bool  # both ends of the spectrum converged (residual ≤ 1e-3 λmax)
     layers: list[float]  # ‖g‖ of each trainable parameter tensor, in the model's order
     noise_scale: float = math.nan  # B_simple = tr(Σ)/‖G‖² in examples (NaN: too few examples, or ‖G‖ = 0)
+    time_steps: list[float] | None = None  # ‖∂L/∂h_t‖ per time step (None: no recurrent module)
 
 
 def measure(model: nn.Module, loss_fn, x: Tensor, y: Tensor, *, seed: int = 0, spectrum: bool = True) -> Measurement:
@@ -118,7 +123,25 @@ def _measure(model: nn.Module, loss_fn, x: Tensor, y: Tensor, seed: int, spectru
         return Measurement(math.nan, math.nan, math.nan, math.nan, False, [])
     layers = [float(t.detach().norm()) for t in g]
     noise = noise_scale(model, loss_fn, x, y)
-    return Measurement(float(gd.norm()), curv, top, bottom, converged, layers, noise)
+    return Measurement(float(gd.norm()), curv, top, bottom, converged, layers, noise, time_steps(model, loss_fn, x, y))
+
+
+def time_steps(model: nn.Module, loss_fn, x: Tensor, y: Tensor) -> list[float] | None:
+    """‖∂L/∂h_t‖ (the last layer's hidden state, averaged over the examples) at every step t of the
+    model's first RNN/LSTM/GRU call, by a forward pass unrolled with a probe per step; None for a
+    model without one (or a bidirectional or projected one, which the probes do not follow)."""
+    if not any(isinstance(m, (nn.RNN, nn.LSTM, nn.GRU)) for m in model.modules()):
+        return None
+    try:
+        with torch.enable_grad(), probing(model) as recorded:
+            loss = loss_fn(model(x), y)
+        if not recorded or not recorded[0]:
+            return None
+        grads = torch.autograd.grad(loss, recorded[0], allow_unused=True)
+    except (NotImplementedError, RuntimeError):
+        return None
+    return [0.0 if g is None else float(g.reshape(g.shape[0] if g.dim() > 1 else 1, -1).norm(dim=1).mean())
+            for g in grads]
 
 
 def minibatch_norm(model: nn.Module) -> float:

@@ -81,6 +81,7 @@ class RunResult:
     #: ``eval_examples`` test examples: AlgoPerf's time to a validation target.
     test_curve: list[float] | None = None
     test_accuracy_curve: list[float] | None = None
+    time_grad_norms: list[list[float]] | None = None  # ‖∂L/∂h_t‖ per time step at each point (recurrent models)
 
     def within_budget(self) -> int:
         """How many recorded points lie within the budget."""
@@ -225,6 +226,7 @@ def run_member(problem: Problem, spec: OptimizerSpec, lr: float | None, seed: in
     if instruments:
         result.grad_norm, result.gTHg, result.lambda_max, result.lambda_min = [], [], [], []
         result.lambda_converged, result.layer_grad_norms, result.grad_peak, result.noise_scale = [], [], [], []
+        result.time_grad_norms = []
         result.layer_names = [n for n, p in model.named_parameters() if p.requires_grad]
 
     def watch() -> None:
@@ -301,7 +303,8 @@ def _evaluation_mode(opt: Any):
 def _record(result: RunResult, m: challenges.Measurement, peak: float) -> None:
     for name, value in (("grad_norm", m.grad_norm), ("gTHg", m.gTHg), ("lambda_max", m.lambda_max),
                         ("lambda_min", m.lambda_min), ("lambda_converged", m.converged),
-                        ("layer_grad_norms", m.layers), ("grad_peak", peak), ("noise_scale", m.noise_scale)):
+                        ("layer_grad_norms", m.layers), ("grad_peak", peak), ("noise_scale", m.noise_scale),
+                        ("time_grad_norms", m.time_steps or [])):
         getattr(result, name).append(value)
 
 

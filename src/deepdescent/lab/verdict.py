@@ -448,9 +448,35 @@ def _account(problem: str, runs: dict[str, engine.RunResult], winner: str, batch
                     "orthogonal or scaled initialization, §8.4, is what keeps them so)")
         return "As the chapter says (§8.2.5): the layers' gradients differ by orders of magnitude at the start"
     if ch == "long-term dependencies":
-        return ("The chapter's account (long-term dependencies) is not measured here: the gradient's decay across "
-                "time steps is not recorded, only each parameter tensor's")
+        return _through_time(runs, winner)
     return None
+
+
+#: The first time step's ‖∂L/∂h‖ below this fraction of the last's: the gradient vanishes
+#: through the recurrence (§8.2.5).
+VANISHED = 1e-2
+
+
+def _through_time(runs: dict[str, engine.RunResult], winner: str) -> str:
+    """The long-term dependencies of §8.2.5 from ‖∂L/∂h_t‖ across time steps, at initialization
+    and at the end of the winner's (or another measured) run."""
+    def ratio(norms: list[float]) -> float:
+        return norms[0] / norms[-1] if norms and norms[-1] > 0 else math.nan
+    name = next((n for n in dict.fromkeys([winner, *runs]) if runs[n].time_grad_norms and
+                 runs[n].time_grad_norms[0]), None) if runs else None  # type: ignore[index]
+    if name is None:
+        return ("The chapter's account (long-term dependencies) is not measured here: no recurrent module's time "
+                "steps were recorded")
+    steps = runs[name].time_grad_norms
+    start, end = ratio(steps[0]), ratio(steps[-1])  # type: ignore[index]
+    later = ("" if not math.isfinite(end) else f"; at the end of {name}'s run none reaches it" if end == 0 else
+             f"; at the end of {name}'s run {end:.1g}×")
+    if start < VANISHED:
+        return (f"As the chapter says (§8.2.5): at initialization the gradient reaching the first of the "
+                f"{len(steps[0])} time steps is {start:.1g}× the last one's: it vanishes through the recurrence"  # type: ignore[index]
+                + later)
+    return (f"Not as the chapter says at this length: at initialization the first of the {len(steps[0])} time steps "  # type: ignore[index]
+            f"still gets {start:.2g}× the last one's gradient" + later)
 
 
 def measured(problem: str, race: Race) -> list[str]:
