@@ -47,6 +47,13 @@ def meta_table(meta: dict[str, Any]) -> str:
               "torch": "torch", "machine": "machine"}
     rows = []
     for key, value in meta.items():
+        if key in HIDDEN:
+            continue
         text = ", ".join(map(str, value)) if isinstance(value, list) else str(value)
         rows.append([html.escape(labels.get(key, key)), html.escape(text)])
     return html_table(["", ""], rows, "meta")
+
+
+#: meta.json's entries for the report's own use (how to describe the raced optimizers and
+#: workloads without importing them; the database file): shown elsewhere on the page, not here.
+HIDDEN = ("described", "problems_described", "database")
