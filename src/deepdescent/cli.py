@@ -204,7 +204,7 @@ def _resume_hint(out: Path, done: int, total: int) -> str:
 #: (every learning rate × seed trains at once) and a grid's points overflow a float.
 BUDGET_MAX, SEEDS_MAX, LR_CENTER_MAX = 200, 100, 1e6
 QUICK_TIME = "about 6 minutes on an idle 2-core machine"  # measured: BENCHMARKS.md, "The quick suite"
-WORKLOADS_TIME = "about 5 minutes on an idle 2-core machine"  # measured: BENCHMARKS.md, "The workloads suite"
+WORKLOADS_TIME = "4–9 minutes on an idle 2-core machine"  # measured: BENCHMARKS.md, "The workloads suite"
 MODERN_TIME = "about 6 minutes on an idle 2-core machine"  # measured: BENCHMARKS.md, "The modern suite"
 SCIENCE_TIME = "about 11 minutes on 2 cores"  # measured: BENCHMARKS.md, "The science suite"
 
