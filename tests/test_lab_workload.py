@@ -177,12 +177,20 @@ def test_a_dataloader_or_a_dataset_is_read_once_into_tensors_in_its_own_order():
     assert check("mine", dataclasses.replace(w, train=tensors)).train[0] is expected_x
 
 
+def _broken_batches():
+    yield torch.zeros(2, 2), torch.zeros(2, dtype=torch.long)
+    raise OSError("the shard is gone")
+
+
 @pytest.mark.parametrize("train,message", [
     (iter([]), "train yields no examples"),
     ([1, 2, 3], r"train must be \(inputs, targets\)"),
     (iter([torch.zeros(3)]), "train yields Tensor; expected \\(inputs, targets\\) pairs"),
+    (_broken_batches(), "iterating train raised OSError: the shard is gone"),
 ])
 def test_a_loader_that_yields_nothing_or_no_pairs_is_named(train, message):
+    """Each failure of a loader is one WorkloadError naming the workload (its own exception's type
+    and first line when the user's iterator raises)."""
     w = dataclasses.replace(user_workloads.full_batch(), train=train)
     with pytest.raises(WorkloadError, match=message):
         check("mine", w)
@@ -221,3 +229,12 @@ def test_an_edited_workload_races_again_and_keeps_the_other_version_s_results(tm
     names = storage.study_names(f"sqlite:///{out / 'results.db'}")
     versions = {n.rsplit("-w", 1)[1] for n in names if n.startswith("user_workloads:edited/SGD/grid/")}
     assert len(versions) == 2  # both versions' results stored, apart
+
+
+def test_a_loader_is_read_no_further_than_the_lab_holds(monkeypatch):
+    from deepdescent.lab import workload as wl
+
+    monkeypatch.setattr(wl, "MATERIALIZED_MAX", 5)
+    endless = ((torch.zeros(2, 2), torch.zeros(2, dtype=torch.long)) for _ in iter(int, 1))  # never ends
+    with pytest.raises(WorkloadError, match="train yields more than 5 examples"):
+        check("mine", dataclasses.replace(user_workloads.full_batch(), train=endless))

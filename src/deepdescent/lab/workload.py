@@ -132,13 +132,17 @@ def _materialized(name: str, field: str, value: object) -> object:
                                 f"{MATERIALIZED_MAX:,}")
         pairs = [call(name, f"{field}[{i}]", lambda i=i: value[i]) for i in range(len(value))]
         batches = [(torch.as_tensor(x).unsqueeze(0), torch.as_tensor(y).unsqueeze(0)) for x, y in _pairs(name, field, pairs)]
-    elif isinstance(value, Iterable):  # a DataLoader: its batches
-        batches, seen = [], 0
-        for x, y in _pairs(name, field, call(name, f"iter({field})", lambda: list(value))):
-            batches.append((torch.as_tensor(x), torch.as_tensor(y)))
-            seen += len(batches[-1][0])
-            if seen > MATERIALIZED_MAX:
-                raise WorkloadError(f"problem {name!r}: {field} yields more than {MATERIALIZED_MAX:,} examples")
+    elif isinstance(value, Iterable):  # an iterable of batches (an IterableDataset's loader)
+        def read() -> list[tuple[Tensor, Tensor]]:
+            out, seen = [], 0
+            for item in value:
+                x, y = _pairs(name, field, [item])[0]
+                out.append((torch.as_tensor(x), torch.as_tensor(y)))
+                seen += len(out[-1][0])
+                if seen > MATERIALIZED_MAX:  # stop reading: the lab holds the data in memory
+                    raise WorkloadError(f"problem {name!r}: {field} yields more than {MATERIALIZED_MAX:,} examples")
+            return out
+        batches = call(name, f"iterating {field}", read)
     else:
         return value
     if not batches:
@@ -196,6 +200,8 @@ def call(name: str, what: str, fn: Callable[[], object]) -> object:
     """``fn()``; what the user's code raises becomes one line naming the workload and the call."""
     try:
         return fn()
+    except WorkloadError:  # already names the workload and what is wrong
+        raise
     except Exception as err:  # noqa: BLE001 - the user's code: any failure is the workload's
         first = str(err).strip().splitlines()[0] if str(err).strip() else ""
         raise WorkloadError(f"problem {name!r}: {what} raised {type(err).__name__}: {first}") from None
