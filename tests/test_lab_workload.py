@@ -83,6 +83,9 @@ def test_a_broken_workload_is_named_with_what_is_wrong(name, message):
     ("eval_examples", 0, r"eval_examples=0; valid: an integer ≥ 1"),
     ("measure_examples", 2.5, r"measure_examples=2.5; valid: an integer ≥ 1"),
     ("stack", "yes", "stack='yes'; valid: True or False"),
+    ("lower_is_better", 1, "lower_is_better=1; valid: True or False"),
+    ("metric", "mae", "metric is str, not callable"),
+    ("metric", lambda out, t: out, r"metric\(model\(inputs\), targets\) returned \(2, 3\); expected a number"),
 ])
 def test_each_field_of_a_workload_is_checked(field, value, message):
     w = dataclasses.replace(user_workloads.full_batch(), **{field: value})
@@ -238,3 +241,26 @@ def test_a_loader_is_read_no_further_than_the_lab_holds(monkeypatch):
     endless = ((torch.zeros(2, 2), torch.zeros(2, dtype=torch.long)) for _ in iter(int, 1))  # never ends
     with pytest.raises(WorkloadError, match="train yields more than 5 examples"):
         check("mine", dataclasses.replace(user_workloads.full_batch(), train=endless))
+
+
+def test_a_workload_s_own_metric_is_recorded_by_both_engines_and_judged_in_its_direction():
+    """metric=MAE (lower is better): every run records it at each point and on the whole held-out
+    set (checked by hand), the stacked and the one-at-a-time engines alike, and the held-out target
+    is set and reached in its direction."""
+    from deepdescent.lab import engine, verdict
+
+    prob, spec = problems.problem("user_workloads:with_metric"), optimizers.optimizer("Adam")
+    one = engine.run_member(prob, spec, 0.01, 0, True)
+    stacked = engine.run_vectorized(prob, spec, [0.01], [0], True)[0]
+    assert one.metric_name == stacked.metric_name == "MAE" and one.metric_lower_is_better
+    assert len(one.test_metric_curve) == len(one.train_loss) and one.test_metric_curve[-1] == one.test_metric
+    assert stacked.test_metric_curve == pytest.approx(one.test_metric_curve, rel=1e-4)
+    task = prob.build(0, True)  # the seeded model before any step
+    with torch.no_grad():
+        start = float((task.model(task.x_test) - task.y_test).abs().mean())
+    assert one.test_metric_curve[0] == pytest.approx(start, rel=1e-6)
+    race = {"Adam": {"grid": [one], "tuned": [one], "defaults": [one], "instruments": []}}
+    metric, tgt = verdict.held_out_target(race, accuracy=False)
+    assert metric == "MAE" and tgt == pytest.approx(one.test_metric * 1.05, rel=1e-6)
+    assert verdict.time_to_held_out(one, "MAE", tgt) <= one.grad_equiv[-1]
+    assert verdict.held_out("user_workloads:with_metric", race).startswith("Held-out target (MAE ≤ ")

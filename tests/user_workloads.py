@@ -106,3 +106,14 @@ def edited() -> Workload:
     return Workload(model=lambda: nn.Sequential(nn.Linear(2, 16), nn.Tanh(), nn.Linear(16, 3)),
                     train=_blobs(128, seed), loss=nn.functional.cross_entropy, batch_size=32, budget=2,
                     classification=True)
+
+
+def with_metric() -> Workload:
+    """A regression scored on held-out data by its mean absolute error (lower is better)."""
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(192, 3, generator=g)
+    y = x @ torch.tensor([[1.0], [-2.0], [0.5]]) + 0.1 * torch.randn(192, 1, generator=g)
+    return Workload(model=lambda: nn.Sequential(nn.Linear(3, 8), nn.Tanh(), nn.Linear(8, 1)),
+                    train=(x[:128], y[:128]), test=(x[128:], y[128:]), loss=nn.functional.mse_loss,
+                    batch_size=16, budget=3, metric=lambda out, t: (out - t).abs().mean(), metric_name="MAE",
+                    lower_is_better=True)

@@ -81,6 +81,12 @@ class RunResult:
     #: ``eval_examples`` test examples: AlgoPerf's time to a validation target.
     test_curve: list[float] | None = None
     test_accuracy_curve: list[float] | None = None
+    #: A workload's own held-out metric (Workload.metric): its name and direction, its value at
+    #: each recorded point and at the end (on the whole held-out set).
+    metric_name: str | None = None
+    metric_lower_is_better: bool = False
+    test_metric_curve: list[float] | None = None
+    test_metric: float | None = None
     time_grad_norms: list[list[float]] | None = None  # ‖∂L/∂h_t‖ per time step at each point (recurrent models)
 
     def within_budget(self) -> int:
@@ -140,11 +146,26 @@ class _inference:
         self.model.train(self.mode)
 
 
+def _results(spec_name: str, lr: float | None, seed: int, task: Task, **kw: Any) -> RunResult:
+    """A new run's record, with empty held-out curves for what the task measures."""
+    return RunResult(spec_name, lr, seed, budget=task.budget, test_curve=[],
+                     test_accuracy_curve=[] if task.classification else None,
+                     metric_name=task.metric_name if task.metric else None,
+                     metric_lower_is_better=task.lower_is_better, test_metric_curve=[] if task.metric else None, **kw)
+
+
+def _metric(task: Task, out: Tensor, y: Tensor) -> float:
+    value = task.metric(out, y)  # type: ignore[misc]
+    return float(value)
+
+
 def _held_out(result: RunResult, task: Task, out: Tensor, y: Tensor) -> None:
-    """Record the held-out loss (and accuracy) of ``out`` at this point."""
+    """Record the held-out loss (accuracy, the workload's metric) of ``out`` at this point."""
     result.test_curve.append(float(task.loss(out, y)))  # type: ignore[union-attr]
     if task.classification:
         result.test_accuracy_curve.append(_accuracy(out, y))  # type: ignore[union-attr]
+    if task.metric is not None:
+        result.test_metric_curve.append(_metric(task, out, y))  # type: ignore[union-attr]
 
 
 def _finish(result: RunResult, task: Task, model: nn.Module) -> None:
@@ -153,6 +174,8 @@ def _finish(result: RunResult, task: Task, model: nn.Module) -> None:
         result.test_loss = float(task.loss(out, task.y_test))
         if task.classification:
             result.test_accuracy = _accuracy(out, task.y_test)
+        if task.metric is not None:
+            result.test_metric = _metric(task, out, task.y_test)
 
 
 def _budgeted(problem: Problem, seed: int, quick: bool, device: str, budget: float | None) -> Task:
@@ -220,8 +243,7 @@ def run_member(problem: Problem, spec: OptimizerSpec, lr: float | None, seed: in
     x_eval, y_eval = task.x_train[:task.eval_examples], task.y_train[:task.eval_examples]
     x_held, y_held = task.x_test[:task.eval_examples], task.y_test[:task.eval_examples]
     x_meas, y_meas = task.x_train[:task.measure_examples], task.y_train[:task.measure_examples]
-    result = RunResult(spec.name, lr, seed, budget=task.budget, test_curve=[],
-                       test_accuracy_curve=[] if task.classification else None)
+    result = _results(spec.name, lr, seed, task)
     peak = [math.nan]  # the largest minibatch ‖g‖ since the last point (instrumented runs)
     if instruments:
         result.grad_norm, result.gTHg, result.lambda_max, result.lambda_min = [], [], [], []
@@ -519,8 +541,7 @@ def run_vectorized(problem: Problem, spec: OptimizerSpec, lrs: list[float], seed
     steps, cost = task.steps_for(batch), task.step_cost(batch)
     x_eval, y_eval = task.x_train[:task.eval_examples], task.y_train[:task.eval_examples]
     x_held, y_held = task.x_test[:task.eval_examples], task.y_test[:task.eval_examples]
-    results = [RunResult(spec.name, lr, s, budget=task.budget, vectorized=True, test_curve=[],
-                         test_accuracy_curve=[] if task.classification else None) for lr, s in members]
+    results = [_results(spec.name, lr, s, task, vectorized=True) for lr, s in members]
     tracks: list[list[list[float]]] | None = [[] for _ in members] if task.trajectory_2d else None
     first: Tensor | None = None
     points = _eval_points(steps)
@@ -586,4 +607,6 @@ def run_vectorized(problem: Problem, spec: OptimizerSpec, lrs: list[float], seed
             r.test_loss = float(task.loss(outs[i], task.y_test))
             if task.classification:
                 r.test_accuracy = _accuracy(outs[i], task.y_test)
+            if task.metric is not None:
+                r.test_metric = _metric(task, outs[i], task.y_test)
     return results

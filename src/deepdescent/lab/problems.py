@@ -49,6 +49,10 @@ class Task:
     measure_examples: int = challenges.EXAMPLES
     #: Members of a first-order race may train stacked under torch.func (False: one at a time).
     stack: bool = True
+    #: A workload's own held-out metric (Workload.metric), its name and direction.
+    metric: Callable[[Tensor, Tensor], Tensor | float] | None = None
+    metric_name: str = ""
+    lower_is_better: bool = False
     extra: dict = field(default_factory=dict)
 
     def step_cost(self, batch: int) -> float:
@@ -498,7 +502,8 @@ def _workload_task(name: str, w: Workload, seed: int, quick: bool) -> Task:
     x_test, y_test = w.test if w.test is not None else w.train
     return Task(workload.build_model(name, w, seed), w.loss, x, y, x_test, y_test, w.batch_size, float(w.budget),
                 classification=w.classification, floor=float(w.floor), eval_examples=w.eval_examples,
-                measure_examples=w.measure_examples, stack=w.stack)
+                measure_examples=w.measure_examples, stack=w.stack, metric=w.metric,
+                metric_name=w.metric_name or "metric", lower_is_better=w.lower_is_better)
 
 
 #: What a run directory records of each raced workload (meta.json's "problems_described").

@@ -116,40 +116,53 @@ def leaderboard(results: Race, floor: float = 0.0) -> tuple[float, list[Row]]:
 
 
 # ------------------------------------------------------------------------------ held-out target
-def _held_out_final(run: engine.RunResult, accuracy: bool) -> float:
-    curve = run.test_accuracy_curve if accuracy else run.test_curve
+def _curve(run: engine.RunResult, metric: str) -> tuple[list[float] | None, bool]:
+    """The run's held-out curve of ``metric`` ("accuracy", "loss", or a workload's own metric by
+    its name) and whether higher is better."""
+    if metric == "accuracy":
+        return run.test_accuracy_curve, True
+    if metric == "loss":
+        return run.test_curve, False
+    return run.test_metric_curve, not run.metric_lower_is_better
+
+
+def _held_out_final(run: engine.RunResult, metric: str) -> float:
+    curve, _ = _curve(run, metric)
     n = min(run.within_budget(), len(curve or []))
     return math.nan if run.diverged or not n else curve[n - 1]  # type: ignore[index]
 
 
 def held_out_target(race: Race, accuracy: bool) -> tuple[str, float] | None:
-    """AlgoPerf's validation target, set like the training one: the best first-order method's
-    median final held-out accuracy less 5% of its distance to 1 (``accuracy``: classifiers), or
-    held-out loss plus 5% of its size; (metric, target), None where the runs recorded no held-out
-    curve."""
-    finals = []
-    for n, tracks in race.items():
-        tuned = tracks["tuned"]
-        if _kind(n) == "first" and all((r.test_accuracy_curve if accuracy else r.test_curve) for r in tuned):
-            finals.append(median(_held_out_final(r, accuracy) for r in tuned))
+    """AlgoPerf's validation target, set like the training one, on the workload's own metric where
+    it has one, else accuracy (``accuracy``: classifiers), else the held-out loss: the best
+    first-order method's median final value, less 5% of its distance to 1 (accuracy) or of its
+    size (the others), in the metric's worse direction; (metric, target), None where the runs
+    recorded no held-out curve."""
+    first = [tracks["tuned"] for n, tracks in race.items() if _kind(n) == "first"]
+    own = {r.metric_name for tuned in first for r in tuned}
+    if len(own) == 1 and None not in own:
+        metric = own.pop()
+    else:
+        metric = "accuracy" if accuracy else "loss"
+    finals = [median(_held_out_final(r, metric) for r in tuned) for tuned in first
+              if all(_curve(r, metric)[0] for r in tuned)]
     finals = [f for f in finals if math.isfinite(f)]
     if not finals:
         return None
-    if accuracy:
-        best = max(finals)
-        return "accuracy", best - 0.05 * (1 - best) - 1e-9
-    best = min(finals)
-    return "loss", best + 0.05 * abs(best) + 1e-9
+    higher = _curve(first[0][0], metric)[1]
+    best = max(finals) if higher else min(finals)
+    slack = 0.05 * ((1 - best) if metric == "accuracy" else abs(best)) + 1e-9
+    return metric, best - slack if higher else best + slack
 
 
 def time_to_held_out(run: engine.RunResult, metric: str, tgt: float) -> float:
     """Epochs to the first recorded point whose held-out metric meets the target (AlgoPerf: the
     first evaluation that reaches it); +∞ when none within the budget does."""
-    curve = run.test_accuracy_curve if metric == "accuracy" else run.test_curve
+    curve, higher = _curve(run, metric)
     if run.diverged or not curve:
         return math.inf
     for ge, value in zip(run.grad_equiv[:run.within_budget()], curve):
-        if (value >= tgt) if metric == "accuracy" else (value <= tgt):
+        if (value >= tgt) if higher else (value <= tgt):
             return ge
     return math.inf
 
@@ -177,8 +190,8 @@ def held_out(problem: str, race: Race) -> str | None:
     rest = order[HELD_OUT_SHOWN:]
     if rest:
         parts.append(f"{sum(stats[n][0] > 0 for n in rest)} of the other {len(rest)} reach it")
-    return (f"Held-out target ({metric} {'≥' if metric == 'accuracy' else '≤'} {shown}, first reached): "
-            + "; ".join(parts))
+    higher = _curve(runs[0], metric)[1]
+    return (f"Held-out target ({metric} {'≥' if higher else '≤'} {shown}, first reached): " + "; ".join(parts))
 
 
 def board(problem: str, race: Race) -> tuple[float, list[Row]]:

@@ -65,6 +65,12 @@ class Workload:
             challenges on the instrumented run of each race (``deepdescent.lab.challenges``): a
             gradient, a curvature product and the noise scale at every point, twelve more
             products where the spectrum is taken.
+        metric: the held-out metric, ``metric(outputs, targets)`` → a number (a scalar tensor or a
+            float) over a batch, recorded at every point and judged by a held-out target as accuracy
+            is for classifiers (e.g. perplexity, an F1 score, a mean absolute error); None: none
+            beyond the held-out loss (and accuracy for classifiers).
+        metric_name: how the report names it ("metric" when empty).
+        lower_is_better: the metric improves downwards (an error); by default upwards (a score).
         stack: the members of a first-order race may train stacked under ``torch.func.vmap``
             (models it cannot batch race member by member anyway); False races them one at a
             time, where stacking is slower (measure it).
@@ -82,6 +88,9 @@ class Workload:
     challenge: str = ""
     eval_examples: int = 1000
     measure_examples: int = 256
+    metric: Callable[[Tensor, Tensor], Tensor | float] | None = None
+    metric_name: str = ""
+    lower_is_better: bool = False
     stack: bool = True
 
 
@@ -183,8 +192,11 @@ def check(name: str, w: object) -> Workload:
     _number(name, "budget", w.budget, f"a number of gradient-equivalents in (0, {BUDGET_MAX}]",
             lambda v: 0 < v <= BUDGET_MAX)
     _number(name, "floor", w.floor, "a finite number (the training loss's infimum, 0 if unknown)", math.isfinite)
-    if not isinstance(w.stack, bool):
-        raise WorkloadError(f"problem {name!r}: stack={w.stack!r}; valid: True or False")
+    for field in ("stack", "lower_is_better"):
+        if not isinstance(getattr(w, field), bool):
+            raise WorkloadError(f"problem {name!r}: {field}={getattr(w, field)!r}; valid: True or False")
+    if w.metric is not None and not callable(w.metric):
+        raise WorkloadError(f"problem {name!r}: metric is {type(w.metric).__name__}, not callable (or None)")
     for field in ("model", "loss"):
         if not callable(getattr(w, field)):
             raise WorkloadError(f"problem {name!r}: {field} is {type(getattr(w, field)).__name__}, not callable")
@@ -193,7 +205,21 @@ def check(name: str, w: object) -> Workload:
     if not math.isfinite(value):
         raise WorkloadError(f"problem {name!r}: the loss at initialization is {value} on two training examples; "
                             "expected a finite number")
+    if w.metric is not None:
+        evaluate_metric(name, w, model, w.train[0][:2], w.train[1][:2])
     return w
+
+
+def evaluate_metric(name: str, w: Workload, model: nn.Module, x: Tensor, y: Tensor) -> float:
+    """``w.metric(model(x), y)`` as a float, or a WorkloadError naming what it returned."""
+    with torch.no_grad():
+        out = call(name, "metric(model(inputs), targets)", lambda: w.metric(model(x), y))  # type: ignore[misc]
+    if isinstance(out, Tensor) and out.numel() == 1:
+        out = float(out)
+    if isinstance(out, bool) or not isinstance(out, (int, float)):
+        got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+        raise WorkloadError(f"problem {name!r}: metric(model(inputs), targets) returned {got}; expected a number")
+    return float(out)
 
 
 def call(name: str, what: str, fn: Callable[[], object]) -> object:
