@@ -247,3 +247,14 @@ def test_the_gradient_through_time_matches_a_linear_recurrence():
     norms = challenges.time_steps(Last(), lambda out, y: (out * y).sum(), x, torch.ones(4, 1, dtype=torch.float64))
     assert [n / norms[-1] for n in norms] == pytest.approx([lam ** (5 - t) for t in range(6)], rel=1e-6)
     assert challenges.time_steps(nn.Linear(2, 2), nn.functional.mse_loss, torch.zeros(3, 2), torch.zeros(3, 2)) is None
+
+
+def test_the_verdict_gives_the_family_template_only_where_nothing_was_measured():
+    from deepdescent.lab.verdict import FAMILY_WHY, verdict
+
+    sgd = _run("SGD", 0.5, [3, 2, 1], lam_max=[1.0, 3.0, 3.9], lam_min=[0, 0, 0], norms=[1, 1, 1])
+    measured_text = verdict("quadratic_deep", _race(SGD=sgd))[1]
+    assert "SGD wins" in measured_text and FAMILY_WHY["sgd"] not in measured_text
+    unmeasured = {"SGD": {**_race(SGD=sgd)["SGD"], "instruments": []}}
+    assert verdict("quadratic_deep", unmeasured)[1].endswith(
+        f"The chapter's account (nothing measured here): {FAMILY_WHY['sgd']}.")
