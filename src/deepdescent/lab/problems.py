@@ -551,31 +551,31 @@ def known(name: str) -> Problem:
     return problem(name)
 
 
-def floor(name: str) -> float:
-    """The training loss's infimum of a problem (0 where unknown): targets are set above it.
-    Imports nothing: a workload must have been loaded or described in this process."""
+def _fact(name: str, field: str, unknown: object) -> object:
+    """``field`` of a problem as a report reads it, importing nothing: a workload's from its loaded
+    or described Problem, a lab problem's from its reference task; ``unknown`` for any other name."""
     if name in _WORKLOADS:
-        return _WORKLOADS[name].floor
-    return reference(name).floor if base_name(name) in PROBLEMS else 0.0
+        return getattr(_WORKLOADS[name], field)
+    return getattr(reference(name), field) if base_name(name) in PROBLEMS else unknown
+
+
+def floor(name: str) -> float:
+    """The training loss's infimum of a problem (0 where unknown): targets are set above it."""
+    return float(_fact(name, "floor", 0.0))  # type: ignore[arg-type]
 
 
 def batch_size(name: str) -> int:
-    """The minibatch of a problem's first-order methods (0 where unknown); imports nothing, as
-    :func:`floor`."""
-    if name in _WORKLOADS:
-        return _WORKLOADS[name].batch_size
-    return reference(name).batch_size if base_name(name) in PROBLEMS else 0
+    """The minibatch of a problem's first-order methods (0 where unknown)."""
+    return int(_fact(name, "batch_size", 0))  # type: ignore[call-overload]
 
 
 def classification(name: str) -> bool:
-    """Whether a problem's outputs are class scores (accuracy reported); imports nothing, as :func:`floor`."""
-    if name in _WORKLOADS:
-        return _WORKLOADS[name].classification
-    return base_name(name) in PROBLEMS and reference(name).classification
+    """Whether a problem's outputs are class scores (accuracy reported)."""
+    return bool(_fact(name, "classification", False))
 
 
 def challenge(name: str) -> str:
-    """The §8.2 challenge a problem shows ("" where unknown); imports nothing, as :func:`floor`."""
+    """The §8.2 challenge a problem shows ("" where unknown); imports nothing."""
     if name in _WORKLOADS:
         return _WORKLOADS[name].challenge
     return PROBLEMS[base_name(name)].challenge if base_name(name) in PROBLEMS else ""

@@ -468,9 +468,9 @@ def terminal(all_results: Results, console) -> None:
         console.print(verdict(problem, race)[1], soft_wrap=False, width=min(console.width, 100))
         for sentence in measured(problem, race):
             console.print(f"  measured: {sentence}.", soft_wrap=False, width=min(console.width, 100), highlight=False)
-        if held_out(problem, race):
-            console.print(f"  {held_out(problem, race)}.", soft_wrap=False, width=min(console.width, 100),
-                          highlight=False)
+        held = held_out(problem, race)
+        if held:
+            console.print(f"  {held}.", soft_wrap=False, width=min(console.width, 100), highlight=False)
         console.print()
     answer = overall(all_results)
     if answer:
