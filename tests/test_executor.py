@@ -159,7 +159,7 @@ def test_every_package_imports_only_the_layers_below_it():
 
 #: The lab's modules, lowest first: each imports only those before it (a module-level or a local
 #: import alike), so that following `bench` to a stored trial and back to the report never circles.
-LAB_ORDER = ["files", "workers", "paths", "workload", "challenges", "data", "workloads", "storage", "pages", "optimizers", "digits", "problems", "suites", "engine", "claims", "study", "verdict",
+LAB_ORDER = ["files", "workers", "paths", "workload", "challenges", "data", "workloads", "storage", "pages", "optimizers", "digits", "problems", "suites", "protocol", "engine", "claims", "search", "study", "verdict",
              "science", "report"]
 
 

@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 
 from deepdescent.cli import app
 from deepdescent.algorithms import REGISTRY
-from deepdescent.lab import engine, optimizers, problems, study, suites
+from deepdescent.lab import engine, optimizers, problems, protocol, suites
 from deepdescent.second_order import CurvatureSkipWarning, LineSearchWarning
 
 TINY = ["--problem", "saddle", "--problem", "cliff", "--optimizer", "Adam", "--optimizer", "L-BFGS",
@@ -266,8 +266,8 @@ def test_every_problem_moves_to_another_device_whole(name):
     assert _cpu_tensors(task.loss) == [], f"{name}: the loss holds CPU tensors"
     loss = task.loss(task.model(task.x_train[:4]), task.y_train[:4])
     assert loss.device.type == "meta" and loss.dim() == 0
-    proto = study.Protocol(device="cuda:1")
-    assert study.Protocol.from_tag(proto.tag()) == proto and study.Protocol.from_tag(study.Protocol().tag()).device == "cpu"
+    proto = protocol.Protocol(device="cuda:1")
+    assert protocol.Protocol.from_tag(proto.tag()) == proto and protocol.Protocol.from_tag(protocol.Protocol().tag()).device == "cpu"
 
 
 def test_unwritable_out_and_corrupt_storage(tmp_path):

@@ -10,7 +10,7 @@ import pytest
 import torch
 from rich.console import Console
 
-from deepdescent.lab import engine, optimizers, problems, report, study, suites, verdict
+from deepdescent.lab import engine, optimizers, problems, protocol, report, search, study, suites, verdict
 from deepdescent.lab.engine import RunResult
 
 
@@ -176,20 +176,20 @@ class _FakeEngine:
 @pytest.mark.parametrize("best,interior", [(0.3, True), (1e-9, False), (2e-3, True)])
 def test_the_grid_is_extended_until_it_brackets_the_best_learning_rate(best, interior, tmp_path, monkeypatch):
     fake = _FakeEngine(best)
-    monkeypatch.setattr(study, "_members", fake)
+    monkeypatch.setattr(search, "_members", fake)
     url, spec, prob = f"sqlite:///{tmp_path / 'r.db'}", optimizers.optimizer("Adam"), problems.problem("saddle")
-    proto = study.Protocol(budget=6, seeds=2)
-    grid, done = study._grid_search(study.Race(prob, spec, proto, url), [0, 1])
+    proto = protocol.Protocol(budget=6, seeds=2)
+    grid, done = search.grid_search(search.Race(prob, spec, proto, url), [0, 1])
     base = optimizers.lr_grid(spec.default_lr, 6)
-    chosen = study.best_lr(grid, done, [0, 1])
+    chosen = search.best_lr(grid, done, [0, 1])
     assert set(base) <= set(grid) and grid == sorted(grid)
     assert (grid[0] < chosen < grid[-1]) == interior
     if interior:
         assert abs(math.log10(chosen / best)) <= 0.4 + 1e-9  # within half a grid step (0.8 decades)
     else:
-        assert len(grid) == 6 + study.MAX_EXTENSION and chosen == grid[0]
+        assert len(grid) == 6 + protocol.MAX_EXTENSION and chosen == grid[0]
     assert len(fake.calls[0]) == 6 and all(len(c) == 1 for c in fake.calls[1:])  # one point per extension
-    again, _ = study._grid_search(study.Race(prob, spec, proto, url, run=False), [0, 1])  # the report's read
+    again, _ = search.grid_search(search.Race(prob, spec, proto, url, run=False), [0, 1])  # the report's read
     assert again == grid and len(fake.calls) == len(grid) - 5
     row = verdict.row("Adam", {"grid": [done[(lr, s)] for lr in grid for s in (0, 1)],
                                "tuned": [done[(chosen, s)] for s in (0, 1)], "defaults": []}, 1.0)
@@ -198,14 +198,14 @@ def test_the_grid_is_extended_until_it_brackets_the_best_learning_rate(best, int
 
 def test_ties_do_not_push_the_grid_outwards():
     runs = {(lr, 0): _run([1.0, 0.0], lr=lr) for lr in (1e-3, 1e-2, 1e-1)}
-    assert study.best_lr([1e-3, 1e-2, 1e-1], runs, [0]) == 1e-2
+    assert search.best_lr([1e-3, 1e-2, 1e-1], runs, [0]) == 1e-2
 
 
 @pytest.fixture(scope="module")
 def tiny_race(tmp_path_factory):
     """A real race stored and read back: saddle and cliff, two first-order and two second-order."""
     url = f"sqlite:///{tmp_path_factory.mktemp('race') / 'r.db'}"
-    proto = study.Protocol(budget=3, seeds=2)
+    proto = protocol.Protocol(budget=3, seeds=2)
     results = {}
     for p in ("saddle", "cliff"):
         for o in ("SGD", "Adam", "Newton", "L-BFGS"):
@@ -282,11 +282,11 @@ def test_targets_are_relative_to_the_problems_floor():
 
 
 def test_protocol_tags_round_trip_with_a_time_limit():
-    for proto in (study.Protocol(), study.Protocol(time_limit=2.5, device="cuda:1"), study.Protocol(time_limit=60)):
-        assert study.Protocol.from_tag(proto.tag()) == proto
-    assert study.Protocol(time_limit=60).tag() != study.Protocol().tag()
+    for proto in (protocol.Protocol(), protocol.Protocol(time_limit=2.5, device="cuda:1"), protocol.Protocol(time_limit=60)):
+        assert protocol.Protocol.from_tag(proto.tag()) == proto
+    assert protocol.Protocol(time_limit=60).tag() != protocol.Protocol().tag()
     with pytest.raises(ValueError, match="time_limit=0"):
-        study.Protocol(time_limit=0)
+        protocol.Protocol(time_limit=0)
 
 
 def test_only_a_batching_failure_falls_back_to_member_by_member(monkeypatch, caplog):
@@ -299,7 +299,7 @@ def test_only_a_batching_failure_falls_back_to_member_by_member(monkeypatch, cap
     assert engine._vmap_failure(caught.value)
     assert not engine._vmap_failure(RuntimeError("mat1 and mat2 shapes cannot be multiplied"))
 
-    prob, spec, proto = problems.problem("saddle"), optimizers.optimizer("Adam"), study.Protocol(budget=3)
+    prob, spec, proto = problems.problem("saddle"), optimizers.optimizer("Adam"), protocol.Protocol(budget=3)
     members = []
     monkeypatch.setattr(engine, "run_member", lambda p, s, lr, seed, q, **kw: members.append((lr, seed)) or
                         _run([1.0, 0.5], name=s.name, lr=lr, seed=seed))
@@ -308,7 +308,7 @@ def test_only_a_batching_failure_falls_back_to_member_by_member(monkeypatch, cap
         raise engine.NotVectorizable("torch.func cannot batch saddle's model: vmap: .item()")
     monkeypatch.setattr(engine, "run_vectorized", unbatchable)
     with caplog.at_level(logging.WARNING, logger="deepdescent.lab"):
-        runs = study._members(study.Race(prob, spec, proto, "unused"), [0.1, 0.01], [0, 1])
+        runs = search._members(search.Race(prob, spec, proto, "unused"), [0.1, 0.01], [0, 1])
     assert len(runs) == 4 and members == [(0.1, 0), (0.1, 1), (0.01, 0), (0.01, 1)]
     assert "Adam on saddle runs member by member" in caplog.text
 
@@ -316,7 +316,7 @@ def test_only_a_batching_failure_falls_back_to_member_by_member(monkeypatch, cap
         raise RuntimeError("mat1 and mat2 shapes cannot be multiplied")
     monkeypatch.setattr(engine, "run_vectorized", broken)
     with pytest.raises(RuntimeError, match="mat1 and mat2"):
-        study._members(study.Race(prob, spec, proto, "unused"), [0.1], [0])
+        search._members(search.Race(prob, spec, proto, "unused"), [0.1], [0])
 
 
 def _held(losses: list[float], accuracy: list[float], *, name: str = "SGD", seed: int = 0) -> RunResult:

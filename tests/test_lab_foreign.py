@@ -12,7 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from deepdescent.cli import app
-from deepdescent.lab import engine, optimizers, problems, study
+from deepdescent.lab import engine, optimizers, problems, protocol, study
 
 TESTS = pathlib.Path(__file__).resolve().parent
 
@@ -41,7 +41,7 @@ def test_a_bad_optimizer_name_says_what_is_wrong(name, message):
 
 def test_a_foreign_optimizer_runs_the_same_protocol_member_by_member():
     """Same budget, same record points, same grid as Adam on the same problem."""
-    prob, proto = problems.problem("saddle"), study.Protocol(budget=2, seeds=1)
+    prob, proto = problems.problem("saddle"), protocol.Protocol(budget=2, seeds=1)
     ours = engine.run_member(prob, optimizers.optimizer("Adam"), 0.01, 0, True)
     theirs = engine.run_member(prob, optimizers.optimizer("user_optim:SignSGD"), 0.01, 0, True)
     assert theirs.grad_equiv == ours.grad_equiv and theirs.budget == ours.budget

@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from deepdescent.lab import claims, storage, study
+from deepdescent.lab import claims, protocol, search, storage, study
 from pg_server import PostgresServer
 
 ARGS = ["--problem", "saddle", "--problem", "cliff", "--optimizer", "Adam",
@@ -215,7 +215,7 @@ def test_a_sampled_search_resumes_a_dead_processs_proposal_under_its_own_trial(t
     uninterrupted search."""
     from deepdescent.lab import optimizers, problems
 
-    proto = study.Protocol(budget=3, seeds=1, search="qmc")
+    proto = protocol.Protocol(budget=3, seeds=1, search="qmc")
     problem, spec = problems.problem("saddle"), optimizers.optimizer("Adam")
     whole = f"sqlite:///{tmp_path / 'whole.db'}"
     study.run_race(problem, spec, proto, whole)
@@ -224,7 +224,7 @@ def test_a_sampled_search_resumes_a_dead_processs_proposal_under_its_own_trial(t
     killed = f"sqlite:///{tmp_path / 'killed.db'}"
     optuna = storage.load_optuna()
     s = storage.open_study(killed, f"saddle/Adam/qmc/{proto.tag()}")
-    _, trial_id, _ = study._propose(s, spec, proto, killed)  # the dead process's proposal
+    _, trial_id, _ = search._propose(s, spec, proto, killed)  # the dead process's proposal
     s.ask()  # and one it was making when it died: no lr yet
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     storage.connect(killed).set_trial_user_attr(  # its owner's process is gone: taken over at once
@@ -305,7 +305,7 @@ def test_concurrent_proposers_never_share_a_proposal(tmp_path, monkeypatch, sear
     from deepdescent.lab import optimizers, problems
 
     optuna = storage.load_optuna()
-    proto = study.Protocol(budget=4, seeds=1, search=search)
+    proto = protocol.Protocol(budget=4, seeds=1, search=search)
     problem, spec = problems.problem("saddle"), optimizers.optimizer("Adam")
     alone = f"sqlite:///{tmp_path / 'alone.db'}"
     study.run_race(problem, spec, proto, alone)
@@ -317,7 +317,7 @@ def test_concurrent_proposers_never_share_a_proposal(tmp_path, monkeypatch, sear
         return slow_write(self, *args)
     monkeypatch.setattr(optuna.storages.RDBStorage, "set_study_system_attr", set_study_system_attr)
     shared = f"sqlite:///{tmp_path / 'shared.db'}"
-    study.run_race(problem, spec, study.Protocol(budget=1, seeds=1, search="grid"), shared)  # the schema exists
+    study.run_race(problem, spec, protocol.Protocol(budget=1, seeds=1, search="grid"), shared)  # the schema exists
     start, errors = threading.Barrier(3), []
 
     def race():

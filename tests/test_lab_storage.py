@@ -18,7 +18,7 @@ import sqlalchemy.exc
 from typer.testing import CliRunner
 
 from deepdescent.cli import app
-from deepdescent.lab import storage, study
+from deepdescent.lab import protocol, storage
 
 TINY = ["--problem", "saddle", "--optimizer", "Adam", "--budget", "2", "--seeds", "1", "--no-report"]
 HAS_PSYCOPG = importlib.util.find_spec("psycopg") is not None
@@ -147,7 +147,7 @@ def test_passwords_are_hidden_and_the_report_asks_for_them(tmp_path, url):
     assert "s3cret" not in storage.redact(url) and "someone" in storage.redact(url)
     out = tmp_path / "run"
     out.mkdir()
-    (out / "meta.json").write_text(json.dumps({"protocol": study.Protocol().tag(), "problems": [], "optimizers": [],
+    (out / "meta.json").write_text(json.dumps({"protocol": protocol.Protocol().tag(), "problems": [], "optimizers": [],
                                                "storage": storage.redact(url)}))
     result = CliRunner().invoke(app, ["report", str(out)])
     assert result.exit_code != 0 and "--storage" in result.output and "s3cret" not in result.output

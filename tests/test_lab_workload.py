@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 
 import user_workloads
 from deepdescent.cli import app
-from deepdescent.lab import optimizers, problems, study
+from deepdescent.lab import optimizers, problems, protocol, study
 from deepdescent.lab.workload import Workload, WorkloadError, check
 
 TESTS = pathlib.Path(__file__).resolve().parent
@@ -46,7 +46,7 @@ def test_a_workload_races_under_the_protocol_and_each_member_is_a_plain_training
     w = user_workloads.full_batch()
     prob = problems.problem("user_workloads:full_batch")
     assert prob.workload and prob.name == "user_workloads:full_batch"
-    runs = study.run_race(prob, optimizers.optimizer("SGD"), study.Protocol(budget=3, seeds=2), "sqlite://")
+    runs = study.run_race(prob, optimizers.optimizer("SGD"), protocol.Protocol(budget=3, seeds=2), "sqlite://")
     assert len(runs["grid"]) >= 6 and all(r.vectorized for r in runs["grid"])
     for r in runs["grid"]:
         assert r.grad_equiv[-1] == w.budget and r.budget == w.budget

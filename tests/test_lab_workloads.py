@@ -10,7 +10,7 @@ import math
 import pytest
 import torch
 
-from deepdescent.lab import engine, optimizers, problems, study, suites, workloads
+from deepdescent.lab import engine, optimizers, problems, protocol, suites, workloads
 from deepdescent.lab.workload import Workload, check
 
 
@@ -40,7 +40,7 @@ def test_the_workloads_suite_takes_the_full_sizes_on_a_gpu_and_a_wrong_size_is_n
     with pytest.raises(ValueError, match="lstm_rows.*size='huge'.*valid: cpu, full"):
         problems.problem("lstm_rows:size=huge")
     assert chosen.optimizers() == suites.WORKLOAD_OPTIMIZERS and chosen.small and (chosen.budget, chosen.seeds) == (6, 2)
-    assert study.Protocol(suite="workloads").quick and not study.Protocol(suite="full").quick
+    assert protocol.Protocol(suite="workloads").quick and not protocol.Protocol(suite="full").quick
 
 
 def test_a_batch_norm_model_is_evaluated_in_inference_mode_and_trains_in_training_mode():

@@ -48,6 +48,7 @@ def _check_out(out: Path) -> None:
 def _job(args: tuple) -> tuple[str, str, dict | None]:
     """One race (problem, optimizer); None for its runs when another process holds its next batch."""
     from deepdescent.lab import claims, optimizers, problems, study
+    from deepdescent.lab.search import POLL
 
     problem, optimizer, proto, url = args
     torch_threads = int(os.environ.get("DEEPDESCENT_THREADS", "0"))
@@ -59,7 +60,7 @@ def _job(args: tuple) -> tuple[str, str, dict | None]:
         runs = study.run_race(problems.problem(problem), optimizers.optimizer(optimizer), proto, url,
                               wait=False)
     except claims.Busy:  # another process trains this race's next batch: come back to it later
-        time.sleep(study.POLL)
+        time.sleep(POLL)
         return problem, optimizer, None
     return problem, optimizer, runs  # the RunResults as they are (pickled to the bench; no JSON round trip)
 
@@ -290,11 +291,11 @@ def bench(
 
     import torch
 
-    from deepdescent.lab import claims, optimizers, problems, report, study, suites
+    from deepdescent.lab import claims, optimizers, problems, protocol, report, study, suites
     from deepdescent.lab import storage as db
 
-    if search not in study.SEARCHES:
-        raise typer.BadParameter(f"unknown search {search!r}; valid: {', '.join(study.SEARCHES)}", param_hint="--search")
+    if search not in protocol.SEARCHES:
+        raise typer.BadParameter(f"unknown search {search!r}; valid: {', '.join(protocol.SEARCHES)}", param_hint="--search")
     try:
         chosen = suites.suite(suite)
     except ValueError as err:
@@ -332,7 +333,7 @@ def bench(
             check()
         except ValueError as err:
             raise typer.BadParameter(str(err), param_hint=name) from None
-    proto = study.Protocol(suite=suite, budget=budget or chosen.budget, seeds=seeds or chosen.seeds, search=search,
+    proto = protocol.Protocol(suite=suite, budget=budget or chosen.budget, seeds=seeds or chosen.seeds, search=search,
                            device=device, time_limit=time_limit)
     url = db.url_for(out, storage)
     try:
@@ -469,7 +470,7 @@ def _suite_of(out: Path) -> str | None:
 def _checked_meta(meta, path: Path) -> dict:
     """A run directory's meta.json, its fields checked (the folder may come from anyone): each wrong
     one is named with what is valid, before anything is read with it."""
-    from deepdescent.lab import problems, science, study
+    from deepdescent.lab import problems, protocol, science
 
     def bad(what: str) -> typer.BadParameter:
         return typer.BadParameter(f"{str(path)!r} is not a meta.json bench writes: {what}", param_hint="DIRECTORY")
@@ -489,11 +490,11 @@ def _checked_meta(meta, path: Path) -> dict:
                       f"{', '.join(science.EXPERIMENTS)}; scales: {', '.join(science.SCALES)})")
         return meta
     if not isinstance(meta.get("protocol"), str):
-        raise bad(f"'protocol' must be a string such as 'v{study.PROTOCOL_VERSION}-quick-b6-s2-grid', not {meta.get('protocol')!r}")
+        raise bad(f"'protocol' must be a string such as 'v{protocol.PROTOCOL_VERSION}-quick-b6-s2-grid', not {meta.get('protocol')!r}")
     version = meta["protocol"].split("-")[0]
-    if version != f"v{study.PROTOCOL_VERSION}":
+    if version != f"v{protocol.PROTOCOL_VERSION}":
         raise typer.BadParameter(f"{str(path.parent)!r} holds results of protocol {version}; this deepdescent "
-                                 f"reads v{study.PROTOCOL_VERSION} only: rerun `deepdescent bench` for it",
+                                 f"reads v{protocol.PROTOCOL_VERSION} only: rerun `deepdescent bench` for it",
                                  param_hint="DIRECTORY")
     described = meta.get("problems_described", {})
     if not isinstance(described, dict):
@@ -585,7 +586,7 @@ def report_cmd(
              "hidden).")] = None,
 ) -> None:
     """Rebuild the report of a run directory from its stored results."""
-    from deepdescent.lab import optimizers, problems, report, study
+    from deepdescent.lab import optimizers, problems, protocol, report, study
     from deepdescent.lab import storage as db
 
     meta_path = directory / "meta.json"
@@ -602,10 +603,10 @@ def report_cmd(
         _science_report(directory, meta)
         return
     try:
-        proto = study.Protocol.from_tag(meta["protocol"])
+        proto = protocol.Protocol.from_tag(meta["protocol"])
     except (ValueError, IndexError) as err:
         raise typer.BadParameter(f"{str(meta_path)!r}: protocol {meta['protocol']!r} is not one bench writes "
-                                 f"(e.g. {study.Protocol().tag()!r})", param_hint="DIRECTORY") from err
+                                 f"(e.g. {protocol.Protocol().tag()!r})", param_hint="DIRECTORY") from err
     url = storage or (f"sqlite:///{(directory / meta['database']).resolve()}" if meta.get("database")
                       else meta["storage"])
     if not storage and "***" in url:

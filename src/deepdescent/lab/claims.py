@@ -7,7 +7,7 @@ Optuna study named after it — the storage's unique study names make the claim 
 PostgreSQL alike — and keeps a heartbeat in that study while it works. A claim whose heartbeat is
 older than ``DEEPDESCENT_CLAIM_TIMEOUT`` seconds (default 60) belongs to a process that died: the next
 process takes it over by creating the claim's next generation (again atomic). Claims are deleted
-once their batch is recorded; results are recorded at most once (``study.record`` checks first). A
+once their batch is recorded; results are recorded at most once (``search.record`` checks first). A
 process killed between recording a batch and deleting its claim leaves a claim nobody needs: every
 finished ``bench`` deletes those of processes that are gone (:func:`sweep`).
 """
