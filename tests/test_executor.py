@@ -159,7 +159,7 @@ def test_every_package_imports_only_the_layers_below_it():
 
 #: The lab's modules, lowest first: each imports only those before it (a module-level or a local
 #: import alike), so that following `bench` to a stored trial and back to the report never circles.
-LAB_ORDER = ["files", "workers", "paths", "workload", "challenges", "data", "workloads", "storage", "pages", "optimizers", "digits", "problems", "suites", "protocol", "engine", "claims", "search", "study", "verdict",
+LAB_ORDER = ["files", "workers", "paths", "workload", "challenges", "data", "workloads", "storage", "pages", "optimizers", "digits", "problems", "suites", "catalog", "protocol", "engine", "claims", "search", "study", "verdict",
              "science", "report"]
 
 
@@ -377,3 +377,33 @@ def test_the_class_defaults_are_the_specs(name):
     required = {hp.name: 0.1 for hp in spec.hyperparameters if hp.default is REQUIRED}
     opt = cls([torch.nn.Parameter(torch.ones(2))], **required)
     assert {k: opt.defaults[k] for k in spec.names} == spec.defaults(**required)
+
+
+#: The lab's module-level state that is the process's by nature: the one heartbeat thread that
+#: beats for every claim the process holds (lab.claims), and the claims it has seen without one.
+LAB_PROCESS_STATE = {("claims", "_held"), ("claims", "_first_seen"), ("claims", "_beating")}
+
+
+def test_the_lab_keeps_no_module_level_mutable_state():
+    """What a command knows of the names it races (workloads, foreign optimizers) lives in its
+    :class:`~deepdescent.lab.catalog.Catalog`, never in a module: no module-level empty container,
+    no ``global`` statement, outside the claims' heartbeat. Memoized pure functions (lru_cache of
+    data that ships, of a lab problem's reference task) are not state."""
+    found = []
+    for path in sorted((SRC / "lab").rglob("*.py")):
+        unit = _lab_unit(path.relative_to(SRC))
+        tree = ast.parse(path.read_text())
+        for node in tree.body:
+            target = node.target if isinstance(node, ast.AnnAssign) else (
+                node.targets[0] if isinstance(node, ast.Assign) and len(node.targets) == 1 else None)
+            value = getattr(node, "value", None)
+            empty = (isinstance(value, (ast.Dict, ast.List, ast.Set)) and not getattr(value, "keys", None)
+                     and not getattr(value, "elts", None)) or (
+                isinstance(value, ast.Call) and isinstance(value.func, ast.Name)
+                and value.func.id in ("dict", "list", "set") and not value.args)
+            if isinstance(target, ast.Name) and empty and (unit, target.id) not in LAB_PROCESS_STATE:
+                found.append(f"{path.name}: {target.id} = an empty container at module level")
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Global) and not all((unit, n) in LAB_PROCESS_STATE for n in node.names):
+                found.append(f"{path.name}: global {', '.join(node.names)}")
+    assert not found, "\n".join(found)

@@ -264,3 +264,25 @@ def test_a_workload_s_own_metric_is_recorded_by_both_engines_and_judged_in_its_d
     assert metric == "MAE" and tgt == pytest.approx(one.test_metric * 1.05, rel=1e-6)
     assert verdict.time_to_held_out(one, "MAE", tgt) <= one.grad_equiv[-1]
     assert verdict.held_out("user_workloads:with_metric", race).startswith("Held-out target (MAE ≤ ")
+
+
+def test_a_catalog_loads_a_workload_once_and_keeps_it_to_itself(monkeypatch):
+    """The workloads one command loaded live in its Catalog: asked again, the catalog answers
+    without calling the factory; another catalog (another command) loads its own; a description
+    never replaces a loaded workload, and a catalog that only described one knows its recorded facts."""
+    from deepdescent.lab.catalog import Catalog
+
+    calls = []
+    monkeypatch.setattr(user_workloads, "counted", lambda: calls.append(1) or user_workloads.blobs(), raising=False)
+    first = Catalog()
+    p = first.problem("user_workloads:counted")
+    assert first.problem("user_workloads:counted") is p and len(calls) == 1
+    assert first.describe("user_workloads:counted", {"floor": 9.0}) is p  # loaded: it says more
+    assert Catalog().problem("user_workloads:counted") is not p and len(calls) == 2
+    reader = Catalog()
+    with pytest.raises(ValueError, match="neither loaded nor described"):
+        reader.known("user_workloads:counted")
+    reader.describe("user_workloads:counted", {**problems.description(p), "floor": 0.25})
+    assert len(calls) == 2 and reader.floor("user_workloads:counted") == 0.25
+    assert reader.classification("user_workloads:counted") is p.classification
+    assert reader.batch_size("user_workloads:counted") == p.batch_size and reader.floor("saddle") == -1.0

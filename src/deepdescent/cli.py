@@ -45,33 +45,46 @@ def _check_out(out: Path) -> None:
         raise typer.BadParameter(f"cannot write to {str(out)!r}: {err.strerror}", param_hint="--out") from err
 
 
-def _job(args: tuple) -> tuple[str, str, dict | None]:
-    """One race (problem, optimizer); None for its runs when another process holds its next batch."""
-    from deepdescent.lab import claims, optimizers, problems, study
-    from deepdescent.lab.search import POLL
+class _Races:
+    """Runs one race (problem, optimizer, protocol, storage URL) per call, in a worker process or
+    in the bench's own; a process's races share one catalog, so that a workload is imported and
+    checked once per process, however many races it runs. Sent to a worker without it."""
 
-    problem, optimizer, proto, url = args
-    torch_threads = int(os.environ.get("DEEPDESCENT_THREADS", "0"))
-    if torch_threads:
-        import torch
+    def __init__(self, catalog=None) -> None:
+        self.catalog = catalog
 
-        torch.set_num_threads(torch_threads)
-    try:
-        runs = study.run_race(problems.problem(problem), optimizers.optimizer(optimizer), proto, url,
-                              wait=False)
-    except claims.Busy:  # another process trains this race's next batch: come back to it later
-        time.sleep(POLL)
-        return problem, optimizer, None
-    return problem, optimizer, runs  # the RunResults as they are (pickled to the bench; no JSON round trip)
+    def __getstate__(self) -> dict:
+        return {"catalog": None}  # a worker loads what it races itself
+
+    def __call__(self, args: tuple) -> tuple[str, str, dict | None]:
+        """One race; None for its runs when another process holds its next batch."""
+        from deepdescent.lab import claims, optimizers, study
+        from deepdescent.lab.catalog import Catalog
+        from deepdescent.lab.search import POLL
+
+        problem, optimizer, proto, url = args
+        torch_threads = int(os.environ.get("DEEPDESCENT_THREADS", "0"))
+        if torch_threads:
+            import torch
+
+            torch.set_num_threads(torch_threads)
+        self.catalog = self.catalog or Catalog()
+        try:
+            runs = study.run_race(self.catalog.problem(problem), optimizers.optimizer(optimizer), proto, url,
+                                  wait=False)
+        except claims.Busy:  # another process trains this race's next batch: come back to it later
+            time.sleep(POLL)
+            return problem, optimizer, None
+        return problem, optimizer, runs  # the RunResults as they are (pickled to the bench; no JSON round trip)
 
 
-def _stored(problem: str, optimizer: str, proto, url: str):
+def _stored(problem: str, optimizer: str, proto, url: str, catalog):
     """The finished results of one job, or None (reads only; creates nothing)."""
-    from deepdescent.lab import optimizers, problems, study
+    from deepdescent.lab import optimizers, study
     from deepdescent.lab import storage as db
 
     try:
-        return study.run_race(problems.problem(problem), optimizers.optimizer(optimizer), proto, url, run=False)
+        return study.run_race(catalog.problem(problem), optimizers.optimizer(optimizer), proto, url, run=False)
     except db.Missing:
         return None
 
@@ -102,12 +115,13 @@ def _running(jobs: list[tuple[str, str]]) -> str:
 LOST_LIMIT = 3
 
 
-def _race(args: list[tuple], workers: int, bar, task, done) -> None:
+def _race(args: list[tuple], workers: int, bar, task, done, catalog) -> None:
     """Run the jobs (in ``workers`` processes), calling ``done(problem, optimizer, runs)`` as each ends.
     A job whose next batch another process (here or on another machine) trains goes back to the
     end of the queue. A job whose worker dies (kill -9, the out-of-memory killer) is run again in
     another worker, from what it stored; after LOST_LIMIT deaths, or when it raises, it is left
-    out with one line saying why, and the others go on."""
+    out with one line saying why, and the others go on. ``catalog``: the bench's own (the races
+    it runs in its own process use what it loaded)."""
     from deepdescent.lab.workers import Outcome, Workers, error_name
 
     def left_out(a: tuple, why: str) -> None:
@@ -135,7 +149,7 @@ def _race(args: list[tuple], workers: int, bar, task, done) -> None:
     if workers > 1 and len(args) > 1:
         os.environ.setdefault("DEEPDESCENT_THREADS", "1")  # each worker one thread: N workers, N cores
         deaths: dict[tuple, int] = {}
-        with Workers(_job, workers) as pool:
+        with Workers(_Races(), workers) as pool:
             for a in args:
                 pool.submit(a)
             while pool.pending:
@@ -153,12 +167,13 @@ def _race(args: list[tuple], workers: int, bar, task, done) -> None:
                         pool.submit(a)
                 bar.update(task, description=_running([a[:2] for a in pool.running()]))
     else:
+        race = _Races(catalog)
         queue = list(args)
         while queue:
             a = queue.pop(0)
             bar.update(task, description=_running([(a[0], a[1])]))
             try:
-                outcome = Outcome(a, value=_job(a))
+                outcome = Outcome(a, value=race(a))
             except Exception as err:  # noqa: BLE001 - judged by finished() (storage errors end the bench)
                 outcome = Outcome(a, raised=err)
             if not finished(a, outcome):
@@ -225,16 +240,16 @@ def _say_changed_workloads(out: Path, described: dict) -> None:
                           "fingerprint", soft_wrap=True, highlight=False)
 
 
-def _problem_names(given: list[str]) -> list[str]:
-    """The canonical names of the problems to race. A lab problem that does not exist stops the
-    bench (a typo); a workload that fails to import or to check is left out with one line naming
-    what is wrong, and the others race."""
+def _problem_names(given: list[str], catalog) -> list[str]:
+    """The canonical names of the problems to race (their workloads loaded into ``catalog``). A lab
+    problem that does not exist stops the bench (a typo); a workload that fails to import or to
+    check is left out with one line naming what is wrong, and the others race."""
     from deepdescent.lab import problems
 
     names = []
     for n in given:
         try:
-            names.append(problems.problem(n).name)
+            names.append(catalog.problem(n).name)
         except ValueError as err:
             if not problems.is_workload(n):
                 raise typer.BadParameter(str(err), param_hint="--problem") from None
@@ -293,6 +308,7 @@ def bench(
 
     from deepdescent.lab import claims, optimizers, problems, protocol, report, study, suites
     from deepdescent.lab import storage as db
+    from deepdescent.lab.catalog import Catalog
 
     if search not in protocol.SEARCHES:
         raise typer.BadParameter(f"unknown search {search!r}; valid: {', '.join(protocol.SEARCHES)}", param_hint="--search")
@@ -318,7 +334,8 @@ def bench(
     # bits of the results with the machine's speed): wait for a missing kernel instead
     os.environ.setdefault("DEEPDESCENT_KERNEL_BUILD", "wait")
     _check_device(device)
-    names = _problem_names(problem or chosen.problems(device))
+    catalog = Catalog()  # the workloads this bench loads, once
+    names = _problem_names(problem or chosen.problems(device), catalog)
     try:
         opts = _with_hparams(optimizer or chosen.optimizers(), hparam or [], lr_center)
         if not optimizer and chosen.missing():
@@ -341,13 +358,13 @@ def bench(
     except db.StorageError as err:
         raise _fail(str(err)) from None
     jobs = [(p, o) for p in names for o in opts
-            if study.applicable(problems.problem(p), optimizers.optimizer(o), proto.quick)]
+            if study.applicable(catalog.problem(p), optimizers.optimizer(o), proto.quick)]
     # the password never reaches meta.json (`deepdescent report --storage URL` gives it back); the
     # default SQLite file is named relative to the run directory, so a copied run reads its own
     meta = {"suite": suite, "protocol": proto.tag(), "problems": names, "optimizers": opts,
             "described": {o: optimizers.description(optimizers.optimizer(o)) for o in opts},
-            "problems_described": {p: problems.description(problems.problem(p)) for p in names
-                                   if problems.problem(p).workload},
+            "problems_described": {p: problems.description(catalog.problem(p)) for p in names
+                                   if catalog.problem(p).workload},
             **({"storage": db.redact(url)} if storage else
                {"storage": "results.db in the run directory", "database": "results.db"}),
             "started": time.strftime("%Y-%m-%d %H:%M:%S"), "torch": torch.__version__,
@@ -359,7 +376,7 @@ def bench(
     todo = []
     for p, o in jobs:
         try:
-            runs = _stored(p, o, proto, url)
+            runs = _stored(p, o, proto, url, catalog)
         except db.StorageError as err:
             raise _fail(f"{err} (nothing was run)") from None
         if runs is None:
@@ -376,7 +393,7 @@ def bench(
     with Progress(*_columns(eta=True), console=console, transient=True) as bar:
         task = bar.add_task("starting", total=len(todo))
         try:
-            _race(todo, min(workers or min(4, os.cpu_count() or 1), max(1, len(todo))), bar, task, done)
+            _race(todo, min(workers or min(4, os.cpu_count() or 1), max(1, len(todo))), bar, task, done, catalog)
         except KeyboardInterrupt:
             bar.stop()
             stored_now = sum(len(r) for r in results.values())
@@ -391,14 +408,14 @@ def bench(
     results = {p: r for p, r in results.items() if r}
     if not results:  # every race failed: the run directory keeps the meta.json of its last finished bench
         raise _fail("no race finished (see the lines above); nothing stored, the run directory is as it was")
-    report.terminal(results, console)
+    report.terminal(results, console, catalog)
     meta["seconds"] = round(time.perf_counter() - start, 1)
     _write_meta(out, meta)
     if not write_report:
         console.print(f"results stored; write the report with `deepdescent report {out}`")
         return
     with console.status("writing the report"):
-        page = _report_written(lambda: report.write(results, out, meta), out)
+        page = _report_written(lambda: report.write(results, out, meta, catalog), out)
     console.print(f"report: {page}  (figures in {out / 'figures'}; rebuild with `deepdescent report {out}`)")
 
 
@@ -586,8 +603,9 @@ def report_cmd(
              "hidden).")] = None,
 ) -> None:
     """Rebuild the report of a run directory from its stored results."""
-    from deepdescent.lab import optimizers, problems, protocol, report, study
+    from deepdescent.lab import protocol, report, study
     from deepdescent.lab import storage as db
+    from deepdescent.lab.catalog import Catalog
 
     meta_path = directory / "meta.json"
     if not meta_path.is_file():
@@ -615,12 +633,13 @@ def report_cmd(
     results: report.Results = {}
     described = meta.get("described") if isinstance(meta.get("described"), dict) else {}
     workloads = meta.get("problems_described", {})
+    catalog = Catalog(described_optimizers=described)
     try:
         for p in meta["problems"]:
-            prob = problems.describe(p, workloads.get(p)) if problems.is_workload(p) else problems.problem(p)
+            prob = catalog.describe(p, workloads.get(p))
             for o in meta["optimizers"]:
                 # nothing a run directory names is imported: its optimizers are described, not loaded
-                spec = optimizers.describe(o, described.get(o))
+                spec = catalog.spec(o)
                 if spec is None:
                     continue
                 try:
@@ -632,8 +651,9 @@ def report_cmd(
         raise _fail(str(err)) from None
     if not results:
         raise typer.BadParameter(f"no finished results in {db.redact(url)}", param_hint="DIRECTORY")
-    report.terminal(results, console)
-    page = _report_written(lambda: report.write(results, directory, {**meta, "storage": db.redact(url)}), directory)
+    report.terminal(results, console, catalog)
+    page = _report_written(lambda: report.write(results, directory, {**meta, "storage": db.redact(url)}, catalog),
+                           directory)
     console.print(f"report: {page}")
 
 

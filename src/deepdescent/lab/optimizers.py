@@ -95,18 +95,9 @@ def optimizer(name: str) -> OptimizerSpec:
     if name in OPTIMIZERS:
         return OPTIMIZERS[name]
     if "." in name or ":" in name or "(" in name or name in entry_points():
-        return _foreign(name)
+        return foreign(name)
     raise ValueError(f"unknown optimizer {name!r}; valid: {', '.join(OPTIMIZERS)}, an entry point of "
                      f"{ENTRY_POINTS!r}, or an import path such as torch.optim.AdamW or package.module:Class")
-
-
-_FOREIGN: dict[str, OptimizerSpec] = {}
-
-
-def _foreign(name: str) -> OptimizerSpec:
-    if name not in _FOREIGN:
-        _FOREIGN[name] = foreign(name)
-    return _FOREIGN[name]
 
 
 def lr_grid(center: float, points: int, decades: float = 4.0, extend: tuple[int, int] = (0, 0)) -> list[float]:

@@ -444,14 +444,12 @@ def problem(name: str) -> Problem:
     """A problem by name; a parameterized one as ``name:key=value,...``, e.g. ``adding:T=100`` or
     ``deep_linear:depth=50,scheme=normalized``. Its canonical name (keys sorted) names its studies,
     so variants never share results. A user's workload by import path or entry point
-    (:mod:`deepdescent.lab.workload`), imported and checked once per process."""
-    if name in _WORKLOADS and _WORKLOADS[name].build is not _not_built:
-        return _WORKLOADS[name]
+    (:mod:`deepdescent.lab.workload`), imported and checked at every call (a
+    :class:`~deepdescent.lab.catalog.Catalog` keeps it for one command)."""
     base, colon, text = name.partition(":")
     if base not in PROBLEMS:
         if is_workload(name):
-            _WORKLOADS[name] = _from_workload(name)
-            return _WORKLOADS[name]
+            return _from_workload(name)
         raise ValueError(f"unknown problem {base!r}; valid: {', '.join(PROBLEMS)}, an entry point of "
                          f"{workload.ENTRY_POINTS!r}, or a workload's import path such as package.module:name")
     p = PROBLEMS[base]
@@ -474,12 +472,6 @@ def problem(name: str) -> Problem:
 
 
 # ------------------------------------------------------------------------------ your workloads
-#: The workloads of this process by name: loaded by :func:`problem`, or described by
-#: :func:`describe` for a report, which never imports them (a described one cannot train:
-#: :func:`problem` loads it when asked).
-_WORKLOADS: dict[str, Problem] = {}
-
-
 def is_workload(name: str) -> bool:
     """Whether ``name`` names a user's workload (not a lab problem): an import path or an entry point."""
     return name.partition(":")[0] not in PROBLEMS and (
@@ -514,16 +506,15 @@ def description(p: Problem) -> dict[str, object]:
     return {k: getattr(p, k) for k in DESCRIBED}
 
 
-def _not_built(seed: int, quick: bool) -> Task:
+def not_built(seed: int, quick: bool) -> Task:
+    """The ``build`` of a described workload: it only reads stored results, it never trains."""
     raise RuntimeError("a described workload only reads stored results; it never trains")
 
 
 def describe(name: str, described: dict | None = None) -> Problem:
     """A workload as a report sees it, from what its run directory recorded (``described``:
     :func:`description`'s fields), without importing anything; ValueError for a field of the
-    wrong type."""
-    if name in _WORKLOADS and _WORKLOADS[name].build is not _not_built:
-        return _WORKLOADS[name]  # loaded in this process: it says more than a description
+    wrong type. It cannot train (its ``build`` is :func:`not_built`)."""
     if described is not None and not isinstance(described, dict):
         raise ValueError(f"the description of workload {name!r} is not one bench writes: {described!r}"[:300])
     info = {"challenge": "", "description": name, "floor": 0.0, "classification": False, "batch_size": 0,
@@ -535,50 +526,9 @@ def describe(name: str, described: dict | None = None) -> Problem:
           and isinstance(info["fingerprint"], str) and len(info["fingerprint"]) <= 64)
     if not ok:
         raise ValueError(f"the description of workload {name!r} is not one bench writes: {described!r}"[:300])
-    _WORKLOADS[name] = Problem(name, info["challenge"], info["description"], _not_built, suites=(), workload=True,
-                               floor=float(info["floor"]), classification=info["classification"],
-                               batch_size=info["batch_size"], fingerprint=info["fingerprint"])
-    return _WORKLOADS[name]
-
-
-def known(name: str) -> Problem:
-    """A lab problem, or a workload loaded or described in this process, by name: what a report
-    shows of it. Imports nothing (ValueError for any other name)."""
-    if name in _WORKLOADS:
-        return _WORKLOADS[name]
-    if is_workload(name):
-        raise ValueError(f"workload {name!r} was neither loaded nor described in this process")
-    return problem(name)
-
-
-def _fact(name: str, field: str, unknown: object) -> object:
-    """``field`` of a problem as a report reads it, importing nothing: a workload's from its loaded
-    or described Problem, a lab problem's from its reference task; ``unknown`` for any other name."""
-    if name in _WORKLOADS:
-        return getattr(_WORKLOADS[name], field)
-    return getattr(reference(name), field) if base_name(name) in PROBLEMS else unknown
-
-
-def floor(name: str) -> float:
-    """The training loss's infimum of a problem (0 where unknown): targets are set above it."""
-    return float(_fact(name, "floor", 0.0))  # type: ignore[arg-type]
-
-
-def batch_size(name: str) -> int:
-    """The minibatch of a problem's first-order methods (0 where unknown)."""
-    return int(_fact(name, "batch_size", 0))  # type: ignore[call-overload]
-
-
-def classification(name: str) -> bool:
-    """Whether a problem's outputs are class scores (accuracy reported)."""
-    return bool(_fact(name, "classification", False))
-
-
-def challenge(name: str) -> str:
-    """The §8.2 challenge a problem shows ("" where unknown); imports nothing."""
-    if name in _WORKLOADS:
-        return _WORKLOADS[name].challenge
-    return PROBLEMS[base_name(name)].challenge if base_name(name) in PROBLEMS else ""
+    return Problem(name, info["challenge"], info["description"], not_built, suites=(), workload=True,
+                   floor=float(info["floor"]), classification=info["classification"],
+                   batch_size=info["batch_size"], fingerprint=info["fingerprint"])
 
 
 @functools.lru_cache(maxsize=64)

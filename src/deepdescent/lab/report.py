@@ -16,9 +16,10 @@ import torch
 from torch import Tensor
 
 from deepdescent.lab import files, science
+from deepdescent.lab.catalog import Catalog
 from deepdescent.lab.optimizers import OPTIMIZERS, describe, parse
 from deepdescent.lab.pages import html_table, meta_table, pyplot, save_figure
-from deepdescent.lab.problems import PROBLEMS, base_name, floor, known, reference
+from deepdescent.lab.problems import PROBLEMS, base_name, reference
 from deepdescent.lab.science import report as science_report
 from deepdescent.lab.verdict import (
     Race,
@@ -154,9 +155,9 @@ class _LossAxis:
                 [t for t in ax.yaxis.get_major_locator()() if t == 0 or abs(t) >= self.linear]))
 
 
-def _learning_curves(problem: str, race: Race, out: Path) -> str:
+def _learning_curves(problem: str, race: Race, out: Path, catalog: Catalog) -> str:
     plt = pyplot()
-    tgt = board(problem, race)[0]
+    tgt = board(problem, race, catalog)[0]
     budget = max(r.budget for tracks in race.values() for r in tracks["tuned"])
     xs = [budget * i / 200 for i in range(201)]
     fig, ax = plt.subplots(figsize=(8, 4.5), constrained_layout=True)
@@ -168,7 +169,7 @@ def _learning_curves(problem: str, race: Race, out: Path) -> str:
             label = name + (f" ({diverged} diverged)" if diverged else "") + (f" (✂ {cut} cut by the time limit)"
                                                                                if cut else "")
             drawn[name] = label, torch.tensor([_curve(r, xs) for r in runs], dtype=torch.float64)
-    axis = _LossAxis([tgt] + [float(v) for _, c in drawn.values() for v in c.flatten()], floor(problem))
+    axis = _LossAxis([tgt] + [float(v) for _, c in drawn.values() for v in c.flatten()], catalog.floor(problem))
     for name, (label, curves) in drawn.items():
         ax.plot(xs, axis(curves.nanmedian(0).values.tolist()), label=label, **style(name))
         if len(curves) > 1:
@@ -184,7 +185,7 @@ def _learning_curves(problem: str, race: Race, out: Path) -> str:
     return save_figure(fig, out, f"{_stem(problem)}_curves")
 
 
-def _sensitivity(problem: str, race: Race, out: Path) -> str | None:
+def _sensitivity(problem: str, race: Race, out: Path, catalog: Catalog) -> str | None:
     """Final loss against learning rate; None when no optimizer tried two learning rates (--budget 1)."""
     plt = pyplot()
     lines = {}
@@ -199,7 +200,7 @@ def _sensitivity(problem: str, race: Race, out: Path) -> str | None:
     values = [m for _, med in lines.values() for m in med if math.isfinite(m)]
     if not values:
         return None
-    axis = _LossAxis(values, floor(problem))
+    axis = _LossAxis(values, catalog.floor(problem))
     fig, ax = plt.subplots(figsize=(8, 4.5), constrained_layout=True)
     for name, (lrs, med) in lines.items():
         st = style(name)
@@ -233,7 +234,7 @@ def _surface(task: Any, f: Any, u: Tensor, v: Tensor) -> Tensor:
     return z.reshape(len(v), len(u))
 
 
-def _trajectories(problem: str, race: Race, out: Path) -> str | None:
+def _trajectories(problem: str, race: Race, out: Path, catalog: Catalog) -> str | None:
     runs = {n: t["tuned"][0] for n, t in race.items() if t["tuned"][0].trajectory and not t["tuned"][0].diverged}
     if not runs:
         return None
@@ -261,10 +262,10 @@ def _trajectories(problem: str, race: Race, out: Path) -> str | None:
     return save_figure(fig, out, f"{_stem(problem)}_trajectories")
 
 
-def _instrument_panel(problem: str, race: Race, out: Path) -> str | None:
+def _instrument_panel(problem: str, race: Race, out: Path, catalog: Catalog) -> str | None:
     """‖g‖ and gᵀHg over training for the best first-order optimizer (the book's Figure 8.1), as
     its instrumented run recorded them; each on its own logarithmic axis."""
-    _, rows = board(problem, race)
+    _, rows = board(problem, race, catalog)
     run = next((race[r.optimizer]["instruments"][0] for r in rows if race[r.optimizer].get("instruments")
                 and race[r.optimizer]["instruments"][0].grad_norm and race[r.optimizer]["instruments"][0].lr is not None),
                None)
@@ -291,10 +292,10 @@ def _instrument_panel(problem: str, race: Race, out: Path) -> str | None:
     return save_figure(fig, out, f"{_stem(problem)}_instruments")
 
 
-def _spectrum_panel(problem: str, race: Race, out: Path) -> str | None:
+def _spectrum_panel(problem: str, race: Race, out: Path, catalog: Catalog) -> str | None:
     """λmax·lr (left; the stability limit 2 of gradient descent drawn) and λmin (right; below 0:
     negative curvature, a saddle where ‖g‖ is small) along every measured run."""
-    _, rows = board(problem, race)
+    _, rows = board(problem, race, catalog)
     runs = [race[r.optimizer]["instruments"][0] for r in rows
             if race[r.optimizer].get("instruments") and race[r.optimizer]["instruments"][0].lambda_max]
     if not runs:
@@ -326,9 +327,9 @@ def _spectrum_panel(problem: str, race: Race, out: Path) -> str | None:
     return save_figure(fig, out, f"{_stem(problem)}_spectrum")
 
 
-def _profile_figure(all_results: Results, out: Path) -> str:
+def _profile_figure(all_results: Results, out: Path, catalog: Catalog) -> str:
     plt = pyplot()
-    ratios = performance_profile(all_results)
+    ratios = performance_profile(all_results, catalog)
     fig, ax = plt.subplots(figsize=(8, 4.5), constrained_layout=True)
     taus = [1.0 * 10 ** (i / 20) for i in range(0, 61)]
     for name, rs in ratios.items():
@@ -448,14 +449,16 @@ CAPTION = ("lr: tuned learning rate (* still at the edge of its grid after exten
            "--time-limit; †: not a method of chapter 8")
 
 
-def terminal(all_results: Results, console) -> None:
-    """One table per problem that fits 80 columns, and its verdict."""
+def terminal(all_results: Results, console, catalog: Catalog | None = None) -> None:
+    """One table per problem that fits 80 columns, and its verdict (``catalog``: what the command
+    knows of the names, :class:`~.catalog.Catalog`)."""
+    catalog = catalog or Catalog()
     from rich import box
     from rich.table import Table
 
     for problem, race in all_results.items():
-        tgt, rows = board(problem, race)
-        p = known(problem)
+        tgt, rows = board(problem, race, catalog)
+        p = catalog.known(problem)
         d = apart(tgt, finals(rows))  # enough digits that no final loss reads as T
         table = Table(title=f"{title(problem)} — {p.challenge or 'challenge not stated'}\ntarget T = {tgt:.{d}g}, budget "
                             f"{_fmt(max(r.budget for t in race.values() for r in t['tuned']), 4)} epochs",
@@ -465,14 +468,14 @@ def terminal(all_results: Results, console) -> None:
         for r in rows:
             table.add_row(*[cell(r, d) for _, cell in COLUMNS[:TERMINAL_COLUMNS]])
         console.print(table)
-        console.print(verdict(problem, race)[1], soft_wrap=False, width=min(console.width, 100))
-        for sentence in measured(problem, race):
+        console.print(verdict(problem, race, catalog)[1], soft_wrap=False, width=min(console.width, 100))
+        for sentence in measured(problem, race, catalog):
             console.print(f"  measured: {sentence}.", soft_wrap=False, width=min(console.width, 100), highlight=False)
-        held = held_out(problem, race)
+        held = held_out(problem, race, catalog)
         if held:
             console.print(f"  {held}.", soft_wrap=False, width=min(console.width, 100), highlight=False)
         console.print()
-    answer = overall(all_results)
+    answer = overall(all_results, catalog)
     if answer:
         console.print("Which optimizer? " + " ".join(f"{s}." for s in answer), soft_wrap=False,
                       width=min(console.width, 100), highlight=False)
@@ -481,14 +484,14 @@ def terminal(all_results: Results, console) -> None:
 
 
 # ------------------------------------------------------------------------------------- the page
-def _verdict_matrix(all_results: Results) -> str:
+def _verdict_matrix(all_results: Results, catalog: Catalog) -> str:
     """Optimizers × problems: seeds reaching the target, epochs to it, tuned learning rate."""
-    names = ranking(all_results)
-    boards = {p: {r.optimizer: r for r in board(p, race)[1]} for p, race in all_results.items()}
-    winners = {p: verdict(p, race)[0] for p, race in all_results.items()}
+    names = ranking(all_results, catalog)
+    boards = {p: {r.optimizer: r for r in board(p, race, catalog)[1]} for p, race in all_results.items()}
+    winners = {p: verdict(p, race, catalog)[0] for p, race in all_results.items()}
     rows = []
     for n in names:
-        spec = describe(n)
+        spec = catalog.spec(n)
         book = f" <small>({html.escape(spec.book)})</small>" if spec else ""
         mark = "" if spec is None or spec.in_book else " <span title='not a method of chapter 8'>†</span>"
         cells = [f"{html.escape(n)}{mark}{book}"]
@@ -502,7 +505,7 @@ def _verdict_matrix(all_results: Results) -> str:
             cells.append(f"<span{mark}>{r.reached}/{r.seeds} · {html.escape(_fmt(r.ge_to_target, 3))}</span>{lr}")
         rows.append(cells)
     heads = "".join(f"<th><a href='#{_stem(p)}'>{html.escape(title(p))}</a><br><small>"
-                    f"{html.escape(known(p).challenge)}</small></th>" for p in all_results)
+                    f"{html.escape(catalog.known(p).challenge)}</small></th>" for p in all_results)
     body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>" for r in rows)
     return f"<table class='matrix'><thead><tr><th>optimizer</th>{heads}</tr></thead><tbody>{body}</tbody></table>"
 
@@ -525,8 +528,10 @@ def _published_results(out: Path, figs: Path) -> str:
     return science_report.section(records, figs) if records else ""
 
 
-def write(all_results: Results, out: Path, meta: dict[str, Any]) -> Path:
-    """Figures under ``out/figures`` (PNG and SVG) and ``out/report.html`` (self-contained)."""
+def write(all_results: Results, out: Path, meta: dict[str, Any], catalog: Catalog | None = None) -> Path:
+    """Figures under ``out/figures`` (PNG and SVG) and ``out/report.html`` (self-contained);
+    ``catalog``: what the command knows of the names (:class:`~.catalog.Catalog`)."""
+    catalog = catalog or Catalog()
     figs = out / "figures"
     parts = [f"<h1>deepdescent bench — {html.escape(str(meta.get('suite', '')))} suite</h1>"]
     published = _published_results(out, figs)
@@ -534,21 +539,21 @@ def write(all_results: Results, out: Path, meta: dict[str, Any]) -> Path:
              "<p>Each cell: seeds that reach the problem's target / seeds · median epochs to it (never: none did), "
              "every optimizer with the same budget; the tuned learning rate below (* at the edge of its grid). "
              "Green: the problem's winner; light green: solved (at least half the seeds). Rows: most problems solved "
-             "first, then most within 2× of the fastest, then the geometric mean of the time ratios.</p>", _verdict_matrix(all_results), "<ul class='verdicts'>"]
+             "first, then most within 2× of the fastest, then the geometric mean of the time ratios.</p>", _verdict_matrix(all_results, catalog), "<ul class='verdicts'>"]
     for problem, race in all_results.items():
-        sentence = verdict(problem, race)[1]
-        why = "".join(f"<li>{html.escape(m)}.</li>" for m in measured(problem, race))
-        held = held_out(problem, race)
+        sentence = verdict(problem, race, catalog)[1]
+        why = "".join(f"<li>{html.escape(m)}.</li>" for m in measured(problem, race, catalog))
+        held = held_out(problem, race, catalog)
         sentence += f" {held}." if held else ""
         parts.append(f"<li><b>{html.escape(title(problem))}</b>: {html.escape(sentence)}"
                      + (f"<ul class='measured'><small>measured:</small>{why}</ul>" if why else "") + "</li>")
     parts.append("</ul>")
-    answer = overall(all_results)
+    answer = overall(all_results, catalog)
     if answer:
         parts.append("<h3 id='overall'>Which optimizer?</h3><p>" + " ".join(f"{html.escape(s)}." for s in answer)
                      + "</p>")
     raced = list(dict.fromkeys(n for race in all_results.values() for n in race))
-    specs = [(n, describe(n)) for n in raced]
+    specs = [(n, catalog.spec(n)) for n in raced]
     notes = [(n, s) for n, s in specs if s is not None and s.in_book and s.note]
     if notes:
         parts.append("<h3>Where the raced variant differs from the book</h3><ul>" + "".join(
@@ -562,14 +567,14 @@ def write(all_results: Results, out: Path, meta: dict[str, Any]) -> Path:
                          "</li>" for n, s in others) + "</ul>")
     parts += [f"<h2>Protocol</h2><p>{html.escape(PROTOCOL_TEXT)}</p>", meta_table(meta)]
     parts.append(f'<h2>Performance profile</h2><img alt="performance profile" '
-                 f'src="data:image/png;base64,{_profile_figure(all_results, figs)}">')
+                 f'src="data:image/png;base64,{_profile_figure(all_results, figs, catalog)}">')
     depth = _depth_figure(all_results, figs)
     if depth:
         parts.append(f'<h2>Depth and initialization</h2><img alt="depth and initialization" '
                      f'src="data:image/png;base64,{depth}">')
     for problem, race in all_results.items():
-        tgt, rows = board(problem, race)
-        p = known(problem)
+        tgt, rows = board(problem, race, catalog)
+        p = catalog.known(problem)
         budget = max(r.budget for t in race.values() for r in t["tuned"])
         parts.append(f"<h2 id='{_stem(problem)}'>{html.escape(title(problem))}</h2><p>{html.escape(p.description)}"
                      f" — challenge: <b>{html.escape(p.challenge or 'not stated')}</b>; budget {_fmt(budget)} epochs; target "
@@ -581,7 +586,7 @@ def write(all_results: Results, out: Path, meta: dict[str, Any]) -> Path:
             ref, comp = p.reference
             parts.append(f"<p class='ref'>Reference: {html.escape(ref)} — <i>{html.escape(comp)}</i></p>")
         for maker in (_learning_curves, _sensitivity, _trajectories, _instrument_panel, _spectrum_panel):
-            data = maker(problem, race, figs)
+            data = maker(problem, race, figs, catalog)
             if data:
                 parts.append(f'<img alt="{problem} {maker.__name__.strip("_")}" src="data:image/png;base64,{data}">')
     style_ = ("body{font-family:sans-serif;max-width:1200px;margin:auto;padding:1em}table{border-collapse:collapse;"

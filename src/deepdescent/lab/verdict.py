@@ -22,10 +22,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from deepdescent.lab import challenges, engine
-from deepdescent.lab.optimizers import describe
-from deepdescent.lab.problems import batch_size, classification
-from deepdescent.lab.problems import challenge as challenge_of
-from deepdescent.lab.problems import floor
+from deepdescent.lab.catalog import Catalog
 
 Results = dict[str, dict[str, dict[str, list[engine.RunResult]]]]  # problem → optimizer → track → runs
 Race = dict[str, dict[str, list[engine.RunResult]]]  # optimizer → track → runs
@@ -70,17 +67,13 @@ def time_to_target(run: engine.RunResult, target: float) -> float:
     return run.grad_equiv[i]
 
 
-def _kind(name: str) -> str:
-    spec = describe(name)
-    return spec.kind if spec else "first"
-
-
-def target(results: Race, floor: float = 0.0) -> float:
+def target(results: Race, floor: float = 0.0, catalog: Catalog | None = None) -> float:
     """The best baseline's median final training loss (tuned track) plus 5% of its distance to the
     problem's ``floor`` (0, or the loss's known infimum). The baselines are the minibatch
     first-order methods; every method's time to that target is reported, the second-order ones
     included."""
-    baselines = [t for n, t in results.items() if _kind(n) == "first"] or list(results.values())
+    catalog = catalog or Catalog()
+    baselines = [t for n, t in results.items() if catalog.kind(n) == "first"] or list(results.values())
     best = min(median(r.final_train_loss for r in tracks["tuned"]) for tracks in baselines)
     return best + 0.05 * abs(best - floor) + 1e-8 + 1e-6 * abs(floor)
 
@@ -93,7 +86,7 @@ def _tuning(tracks: dict[str, list[engine.RunResult]]) -> tuple[float | None, bo
     return best, lrs[0] < best < lrs[-1], len(lrs)
 
 
-def row(name: str, tracks: dict[str, list[engine.RunResult]], tgt: float) -> Row:
+def row(name: str, tracks: dict[str, list[engine.RunResult]], tgt: float, catalog: Catalog | None = None) -> Row:
     tuned = tracks["tuned"]
     times = [time_to_target(r, tgt) for r in tuned]
     reached = [t for t in times if math.isfinite(t)]
@@ -104,13 +97,13 @@ def row(name: str, tracks: dict[str, list[engine.RunResult]], tgt: float) -> Row
         median(r.test_accuracy for r in tuned) if tuned[0].test_accuracy is not None else None,
         len(reached), len(tuned), statistics.median_low(reached) if reached else math.inf,
         sum(r.diverged for r in tracks["grid"]), sum(r.truncated for r in tuned),
-        median(r.line_search_failures for r in tuned) if _kind(name) == "second" else None,
+        median(r.line_search_failures for r in tuned) if (catalog or Catalog()).kind(name) == "second" else None,
     )
 
 
-def leaderboard(results: Race, floor: float = 0.0) -> tuple[float, list[Row]]:
-    tgt = target(results, floor)
-    rows = [row(name, tracks, tgt) for name, tracks in results.items()]
+def leaderboard(results: Race, floor: float = 0.0, catalog: Catalog | None = None) -> tuple[float, list[Row]]:
+    tgt = target(results, floor, catalog)
+    rows = [row(name, tracks, tgt, catalog) for name, tracks in results.items()]
     rows.sort(key=lambda r: (-r.reached / r.seeds, r.ge_to_target, r.final))
     return tgt, rows
 
@@ -132,13 +125,14 @@ def _held_out_final(run: engine.RunResult, metric: str) -> float:
     return math.nan if run.diverged or not n else curve[n - 1]  # type: ignore[index]
 
 
-def held_out_target(race: Race, accuracy: bool) -> tuple[str, float] | None:
+def held_out_target(race: Race, accuracy: bool, catalog: Catalog | None = None) -> tuple[str, float] | None:
     """AlgoPerf's validation target, set like the training one, on the workload's own metric where
     it has one, else accuracy (``accuracy``: classifiers), else the held-out loss: the best
     first-order method's median final value, less 5% of its distance to 1 (accuracy) or of its
     size (the others), in the metric's worse direction; (metric, target), None where the runs
     recorded no held-out curve."""
-    first = [tracks["tuned"] for n, tracks in race.items() if _kind(n) == "first"]
+    catalog = catalog or Catalog()
+    first = [tracks["tuned"] for n, tracks in race.items() if catalog.kind(n) == "first"]
     own = {r.metric_name for tuned in first for r in tuned}
     if len(own) == 1 and None not in own:
         metric = own.pop()
@@ -171,10 +165,11 @@ def time_to_held_out(run: engine.RunResult, metric: str, tgt: float) -> float:
 HELD_OUT_SHOWN = 4
 
 
-def held_out(problem: str, race: Race) -> str | None:
+def held_out(problem: str, race: Race, catalog: Catalog | None = None) -> str | None:
     """A sentence: the held-out target and who reaches it first (None without held-out curves, or
     where the held-out data are the training data: every curve equals the training loss's)."""
-    found = held_out_target(race, classification(problem))
+    catalog = catalog or Catalog()
+    found = held_out_target(race, catalog.classification(problem), catalog)
     runs = [r for tracks in race.values() for r in tracks["tuned"]]
     if found is None or all(r.test_curve == r.train_loss for r in runs if r.test_curve):
         return None
@@ -194,18 +189,19 @@ def held_out(problem: str, race: Race) -> str | None:
     return (f"Held-out target ({metric} {'≥' if higher else '≤'} {shown}, first reached): " + "; ".join(parts))
 
 
-def board(problem: str, race: Race) -> tuple[float, list[Row]]:
-    """The leaderboard of a lab problem (its target relative to the problem's floor)."""
-    return leaderboard(race, floor(problem))
+def board(problem: str, race: Race, catalog: Catalog | None = None) -> tuple[float, list[Row]]:
+    """The leaderboard of a problem (its target relative to the problem's floor)."""
+    catalog = catalog or Catalog()
+    return leaderboard(race, catalog.floor(problem), catalog)
 
 
-def performance_profile(all_results: Results) -> dict[str, list[float]]:
+def performance_profile(all_results: Results, catalog: Catalog | None = None) -> dict[str, list[float]]:
     """Per optimizer and problem (every problem of the run, in order): its epochs to the target
     divided by the best optimizer's; +∞ where it did not solve the problem or did not run on it."""
     names = list(dict.fromkeys(n for race in all_results.values() for n in race))
     ratios: dict[str, list[float]] = {n: [] for n in names}
     for problem, race in all_results.items():
-        _, rows = board(problem, race)
+        _, rows = board(problem, race, catalog)
         times = {r.optimizer: r.ge_to_target if r.solved else math.inf for r in rows}
         best = min(times.values(), default=math.inf)
         for n in names:
@@ -251,8 +247,8 @@ FAMILY_WHY = {
 }
 
 
-def family(name: str) -> str:
-    spec = describe(name)
+def family(name: str, catalog: Catalog | None = None) -> str:
+    spec = (catalog or Catalog()).spec(name)
     if spec is None:
         return "adaptive"
     return "sgd" if name == "SGD" else spec.family
@@ -276,10 +272,11 @@ def _epochs(t: float) -> str:
     return f"{t:.3g} epochs" if math.isfinite(t) else "never"
 
 
-def verdict(problem: str, race: Race) -> tuple[str | None, str]:
+def verdict(problem: str, race: Race, catalog: Catalog | None = None) -> tuple[str | None, str]:
     """(winner, a sentence that says what won and why, in the chapter's words, with the numbers)."""
-    tgt, rows = board(problem, race)
-    challenge = challenge_of(problem)
+    catalog = catalog or Catalog()
+    tgt, rows = board(problem, race, catalog)
+    challenge = catalog.challenge(problem)
     why = CHALLENGE_WHY.get(challenge, challenge)
     win = rows[0]
     d = apart(tgt, finals(rows))
@@ -293,10 +290,10 @@ def verdict(problem: str, race: Race) -> tuple[str | None, str]:
         if math.isfinite(sgd.ge_to_target) and sgd.ge_to_target > 0:
             text += f" ({win.ge_to_target / sgd.ge_to_target:.2g}× SGD's time)"
     challenge_text = f"Challenge: {why}. " if why else ""  # a workload need not name one
-    if measured(problem, race):  # the measured reasons say why (below the verdict); no template
+    if measured(problem, race, catalog):  # the measured reasons say why (below the verdict); no template
         return win.optimizer, f"{text}. {challenge_text}".rstrip()
     return win.optimizer, (f"{text}. {challenge_text}The chapter's account (nothing measured here): "
-                           f"{FAMILY_WHY[family(win.optimizer)]}.")
+                           f"{FAMILY_WHY[family(win.optimizer, catalog)]}.")
 
 
 # ------------------------------------------------------------------------- measured reasons
@@ -425,10 +422,10 @@ def _noise(name: str, run: engine.RunResult, batch: int) -> str | None:
             f"of {name}'s run (an estimate, good to a factor of about 2), {relation}")
 
 
-def _account(problem: str, runs: dict[str, engine.RunResult], winner: str, batch: int) -> str | None:
-    """Whether the measurements agree with the chapter's account of the problem's challenge: a
+def _account(challenge: str, runs: dict[str, engine.RunResult], winner: str, batch: int) -> str | None:
+    """Whether the measurements agree with the chapter's account of the problem's ``challenge``: a
     sentence that says so, says they do not, or says the challenge is not measured here."""
-    ch = challenge_of(problem)
+    ch = challenge
     if ch.startswith("ill-conditioning"):
         sgd = runs.get("SGD")
         tops = _finite(sgd.lambda_max or []) if sgd is not None and sgd.lr is not None else []
@@ -492,16 +489,17 @@ def _through_time(runs: dict[str, engine.RunResult], winner: str) -> str:
             f"still gets {start:.2g}× the last one's gradient" + later)
 
 
-def measured(problem: str, race: Race) -> list[str]:
+def measured(problem: str, race: Race, catalog: Catalog | None = None) -> list[str]:
     """What the instrumented runs measured that explains the verdict, as sentences with the numbers
     (none where nothing was measured; each says where a measurement is only an estimate)."""
-    _, rows = board(problem, race)
+    catalog = catalog or Catalog()
+    _, rows = board(problem, race, catalog)
     said: list[str] = []
     runs = {r.optimizer: _measured(race[r.optimizer]) for r in rows}
     runs = {n: r for n, r in runs.items() if r is not None}
     if not runs:
         return []
-    winner, batch = rows[0].optimizer, batch_size(problem)
+    winner, batch = rows[0].optimizer, catalog.batch_size(problem)
     for name in dict.fromkeys([winner, "SGD"]):
         run = runs.get(name)
         if run is not None:
@@ -510,10 +508,10 @@ def measured(problem: str, race: Race) -> list[str]:
         run = runs.get(r.optimizer)
         if run is not None:
             said += [s for s in (_saddle(r.optimizer, run), _cliff(r.optimizer, run, r.diverged, batch)) if s]
-    first = next((n for n in dict.fromkeys([winner, "SGD", *runs]) if n in runs and _kind(n) == "first"), None)
+    first = next((n for n in dict.fromkeys([winner, "SGD", *runs]) if n in runs and catalog.kind(n) == "first"), None)
     noise = _noise(first, runs[first], batch) if first else None
     layers = _layers(runs.get(winner) or next(iter(runs.values())))
-    return said + [s for s in (noise, layers, _account(problem, runs, winner, batch)) if s]
+    return said + [s for s in (noise, layers, _account(catalog.challenge(problem), runs, winner, batch)) if s]
 
 
 # ---------------------------------------------------------------------------- overall answer
@@ -525,26 +523,27 @@ def standing(ratios: list[float]) -> tuple[int, int, float]:
     return len(solved), sum(r <= 2 for r in ratios), geo
 
 
-def ranking(all_results: Results) -> list[str]:
+def ranking(all_results: Results, catalog: Catalog | None = None) -> list[str]:
     """The optimizers, most problems solved first, then most within 2× of the fastest, then the
     smallest geometric-mean ratio to the fastest."""
-    profile = performance_profile(all_results)
+    profile = performance_profile(all_results, catalog)
     return sorted(profile, key=lambda n: (-standing(profile[n])[0], -standing(profile[n])[1], standing(profile[n])[2]))
 
 
-def overall(all_results: Results) -> list[str]:
+def overall(all_results: Results, catalog: Catalog | None = None) -> list[str]:
     """Which optimizer to use, from the performance profile across the run's problems, with the
     caveats that bound the answer: sentences (none for a single problem)."""
     if len(all_results) < 2:
         return []
-    profile = performance_profile(all_results)
+    catalog = catalog or Catalog()
+    profile = performance_profile(all_results, catalog)
     problems = list(all_results)
-    ranked = ranking(all_results)
+    ranked = ranking(all_results, catalog)
     best = ranked[0]
     solved, near, geo = standing(profile[best])
     if not solved:
         return [f"No optimizer solved any of the {len(problems)} problems within the budget: no answer from this run"]
-    missed = [p if challenge_of(p).startswith("none") else f"{p} ({challenge_of(p) or 'challenge not stated'})"
+    missed = [p if catalog.challenge(p).startswith("none") else f"{p} ({catalog.challenge(p) or 'challenge not stated'})"
               for p, r in zip(problems, profile[best]) if not math.isfinite(r)]
     said = [f"Across the {len(problems)} problems, {best} solved {solved}, within 2× of the fastest on {near} "
             f"(geometric mean {geo:.2g}× the fastest where it solved): the first choice on these problems"
