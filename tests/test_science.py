@@ -17,6 +17,7 @@ from deepdescent import optim
 from deepdescent.cli import app
 from deepdescent.lab import problems, science
 from deepdescent.lab.science import report as science_report
+from deepdescent.lab.science.experiment import VERDICTS, Paired, judged
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -37,7 +38,8 @@ def _set(raw, path, value):
 
 # For each experiment: a change to its raw records and the number of its summary that must follow it.
 def _autoencoder(raw):
-    raw["runs"]["HF"][0]["final"] = 0.00123
+    for r in [raw["runs"]["HF"][0], *raw["seeds"]["HF"]]:
+        r["final"] = 0.00123
     return "HF_error", 0.00123
 
 
@@ -80,7 +82,7 @@ def _deepobs(raw):
 
 
 def _momentum(raw):
-    for r in raw["runs"]["NAG μ_max = 0.999"]:
+    for r in [*raw["runs"]["NAG μ_max = 0.999"], *raw["seeds"]["NAG μ_max = 0.999"]]:
         r["final"] = 0.0042
     return "NAG μ_max = 0.999", 0.0042
 
@@ -114,9 +116,10 @@ def test_the_report_is_built_from_the_stored_files(tiny, tmp_path):
     rows = {r["key"]: r for r in science_report.rows(records)}
     assert list(rows) == list(science.EXPERIMENTS)  # all eight, in the suite's order
     for r in rows.values():
-        assert r["published"] and r["ours"] and r["verdict"] in ("reproduced", "partly", "not reproduced")
+        assert r["published"] and r["ours"] and r["verdict"] in VERDICTS
         assert r["comparable"] == "yes" or r["comparable"].startswith("no — ")
-        assert ("failed: " in r["explanation"]) == (r["verdict"] != "reproduced")  # the failed check named
+        named = "failed: " in r["explanation"] or "inconclusive: " in r["explanation"]
+        assert named == (r["verdict"] != "reproduced")  # the check that did not hold is named
     record = json.loads(science.path(out, "saddles").read_text())
     record["raw"]["runs"]["saddle"]["gradient descent"]["final"] = -0.5432
     (tmp_path / "science").mkdir()
@@ -324,3 +327,60 @@ def test_preconditioned_cg_is_exact_in_n_iterations():
         return 0.5 * (o - y).square().mean(), o
     opt.step(closure, fisher_diagonal=torch.tensor([0.3, 7.0, 50.0], dtype=torch.float64))
     assert torch.allclose(opt.state[model.weight]["cg_init"], expected, rtol=1e-7)
+
+
+# ----------------------------------------------------------------- verdicts over seeds (issue 31)
+def test_paired_interval_is_the_t_interval_of_the_log_ratios():
+    """Against scipy's t interval of ln(lower/higher) over the seeds, exponentiated."""
+    from scipy import stats
+
+    lower, higher = (1.9, 2.3, 1.7, 2.0), (5.0, 4.1, 5.6, 4.4)
+    logs = np.log(np.array(lower) / np.array(higher))
+    lo, hi = stats.t.interval(0.95, len(logs) - 1, loc=logs.mean(), scale=stats.sem(logs))
+    low, mid, high = Paired(lower, higher).interval
+    assert (low, mid, high) == pytest.approx((math.exp(lo), math.exp(logs.mean()), math.exp(hi)), rel=1e-12)
+    assert Paired(lower, higher).outcome == "holds" and Paired(higher, lower).outcome == "fails"
+    assert Paired((1.0,), (2.0,)).outcome == "inconclusive"  # one seed: no interval
+    assert Paired((1.0, 2.0, 1.5), (1.6, 1.2, 1.5)).outcome == "inconclusive"
+    assert Paired((math.inf, math.inf), (1.0, 1.1)).outcome == "fails"  # diverged every time
+    assert judged({"a": Paired(lower, higher), "b": True}, True)["verdict"] == "reproduced"
+    assert judged({"a": Paired((1.0, 2.0, 1.5), (1.6, 1.2, 1.5)), "b": True}, True)["verdict"] == VERDICTS[3]
+    assert judged({"a": Paired(higher, lower), "b": Paired((1.0, 2.0, 1.5), (1.6, 1.2, 1.5))}, False) == {
+        "verdict": "not reproduced", "failed": ("a", "inconclusive: b")}
+
+
+def _with_finals(raw, finals):
+    """``raw`` with each setting's per-seed final errors replaced: seed 0 in its grid (the tuned
+    run holds it, the other grid points end 10× higher), seeds 1… in raw["seeds"]."""
+    raw = copy.deepcopy(raw)
+    for name, values in finals.items():
+        for i, r in enumerate(raw["runs"][name]):
+            r["final"] = values[0] * (1 if i == 0 else 10)
+        raw["seeds"][name] = [{"lr": raw["runs"][name][0].get("lr"), "final": v, "diverged": False} for v in values[1:]]
+    return raw
+
+
+MOMENTUM = {"SGD": (5.0, 5.2, 5.1), "NAG μ = 0.9 constant": (4.0, 4.1, 4.2), "NAG μ_max = 0.9": (2.8, 2.9, 2.85),
+            "NAG μ_max = 0.99": (1.9, 1.85, 1.95), "NAG μ_max = 0.999": (1.5, 1.55, 1.45)}
+AUTOENCODER = {"SGD": (5.0, 5.2, 5.1), "momentum": (2.5, 2.6, 2.4), "NAG": (1.9, 1.85, 1.95), "HF": (8.3, 7.4, 7.9)}
+
+
+@pytest.mark.parametrize("key,finals,moved,expected", [
+    ("momentum_schedule", MOMENTUM, {"NAG μ_max = 0.999": (2.5, 2.55, 2.45)}, "partly"),
+    ("autoencoder", AUTOENCODER, {"HF": (1.0, 1.1, 0.9)}, "reproduced"),
+])
+def test_a_verdict_holds_within_the_seeds_spread_and_moves_beyond_it(tiny, key, finals, moved, expected):
+    """Jitter every stored per-seed error by up to ±2% (inside the seeds' own spread): the verdict
+    stays; move one setting's seeds past the compared one: the verdict changes; make one
+    comparison straddle its threshold: inconclusive at this scale."""
+    _, records = tiny
+    exp = science.EXPERIMENTS[key]
+    base = exp.summarize(_with_finals(records[key]["raw"], finals)).verdict
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        jittered = {k: tuple(v * rng.uniform(0.98, 1.02) for v in vs) for k, vs in finals.items()}
+        assert exp.summarize(_with_finals(records[key]["raw"], jittered)).verdict == base
+    assert exp.summarize(_with_finals(records[key]["raw"], {**finals, **moved})).verdict == expected != base
+    straddle = {"momentum_schedule": {"NAG μ_max = 0.999": (1.7, 2.2, 1.95)},  # ratios 0.89, 1.19, 1.0 to μ 0.99
+                "autoencoder": {"HF": (0.5, 0.55, 0.45), "NAG": (2.0, 5.6, 4.0)}}[key]  # NAG/SGD: 0.4, 1.08, 0.78
+    assert exp.summarize(_with_finals(records[key]["raw"], {**finals, **straddle})).verdict == VERDICTS[3]

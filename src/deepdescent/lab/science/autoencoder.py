@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import math
+import statistics
 from typing import Any
 
 import torch
@@ -25,17 +26,28 @@ from torch.func import functional_call, grad, vmap
 
 from deepdescent import optim
 from deepdescent.lab.science import curves
-from deepdescent.lab.science.experiment import Experiment, Summary, check_scale, judged, num
+from deepdescent.lab.science.experiment import (
+    Experiment,
+    Paired,
+    Summary,
+    check_scale,
+    judged,
+    num,
+    outcome,
+    seed_bar,
+)
 
 #: Per scale: image side, training images, encoder layers, budget (gradient-equivalents), first-order
 #: minibatch, learning-rate grid (the loss is summed over pixels: rates are per-pixel-sum).
 SIZES: dict[str, dict[str, Any]] = {
-    "tiny": dict(side=8, n=200, layers=(64, 32, 16, 6), budget=8, batch=50, lrs=(3e-3, 1e-2)),
+    "tiny": dict(side=8, n=200, layers=(64, 32, 16, 6), budget=8, batch=50, lrs=(3e-3, 1e-2), seeds=2),
     "cpu": dict(side=16, n=2000, layers=(256, 100, 50, 25, 6), budget=500, batch=200,
-                lrs=(3e-3, 1e-2, 3e-2, 1e-1)),
+                lrs=(3e-3, 1e-2, 3e-2, 1e-1), seeds=3),
     "full": dict(side=28, n=20000, layers=curves.PUBLISHED_LAYERS, budget=2000, batch=200,
-                 lrs=(1e-4, 3e-4, 1e-3, 3e-3, 1e-2)),
+                 lrs=(1e-4, 3e-4, 1e-3, 3e-3, 1e-2), seeds=5),
 }
+#: The learning rate is tuned on seed 0's grid; the other seeds (model, minibatch order and HF's
+#: curvature batches) run at the tuned rate, so that every comparison is paired on shared seeds.
 POINTS = 20  # recorded points per run
 EXTEND = 2  # grid points added at most on a side while the best learning rate sits at its edge
 MU_MAX = 0.99  # the momentum cap of experiment 1 (experiment 8 varies it)
@@ -177,16 +189,38 @@ def grid_runs(scale: str, mu_max: float, nesterov: bool, schedule: bool = True,
     return [runs[lr] for lr in sorted(runs)]
 
 
+#: (μ_max, Nesterov) of experiment 1's first-order methods.
+SETTINGS = {"SGD": (0.0, False), "momentum": (MU_MAX, False), "NAG": (MU_MAX, True)}
+
+
 def methods(scale: str, device: str) -> dict[str, list[dict[str, Any]]]:
-    return {"SGD": grid_runs(scale, 0.0, False, device=device),
-            "momentum": grid_runs(scale, MU_MAX, False, device=device),
-            "NAG": grid_runs(scale, MU_MAX, True, device=device)}
+    return {m: grid_runs(scale, mu, nesterov, device=device) for m, (mu, nesterov) in SETTINGS.items()}
+
+
+def other_seeds(scale: str, runs: list[dict[str, Any]], mu_max: float, nesterov: bool, schedule: bool = True,
+                device: str = "cpu") -> list[dict[str, Any]]:
+    """Seeds 1, 2, … of a first-order method at the learning rate its seed-0 grid chose (final
+    error and divergence only: the figure draws seed 0's curve)."""
+    lr = tuned(runs)["lr"]
+    return [{k: r[k] for k in ("lr", "final", "diverged")}
+            for r in (first_order(scale, lr, mu_max, nesterov, schedule, device, seed)
+                      for seed in range(1, SIZES[scale]["seeds"]))]
+
+
+def finals(raw: dict[str, Any], method: str) -> tuple[float, ...]:
+    """A method's final errors, seed 0 (its tuned run) first, then the other seeds'."""
+    return (num(tuned(raw["runs"][method])["final"]),
+            *(num(r["final"]) for r in raw.get("seeds", {}).get(method, [])))
 
 
 def run(scale: str, device: str = "cpu") -> dict[str, Any]:
     raw: dict[str, Any] = {"scale": scale, **{k: v for k, v in SIZES[scale].items()}}
     raw["runs"] = methods(scale, device)
     raw["runs"]["HF"] = [hessian_free(scale, device)]
+    raw["seeds"] = {m: other_seeds(scale, raw["runs"][m], mu, nesterov, device=device)
+                    for m, (mu, nesterov) in SETTINGS.items()}
+    raw["seeds"]["HF"] = [{k: r[k] for k in ("final", "diverged")} for r in
+                          (hessian_free(scale, device, seed) for seed in range(1, SIZES[scale]["seeds"]))]
     raw["hf_longer"] = {"budget": LONGER * raw["budget"],
                         **hessian_free(scale, device, budget=LONGER * raw["budget"])}
     return raw
@@ -195,15 +229,29 @@ def run(scale: str, device: str = "cpu") -> dict[str, Any]:
 PUBLISHED = {"SGD": 0.48, "NAG": 0.074, "HF": 0.058}
 
 
+def spread(values: tuple[float, ...]) -> str:
+    """"1.9 (1.85–1.95, 3 seeds)": the median and the range over seeds."""
+    mid = statistics.median(values)
+    if len(values) < 2:
+        return f"{mid:.3g} (1 seed)"
+    return f"{mid:.3g} ({min(values):.3g}–{max(values):.3g}, {len(values)} seeds)"
+
+
 def summarize(raw: dict[str, Any]) -> Summary:
     best = {m: tuned(rs) for m, rs in raw["runs"].items()}
-    err = {m: num(r["final"]) for m, r in best.items()}
+    seeds = {m: finals(raw, m) for m in raw["runs"]}
+    err = {m: statistics.median(v) for m, v in seeds.items()}
     order = sorted(err, key=err.get)
-    ours = ", ".join(f"{m} {err[m]:.3g}" + (f" (lr {best[m]['lr']:g})" if "lr" in best[m] else "") for m in order)
+    ours = ", ".join(f"{m} {spread(seeds[m])}" + (f" (lr {best[m]['lr']:g})" if "lr" in best[m] else "")
+                     for m in order)
     hf = best["HF"]
-    published_order = err["HF"] <= err["NAG"] <= err["SGD"]
-    momentum_helps = min(err["NAG"], err["momentum"]) < err["SGD"]
-    if published_order:
+    published_order = (Paired(seeds["HF"], seeds["NAG"]), Paired(seeds["NAG"], seeds["SGD"]))
+    momentum_helps = Paired(tuple(map(min, seeds["NAG"], seeds["momentum"])), seeds["SGD"])
+    hf_helps = Paired(seeds["HF"], seeds["SGD"])
+    tests = (f"Tests, paired on {len(seeds['SGD'])} shared seeds (lr tuned on seed 0): HF < NAG: "
+             f"{published_order[0].text()}; NAG < SGD: {published_order[1].text()}; best momentum < SGD: "
+             f"{momentum_helps.text()}; HF < SGD: {hf_helps.text()}.")
+    if outcome(published_order) == "holds":
         why = "HF ends lowest, then Nesterov, then SGD, as published."
     else:
         why = _why_hf_loses(raw, hf, err)
@@ -218,15 +266,15 @@ def summarize(raw: dict[str, Any]) -> Summary:
             f"(published: 28×28, 20,000, 784-400-200-100-50-25-6); {raw['budget']} gradient-equivalents "
             "where the papers trained for far longer",
         **judged({"the published order of the methods' errors": published_order,
-                  "momentum lowers SGD's error": momentum_helps, "HF's error below SGD's": err["HF"] < err["SGD"]},
-                 momentum_helps and err["HF"] < err["SGD"]),
-        explanation=why, numbers={f"{m}_error": v for m, v in err.items()})
+                  "momentum lowers SGD's error": momentum_helps, "HF's error below SGD's": hf_helps},
+                 (momentum_helps, hf_helps)),
+        explanation=f"{why} {tests}", numbers={f"{m}_error": v for m, v in err.items()})
 
 
 def _why_hf_loses(raw: dict[str, Any], hf: dict[str, Any], err: dict[str, float]) -> str:
     """What the records say about HF's place: its damping and CG work, and whether LONGER× the
     budget alone would put it ahead of the best first-order method."""
-    best_first = min(("SGD", "momentum", "NAG"), key=err.get)
+    best_first = min(SETTINGS, key=err.get)
     longer = raw.get("hf_longer")
     text = (f"HF ends at {err['HF']:.3g} after {hf['steps']} steps (damping λ {hf['damping'][0]:.3g} → "
             f"{hf['damping'][-1]:.3g}, at most {max(hf['cg_iterations'] or [0])} CG iterations a step)")
@@ -236,7 +284,7 @@ def _why_hf_loses(raw: dict[str, Any], hf: dict[str, Any], err: dict[str, float]
                  + (f"below {best_first}'s {err[best_first]:.3g}: more compute alone changes the order"
                     if final < err[best_first] else
                     f"still above {best_first}'s {err[best_first]:.3g} at 1×: not the budget alone — per "
-                    "gradient-equivalent our HF is slower here (λ₀ = 1 untuned, one seed; the papers compare "
+                    "gradient-equivalent our HF is slower here (λ₀ = 1 untuned; the papers compare "
                     "at the end of long runs, not at equal compute)"))
     return text + "."
 
@@ -246,9 +294,11 @@ def figure(raw: dict[str, Any], fig: Any) -> None:
     for m, rs in raw["runs"].items():
         r = tuned(rs)
         xs, ys = zip(*r["curve"])
-        ax.plot(xs, ys, label=m + (f" (lr {r['lr']:g})" if "lr" in r else ""), lw=2 if m == "HF" else 1.3)
-    ax.set(xlabel="gradient-equivalents", ylabel="training squared error per image", yscale="log",
-           title=f"Deep autoencoder on generated CURVES ({raw['side']}×{raw['side']})")
+        line, = ax.plot(xs, ys, label=m + (f" (lr {r['lr']:g})" if "lr" in r else ""), lw=2 if m == "HF" else 1.3)
+        seed_bar(ax, raw["budget"] * (1 + 0.01 * list(raw["runs"]).index(m)), finals(raw, m), line.get_color())
+    ax.set(xlabel="gradient-equivalents (bars at the end: median and range over seeds)",
+           ylabel="training squared error per image", yscale="log",
+           title=f"Deep autoencoder on generated CURVES ({raw['side']}×{raw['side']}): seed 0's curves")
     ax.legend()
 
 
@@ -259,5 +309,6 @@ EXPERIMENT = Experiment(
     source="Martens (2010); Sutskever et al. (2013), Table 1",
     published="CURVES training error: SGD 0.48, NAG 0.074, HF 0.058",
     budget=lambda scale: f"{SIZES[scale]['budget']} gradient-equivalents per method, "
-                         f"{len(SIZES[scale]['lrs'])} learning rates per first-order method",
+                         f"{len(SIZES[scale]['lrs'])} learning rates per first-order method (seed 0), then "
+                         f"{SIZES[scale]['seeds'] - 1} more seeds at each tuned rate (HF: {SIZES[scale]['seeds']} seeds)",
     run=run, summarize=summarize, figure=figure)

@@ -18,7 +18,13 @@ from typing import Any
 #: suite within 30 minutes on 2 cores), ``full`` (the papers' sizes where a GPU makes them affordable).
 SCALES = ("tiny", "cpu", "full")
 
-VERDICTS = ("reproduced", "partly", "not reproduced")
+#: reproduced: every check holds clearly; partly / not reproduced: a check fails clearly; inconclusive
+#: at this scale: none fails clearly, but some interval straddles its threshold.
+VERDICTS = ("reproduced", "partly", "not reproduced", "inconclusive at this scale")
+INCONCLUSIVE = VERDICTS[3]
+#: Two-sided confidence of the intervals over seeds.
+CONFIDENCE = 0.95
+_CAP = 50.0  # |ln ratio| of a diverged seed against a finite one: e^50, decisive for that seed alone
 
 
 @dataclass(frozen=True)
@@ -62,12 +68,100 @@ def verdict(reproduced: bool, partly: bool) -> str:
     return "reproduced" if reproduced else "partly" if partly else "not reproduced"
 
 
-def judged(checks: dict[str, bool], partly: bool) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Paired:
+    """The claim "``lower`` ends below ``tolerance`` × ``higher``", judged on shared seeds: with
+    r_s = lower_s / higher_s per seed, a t interval (:data:`CONFIDENCE`) of the geometric mean of
+    r over the n seeds. The claim **holds** when the whole interval lies below ``tolerance``,
+    **fails** when it lies above, and is **inconclusive** when it straddles it (always with one
+    seed). A diverged seed (∞) counts as e^50 against a finite one."""
+
+    lower: tuple[float, ...]
+    higher: tuple[float, ...]
+    tolerance: float = 1.0
+
+    def __post_init__(self) -> None:
+        if len(self.lower) != len(self.higher) or not self.lower:
+            raise ValueError(f"paired seeds: {len(self.lower)} against {len(self.higher)}; need the same n ≥ 1")
+
+    @property
+    def logs(self) -> list[float]:
+        out = []
+        for a, b in zip(self.lower, self.higher):
+            if math.isinf(a) and math.isinf(b) or math.isnan(a) or math.isnan(b):
+                out.append(0.0)
+            elif math.isinf(a) or b <= 0:
+                out.append(_CAP)
+            elif math.isinf(b) or a <= 0:
+                out.append(-_CAP)
+            else:
+                out.append(max(-_CAP, min(_CAP, math.log(a / b))))
+        return out
+
+    @property
+    def interval(self) -> tuple[float, float, float]:
+        """(low, geometric mean, high) of lower/higher."""
+        from scipy.stats import t  # slow to import: only a summary pays it
+
+        d = self.logs
+        n, mean = len(d), sum(d) / len(d)
+        if n < 2:
+            return 0.0, math.exp(mean), math.inf
+        sd = math.sqrt(sum((x - mean) ** 2 for x in d) / (n - 1))
+        half = float(t.ppf(0.5 + CONFIDENCE / 2, n - 1)) * sd / math.sqrt(n)
+        return math.exp(mean - half), math.exp(mean), math.exp(mean + half)
+
+    @property
+    def outcome(self) -> str:
+        """holds, fails or inconclusive."""
+        low, _, high = self.interval
+        return "holds" if high < self.tolerance else "fails" if low > self.tolerance else "inconclusive"
+
+    def text(self) -> str:
+        low, mid, high = self.interval
+        bound = "" if self.tolerance == 1 else f" (allowed: < {self.tolerance:g})"
+        return (f"ratio {mid:.3g}, {100 * CONFIDENCE:.0f}% interval [{low:.3g}, {high:.3g}] over {len(self.lower)} "
+                f"seed{'s' if len(self.lower) != 1 else ''}{bound}")
+
+
+Check = bool | Paired | tuple  # a tuple: every comparison in it must hold
+
+
+def outcome(check: Check) -> str:
+    """holds, fails or inconclusive: a bool holds or fails; a tuple holds when all its members do
+    and fails when any fails."""
+    if isinstance(check, bool):
+        return "holds" if check else "fails"
+    if isinstance(check, Paired):
+        return check.outcome
+    found = [outcome(c) for c in check]
+    return "fails" if "fails" in found else "holds" if all(f == "holds" for f in found) else "inconclusive"
+
+
+def judged(checks: dict[str, Check], partly: Check) -> dict[str, Any]:
     """``verdict`` and ``failed`` of a Summary from the claim's named checks: reproduced when all
-    hold, partly when ``partly`` does; the failed ones named."""
-    return {"verdict": verdict(all(checks.values()), partly), "failed": tuple(k for k, ok in checks.items() if not ok)}
+    hold clearly; when one fails clearly, partly if ``partly`` holds, else not reproduced; when
+    none fails but some are inconclusive, inconclusive at this scale. The checks that did not
+    hold are named (with "inconclusive:" before those that only straddle)."""
+    found = {k: outcome(c) for k, c in checks.items()}
+    failed = tuple(k for k, o in found.items() if o == "fails")
+    unsure = tuple(f"inconclusive: {k}" for k, o in found.items() if o == "inconclusive")
+    if failed:
+        result = verdict(False, outcome(partly) == "holds")
+    else:
+        result = INCONCLUSIVE if unsure else "reproduced"
+    return {"verdict": result, "failed": failed + unsure}
 
 
 def num(value: float | None) -> float:
     """A stored number: JSON keeps non-finite values as None (a diverged run's loss reads back as ∞)."""
     return math.inf if value is None else float(value)
+
+
+def seed_bar(ax: Any, x: float, values: tuple[float, ...], color: Any) -> None:
+    """An error bar at ``x``: the median of ``values`` over seeds and their range (finite ones)."""
+    finite = sorted(v for v in values if math.isfinite(v))
+    if len(finite) < 2:
+        return
+    mid = finite[len(finite) // 2] if len(finite) % 2 else (finite[len(finite) // 2 - 1] + finite[len(finite) // 2]) / 2
+    ax.errorbar([x], [mid], yerr=[[mid - finite[0]], [finite[-1] - mid]], fmt="o", ms=4, capsize=4, color=color)

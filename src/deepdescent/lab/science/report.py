@@ -11,6 +11,14 @@ from deepdescent.lab import files
 from deepdescent.lab.pages import html_table, meta_table, pyplot, save_figure
 from deepdescent.lab.science import EXPERIMENTS, summaries
 
+
+def _checks(failed: tuple[str, ...]) -> str:
+    """The checks that did not hold, those that failed clearly apart from those that straddle."""
+    unsure = [f.removeprefix("inconclusive: ") for f in failed if f.startswith("inconclusive: ")]
+    fails = [f for f in failed if not f.startswith("inconclusive: ")]
+    return (f"; failed: {', '.join(fails)}" if fails else "") + (f"; inconclusive: {', '.join(unsure)}" if unsure else "")
+
+
 HEADERS = ["claim", "source", "published", "ours", "comparable", "verdict", "budget"]
 
 
@@ -26,7 +34,7 @@ def rows(records: dict[str, dict[str, Any]]) -> list[dict[str, str]]:
                     "published": exp.published, "ours": s.ours,
                     "comparable": "yes" if s.comparable else f"no — {s.why}",
                     "comparable_why": s.why, "verdict": s.verdict,
-                    "explanation": s.explanation + (f"; failed: {', '.join(s.failed)}" if s.failed else ""),
+                    "explanation": s.explanation + _checks(s.failed),
                     "budget": f"{rec['budget']} ({rec['seconds']:g} s, {rec.get('device', 'cpu')})"})
     return out
 
