@@ -38,7 +38,7 @@ def _set(raw, path, value):
 
 # For each experiment: a change to its raw records and the number of its summary that must follow it.
 def _autoencoder(raw):
-    for r in [raw["runs"]["HF"][0], *raw["seeds"]["HF"]]:
+    for r in [raw["runs"]["HF"][0], *raw["other_seeds"]["HF"]]:
         r["final"] = 0.00123
     return "HF_error", 0.00123
 
@@ -82,7 +82,7 @@ def _deepobs(raw):
 
 
 def _momentum(raw):
-    for r in [*raw["runs"]["NAG μ_max = 0.999"], *raw["seeds"]["NAG μ_max = 0.999"]]:
+    for r in [*raw["runs"]["NAG μ_max = 0.999"], *raw["other_seeds"]["NAG μ_max = 0.999"]]:
         r["final"] = 0.0042
     return "NAG μ_max = 0.999", 0.0042
 
@@ -351,12 +351,12 @@ def test_paired_interval_is_the_t_interval_of_the_log_ratios():
 
 def _with_finals(raw, finals):
     """``raw`` with each setting's per-seed final errors replaced: seed 0 in its grid (the tuned
-    run holds it, the other grid points end 10× higher), seeds 1… in raw["seeds"]."""
+    run holds it, the other grid points end 10× higher), seeds 1… in raw["other_seeds"]."""
     raw = copy.deepcopy(raw)
     for name, values in finals.items():
         for i, r in enumerate(raw["runs"][name]):
             r["final"] = values[0] * (1 if i == 0 else 10)
-        raw["seeds"][name] = [{"lr": raw["runs"][name][0].get("lr"), "final": v, "diverged": False} for v in values[1:]]
+        raw["other_seeds"][name] = [{"lr": raw["runs"][name][0].get("lr"), "final": v, "diverged": False} for v in values[1:]]
     return raw
 
 

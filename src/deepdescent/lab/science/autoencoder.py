@@ -210,16 +210,16 @@ def other_seeds(scale: str, runs: list[dict[str, Any]], mu_max: float, nesterov:
 def finals(raw: dict[str, Any], method: str) -> tuple[float, ...]:
     """A method's final errors, seed 0 (its tuned run) first, then the other seeds'."""
     return (num(tuned(raw["runs"][method])["final"]),
-            *(num(r["final"]) for r in raw.get("seeds", {}).get(method, [])))
+            *(num(r["final"]) for r in raw.get("other_seeds", {}).get(method, [])))
 
 
 def run(scale: str, device: str = "cpu") -> dict[str, Any]:
     raw: dict[str, Any] = {"scale": scale, **{k: v for k, v in SIZES[scale].items()}}
     raw["runs"] = methods(scale, device)
     raw["runs"]["HF"] = [hessian_free(scale, device)]
-    raw["seeds"] = {m: other_seeds(scale, raw["runs"][m], mu, nesterov, device=device)
+    raw["other_seeds"] = {m: other_seeds(scale, raw["runs"][m], mu, nesterov, device=device)
                     for m, (mu, nesterov) in SETTINGS.items()}
-    raw["seeds"]["HF"] = [{k: r[k] for k in ("final", "diverged")} for r in
+    raw["other_seeds"]["HF"] = [{k: r[k] for k in ("final", "diverged")} for r in
                           (hessian_free(scale, device, seed) for seed in range(1, SIZES[scale]["seeds"]))]
     raw["hf_longer"] = {"budget": LONGER * raw["budget"],
                         **hessian_free(scale, device, budget=LONGER * raw["budget"])}

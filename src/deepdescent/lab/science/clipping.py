@@ -16,7 +16,7 @@ import torch
 
 from deepdescent import optim, training
 from deepdescent.lab import problems
-from deepdescent.lab.science.experiment import Experiment, Summary, judged, num
+from deepdescent.lab.science.experiment import Experiment, Paired, Summary, judged, num, outcome
 
 SIZES: dict[str, dict[str, Any]] = {
     "tiny": dict(seeds=2, cliff_epochs=5, adding_epochs=1, cliff_lrs=(0.1, 1.0), adding_lrs=(0.1, 1.0)),
@@ -73,6 +73,15 @@ def rates(raw: dict[str, Any], problem: str, kind: str, lrs: list[str] | None = 
     return ok / len(finals), bad / len(finals)
 
 
+def per_seed(raw: dict[str, Any], problem: str, kind: str, lrs: list[str] | None = None) -> tuple[list[float], list[float]]:
+    """(success rates, divergence rates) of each seed over ``lrs`` (default: every learning rate)."""
+    runs = raw["runs"][problem][kind]
+    chosen = lrs or list(runs)
+    finals = [[num(runs[lr][seed]) for lr in chosen] for seed in range(len(runs[chosen[0]]))]
+    return ([sum(v < raw["success"][problem] for v in f) / len(f) for f in finals],
+            [sum(not math.isfinite(v) for v in f) / len(f) for f in finals])
+
+
 def cliff_rates(raw: dict[str, Any], problem: str) -> list[str]:
     """The learning rates above plain SGD's best (its highest success rate, the smallest such rate on
     a tie): where steps are large enough for the cliffs to bite."""
@@ -82,7 +91,7 @@ def cliff_rates(raw: dict[str, Any], problem: str) -> list[str]:
 
 
 def summarize(raw: dict[str, Any]) -> Summary:
-    cells, found = [], {}
+    cells, found, tests = [], {}, []
     for problem in raw["runs"]:
         (sp, dp), (sc, dc) = rates(raw, problem, "plain"), rates(raw, problem, "clipped")
         steep = cliff_rates(raw, problem)
@@ -90,7 +99,12 @@ def summarize(raw: dict[str, Any]) -> Summary:
         if steep:
             (hp, _), (hc, _) = rates(raw, problem, "plain", steep), rates(raw, problem, "clipped", steep)
             cells[-1] += f"; at lr {', '.join(steep)} success {hp:.0%} vs {hc:.0%}"
-            found[problem] = (dc < dp, hc > hp, f"clipping cuts divergence {dp:.0%} → {dc:.0%}" + (
+            cuts = Paired(per_seed(raw, problem, "clipped")[1], per_seed(raw, problem, "plain")[1], 0.0, linear=True)
+            solves = Paired(per_seed(raw, problem, "plain", steep)[0], per_seed(raw, problem, "clipped", steep)[0],
+                            0.0, linear=True)
+            tests.append(f"{problem}: clipped − plain divergence {cuts.text()}; plain − clipped success at lr "
+                         f"{', '.join(steep)} {solves.text()}")
+            found[problem] = (cuts, solves, f"clipping cuts divergence {dp:.0%} → {dc:.0%}" + (
                 f" and solves {hc:.0%} of the runs at lr {', '.join(steep)} (plain: {hp:.0%})" if hc > hp else
                 f" but solves no more runs at lr {', '.join(steep)} ({hc:.0%}, plain {hp:.0%})"))
         else:
@@ -103,8 +117,10 @@ def summarize(raw: dict[str, Any]) -> Summary:
             "(Pascanu et al.: longer sequences, many more updates)",
         **judged({**{f"{p}: clipping cuts divergence": d for p, (d, _, _) in found.items()},
                   **{f"{p}: clipping solves more runs at steep rates": ok for p, (_, ok, _) in found.items()}},
-                 any(d for d, _, _ in found.values())),
-        explanation="; ".join(f"{p}: {text}" for p, (_, _, text) in found.items()),
+                 any(outcome(d) == "holds" for d, _, _ in found.values())),
+        explanation="; ".join(f"{p}: {text}" for p, (_, _, text) in found.items())
+                    + (f". Tests, per seed over the learning rates, paired on {raw['seeds']} seeds: " + "; ".join(tests)
+                       if tests else ""),
         numbers={f"{p}_{k}_success": rates(raw, p, k)[0] for p in raw["runs"] for k in ("plain", "clipped")})
 
 

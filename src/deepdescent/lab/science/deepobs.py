@@ -21,7 +21,7 @@ from deepdescent.lab.science.experiment import Experiment, Summary, judged
 
 SIZES: dict[str, dict[str, Any]] = {
     "tiny": dict(epochs=3, grid=(-2.6, -1.8, -1.4), seeds=1),
-    "cpu": dict(epochs=100, grid=tuple(round(-5 + 0.2 * k, 1) for k in range(36)), seeds=1),
+    "cpu": dict(epochs=100, grid=tuple(round(-5 + 0.2 * k, 1) for k in range(36)), seeds=3),
     "full": dict(epochs=100, grid=tuple(round(-5 + 0.2 * k, 1) for k in range(36)), seeds=3),
 }
 PUBLISHED = {"SGD": 0.0158, "Momentum": 0.00251, "Adam": 0.0398}
@@ -86,8 +86,8 @@ def summarize(raw: dict[str, Any]) -> Summary:
         comparable=protocol,
         why=("" if protocol else f"only {raw['epochs']} epochs and {len(raw['grid'])} grid points (the tiny scale); ")
             + "the same problem (eigenvalues, rotation, data from DeepOBS's seeds), batch size, epochs and learning-rate "
-            "grid; one seed per grid point here (DeepOBS: several), and the momentum baseline's μ taken as "
-            f"the closer of 0.9/0.99 ({momentum})",
+            f"grid; {raw['seeds']} seed(s) per grid point, the rate chosen by their mean test loss (a whole grid "
+            f"step is the test's resolution), and the momentum baseline's μ taken as the closer of 0.9/0.99 ({momentum})",
         **judged({"every tuned rate within one grid step of the published one": max(matched) <= 1}, max(matched) <= 2),
         explanation="grid steps (factor 10^0.2 each) between our tuned rate and DeepOBS's: "
                     + ", ".join(f"{n} {steps[n]}" for n in steps),

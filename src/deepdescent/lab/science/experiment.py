@@ -73,19 +73,25 @@ class Paired:
     """The claim "``lower`` ends below ``tolerance`` × ``higher``", judged on shared seeds: with
     r_s = lower_s / higher_s per seed, a t interval (:data:`CONFIDENCE`) of the geometric mean of
     r over the n seeds. The claim **holds** when the whole interval lies below ``tolerance``,
-    **fails** when it lies above, and is **inconclusive** when it straddles it (always with one
-    seed). A diverged seed (∞) counts as e^50 against a finite one."""
+    **fails** when it lies at or above it (seeds that agree exactly on a tie fail a claim of
+    "below"), and is **inconclusive** when it straddles it (always with one seed). A diverged
+    seed (∞) counts as e^50 against a finite one. ``linear=True``: the difference
+    lower_s − higher_s against ``tolerance`` instead (rates that may be 0)."""
 
     lower: tuple[float, ...]
     higher: tuple[float, ...]
     tolerance: float = 1.0
+    linear: bool = False
 
     def __post_init__(self) -> None:
         if len(self.lower) != len(self.higher) or not self.lower:
             raise ValueError(f"paired seeds: {len(self.lower)} against {len(self.higher)}; need the same n ≥ 1")
 
     @property
-    def logs(self) -> list[float]:
+    def differences(self) -> list[float]:
+        """Per seed: ln(lower/higher), or lower − higher when ``linear``."""
+        if self.linear:
+            return [a - b for a, b in zip(self.lower, self.higher)]
         out = []
         for a, b in zip(self.lower, self.higher):
             if math.isinf(a) and math.isinf(b) or math.isnan(a) or math.isnan(b):
@@ -100,27 +106,30 @@ class Paired:
 
     @property
     def interval(self) -> tuple[float, float, float]:
-        """(low, geometric mean, high) of lower/higher."""
+        """(low, estimate, high): of the geometric-mean ratio, or of the mean difference (``linear``)."""
         from scipy.stats import t  # slow to import: only a summary pays it
 
-        d = self.logs
+        d = self.differences
         n, mean = len(d), sum(d) / len(d)
-        if n < 2:
-            return 0.0, math.exp(mean), math.inf
-        sd = math.sqrt(sum((x - mean) ** 2 for x in d) / (n - 1))
-        half = float(t.ppf(0.5 + CONFIDENCE / 2, n - 1)) * sd / math.sqrt(n)
+        half = math.inf
+        if n >= 2:
+            sd = math.sqrt(sum((x - mean) ** 2 for x in d) / (n - 1))
+            half = float(t.ppf(0.5 + CONFIDENCE / 2, n - 1)) * sd / math.sqrt(n)
+        if self.linear:
+            return mean - half, mean, mean + half
         return math.exp(mean - half), math.exp(mean), math.exp(mean + half)
 
     @property
     def outcome(self) -> str:
         """holds, fails or inconclusive."""
         low, _, high = self.interval
-        return "holds" if high < self.tolerance else "fails" if low > self.tolerance else "inconclusive"
+        return "holds" if high < self.tolerance else "fails" if low >= self.tolerance else "inconclusive"
 
     def text(self) -> str:
         low, mid, high = self.interval
-        bound = "" if self.tolerance == 1 else f" (allowed: < {self.tolerance:g})"
-        return (f"ratio {mid:.3g}, {100 * CONFIDENCE:.0f}% interval [{low:.3g}, {high:.3g}] over {len(self.lower)} "
+        what = "difference" if self.linear else "ratio"
+        bound = "" if self.tolerance == (0 if self.linear else 1) else f" (claim: < {self.tolerance:g})"
+        return (f"{what} {mid:.3g}, {100 * CONFIDENCE:.0f}% interval [{low:.3g}, {high:.3g}] over {len(self.lower)} "
                 f"seed{'s' if len(self.lower) != 1 else ''}{bound}")
 
 

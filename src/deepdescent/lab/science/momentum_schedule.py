@@ -26,7 +26,7 @@ def run(scale: str, device: str = "cpu") -> dict[str, Any]:
     runs = {k: ae.grid_runs(scale, mu, nesterov, ramp, device=device) for k, (mu, nesterov, ramp) in SETTINGS.items()}
     seeds = {k: ae.other_seeds(scale, runs[k], mu, nesterov, ramp, device) for k, (mu, nesterov, ramp) in SETTINGS.items()}
     return {"scale": scale, "budget": ae.SIZES[scale]["budget"], "period": ae.period(scale),
-            "lrs": list(ae.SIZES[scale]["lrs"]), "runs": runs, "seeds": seeds}
+            "lrs": list(ae.SIZES[scale]["lrs"]), "runs": runs, "other_seeds": seeds}
 
 
 def summarize(raw: dict[str, Any]) -> Summary:

@@ -21,10 +21,13 @@ from deepdescent.lab import problems
 from deepdescent.lab.science.experiment import Experiment, Summary, judged, num
 
 SIZES: dict[str, dict[str, Any]] = {
-    "tiny": dict(newton_steps=5, gd_steps=200, net_newton_steps=3, net_gd_steps=300),
-    "cpu": dict(newton_steps=30, gd_steps=2000, net_newton_steps=60, net_gd_steps=3000),
-    "full": dict(newton_steps=50, gd_steps=5000, net_newton_steps=40, net_gd_steps=10000),
+    "tiny": dict(newton_steps=5, gd_steps=200, net_newton_steps=3, net_gd_steps=300, seeds=2),
+    "cpu": dict(newton_steps=30, gd_steps=2000, net_newton_steps=60, net_gd_steps=3000, seeds=3),
+    "full": dict(newton_steps=50, gd_steps=5000, net_newton_steps=40, net_gd_steps=10000, seeds=5),
 }
+#: The 2-D saddle starts at the same point whatever the seed (it has no data); the network's
+#: initialization and data come from the seed, so it runs every seed.
+SEEDED = ("linear_autoencoder",)
 #: Saddle-free Newton is damped, as Dauphin et al.'s: (|H| + αI)Δθ = −g, with an Armijo line search (near
 #: the saddle |H| has eigenvalues near 0, and full undamped steps through them are huge).
 SFN_DAMPING = 0.1
@@ -57,8 +60,8 @@ def extremes(model: torch.nn.Module, loss_fn) -> dict[str, float]:
             "converged": bool(res.converged)}
 
 
-def _train(problem: str, method: str, steps: int, lr: float) -> dict[str, Any]:
-    task = problems.problem(problem).build(0, False)
+def _train(problem: str, method: str, steps: int, lr: float, seed: int = 0) -> dict[str, Any]:
+    task = problems.problem(problem).build(seed, False)
     model = task.model
     opt = _make(method, model.parameters(), lr)
 
@@ -87,7 +90,15 @@ def run(scale: str, device: str = "cpu") -> dict[str, Any]:
     for problem, (newton, gd, lr) in {"saddle": (s["newton_steps"], s["gd_steps"], 0.01),
                                       "linear_autoencoder": (s["net_newton_steps"], s["net_gd_steps"], 0.5)}.items():
         out["runs"][problem] = {m: _train(problem, m, gd if m == METHODS[2] else newton, lr) for m in METHODS}
+        if problem in SEEDED:  # the other seeds: where each method ends, not its curve
+            out.setdefault("other_seeds", {})[problem] = [
+                {m: _where(_train(problem, m, gd if m == METHODS[2] else newton, lr, seed)) for m in METHODS}
+                for seed in range(1, s["seeds"])]
     return out
+
+
+def _where(r: dict[str, Any]) -> dict[str, bool]:
+    return {"at_saddle": _at_saddle(r), "escaped": _escaped(r)}
 
 
 def _at_saddle(r: dict[str, Any]) -> bool:
@@ -102,18 +113,22 @@ def _escaped(r: dict[str, Any]) -> bool:
 
 
 def summarize(raw: dict[str, Any]) -> Summary:
-    parts, newton_trapped, others_escape = [], True, True
+    parts, trapped, escape = [], [], []
     for problem, runs in raw["runs"].items():
         cells = [f"{m}: loss {num(r['final']):.3g}, λmin {num(r.get('lambda_min')):.3g}, ‖g‖ "
                  f"{num(r.get('grad_norm')):.2g}" for m, r in runs.items()]
         parts.append(f"{problem} — " + "; ".join(cells))
-        newton_trapped &= _at_saddle(runs[METHODS[0]])
-        others_escape &= _escaped(runs[METHODS[1]]) and _escaped(runs[METHODS[2]])
+        ends = [{m: _where(r) for m, r in runs.items()}, *raw.get("other_seeds", {}).get(problem, [])]
+        trapped += [e[METHODS[0]]["at_saddle"] for e in ends]
+        escape += [e[METHODS[1]]["escaped"] and e[METHODS[2]]["escaped"] for e in ends]
+        if len(ends) > 1:
+            parts[-1] += f" (seed 0; {len(ends)} seeds run)"
+    newton_trapped, others_escape = all(trapped), all(escape)
     return Summary(
         ours=" | ".join(parts), comparable=False,
         why="the lab's 2-D saddle and a 20-5-20 linear autoencoder (Dauphin et al.: MNIST/CIFAR networks, "
             "saddle-free Newton in a Krylov subspace); exact Hessians here",
-        **judged({"Newton is drawn to the saddle": newton_trapped, "the other methods escape": others_escape},
+        **judged({"Newton is drawn to the saddle": tuple(trapped), "the other methods escape": tuple(escape)},
                  newton_trapped or others_escape),
         explanation=("Newton ends at a saddle (λmin < 0) on every problem" if newton_trapped else
                      "Newton does not end at a saddle everywhere")
@@ -140,5 +155,6 @@ EXPERIMENT = Experiment(
     source="Dauphin et al. (2014)",
     published="Newton converges to saddles (λmin < 0); saddle-free Newton escapes where SGD plateaus",
     budget=lambda scale: f"{SIZES[scale]['newton_steps']}/{SIZES[scale]['net_newton_steps']} Newton steps, "
-                         f"{SIZES[scale]['gd_steps']}/{SIZES[scale]['net_gd_steps']} gradient steps (saddle/network)",
+                         f"{SIZES[scale]['gd_steps']}/{SIZES[scale]['net_gd_steps']} gradient steps (saddle/network); "
+                         f"the network {SIZES[scale]['seeds']} seeds, each must agree (the saddle has no seed)",
     run=run, summarize=summarize, figure=figure)
