@@ -18,7 +18,7 @@ class OptimizerInfo:
     configs: list[dict[str, Any]]
     errors: list[tuple[dict[str, Any], str]]  # (kwargs, the argument the error message must name)
     second_order: bool = False  # steps take a closure returning the loss (differentiated inside)
-    # torch.optim tests that do not apply, with the reason (the README lists each deviation)
+    # torch.optim tests that do not apply, with the reason (docs/guides/differences.md lists each deviation)
     deviations: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -26,7 +26,7 @@ class OptimizerInfo:
         return self.cls.__name__
 
 
-#: The deviations every optimizer shares (README, "Deviations from torch.optim").
+#: The deviations every optimizer shares (docs/guides/differences.md).
 COMMON = {
     "maximize": "no maximize=True option: minimize the negated loss",
     "differentiable": "no differentiable=True option (no optimizer step inside an autograd graph)",

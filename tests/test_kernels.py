@@ -72,7 +72,7 @@ def _steps(name, options, lookahead, dtype, impl, steps=4):
 @pytest.mark.parametrize("name,options,lookahead", list(_configurations()))
 def test_fused_eager_and_chunked_paths_give_the_same_bits(name, options, lookahead, dtype, monkeypatch):
     """Same inputs, same bits on every CPU path: the generated kernel rounds exactly where ATen's
-    multi-tensor ops round (README, "Execution paths"), for every registered algorithm."""
+    multi-tensor ops round (docs/guides/execution.md), for every registered algorithm."""
     if kernels.available("cpu"):
         pytest.skip(f"no fused CPU path here: {kernels.available('cpu')}")
     fused = _steps(name, options, lookahead, dtype, "fused")

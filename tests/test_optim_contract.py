@@ -1,7 +1,7 @@
 """The project's port of PyTorch's generic optimizer tests (test/test_optim.py over
 torch/testing/_internal/common_optimizers.py), run over every optimizer and configuration of
 optimizer_infos.py. Tests of an option deepdescent does not have are marked expected-to-fail with
-the documented deviation as the reason (README, "Deviations from torch.optim")."""
+the documented deviation as the reason (docs/guides/differences.md)."""
 
 from __future__ import annotations
 
@@ -213,7 +213,7 @@ def test_fused_matches_forloop(info, config):
         params, loss_fn = _problem()
         runs.append(_run(info, config, 5, (params, loss_fn), info.cls(params, **config, impl=impl))[0])
     for a, b in zip(*runs):
-        assert torch.equal(a, b)  # the same bits (README, "Execution paths")
+        assert torch.equal(a, b)  # the same bits (docs/guides/execution.md)
 
 
 @pytest.mark.parametrize("info,config", CASES)

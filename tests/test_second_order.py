@@ -408,3 +408,20 @@ def test_bfgs_skips_an_update_whose_curvature_is_not_positive():
     state = opt.state[x]
     assert x.item() == pytest.approx(2.0) and state["skipped_updates"] == 1
     assert "inverse_hessian" not in state
+
+
+def test_hessian_free_names_a_gauss_newton_closure_whose_loss_is_not_from_its_output():
+    """A closure that returns (loss of one forward pass, output of another) is named, not left to
+    autograd's "not used in the graph"."""
+    torch.manual_seed(0)
+    model, x, y = torch.nn.Linear(3, 1), torch.randn(8, 3), torch.randn(8, 1)
+    opt = optim.HessianFree(model.parameters())
+    with pytest.raises(ValueError, match="not computed from the output it returned"):
+        opt.step(lambda: (torch.nn.functional.mse_loss(model(x), y), model(x)))
+    before = [p.detach().clone() for p in model.parameters()]
+
+    def closure():
+        out = model(x)
+        return torch.nn.functional.mse_loss(out, y), out
+    opt.step(closure)  # the right closure steps
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))

@@ -121,7 +121,10 @@ def gnvp(evaluation: ClosureEvaluation, params: list[Tensor], v: list[Tensor]) -
         jt_u = torch.autograd.grad(z, params, u, create_graph=True, retain_graph=True, allow_unused=True)
         pairs = [(a, b) for a, b in zip(jt_u, v) if a is not None]
         jv = torch.autograd.grad(sum(real_dot(a, b) for a, b in pairs), u, retain_graph=True)[0]
-        dl_dz = torch.autograd.grad(evaluation.loss, z, create_graph=True, retain_graph=True)[0]
+        dl_dz = torch.autograd.grad(evaluation.loss, z, create_graph=True, retain_graph=True, allow_unused=True)[0]
+        if dl_dz is None:
+            raise ValueError("the closure's loss was not computed from the output it returned: a Gauss–Newton closure "
+                             "returns (loss, output) from one forward pass, e.g. out = model(x); return loss_fn(out, y), out")
         hjv = None
         if dl_dz.requires_grad:  # else the loss is linear in z (e.g. out.sum()): its Hessian in z is 0
             hjv = torch.autograd.grad((dl_dz * jv.detach()).sum(), z, retain_graph=True, allow_unused=True)[0]
