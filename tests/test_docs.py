@@ -46,8 +46,8 @@ def public_names(module_name: str) -> set[str]:
     module = importlib.import_module(module_name)
     if hasattr(module, "__all__"):
         return set(module.__all__)
-    return {n for n, v in vars(module).items() if not n.startswith("_") and getattr(v, "__module__", None) == module_name
-            and (inspect.isclass(v) or inspect.isfunction(v))}
+    return {n for n, v in vars(module).items() if not n.startswith("_")
+            and getattr(v, "__module__", None) == module_name and (inspect.isclass(v) or inspect.isfunction(v))}
 
 
 def _defined(module_name: str, name: str) -> str:
@@ -74,7 +74,8 @@ def test_every_algorithm_of_the_registry_has_a_page():
 
     pages = " ".join(p.read_text() for p in (DOCS / "algorithms").glob("*.md"))
     optimizers = [c for c in classes if c[0].isupper() and c not in ("BookOptimizer", "NonFiniteGradientError")]
-    assert [c for c in optimizers if f"deepdescent.optim.{c}" not in pages and f"deepdescent.second_order.{c}" not in pages] == []
+    assert [c for c in optimizers
+            if f"deepdescent.optim.{c}" not in pages and f"deepdescent.second_order.{c}" not in pages] == []
 
 
 def _blocks(page: pathlib.Path) -> list[str]:

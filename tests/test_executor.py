@@ -159,8 +159,11 @@ def test_every_package_imports_only_the_layers_below_it():
 
 #: The lab's modules, lowest first: each imports only those before it (a module-level or a local
 #: import alike), so that following `bench` to a stored trial and back to the report never circles.
-LAB_ORDER = ["files", "workers", "paths", "workload", "challenges", "data", "workloads", "storage", "pages", "optimizers", "digits", "problems", "suites", "catalog", "protocol", "engine", "claims", "search", "study", "verdict",
-             "science", "report"]
+LAB_ORDER = [
+    "files", "workers", "paths", "workload", "challenges", "data", "workloads", "storage", "pages",
+    "optimizers", "digits", "problems", "suites", "catalog", "protocol", "engine", "claims", "search",
+    "study", "verdict", "science", "report",
+]
 
 
 def _lab_unit(rel: pathlib.PurePath) -> str:

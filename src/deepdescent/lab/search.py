@@ -286,7 +286,7 @@ def _sampler(protocol, k: int, low: float, high: float):
     the scrambled Sobol sequence (seed 0), log-uniform over [low, high]; TPE: its random start-up
     draws seeded by k."""
     optuna = load_optuna()
-    with warnings.catch_warnings():  # "experimental" in Optuna: said once in the docs (guides/race.md), not per proposal
+    with warnings.catch_warnings():  # "experimental" in Optuna: said once in docs/guides/race.md, not per proposal
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         if protocol.search == "tpe":
             return optuna.samplers.TPESampler(seed=k, n_startup_trials=min(4, protocol.budget), constant_liar=True)

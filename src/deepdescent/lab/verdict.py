@@ -543,7 +543,8 @@ def overall(all_results: Results, catalog: Catalog | None = None) -> list[str]:
     solved, near, geo = standing(profile[best])
     if not solved:
         return [f"No optimizer solved any of the {len(problems)} problems within the budget: no answer from this run"]
-    missed = [p if catalog.challenge(p).startswith("none") else f"{p} ({catalog.challenge(p) or 'challenge not stated'})"
+    missed = [p if catalog.challenge(p).startswith("none") else
+              f"{p} ({catalog.challenge(p) or 'challenge not stated'})"
               for p, r in zip(problems, profile[best]) if not math.isfinite(r)]
     said = [f"Across the {len(problems)} problems, {best} solved {solved}, within 2× of the fastest on {near} "
             f"(geometric mean {geo:.2g}× the fastest where it solved): the first choice on these problems"

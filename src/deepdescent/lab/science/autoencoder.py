@@ -310,5 +310,6 @@ EXPERIMENT = Experiment(
     published="CURVES training error: SGD 0.48, NAG 0.074, HF 0.058",
     budget=lambda scale: f"{SIZES[scale]['budget']} gradient-equivalents per method, "
                          f"{len(SIZES[scale]['lrs'])} learning rates per first-order method (seed 0), then "
-                         f"{SIZES[scale]['seeds'] - 1} more seeds at each tuned rate (HF: {SIZES[scale]['seeds']} seeds)",
+                         f"{SIZES[scale]['seeds'] - 1} more seeds at each tuned rate "
+                         f"(HF: {SIZES[scale]['seeds']} seeds)",
     run=run, summarize=summarize, figure=figure)

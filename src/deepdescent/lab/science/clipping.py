@@ -73,7 +73,8 @@ def rates(raw: dict[str, Any], problem: str, kind: str, lrs: list[str] | None = 
     return ok / len(finals), bad / len(finals)
 
 
-def per_seed(raw: dict[str, Any], problem: str, kind: str, lrs: list[str] | None = None) -> tuple[list[float], list[float]]:
+def per_seed(raw: dict[str, Any], problem: str, kind: str,
+             lrs: list[str] | None = None) -> tuple[list[float], list[float]]:
     """(success rates, divergence rates) of each seed over ``lrs`` (default: every learning rate)."""
     runs = raw["runs"][problem][kind]
     chosen = lrs or list(runs)

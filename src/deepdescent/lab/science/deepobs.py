@@ -87,7 +87,8 @@ def summarize(raw: dict[str, Any]) -> Summary:
         why=("" if protocol else f"only {raw['epochs']} epochs and {len(raw['grid'])} grid points (the tiny scale); ")
             + "the same problem (eigenvalues, rotation, data from DeepOBS's seeds), batch size, epochs and learning-rate "
             f"grid; {raw['seeds']} seed(s) per grid point, the rate chosen by their mean test loss (a whole grid "
-            f"step is the test's resolution), and the momentum baseline's μ taken as the closer of 0.9/0.99 ({momentum})",
+            "step is the test's resolution), and the momentum baseline's μ taken as the closer of 0.9/0.99 "
+            f"({momentum})",
         **judged({"every tuned rate within one grid step of the published one": max(matched) <= 1}, max(matched) <= 2),
         explanation="grid steps (factor 10^0.2 each) between our tuned rate and DeepOBS's: "
                     + ", ".join(f"{n} {steps[n]}" for n in steps),

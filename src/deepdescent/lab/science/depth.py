@@ -73,8 +73,8 @@ def _tuned_lr(runs: list[dict[str, Any]]) -> float:
 
 def per_seed(raw: dict[str, Any], scheme: str, depth: str) -> tuple[float, ...]:
     """Epochs to the target per seed: seed 0's best over the grid, then the other seeds' at its rate."""
-    return (best(raw["runs"][scheme][depth]), *(
-        math.inf if r["epochs"] is None else r["epochs"] for r in raw.get("other_seeds", {}).get(scheme, {}).get(depth, [])))
+    others = raw.get("other_seeds", {}).get(scheme, {}).get(depth, [])
+    return (best(raw["runs"][scheme][depth]), *(math.inf if r["epochs"] is None else r["epochs"] for r in others))
 
 
 def best(runs: list[dict[str, Any]]) -> float:

@@ -108,7 +108,8 @@ def summarize(raw: dict[str, Any]) -> Summary:
         explanation={"holds": "the error falls", "fails": "the error does not halve",
                      "inconclusive": "whether the error halves is inside the seeds' spread"}[said[error_falls]]
                     + {"holds": "; the gradient norm grows", "fails": "; the gradient norm does not grow",
-                       "inconclusive": "; whether the gradient norm grows is inside the seeds' spread"}[said[norm_grows]]
+                       "inconclusive": "; whether the gradient norm grows is inside the seeds' spread"
+                       }[said[norm_grows]]
                     + {"holds": "; gᵀHg grows by more than 10×", "fails": "; gᵀHg grows less than 10×",
                        "inconclusive": "; whether gᵀHg grows 10× is inside the seeds' spread"}[said[curv_grows]]
                     + f". Tests over {len(every)} seeds: last/first error {error_falls.text()}; first/last "

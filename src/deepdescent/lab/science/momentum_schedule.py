@@ -24,7 +24,8 @@ SETTINGS = {"SGD": (0.0, False, True), "NAG μ = 0.9 constant": (0.9, True, Fals
 
 def run(scale: str, device: str = "cpu") -> dict[str, Any]:
     runs = {k: ae.grid_runs(scale, mu, nesterov, ramp, device=device) for k, (mu, nesterov, ramp) in SETTINGS.items()}
-    seeds = {k: ae.other_seeds(scale, runs[k], mu, nesterov, ramp, device) for k, (mu, nesterov, ramp) in SETTINGS.items()}
+    seeds = {k: ae.other_seeds(scale, runs[k], mu, nesterov, ramp, device)
+             for k, (mu, nesterov, ramp) in SETTINGS.items()}
     return {"scale": scale, "budget": ae.SIZES[scale]["budget"], "period": ae.period(scale),
             "lrs": list(ae.SIZES[scale]["lrs"]), "runs": runs, "other_seeds": seeds}
 

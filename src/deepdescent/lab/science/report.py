@@ -16,7 +16,8 @@ def _checks(failed: tuple[str, ...]) -> str:
     """The checks that did not hold, those that failed clearly apart from those that straddle."""
     unsure = [f.removeprefix("inconclusive: ") for f in failed if f.startswith("inconclusive: ")]
     fails = [f for f in failed if not f.startswith("inconclusive: ")]
-    return (f"; failed: {', '.join(fails)}" if fails else "") + (f"; inconclusive: {', '.join(unsure)}" if unsure else "")
+    return ((f"; failed: {', '.join(fails)}" if fails else "")
+            + (f"; inconclusive: {', '.join(unsure)}" if unsure else ""))
 
 
 HEADERS = ["claim", "source", "published", "ours", "comparable", "verdict", "budget"]
