@@ -14,7 +14,7 @@ from typing import Any
 
 from deepdescent import optim
 from deepdescent.lab import problems
-from deepdescent.lab.science.experiment import Experiment, Paired, Summary, judged
+from deepdescent.lab.science.experiment import Experiment, Paired, Summary, judged, seed_bar
 
 SIZES: dict[str, dict[str, Any]] = {
     "tiny": dict(depths=(2, 8), epochs=150, lrs=(0.1, 0.3), seeds=2),
@@ -121,12 +121,13 @@ def figure(raw: dict[str, Any], fig: Any) -> None:
     for scheme, label in zip(SCHEMES, ("orthogonal", "Glorot (normalized)")):
         ds = [int(d) for d in raw["runs"][scheme]]
         es = [best(raw["runs"][scheme][d]) for d in raw["runs"][scheme]]
-        ax.plot(ds, [e if math.isfinite(e) else raw["epochs"] for e in es], "o-", label=label)
+        line, = ax.plot(ds, [e if math.isfinite(e) else raw["epochs"] for e in es], "o-", label=label)
         for d, e in zip(ds, es):
+            seed_bar(ax, d, per_seed(raw, scheme, str(d)), line.get_color())
             if not math.isfinite(e):
                 ax.annotate("never", (d, raw["epochs"]), textcoords="offset points", xytext=(0, 5), ha="center")
-    ax.set(xlabel="depth (layers)", ylabel="epochs to the target (tuned lr)", xscale="log", yscale="log",
-           title="Deep linear network: training time against depth")
+    ax.set(xlabel="depth (layers)", ylabel="epochs to the target (seed 0's tuned lr; bars: range over seeds)",
+           xscale="log", yscale="log", title="Deep linear network: training time against depth")
     ax.legend()
 
 

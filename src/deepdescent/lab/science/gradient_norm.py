@@ -15,7 +15,7 @@ import torch
 
 from deepdescent import optim
 from deepdescent.lab import engine, problems
-from deepdescent.lab.science.experiment import Experiment, Paired, Summary, judged, num, outcome
+from deepdescent.lab.science.experiment import Experiment, Paired, Summary, judged, num, outcome, seed_bar
 
 SIZES: dict[str, dict[str, Any]] = {
     "tiny": dict(problem="digits_mlp", epochs=2, lr=0.1, points=4, seeds=2),
@@ -122,11 +122,16 @@ def figure(raw: dict[str, Any], fig: Any) -> None:
     r = raw["records"]
     ax = fig.add_subplot(1, 3, 1)
     ax.plot(r["epoch"], r["grad_norm"], label="full-batch ‖g‖")
-    ax.plot(r["epoch"][1:], r["minibatch_norm"][1:], label="mean minibatch ‖g‖")
-    ax.set(xlabel="epoch", ylabel="gradient norm", title="Gradient norm")
+    line, = ax.plot(r["epoch"][1:], r["minibatch_norm"][1:], label="mean minibatch ‖g‖")
+    every = [ends(r), *raw.get("other_seeds", [])]  # bars: the claim's numbers' range over seeds
+    for x, key in ((r["epoch"][1], "minibatch_norm_first"), (r["epoch"][-1], "minibatch_norm_last")):
+        seed_bar(ax, x, tuple(float(e[key]) for e in every), line.get_color())
+    ax.set(xlabel="epoch", ylabel="gradient norm", title="Gradient norm (seed 0; bars: seeds)")
     ax.legend()
     ax = fig.add_subplot(1, 3, 2)
     ax.plot(r["epoch"], r["error"], color="C3")
+    for x, key in ((r["epoch"][0], "error_first"), (r["epoch"][-1], "error_last")):
+        seed_bar(ax, x, tuple(float(e[key]) for e in every), "C3")
     ax.set(xlabel="epoch", ylabel="classification error", title="Training error")
     ax = fig.add_subplot(1, 3, 3)
     ax.plot(r["epoch"], r["gTHg"], color="C2")
