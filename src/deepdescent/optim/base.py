@@ -163,19 +163,21 @@ class BookOptimizer(Optimizer):
 
     def _gather(self, group: dict[str, Any]) -> dict[tuple[torch.device, torch.dtype], _Batch]:
         buckets: dict[tuple[torch.device, torch.dtype], _Batch] = defaultdict(_Batch)
+        interim = self._interim_grads
         for p in group["params"]:
-            if p.grad is None:
+            grad = p.grad
+            if grad is None:
                 continue
-            if p.grad.is_sparse:
+            if grad.is_sparse:
                 raise RuntimeError(
                     f"{type(self).__name__} does not support sparse gradients "
                     f"(parameter {self._param_name(p)}); use torch.optim.SparseAdam or dense gradients"
                 )
             batch = buckets[(p.device, p.dtype)]
             batch.params.append(p)
-            grad = self._interim_grads.pop(p, p.grad) if self._interim_grads else p.grad
-            batch.sharded |= ex.is_dtensor(grad)
-            batch.grads.append(ex.plain(grad))
+            batch.grads.append(interim.pop(p, grad) if interim else grad)
+        for batch in buckets.values():  # what the update reads: local shards, real views
+            batch.grads, batch.sharded = ex.plain_all(batch.grads)
         return buckets
 
     def _gradients_finite(self, batches: list[dict[Any, _Batch]]) -> bool:
@@ -206,18 +208,19 @@ class BookOptimizer(Optimizer):
 
     def _apply(self, group: dict[str, Any], batch: _Batch, lookahead: bool) -> None:
         names = self.algorithm.buffers(group)
-        for p in batch.params:
-            state = self.state[p]
+        states = batch.states = [self.state[p] for p in batch.params]
+        for p, state in zip(batch.params, states):
             state["step"] = state.get("step", 0) + 1
+            if not names or all(name in state for name in names):
+                continue
             for name in names:
                 if name not in state:  # new, or a hyperparameter (e.g. momentum) became non-zero
                     state[name] = ex.new_buffer(self.algorithm, name, p, group)
-            batch.states.append(state)
         h, group_lookahead = self._hyperparameters(group, lookahead)
         # a complex parameter is updated as its real view (torch.optim's convention); its state
         # is kept complex, as torch keeps it, and updated through the same view
-        lists = [[ex.plain(p) for p in batch.params], batch.grads,
-                 *([ex.plain(s[n]) for s in batch.states] for n in names)]
+        lists = [ex.plain_all(batch.params)[0], batch.grads,
+                 *(ex.plain_all([s[n] for s in batch.states])[0] for n in names)]
         self.executor.run(self.algorithm, h, lists, [s["step"] for s in batch.states], group_lookahead)
 
     # ------------------------------------------------------------------ Nesterov's interim point
