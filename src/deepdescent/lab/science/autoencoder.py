@@ -250,7 +250,7 @@ def summarize(raw: dict[str, Any]) -> Summary:
     hf_helps = Paired(seeds["HF"], seeds["SGD"])
     tests = (f"Tests, paired on {len(seeds['SGD'])} shared seeds (lr tuned on seed 0): HF < NAG: "
              f"{published_order[0].text()}; NAG < SGD: {published_order[1].text()}; best momentum < SGD: "
-             f"{momentum_helps.text()}; HF < SGD: {hf_helps.text()}.")
+             f"{momentum_helps.text()}; HF < SGD: {hf_helps.text()}")
     if outcome(published_order) == "holds":
         why = "HF ends lowest, then Nesterov, then SGD, as published."
     else:

@@ -126,6 +126,10 @@ class Paired:
         return "holds" if high < self.tolerance else "fails" if low >= self.tolerance else "inconclusive"
 
     def text(self) -> str:
+        d = self.differences
+        if not self.linear and all(abs(x) == _CAP for x in d) and len(set(d)) == 1:  # ∞ on one side throughout
+            side = "the first" if d[0] > 0 else "the second"
+            return f"{side} never ended finite (∞: diverged, or never reached) in any of the {len(d)} seeds"
         low, mid, high = self.interval
         what = "difference" if self.linear else "ratio"
         bound = "" if self.tolerance == (0 if self.linear else 1) else f" (claim: < {self.tolerance:g})"
