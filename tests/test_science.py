@@ -384,3 +384,14 @@ def test_a_verdict_holds_within_the_seeds_spread_and_moves_beyond_it(tiny, key, 
     straddle = {"momentum_schedule": {"NAG μ_max = 0.999": (1.7, 2.2, 1.95)},  # ratios 0.89, 1.19, 1.0 to μ 0.99
                 "autoencoder": {"HF": (0.5, 0.55, 0.45), "NAG": (2.0, 5.6, 4.0)}}[key]  # NAG/SGD: 0.4, 1.08, 0.78
     assert exp.summarize(_with_finals(records[key]["raw"], {**finals, **straddle})).verdict == VERDICTS[3]
+
+
+def test_a_record_stored_before_the_seeds_says_to_rerun(tiny):
+    """A seeded experiment's record without the other seeds (an earlier version's, one seed per
+    setting) has no interval: its row says so and how to get one; a current record does not."""
+    _, records = tiny
+    old = copy.deepcopy(records["momentum_schedule"])
+    del old["raw"]["other_seeds"]
+    (row,) = science_report.rows({"momentum_schedule": old})
+    assert "earlier version" in row["explanation"] and row["verdict"] != "reproduced"
+    assert all("earlier version" not in r["explanation"] for r in science_report.rows(records))

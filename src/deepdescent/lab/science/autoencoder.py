@@ -312,4 +312,4 @@ EXPERIMENT = Experiment(
                          f"{len(SIZES[scale]['lrs'])} learning rates per first-order method (seed 0), then "
                          f"{SIZES[scale]['seeds'] - 1} more seeds at each tuned rate "
                          f"(HF: {SIZES[scale]['seeds']} seeds)",
-    run=run, summarize=summarize, figure=figure)
+    run=run, summarize=summarize, figure=figure, seeded=True)

@@ -140,4 +140,4 @@ EXPERIMENT = Experiment(
     budget=lambda scale: f"at most {SIZES[scale]['epochs']} full-batch epochs per run, depths "
                          f"{', '.join(map(str, SIZES[scale]['depths']))}, {len(SIZES[scale]['lrs'])} learning rates "
                          f"(seed 0), then {SIZES[scale]['seeds'] - 1} more seeds at each tuned rate",
-    run=run, summarize=summarize, figure=figure)
+    run=run, summarize=summarize, figure=figure, seeded=True)

@@ -56,6 +56,9 @@ class Experiment:
     run: Callable[..., dict[str, Any]]  # run(scale, device, progress) -> raw records
     summarize: Callable[[dict[str, Any]], Summary]
     figure: Callable[[dict[str, Any], Any], None]  # figure(raw, fig) draws on a matplotlib figure
+    #: Its runs store the other seeds' results (``raw["other_seeds"]``): a record without them was
+    #: stored by an earlier version, one seed per setting, and has no interval to judge by.
+    seeded: bool = False
 
 
 def check_scale(scale: str) -> str:

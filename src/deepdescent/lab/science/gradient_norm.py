@@ -147,4 +147,4 @@ EXPERIMENT = Experiment(
     published="‖g‖ rises over training while the classification error falls (a convolutional network)",
     budget=lambda scale: f"{SIZES[scale]['epochs']} epochs of SGD on {SIZES[scale]['problem']}, "
                          f"{SIZES[scale]['points']} measurements, {SIZES[scale]['seeds']} seeds",
-    run=run, summarize=summarize, figure=figure)
+    run=run, summarize=summarize, figure=figure, seeded=True)

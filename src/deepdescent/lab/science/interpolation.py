@@ -103,4 +103,4 @@ EXPERIMENT = Experiment(
     budget=lambda scale: f"{SIZES[scale]['epochs']} epochs of Adam per network, {len(SIZES[scale]['networks'])} "
                          f"networks, {SIZES[scale]['points']} points on the line, {SIZES[scale]['seeds']} seeds "
                          "(a network's path counts as monotone only when it is so in every seed)",
-    run=run, summarize=summarize, figure=figure)
+    run=run, summarize=summarize, figure=figure, seeded=True)

@@ -81,4 +81,4 @@ EXPERIMENT = Experiment(
     budget=lambda scale: f"{ae.SIZES[scale]['budget']} gradient-equivalents per run, 5 settings × "
                          f"{len(ae.SIZES[scale]['lrs'])} learning rates (seed 0), then "
                          f"{ae.SIZES[scale]['seeds'] - 1} more seeds at each tuned rate",
-    run=run, summarize=summarize, figure=figure)
+    run=run, summarize=summarize, figure=figure, seeded=True)

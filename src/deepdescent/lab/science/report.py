@@ -35,7 +35,10 @@ def rows(records: dict[str, dict[str, Any]]) -> list[dict[str, str]]:
                     "published": exp.published, "ours": s.ours,
                     "comparable": "yes" if s.comparable else f"no — {s.why}",
                     "comparable_why": s.why, "verdict": s.verdict,
-                    "explanation": s.explanation + _checks(s.failed),
+                    "explanation": s.explanation + _checks(s.failed) + (
+                        "; stored with one seed per setting by an earlier version: rerun this experiment "
+                        "(delete its record) for intervals over seeds"
+                        if exp.seeded and "other_seeds" not in rec["raw"] else ""),
                     "budget": f"{rec['budget']} ({rec['seconds']:g} s, {rec.get('device', 'cpu')})"})
     return out
 

@@ -157,4 +157,4 @@ EXPERIMENT = Experiment(
     budget=lambda scale: f"{SIZES[scale]['newton_steps']}/{SIZES[scale]['net_newton_steps']} Newton steps, "
                          f"{SIZES[scale]['gd_steps']}/{SIZES[scale]['net_gd_steps']} gradient steps (saddle/network); "
                          f"the network {SIZES[scale]['seeds']} seeds, each must agree (the saddle has no seed)",
-    run=run, summarize=summarize, figure=figure)
+    run=run, summarize=summarize, figure=figure, seeded=True)
