@@ -356,7 +356,8 @@ def _with_finals(raw, finals):
     for name, values in finals.items():
         for i, r in enumerate(raw["runs"][name]):
             r["final"] = values[0] * (1 if i == 0 else 10)
-        raw["other_seeds"][name] = [{"lr": raw["runs"][name][0].get("lr"), "final": v, "diverged": False} for v in values[1:]]
+        lr = raw["runs"][name][0].get("lr")
+        raw["other_seeds"][name] = [{"lr": lr, "final": v, "diverged": False} for v in values[1:]]
     return raw
 
 
