@@ -10,6 +10,7 @@ the only constant; it is quoted with its source.
 from __future__ import annotations
 
 import math
+import statistics
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -179,5 +180,5 @@ def seed_bar(ax: Any, x: float, values: tuple[float, ...], color: Any) -> None:
     finite = sorted(v for v in values if math.isfinite(v))
     if len(finite) < 2:
         return
-    mid = finite[len(finite) // 2] if len(finite) % 2 else (finite[len(finite) // 2 - 1] + finite[len(finite) // 2]) / 2
+    mid = statistics.median(finite)
     ax.errorbar([x], [mid], yerr=[[mid - finite[0]], [finite[-1] - mid]], fmt="o", ms=4, capsize=4, color=color)
