@@ -117,4 +117,24 @@ SECOND = [
                    (dict(tolerance_grad=float("nan")), "tolerance_grad")],
                   True, {**SECOND_ORDER, "history_size": "the memory is history= (torch: history_size=)"}),
 ]
-ALL = FIRST + SECOND
+#: Layer-wise preconditioned methods (beyond the book, §8.6 at scale): stepped after backward()
+#: like the first-order ones. The contract's problem has no nn.Linear, so K-FAC runs it on its
+#: documented first-order fallback (tests/test_kfac.py checks the preconditioned path itself).
+LAYERWISE = {**COMMON, "foreach": "no foreach=/fused= arguments: the step is per-layer matrix algebra"}
+PRECONDITIONED = [
+    OptimizerInfo(optim.KFAC, [dict(lr=0.002), dict(lr=0.01, momentum=0.0, weight_decay=0.1),
+                               dict(lr=0.002, kl_clip=0.0, inv_every=2, factor_every=2)],
+                  [(dict(lr=-1.0), "lr"), (dict(damping=0.0), "damping"), (dict(momentum=1.0), "momentum"),
+                   (dict(stat_decay=1.0), "stat_decay"), (dict(kl_clip=-1.0), "kl_clip"),
+                   (dict(inv_every=0), "inv_every"), (dict(factor_every=1.5), "factor_every"),
+                   (dict(weight_decay=-1.0), "weight_decay"), (dict(nonfinite="ignore"), "nonfinite")],
+                  deviations=LAYERWISE),
+    OptimizerInfo(optim.Shampoo, [dict(lr=0.01), dict(lr=0.01, graft="sgd", weight_decay=0.1, momentum=0.0),
+                                  dict(lr=0.01, graft="none", beta2=1.0, update_freq=2, block_size=3)],
+                  [(dict(lr=-1.0), "lr"), (dict(momentum=1.0), "momentum"), (dict(beta2=0.0), "beta2"),
+                   (dict(beta2=1.5), "beta2"), (dict(eps=0.0), "eps"), (dict(graft="adagrad"), "graft"),
+                   (dict(graft_eps=-1.0), "graft_eps"), (dict(update_freq=0), "update_freq"),
+                   (dict(block_size=0), "block_size"), (dict(weight_decay=-1.0), "weight_decay")],
+                  deviations=LAYERWISE),
+]
+ALL = FIRST + SECOND + PRECONDITIONED

@@ -9,9 +9,11 @@ from deepdescent.optim.adamax import Adamax
 from deepdescent.optim.adamw import AdamW
 from deepdescent.optim.base import BookOptimizer, NonFiniteGradientError
 from deepdescent.optim.delta_bar_delta import DeltaBarDelta
+from deepdescent.optim.kfac import KFAC
 from deepdescent.optim.nadam import NAdam
 from deepdescent.optim.radam import RAdam
 from deepdescent.optim.rmsprop import RMSProp
+from deepdescent.optim.shampoo import Shampoo
 from deepdescent.optim.sgd import SGD
 from deepdescent.second_order import BFGS, LBFGS, ConjugateGradient, HessianFree, Newton  # noqa: E402  (after optim)
 
@@ -26,6 +28,6 @@ def optimizer_class(spec: Algorithm) -> type[BookOptimizer]:
 
 __all__ = [
     "BFGS", "LBFGS", "SGD", "AdaDelta", "AdaGrad", "Adam", "AdamW", "Adamax", "BookOptimizer", "ConjugateGradient",
-    "DeltaBarDelta", "HessianFree", "NAdam", "Newton", "NonFiniteGradientError", "RAdam", "RMSProp",
+    "DeltaBarDelta", "HessianFree", "KFAC", "NAdam", "Newton", "NonFiniteGradientError", "RAdam", "RMSProp", "Shampoo",
     "optimizer_class", "state_dtype",
 ]
