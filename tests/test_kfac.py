@@ -290,3 +290,21 @@ def test_factors_agree_with_curvlinops_empirical_fisher_kfac():
         state = opt.state[model[int(name)].weight]
         torch.testing.assert_close(state["factor_A"], op._input_covariances[name], rtol=1e-12, atol=1e-15)
         torch.testing.assert_close(state["factor_G"], op._gradient_covariances[name], rtol=1e-12, atol=1e-15)
+
+
+def test_factors_that_overflow_leave_the_step_out():
+    """Finite activations whose second moments overflow float32 (|a| ~ 1e20): the step is left out
+    and counted, parameters and factors as before (the lab then marks the run diverged)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 3), nn.Tanh(), nn.Linear(3, 2))
+    x, y = torch.randn(5, 4), torch.randn(5, 2)
+    opt = optim.KFAC(model, lr=0.1)
+    _step(opt, model, x, y)
+    before = [p.detach().clone() for p in model.parameters()]
+    saved = copy.deepcopy(opt.state_dict())
+    _step(opt, model, x * 1e20, y)
+    assert opt.skipped_steps == 1
+    assert all(torch.equal(p, q) for p, q in zip(model.parameters(), before))
+    for k, entry in saved["state"].items():
+        for key, value in entry.items():
+            assert torch.equal(torch.as_tensor(value), torch.as_tensor(opt.state_dict()["state"][k][key])), key

@@ -139,3 +139,24 @@ def test_load_state_dict_checks_the_block_statistics():
     with pytest.raises(ValueError, match=r"R0\.1.*shape \(3, 3\)"):
         opt.load_state_dict(sd)
     assert torch.equal(opt.state[w]["R0.1"], before["state"][0]["R0.1"])
+
+
+@pytest.mark.parametrize("nonfinite", ["skip", "raise"])
+def test_statistics_that_overflow_leave_the_step_out(nonfinite):
+    """A finite gradient whose products overflow float32 (|g| ~ 1e25): no usable root, so the step
+    is left out (or raises) and parameters and state are as before."""
+    w = nn.Parameter(torch.ones(3, 4))
+    opt = optim.Shampoo([w], lr=0.1, nonfinite=nonfinite)
+    w.grad = torch.full((3, 4), 0.5)
+    opt.step()
+    before, state = w.detach().clone(), copy.deepcopy(opt.state_dict())
+    w.grad = torch.full((3, 4), 1e25)
+    if nonfinite == "raise":
+        with pytest.raises(optim.NonFiniteGradientError, match="not finite"):
+            opt.step()
+    else:
+        opt.step()
+        assert opt.skipped_steps == 1
+    assert torch.equal(w.detach(), before)
+    for key, value in state["state"][0].items():
+        assert torch.equal(torch.as_tensor(value), torch.as_tensor(opt.state_dict()["state"][0][key])), key

@@ -60,7 +60,7 @@ def _maker(spec: OptimizerSpec) -> Callable[[Iterable[nn.Parameter]], torch.opti
 
 #: Every minibatch first-order optimizer of the lab (the registry's variants), ready to build.
 OPTIMIZERS: dict[str, Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]] = {
-    name: _maker(spec) for name, spec in LAB_OPTIMIZERS.items() if spec.kind == "first"}
+    name: _maker(spec) for name, spec in LAB_OPTIMIZERS.items() if spec.kind == "first" and not spec.takes_model}
 #: What ``deepdescent digits`` races by default: the methods of chapter 8.
 BOOK = [name for name in OPTIMIZERS if LAB_OPTIMIZERS[name].in_book]
 

@@ -237,7 +237,7 @@ def run_member(problem: Problem, spec: OptimizerSpec, lr: float | None, seed: in
     the §8.2 challenges' quantities (:mod:`.challenges`) at every recorded point."""
     task = _budgeted(problem, seed, quick, device, budget)
     model = task.model
-    opt = spec.make(model.parameters(), lr)
+    opt = spec.make(model if spec.takes_model else model.parameters(), lr)
     n = len(task.x_train)
     order = _order(n, seed).to(device)
     x_eval, y_eval = task.x_train[:task.eval_examples], task.y_train[:task.eval_examples]

@@ -37,12 +37,16 @@ class OptimizerSpec:
     foreign: bool = False  # a class from elsewhere (import path, entry point): raced member by member
     algorithm: Algorithm | None = field(default=None, compare=False)
     options: dict[str, Any] | None = field(default=None, compare=False)
+    #: ``make`` takes the model rather than its parameters (K-FAC watches its layers), and the
+    #: method races only on models that have such layers (:func:`applies`)
+    takes_model: bool = False
+    curvature: bool = False  # a first-order interface to a curvature approximation (K-FAC, Shampoo)
 
     @property
     def family(self) -> str:
         """momentum (SGD and its momentum variants), adaptive (per-parameter rates, §8.5), or
         second (curvature or line searches, §8.6): one line style per family in the figures."""
-        if self.kind == "second":
+        if self.kind == "second" or self.curvature:
             return "second"
         return self.algorithm.family if self.algorithm is not None else "adaptive"
 
@@ -86,7 +90,26 @@ OPTIMIZERS: dict[str, OptimizerSpec] = {s.name: s for s in [
                   note="strong-Wolfe line search"),
     OptimizerSpec("L-BFGS", "§8.6.3", lambda p, lr: optim.LBFGS(p, max_iter=1), None, kind="second",
                   note="strong-Wolfe line search, 10 stored pairs"),
+    # §8.6 at scale: curvature per layer behind a minibatch step (one gradient-equivalent a step:
+    # the factors come from the same forward and backward pass; their cost shows on the clock)
+    OptimizerSpec("K-FAC", "§8.6 (Martens & Grosse 2015)", lambda m, lr: optim.KFAC(m, lr=0.01 if lr is None else lr),
+                  0.01, in_book=False, takes_model=True, curvature=True,
+                  note="Kronecker-factored empirical Fisher of each Linear/Conv2d layer, factored Tikhonov damping "
+                       "1e-3, inverses every 10 steps, KL-clipped, momentum 0.9; other parameters momentum SGD"),
+    OptimizerSpec("Shampoo", "§8.6 (Gupta et al. 2018)",
+                  lambda p, lr: optim.Shampoo(p, lr=1e-3 if lr is None else lr), 1e-3, in_book=False, curvature=True,
+                  note="L^(-1/4) G R^(-1/4) per block of ≤ 256, roots every 10 steps, Adam grafting, momentum 0.9 "
+                       "(Anil et al. 2020)"),
 ]}
+
+
+def applies(spec: OptimizerSpec, model: torch.nn.Module) -> bool:
+    """Whether ``spec`` has something to work on in ``model``: K-FAC needs a Linear or Conv2d layer."""
+    if not spec.takes_model:
+        return True
+    from deepdescent.optim.kfac import _watchable
+
+    return any(_watchable(m) for m in model.modules())
 
 
 def optimizer(name: str) -> OptimizerSpec:

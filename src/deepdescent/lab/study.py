@@ -6,17 +6,19 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from deepdescent.lab import engine
-from deepdescent.lab.optimizers import OptimizerSpec
+from deepdescent.lab.optimizers import OptimizerSpec, applies
 from deepdescent.lab.problems import Problem
 from deepdescent.lab.protocol import Protocol
 from deepdescent.lab.search import Race, best_lr, grid_search, sampled_search, track, vectorized_track
 
 
 def applicable(problem: Problem, spec: OptimizerSpec, quick: bool) -> bool:
-    if spec.max_params is None:
+    """Whether ``spec`` races on ``problem``: within its size limit, with the layers it needs."""
+    if spec.max_params is None and not spec.takes_model:
         return True
-    task = problem.build(0, quick)
-    return sum(p.numel() for p in task.model.parameters()) <= spec.max_params
+    model = problem.build(0, quick).model
+    return (spec.max_params is None or sum(p.numel() for p in model.parameters()) <= spec.max_params) and \
+        applies(spec, model)
 
 
 def run_race(problem: Problem, spec: OptimizerSpec, protocol: Protocol, url: str,

@@ -18,6 +18,10 @@ DEPTH = [f"deep_linear:depth={d},scheme={s}" for s in ("orthogonal", "normalized
 #: the self-tuning track winner of AlgoPerf 2024; ``pip install deepdescent[modern]``).
 MODERN_BOOK = ["Nesterov", "RMSProp", "Adam"]
 MODERN = ["torch.optim.AdamW", "torch.optim.NAdam", "torch.optim.RAdam", "schedulefree.AdamWScheduleFree"]
+#: The second-order suite (§8.6 at scale): the book's second-order methods, the layer-wise
+#: curvature methods that made curvature pay at scale, and the book's best first-order baselines.
+SECOND_ORDER = ["Newton", "DampedNewton", "HessianFree", "CG", "BFGS", "L-BFGS", "K-FAC", "Shampoo", "Adam",
+                "Nesterov"]
 #: The workloads suite: models people train (lab.workloads), raced by the plain gradient step
 #: (the reference), the book's momentum and its two most used adaptive methods.
 WORKLOAD_OPTIMIZERS = ["SGD", "Nesterov", "RMSProp", "Adam"]
@@ -70,6 +74,7 @@ SUITES: dict[str, Suite] = {s.name: s for s in [
     Suite("modern", tagged("quick"), lambda: MODERN_BOOK + [n for n in MODERN if lookup(n) is not None], small=True,
           missing=lambda: [n for n in MODERN if lookup(n) is None], install="deepdescent[modern]"),
     Suite("workloads", workloads, lambda: list(WORKLOAD_OPTIMIZERS), small=True),
+    Suite("second_order", tagged("quick"), lambda: list(SECOND_ORDER), small=True),
     Suite("science", lambda device: [], lambda: [], experiments=True),
 ]}
 

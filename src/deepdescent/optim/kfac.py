@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -42,7 +43,7 @@ from torch.nn import functional as F
 
 from deepdescent.algorithms import validation as check
 from deepdescent.optim.base import NonFinite
-from deepdescent.optim.preconditioned import PreconditionedOptimizer, momentum_step, real
+from deepdescent.optim.preconditioned import PreconditionedOptimizer, Unstable, momentum_step, real
 
 _LAYERS = (nn.Linear, nn.Conv2d)
 
@@ -227,60 +228,71 @@ class KFAC(PreconditionedOptimizer):
         group = next(g for g in self.param_groups if any(p is layer.weight for p in g["params"]))
         return self._steps(self.state[layer.weight]) % group["factor_every"] == 0
 
-    def _update(self, group: dict[str, Any], params: list[Tensor]) -> None:
+    def _plan(self, group: dict[str, Any], params: list[Tensor]) -> Callable[[], None]:
         lr, momentum, wd = float(group["lr"]), float(group["momentum"]), float(group["weight_decay"])
         stepping = set(params)
         layers = [layer for p, layer in self._layers.items() if p in stepping]
-        directions: dict[Tensor, Tensor] = {}
-        inner = []  # ⟨V, ∇⟩ per layer
+        entries: dict[Tensor, dict[str, Tensor]] = {}  # the new factors and inverses of each layer
+        natural: dict[Tensor, tuple[Tensor, Tensor]] = {}  # (V, ∇) of each layer
         for layer in layers:
-            natural = self._natural_gradient(group, layer)
-            if natural is not None:
-                directions[layer.weight] = natural[0]
-                inner.append((natural[0] * natural[1]).sum().double())
+            planned = self._natural_gradient(group, layer)
+            if planned is not None:
+                entries[layer.weight], natural[layer.weight] = planned
+        inner = [(v * grad).sum().double() for v, grad in natural.values()]  # ⟨V, ∇⟩ per layer
+        flags = [torch.isfinite(t).all() for new in entries.values() for t in new.values()]
+        if inner and not bool(torch.stack([torch.isfinite(torch.stack(inner)).all(), *flags]).all()):
+            raise Unstable("K-FAC's factors or direction are not finite (the layer statistics overflowed)")
         kl = float(torch.stack(inner).sum()) * lr * lr if inner else 0.0
         kl_clip = float(group["kl_clip"])
         nu = min(1.0, math.sqrt(kl_clip / kl)) if kl_clip > 0 and kl > 0 else 1.0
+        directions: dict[Tensor, Tensor] = {}
         for layer in layers:
-            v = directions.get(layer.weight)
-            if v is None:
-                continue
-            v = v * nu
-            directions[layer.weight] = v[:, :layer.weight[0].numel()].reshape(layer.weight.shape)
-            if layer.bias is not None and layer.bias.grad is not None:
-                directions[layer.bias] = v[:, -1]
-        for p in params:
-            state = self.state[p]
-            state["step"] = self._steps(state) + 1
-            d = directions.get(p)
-            momentum_step(real(p), state, real(p.grad) if d is None else d, lr, momentum, wd)
-        for layer in layers:
-            layer.clear()
-            layer.collect = self._steps(self.state[layer.weight]) % group["factor_every"] == 0
+            if layer.weight in natural:
+                v = natural[layer.weight][0] * nu
+                directions[layer.weight] = v[:, :layer.weight[0].numel()].reshape(layer.weight.shape)
+                if layer.bias is not None and layer.bias.grad is not None:
+                    directions[layer.bias] = v[:, -1]
 
-    def _natural_gradient(self, group: dict[str, Any], layer: _Layer) -> tuple[Tensor, Tensor] | None:
-        """(V, ∇) for ``layer``: its gradient as one matrix [∇W | ∇b] and the damped Kronecker
-        solve; None when the layer has no factors yet (it never ran forward and backward)."""
+        def commit() -> None:
+            for weight, new in entries.items():
+                self.state[weight].update(new)
+            for p in params:
+                state = self.state[p]
+                state["step"] = self._steps(state) + 1
+                d = directions.get(p)
+                momentum_step(real(p), state, real(p.grad) if d is None else d, lr, momentum, wd)
+            for layer in layers:
+                layer.clear()
+                layer.collect = self._steps(self.state[layer.weight]) % group["factor_every"] == 0
+        return commit
+
+    def _natural_gradient(self, group: dict[str, Any], layer: _Layer) -> tuple[dict[str, Tensor],
+                                                                                tuple[Tensor, Tensor]] | None:
+        """The layer's new state entries (factors, inverses) and (V, ∇): its gradient as one matrix
+        [∇W | ∇b] and the damped Kronecker solve; None when the layer has no factors yet (it never
+        ran forward and backward). Nothing is changed: the caller commits."""
         state = self.state[layer.weight]
+        new: dict[str, Tensor] = {}
         batch = layer.batch_factors()
         if batch is not None:
             k = int(state.get("factor_updates", torch.tensor(0.0))) + 1
             decay = min(1.0 - 1.0 / k, float(group["stat_decay"]))
-            for key, new in zip(("factor_A", "factor_G"), batch):
+            for key, fresh in zip(("factor_A", "factor_G"), batch):
                 old = state.get(key)
-                state[key] = new.clone() if old is None else old.mul_(decay).add_(new, alpha=1.0 - decay)
-            state["factor_updates"] = torch.tensor(float(k))
-        if "factor_A" not in state:
+                new[key] = fresh.clone() if old is None else old * decay + fresh * (1.0 - decay)
+            new["factor_updates"] = torch.tensor(float(k))
+        factors = new.get("factor_A", state.get("factor_A")), new.get("factor_G", state.get("factor_G"))
+        if factors[0] is None:
             return None
         if "inverse_A" not in state or self._steps(state) % group["inv_every"] == 0:
-            state["inverse_A"], state["inverse_G"] = damped_inverses(state["factor_A"], state["factor_G"],
-                                                                     float(group["damping"]))
+            new["inverse_A"], new["inverse_G"] = damped_inverses(*factors, float(group["damping"]))
+        inverse_a, inverse_g = new.get("inverse_A", state.get("inverse_A")), new.get("inverse_G", state.get("inverse_G"))
         w = layer.weight
         grad = w.grad.reshape(w.shape[0], -1)
         if layer.bias is not None:
             bias_grad = layer.bias.grad if layer.bias.grad is not None else torch.zeros_like(layer.bias)
             grad = torch.cat([grad, bias_grad[:, None]], dim=1)
-        return state["inverse_G"] @ grad @ state["inverse_A"], grad
+        return new, (inverse_g @ grad @ inverse_a, grad)
 
     # ------------------------------------------------------------------ copies
     def __getstate__(self) -> dict[str, Any]:
@@ -318,5 +330,9 @@ def damped_inverses(a: Tensor, g: Tensor, damping: float) -> tuple[Tensor, Tenso
 
     def inverse(m: Tensor, shift: float) -> Tensor:
         m = m + shift * torch.eye(m.shape[0], dtype=m.dtype, device=m.device)
-        return torch.cholesky_inverse(torch.linalg.cholesky(m)).to(a.dtype)
+        factor, info = torch.linalg.cholesky_ex(m)
+        if int(info) != 0 or not math.isfinite(shift):
+            raise Unstable(f"a damped Kronecker factor of K-FAC is not positive definite (shift {shift:.3g}); "
+                           "its statistics overflowed or the damping is too small")
+        return torch.cholesky_inverse(factor).to(a.dtype)
     return inverse(a64, pi * gamma), inverse(g64, gamma / pi)

@@ -18,10 +18,17 @@ from deepdescent.checkpoints import check_group_keys, check_layout, load_checked
 from deepdescent.optim.base import NonFinite, NonFiniteGradientError, _check_step, _count
 
 
+class Unstable(ArithmeticError):
+    """A curvature computation of a step failed (a factor not positive definite, an eigensolver
+    that did not converge, a non-finite direction): the step is left out as a non-finite one."""
+
+
 class PreconditionedOptimizer(Optimizer):
     """Base class: a subclass validates its hyperparameters (:meth:`_check`), says which state
-    tensors each parameter may hold and their shapes (:meth:`_state_shapes`), and steps in
-    :meth:`_update` over the parameters whose gradients are set."""
+    tensors each parameter may hold and their shapes (:meth:`_state_shapes`), and plans a step in
+    :meth:`_plan` over the parameters whose gradients are set: everything that can fail is
+    computed there, without changing anything, and the returned commit applies it. So a step whose
+    curvature cannot be used (:class:`Unstable`) leaves parameters and state as they were."""
 
     def __init__(self, params: Any, defaults: dict[str, Any], *, nonfinite: NonFinite = "skip") -> None:
         check.choice("nonfinite", nonfinite, ("skip", "raise", "propagate"))
@@ -45,7 +52,9 @@ class PreconditionedOptimizer(Optimizer):
         """The state tensors ``p`` may hold, with their shapes (absent ones are created lazily)."""
         raise NotImplementedError
 
-    def _update(self, group: dict[str, Any], params: list[Tensor]) -> None:
+    def _plan(self, group: dict[str, Any], params: list[Tensor]) -> Callable[[], None]:
+        """Compute the step of ``group`` (raises :class:`Unstable`, changes nothing); the returned
+        function applies it."""
         raise NotImplementedError
 
     @torch.no_grad()
@@ -61,11 +70,20 @@ class PreconditionedOptimizer(Optimizer):
                 raise RuntimeError(f"{type(self).__name__} does not support sparse gradients (parameter "
                                    f"{self._param_name(p)}); use torch.optim.SparseAdam or dense gradients")
         if not self._finite([p for ps in stepping for p in ps]):
-            self._skipped += 1
-            self._discard()
-            return loss
-        for group, params in zip(self.param_groups, stepping):
-            self._update(group, params)
+            return self._skip(loss)
+        try:
+            commits = [self._plan(group, params) for group, params in zip(self.param_groups, stepping)]
+        except Unstable as err:
+            if self.nonfinite == "skip":
+                return self._skip(loss)
+            raise NonFiniteGradientError(f"{err}; parameters and optimizer state were left unchanged") from None
+        for commit in commits:
+            commit()
+        return loss
+
+    def _skip(self, loss: Any) -> Any:
+        self._skipped += 1
+        self._discard()
         return loss
 
     def _discard(self) -> None:

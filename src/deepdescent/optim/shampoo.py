@@ -20,6 +20,7 @@ grafting). The step is the book's momentum (Algorithm 8.2) along u: v ← αv �
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -27,7 +28,7 @@ from torch import Tensor
 
 from deepdescent.algorithms import validation as check
 from deepdescent.optim.base import NonFinite
-from deepdescent.optim.preconditioned import PreconditionedOptimizer, momentum_step, real
+from deepdescent.optim.preconditioned import PreconditionedOptimizer, Unstable, momentum_step, real
 
 GRAFTS = ("adam", "sgd", "none")
 
@@ -86,36 +87,49 @@ class Shampoo(PreconditionedOptimizer):
                                f"PR{i}.{j}": (n, n)})
         return shapes
 
-    def _update(self, group: dict[str, Any], params: list[Tensor]) -> None:
+    def _plan(self, group: dict[str, Any], params: list[Tensor]) -> Callable[[], None]:
         lr, momentum, wd = float(group["lr"]), float(group["momentum"]), float(group["weight_decay"])
+        planned = []  # (p, its new state entries, its step direction u)
         for p in params:
             state = self.state[p]
-            k = state["step"] = self._steps(state) + 1
+            k = self._steps(state) + 1
             r, g = real(p), real(p.grad)
             if wd:
                 g = g.add(r, alpha=wd)
-            graft = self._graft(group, state, g, k)
-            u = graft if r.dim() < 2 or r.numel() == 0 else self._precondition(group, state, g, graft, k)
-            momentum_step(r, state, u, lr, momentum, 0.0)
+            new: dict[str, Tensor] = {}
+            graft = self._graft(group, state, new, g, k)
+            u = graft if r.dim() < 2 or r.numel() == 0 else self._precondition(group, state, new, g, graft, k)
+            planned.append((p, new, u))
+        flags = [torch.isfinite(t).all() for _, new, u in planned for t in (u, *new.values())
+                 if t.device.type != "meta"]  # meta: no values to look at
+        if flags and not bool(torch.stack(flags).all()):
+            raise Unstable("Shampoo's statistics or direction are not finite (the gradients' products overflowed)")
 
-    def _graft(self, group: dict[str, Any], state: dict[str, Any], g: Tensor, k: int) -> Tensor:
-        """D: the first-order step whose norm the preconditioned one takes."""
+        def commit() -> None:
+            for p, new, u in planned:
+                state = self.state[p]
+                state.update(new, step=self._steps(state) + 1)
+                momentum_step(real(p), state, u, lr, momentum, 0.0)
+        return commit
+
+    def _graft(self, group: dict[str, Any], state: dict[str, Any], new: dict[str, Tensor], g: Tensor,
+               k: int) -> Tensor:
+        """D: the first-order step whose norm the preconditioned one takes (its new second moment
+        goes to ``new``)."""
         if group["graft"] != "adam":
             return g
         beta2 = float(group["beta2"])
-        v = state.get("graft_v")
-        if v is None:
-            v = state["graft_v"] = torch.zeros_like(g)
+        v = state.get("graft_v", torch.zeros_like(g))
         if beta2 == 1.0:
-            v.addcmul_(g, g)
+            v = new["graft_v"] = v.addcmul(g, g)
             denominator = v.sqrt()
         else:
-            v.mul_(beta2).addcmul_(g, g, value=1.0 - beta2)
+            v = new["graft_v"] = (v * beta2).addcmul_(g, g, value=1.0 - beta2)
             denominator = (v / (1.0 - beta2 ** k)).sqrt()
         return g / denominator.add_(float(group["graft_eps"]))
 
-    def _precondition(self, group: dict[str, Any], state: dict[str, Any], g: Tensor, graft: Tensor,
-                      k: int) -> Tensor:
+    def _precondition(self, group: dict[str, Any], state: dict[str, Any], new: dict[str, Tensor], g: Tensor,
+                      graft: Tensor, k: int) -> Tensor:
         beta2, eps, size = float(group["beta2"]), float(group["eps"]), group["block_size"]
         matrix, graft_matrix = g.reshape(g.shape[0], -1), graft.reshape(g.shape[0], -1)
         out = torch.empty_like(matrix)
@@ -125,15 +139,14 @@ class Shampoo(PreconditionedOptimizer):
             block = matrix[rows, cols]
             names = (f"L{i}.{j}", f"R{i}.{j}", f"PL{i}.{j}", f"PR{i}.{j}")
             for name, stat in zip(names[:2], (block @ block.T, block.T @ block)):
-                if name not in state:
-                    state[name] = torch.zeros_like(stat)
-                if beta2 < 1.0:
-                    state[name].mul_(beta2).add_(stat, alpha=1.0 - beta2)
+                old = state.get(name)
+                if old is None:
+                    new[name] = stat if beta2 == 1.0 else stat * (1.0 - beta2)
                 else:
-                    state[name].add_(stat)
+                    new[name] = old + stat if beta2 == 1.0 else (old * beta2).add_(stat, alpha=1.0 - beta2)
             if refresh or names[2] not in state:
-                state[names[2]], state[names[3]] = inverse_root(state[names[0]], eps), inverse_root(state[names[1]], eps)
-            s = state[names[2]] @ block @ state[names[3]]
+                new[names[2]], new[names[3]] = inverse_root(new[names[0]], eps), inverse_root(new[names[1]], eps)
+            s = new.get(names[2], state.get(names[2])) @ block @ new.get(names[3], state.get(names[3]))
             if group["graft"] != "none":
                 norm = torch.linalg.vector_norm(s)
                 s = s * torch.where(norm > 0, torch.linalg.vector_norm(graft_matrix[rows, cols]) / norm, 0.0)
@@ -150,7 +163,14 @@ def blocks(t: Tensor, size: int) -> list[tuple[int, int, tuple[int, int]]]:
 
 def inverse_root(stat: Tensor, eps: float) -> Tensor:
     """(S + εI)^{-1/4} of a symmetric positive semi-definite S, by an eigendecomposition in float64
-    (eigenvalues below 0 from rounding are taken as 0)."""
-    values, vectors = torch.linalg.eigh(stat.double())
+    (eigenvalues below 0 from rounding are taken as 0); :class:`Unstable` if S is not finite."""
+    dtype = stat.dtype
+    stat = stat.double()
+    if stat.device.type != "meta" and not bool(torch.isfinite(stat).all()):
+        raise Unstable("a Shampoo statistic is not finite (the gradients overflowed its products)")
+    try:
+        values, vectors = torch.linalg.eigh(stat)
+    except torch.linalg.LinAlgError as err:
+        raise Unstable(f"Shampoo's eigendecomposition failed: {err}") from None
     root = (values.clamp(min=0.0) + eps).pow(-0.25)
-    return ((vectors * root) @ vectors.T).to(stat.dtype)
+    return ((vectors * root) @ vectors.T).to(dtype)
