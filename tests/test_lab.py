@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 import warnings
+from dataclasses import replace
 from html.parser import HTMLParser
 
 import pytest
@@ -364,3 +365,28 @@ def test_bench_with_two_worker_processes(tmp_path):
     grid = [r for r in rows if "/Adam/grid/" in r[0]]
     assert len(grid) >= 2  # 2 lrs, and any extension
     assert len(rows) == len(set(rows)) == len(grid) + 1 + 1 + 1  # Adam: grid, defaults 1, instruments 1; L-BFGS: 1
+
+
+def test_the_second_order_suite_races_kfac_and_shampoo_where_they_apply():
+    chosen = suites.suite("second_order")
+    assert chosen.optimizers() == suites.SECOND_ORDER and chosen.problems("cpu") == suites.suite("quick").problems("cpu")
+    kfac, shampoo = optimizers.optimizer("K-FAC"), optimizers.optimizer("Shampoo")
+    assert kfac.family == shampoo.family == "second" and not kfac.in_book and kfac.kind == "first"
+    assert "K-FAC" not in suites.book()
+    from deepdescent.lab import study
+
+    assert not study.applicable(problems.problem("saddle"), kfac, True)  # a parameter vector: no layer to watch
+    assert study.applicable(problems.problem("saddle"), shampoo, True)
+    assert study.applicable(problems.problem("digits_mlp"), kfac, True)
+
+
+def test_kfac_trains_a_lab_member_through_its_model():
+    """The engine hands K-FAC the model (its layers watched): the member's loss falls, and every
+    step was preconditioned (the factors exist for each Linear layer)."""
+    made = []
+    spec = optimizers.optimizer("K-FAC")
+    watching = replace(spec, make=lambda m, lr: made.append(spec.make(m, lr)) or made[-1])
+    result = engine.run_member(problems.problem("digits_mlp"), watching, 0.01, 0, True, budget=2)
+    assert result.train_loss[-1] < 0.5 * result.train_loss[0] and not result.diverged
+    opt = made[0]
+    assert len(opt._layers) == 3 and all("factor_A" in opt.state[w] for w in opt._layers)
