@@ -41,6 +41,12 @@ def unit_interval(name: str, value: Any) -> None:
         raise ValueError(f"invalid {name}={value!r}: must be in [0, 1)")
 
 
+def positive_int(name: str, value: Any) -> None:
+    """A count or period ≥ 1 (every how many steps)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"invalid {name}={value!r}: must be an integer >= 1")
+
+
 def choice(name: str, value: Any, valid: Iterable[Any]) -> None:
     valid = tuple(valid)
     if value not in valid:

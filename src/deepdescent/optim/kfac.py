@@ -183,8 +183,7 @@ class KFAC(PreconditionedOptimizer):
         check.unit_interval("stat_decay", group["stat_decay"])
         check.non_negative("kl_clip", group["kl_clip"])
         for name in ("factor_every", "inv_every"):
-            if isinstance(group[name], bool) or not isinstance(group[name], int) or group[name] < 1:
-                raise ValueError(f"invalid {name}={group[name]!r}: must be an integer >= 1")
+            check.positive_int(name, group[name])
 
     def watch(self, model: nn.Module) -> list[str]:
         """Watch ``model``'s Linear and Conv2d layers whose weight this optimizer steps (hooks

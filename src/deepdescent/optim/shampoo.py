@@ -72,8 +72,7 @@ class Shampoo(PreconditionedOptimizer):
         check.positive("graft_eps", group["graft_eps"])
         check.non_negative("weight_decay", group["weight_decay"])
         for name in ("update_freq", "block_size"):
-            if isinstance(group[name], bool) or not isinstance(group[name], int) or group[name] < 1:
-                raise ValueError(f"invalid {name}={group[name]!r}: must be an integer >= 1")
+            check.positive_int(name, group[name])
 
     def _group(self, p: Tensor) -> dict[str, Any]:
         return next(g for g in self.param_groups if any(q is p for q in g["params"]))
