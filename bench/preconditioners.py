@@ -71,8 +71,8 @@ def main() -> None:
         for k, (train, step) in times.items():
             mt, ms = statistics.median(train), statistics.median(step)
             print(f"| {name} | {n:,} | {tensors} | {k} | {mt * 1e3:.2f} ({statistics.mean(train) * 1e3:.2f}) | "
-                  f"{mt / base_train:.2f} | {ms * 1e3:.2f} ({statistics.mean(step) * 1e3:.2f}) | {ms / base_step:.1f} |",
-                  flush=True)
+                  f"{mt / base_train:.2f} | {ms * 1e3:.2f} ({statistics.mean(step) * 1e3:.2f}) | "
+                  f"{ms / base_step:.1f} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -76,7 +76,8 @@ def test_for_one_example_the_kronecker_product_is_the_exact_fisher_block():
     opt = optim.KFAC(model, lr=0.1)
     opt.zero_grad()
     F.mse_loss(model(x), y).backward()
-    grads = {id(m): torch.cat([m.weight.grad, m.bias.grad[:, None]], 1).flatten() for m in model if isinstance(m, nn.Linear)}
+    grads = {id(m): torch.cat([m.weight.grad, m.bias.grad[:, None]], 1).flatten()
+             for m in model if isinstance(m, nn.Linear)}
     opt.step()
     for m in (m for m in model if isinstance(m, nn.Linear)):
         state = opt.state[m.weight]
@@ -251,10 +252,13 @@ def test_a_deep_copy_watches_its_own_model_only():
     twin = copy.deepcopy(opt)
     twin_model = twin._layers[next(iter(twin._layers))].module
     assert twin_model is not model[0]
-    assert len(model[0]._forward_hooks) == 1 and len(twin_model._forward_hooks) == 1
     F.mse_loss(model(x), y).backward()  # the original's forward gathers for the original only
     assert opt._layers[model[0].weight].a_sum is not None
     assert all(layer.a_sum is None for layer in twin._layers.values())
+    twin.zero_grad()
+    F.mse_loss(twin_model(x), torch.zeros(5, 3, dtype=torch.float64)).backward()  # the copy's first layer alone
+    assert twin._layers[twin_model.weight].a_sum is not None  # the copy gathers through its own model
+    assert opt._layers[model[0].weight].rows == 5  # … and nothing more reaches the original
     copied = copy.deepcopy(model)  # a copy of the model alone (an EMA model): its hook copies gather nothing
     opt.zero_grad()
     F.mse_loss(copied(x), y).backward()

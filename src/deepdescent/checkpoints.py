@@ -3,6 +3,7 @@ first- and second-order optimizers)."""
 
 from __future__ import annotations
 
+import numbers
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
@@ -92,3 +93,27 @@ def check_group_keys(opt: Optimizer, i: int, saved: dict[str, Any]) -> None:
     missing = sorted(set(opt.defaults) - set(saved))
     if missing:
         raise ValueError(f"param_groups[{i}] of the state_dict lacks {missing}")
+
+
+def step_count(value: Any) -> Any:
+    """A step count as a number (a 0-dim tensor holds it on the device path)."""
+    return value.item() if isinstance(value, Tensor) and value.dim() == 0 else value
+
+
+def check_step(where: str, value: Any) -> None:
+    """A step count: an integer >= 0 (a 0-dim tensor holding one on the device path)."""
+    number = step_count(value)
+    if isinstance(number, bool) or not isinstance(number, numbers.Real) or number < 0 or number != int(number):
+        raise ValueError(f"invalid {where}={value!r}: must be an integer >= 0")
+
+
+def param_name(opt: Optimizer, p: Tensor) -> str:
+    """How an error names parameter ``p`` of ``opt``: its name if the group has names, its place and shape."""
+    for gi, group in enumerate(opt.param_groups):
+        for pi, q in enumerate(group["params"]):
+            if q is p:
+                names = group.get("param_names")
+                where = f"param_groups[{gi}]['params'][{pi}]"
+                shape = f"shape {tuple(p.shape)}"
+                return f"{names[pi]!r} ({where}, {shape})" if names else f"{where} ({shape})"
+    return f"(shape {tuple(p.shape)})"

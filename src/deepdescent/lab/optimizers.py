@@ -107,9 +107,9 @@ def applies(spec: OptimizerSpec, model: torch.nn.Module) -> bool:
     """Whether ``spec`` has something to work on in ``model``: K-FAC needs a Linear or Conv2d layer."""
     if not spec.takes_model:
         return True
-    from deepdescent.optim.kfac import _watchable
+    from deepdescent.optim.kfac import watchable
 
-    return any(_watchable(m) for m in model.modules())
+    return any(watchable(m) for m in model.modules())
 
 
 def optimizer(name: str) -> OptimizerSpec:

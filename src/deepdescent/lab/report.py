@@ -67,7 +67,7 @@ TITLE_WIDTH = 75
 #: order, so that no two lab optimizers share one; foreign ones cycle through them.
 _COLOURS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
             "#17becf", "#1b9e77", "#d95f02", "#7570b3", "#e7298a", "#66a61e", "#e6ab02", "#a6761d", "#000000",
-            "#b15928", "#6a3d9a", "#fb9a99"]
+            "#b15928", "#6a3d9a", "#fb9a99", "#1a9850", "#08519c"]
 
 
 def style(name: str) -> dict[str, Any]:

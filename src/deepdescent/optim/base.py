@@ -11,7 +11,6 @@ mixed precision, the device step) is the executor's (``deepdescent.executor``).
 from __future__ import annotations
 
 import contextlib
-import numbers
 import warnings
 from collections import OrderedDict, defaultdict
 from collections.abc import Callable, Iterator
@@ -27,7 +26,7 @@ from deepdescent.algorithms.spec import Algorithm
 from deepdescent.algorithms import validation as check
 from deepdescent.executor import LOW_PRECISION, device, state_dtype
 from deepdescent import kernels
-from deepdescent.checkpoints import check_group_keys, check_layout, load_checked
+from deepdescent.checkpoints import check_group_keys, check_layout, check_step, load_checked, param_name, step_count
 
 NonFinite = Literal["skip", "raise", "propagate"]
 
@@ -460,13 +459,13 @@ class BookOptimizer(Optimizer):
                     raise ValueError(f"the state of parameter {self._param_name(p)} lacks {missing} (it holds "
                                      f"{sorted(s)}): {type(self).__name__} keeps "
                                      f"{['step', *self.algorithm.buffers(hyper[i])]} once a parameter has stepped")
-                if _count(s["step"]) == 0:
+                if step_count(s["step"]) == 0:
                     raise ValueError(f"invalid state 'step' of parameter {self._param_name(p)}=0 beside its buffers: "
                                      "a parameter with state has stepped at least once (step >= 1)")
             for key, value in s.items():
                 where = f"state {key!r} of parameter {self._param_name(p)}"
                 if key == "step":
-                    _check_step(where, value)
+                    check_step(where, value)
                 elif key in self.algorithm.buffers(hyper[i]) and not isinstance(value, Tensor):
                     raise ValueError(f"{where} is a {type(value).__name__}; it must be a tensor of the parameter's "
                                      f"shape {tuple(p.shape)}")
@@ -478,25 +477,7 @@ class BookOptimizer(Optimizer):
 
     # ------------------------------------------------------------------ helpers
     def _param_name(self, p: Tensor) -> str:
-        for gi, group in enumerate(self.param_groups):
-            for pi, q in enumerate(group["params"]):
-                if q is p:
-                    names = group.get("param_names")
-                    where = f"param_groups[{gi}]['params'][{pi}]"
-                    return f"{names[pi]!r} ({where}, shape {tuple(p.shape)})" if names else f"{where} (shape {tuple(p.shape)})"
-        return f"(shape {tuple(p.shape)})"
-
-
-def _count(value: Any) -> Any:
-    """A step count as a number (a 0-dim tensor holds it on the device path)."""
-    return value.item() if isinstance(value, Tensor) and value.dim() == 0 else value
-
-
-def _check_step(where: str, value: Any) -> None:
-    """A step count: an integer >= 0 (a 0-dim tensor holding one on the device path)."""
-    number = _count(value)
-    if isinstance(number, bool) or not isinstance(number, numbers.Real) or number < 0 or number != int(number):
-        raise ValueError(f"invalid {where}={value!r}: must be an integer >= 0")
+        return param_name(self, p)
 
 
 def _call(closure: Callable[[], Any]) -> Any:

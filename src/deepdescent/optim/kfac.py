@@ -123,7 +123,9 @@ class _Layer:
         return self.a_sum / self.rows, self.g_sum / self.batches
 
 
-def _watchable(module: nn.Module) -> bool:
+def watchable(module: nn.Module) -> bool:
+    """Whether K-FAC preconditions ``module``: a real ``nn.Linear``, or an ``nn.Conv2d`` with one
+    group, zero padding given as numbers."""
     if not isinstance(module, _LAYERS) or module.weight.is_complex():
         return False
     if isinstance(module, nn.Conv2d):
@@ -191,7 +193,7 @@ class KFAC(PreconditionedOptimizer):
         mine = {p for g in self.param_groups for p in g["params"]}
         names = []
         for name, module in model.named_modules():
-            if _watchable(module) and module.weight in mine and module.weight not in self._layers:
+            if watchable(module) and module.weight in mine and module.weight not in self._layers:
                 bias = module.bias
                 layer = _Layer(module)
                 if bias is not None and bias not in mine:
@@ -285,7 +287,8 @@ class KFAC(PreconditionedOptimizer):
             return None
         if "inverse_A" not in state or self._steps(state) % group["inv_every"] == 0:
             new["inverse_A"], new["inverse_G"] = damped_inverses(*factors, float(group["damping"]))
-        inverse_a, inverse_g = new.get("inverse_A", state.get("inverse_A")), new.get("inverse_G", state.get("inverse_G"))
+        inverse_a = new.get("inverse_A", state.get("inverse_A"))
+        inverse_g = new.get("inverse_G", state.get("inverse_G"))
         w = layer.weight
         grad = w.grad.reshape(w.shape[0], -1)
         if layer.bias is not None:
@@ -307,10 +310,7 @@ class KFAC(PreconditionedOptimizer):
         watched, unbiased = state.pop("_watched"), state.pop("_unbiased")
         super().__setstate__(state)
         self._layers = {}
-        for module, no_bias in zip(watched, unbiased):
-            for key, hook in list(module._forward_hooks.items()):  # the original's hooks, copied with the module
-                if isinstance(getattr(hook, "__self__", None), _Layer):
-                    del module._forward_hooks[key]
+        for module, no_bias in zip(watched, unbiased):  # the copied hooks of the original are inert copies
             layer = _Layer(module)
             if no_bias:
                 layer.bias = None

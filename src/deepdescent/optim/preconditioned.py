@@ -14,8 +14,15 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from deepdescent.algorithms import validation as check
-from deepdescent.checkpoints import check_group_keys, check_layout, load_checked
-from deepdescent.optim.base import NonFinite, NonFiniteGradientError, _check_step, _count
+from deepdescent.checkpoints import (
+    check_group_keys,
+    check_layout,
+    check_step,
+    load_checked,
+    param_name,
+    step_count,
+)
+from deepdescent.optim.base import NonFinite, NonFiniteGradientError
 
 
 class Unstable(ArithmeticError):
@@ -114,17 +121,11 @@ class PreconditionedOptimizer(Optimizer):
         return self._skipped
 
     def _param_name(self, p: Tensor) -> str:
-        for gi, group in enumerate(self.param_groups):
-            for pi, q in enumerate(group["params"]):
-                if q is p:
-                    names = group.get("param_names")
-                    where = f"param_groups[{gi}]['params'][{pi}]"
-                    return f"{names[pi]!r} ({where}, shape {tuple(p.shape)})" if names else f"{where} (shape {tuple(p.shape)})"
-        return f"(shape {tuple(p.shape)})"
+        return param_name(self, p)
 
     @staticmethod
     def _steps(state: dict[str, Any]) -> int:
-        return int(_count(state.get("step", 0)))
+        return int(step_count(state.get("step", 0)))
 
     # ------------------------------------------------------------------ copies and checkpoints
     def __getstate__(self) -> dict[str, Any]:
@@ -184,17 +185,18 @@ class PreconditionedOptimizer(Optimizer):
             for k, value in entry.items():
                 where = f"{name} state {k!r} of parameter {self._param_name(p)}"
                 if k == "step":
-                    _check_step(where, value)
+                    check_step(where, value)
                 elif k not in shapes:
                     raise ValueError(f"unknown {where}; valid: step, {', '.join(shapes) or '(none)'}")
                 elif not isinstance(value, Tensor) or not value.is_floating_point() or tuple(value.shape) != shapes[k]:
-                    got = f"a {value.dtype} tensor of shape {tuple(value.shape)}" if isinstance(value, Tensor) else repr(value)
+                    got = (f"a {value.dtype} tensor of shape {tuple(value.shape)}" if isinstance(value, Tensor)
+                           else repr(value))
                     raise ValueError(f"{where} is {got}; it must be a floating tensor of shape {shapes[k]}")
         meta = state_dict.get("deepdescent", {})
         if not isinstance(meta, dict) or meta.get("optimizer", name) != name:
-            raise ValueError(f"the state_dict was saved by {meta.get('optimizer') if isinstance(meta, dict) else meta!r}, "
-                             f"not {name}")
-        _check_step(f"{name} skipped_steps", meta.get("skipped_steps", 0))
+            saved_by = meta.get("optimizer") if isinstance(meta, dict) else meta
+            raise ValueError(f"the state_dict was saved by {saved_by!r}, not {name}")
+        check_step(f"{name} skipped_steps", meta.get("skipped_steps", 0))
         return meta
 
 
