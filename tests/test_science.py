@@ -87,7 +87,13 @@ def _momentum(raw):
     return "NAG μ_max = 0.999", 0.0042
 
 
-CHANGES = {"autoencoder": _autoencoder, "depth": _depth, "clipping": _clipping, "saddles": _saddles,
+def _kfac(raw):
+    for r in [*raw["runs"]["K-FAC"], *raw["other_seeds"]["K-FAC"]]:
+        r["final"] = 0.00123
+    return "K-FAC_error", 0.00123
+
+
+CHANGES = {"autoencoder": _autoencoder, "kfac": _kfac, "depth": _depth, "clipping": _clipping, "saddles": _saddles,
            "gradient_norm": _gradient_norm, "interpolation": _interpolation, "deepobs": _deepobs,
            "momentum_schedule": _momentum}
 
@@ -396,3 +402,31 @@ def test_a_record_stored_before_the_seeds_says_to_rerun(tiny):
     (row,) = science_report.rows({"momentum_schedule": old})
     assert "earlier version" in row["explanation"] and row["verdict"] != "reproduced"
     assert all("earlier version" not in r["explanation"] for r in science_report.rows(records))
+
+
+def _kfac_raw(tiny, kfac_at, momentum_at, kfac_final, momentum_final=1.0):
+    """The tiny record with three seeds whose curves cross momentum's final error (1.0) at the given
+    gradient-equivalents (None: never) and end at the given errors."""
+    _, records = tiny
+    raw = copy.deepcopy(records["kfac"]["raw"])
+
+    def run(at, final, lr):
+        curve = [[0.0, 10.0]] + [[g, final if at is not None and g >= at else max(final, 2.0)] for g in (1, 2, 4, 8)]
+        curve[-1][1] = final
+        return {"lr": lr, "curve": curve, "final": final, "diverged": False, "seconds": 1.0}
+    for m, at, final in (("K-FAC", kfac_at, kfac_final), ("momentum", momentum_at, momentum_final)):
+        raw["runs"][m] = [run(at[0], final[0], 0.01)]
+        raw["other_seeds"][m] = [run(a, f, 0.01) for a, f in zip(at[1:], final[1:])]
+    return raw
+
+
+def test_kfac_verdict_follows_the_gradient_equivalents_to_momentums_error(tiny):
+    exp = science.EXPERIMENTS["kfac"]
+    fast = _kfac_raw(tiny, (1, 2, 1), (8, 8, 8), (0.5, 0.45, 0.55), (1.0, 1.0, 1.0))
+    summary = exp.summarize(fast)
+    assert summary.verdict == "reproduced", summary
+    assert summary.numbers["K-FAC_ge_to_target"] == 1 and summary.numbers["momentum_ge_to_target"] == 8
+    slow = _kfac_raw(tiny, (None, None, None), (8, 8, 8), (1.5, 1.6, 1.4), (1.0, 1.0, 1.0))
+    assert exp.summarize(slow).verdict == "not reproduced"
+    mixed = _kfac_raw(tiny, (1, None, 4), (8, 8, 8), (0.5, 1.6, 0.9), (1.0, 1.0, 1.0))
+    assert exp.summarize(mixed).verdict == VERDICTS[3]

@@ -222,7 +222,7 @@ BUDGET_MAX, SEEDS_MAX, LR_CENTER_MAX = 200, 100, 1e6
 QUICK_TIME = "about 6 minutes on an idle 2-core machine"  # measured: BENCHMARKS.md, "The quick suite"
 WORKLOADS_TIME = "4–9 minutes on an idle 2-core machine"  # measured: BENCHMARKS.md, "The workloads suite"
 MODERN_TIME = "about 6 minutes on an idle 2-core machine"  # measured: BENCHMARKS.md, "The modern suite"
-SCIENCE_TIME = "about 11 minutes on 2 cores"  # measured: BENCHMARKS.md, "The science suite"
+SCIENCE_TIME = "about 22 minutes on 2 cores"  # measured: BENCHMARKS.md, "The science suite"
 SECOND_ORDER_TIME = "about 2 minutes on an idle 2-core machine"  # measured: BENCHMARKS.md, "The second-order suite"
 
 
@@ -296,7 +296,7 @@ def bench(
                                      "only the tables; `deepdescent report OUT` writes it later).")] = True,
     experiment: Annotated[list[str] | None, typer.Option(
         help="--suite science: only these experiments (repeatable): autoencoder, depth, clipping, saddles, "
-             "gradient_norm, interpolation, deepobs, momentum_schedule.")] = None,
+             "gradient_norm, interpolation, deepobs, momentum_schedule, kfac.")] = None,
     scale: Annotated[str | None, typer.Option(
         help="--suite science: tiny (seconds: a smoke test), cpu (the default on cpu) or full (the papers' sizes, "
              "the default with --device cuda).")] = None,

@@ -24,6 +24,7 @@ from deepdescent.lab.science import (
     depth,
     gradient_norm,
     interpolation,
+    kfac,
     momentum_schedule,
     saddles,
 )
@@ -31,10 +32,11 @@ from deepdescent.lab.science.experiment import SCALES, Experiment, Summary, chec
 
 __all__ = ["EXPERIMENTS", "SCALES", "CorruptRecord", "Experiment", "Summary", "load", "run_suite", "stored"]
 
-#: In the issue's order: the claims of §8.6.1, §8.4, §8.2.4, §8.2.3, Figure 8.1, §8.2.7, DeepOBS, §8.3.2.
+#: In the issue's order: the claims of §8.6.1, §8.4, §8.2.4, §8.2.3, Figure 8.1, §8.2.7, DeepOBS, §8.3.2,
+#: and §8.6 at scale (K-FAC).
 EXPERIMENTS: dict[str, Experiment] = {e.key: e for e in (
     autoencoder.EXPERIMENT, depth.EXPERIMENT, clipping.EXPERIMENT, saddles.EXPERIMENT, gradient_norm.EXPERIMENT,
-    interpolation.EXPERIMENT, deepobs.EXPERIMENT, momentum_schedule.EXPERIMENT)}
+    interpolation.EXPERIMENT, deepobs.EXPERIMENT, momentum_schedule.EXPERIMENT, kfac.EXPERIMENT)}
 
 
 def _finite(value: Any) -> Any:

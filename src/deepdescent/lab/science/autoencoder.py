@@ -19,6 +19,8 @@ from __future__ import annotations
 import functools
 import math
 import statistics
+import time
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -78,18 +80,36 @@ def period(scale: str) -> int:
 def first_order(scale: str, lr: float, mu_max: float, nesterov: bool, schedule: bool = True,
                 device: str = "cpu", seed: int = 0) -> dict[str, Any]:
     """One first-order run: SGD (``mu_max`` 0), classical momentum or Nesterov (Algorithms 8.1–8.3)."""
+    p = period(scale)
+
+    def make(model: torch.nn.Module) -> torch.optim.Optimizer:
+        return optim.SGD(model.parameters(), lr=lr, momentum=min(0.5, mu_max), nesterov=nesterov and mu_max > 0)
+
+    def before(opt: torch.optim.Optimizer, t: int) -> None:
+        if mu_max > 0:
+            opt.param_groups[0]["momentum"] = momentum(t, mu_max, p) if schedule else mu_max
+    return minibatch_run(scale, lr, make, before, device, seed)
+
+
+def minibatch_run(scale: str, lr: float, make: Callable[[torch.nn.Module], torch.optim.Optimizer],
+                  before: Callable[[torch.optim.Optimizer, int], None] | None = None, device: str = "cpu",
+                  seed: int = 0) -> dict[str, Any]:
+    """Train the scale's autoencoder from ``seed`` with ``make(model)``'s optimizer on minibatches
+    (the seed's order, shared by every method) for the budget; ``before(opt, t)`` runs before step
+    t. The training squared error at ``POINTS`` marks, and the seconds the run took."""
     s = SIZES[scale]
     x = data(scale, device)
     torch.manual_seed(seed)
     model = curves.autoencoder(s["layers"], seed).to(device)
-    opt = optim.SGD(model.parameters(), lr=lr, momentum=min(0.5, mu_max), nesterov=nesterov and mu_max > 0)
-    total, p = steps(scale), period(scale)
+    opt = make(model)
+    total = steps(scale)
     order = torch.Generator().manual_seed(10_000 + seed)
     curve = [[0.0, curves.squared_error(model, x)]]
     marks = {round(total * (i + 1) / POINTS) for i in range(POINTS)}
+    started = time.perf_counter()
     for t in range(total):
-        if mu_max > 0:
-            opt.param_groups[0]["momentum"] = momentum(t, mu_max, p) if schedule else mu_max
+        if before is not None:
+            before(opt, t)
         xb = x[torch.randint(0, len(x), (s["batch"],), generator=order).to(device)]
         opt.zero_grad()
         curves.cross_entropy(model(xb), xb).backward()
@@ -97,9 +117,10 @@ def first_order(scale: str, lr: float, mu_max: float, nesterov: bool, schedule: 
         if t + 1 in marks:
             err = curves.squared_error(model, x)
             curve.append([(t + 1) * s["batch"] / s["n"], err])
-            if not math.isfinite(err) or err > 1e6:
-                return {"lr": lr, "curve": curve, "final": math.inf, "diverged": True}
-    return {"lr": lr, "curve": curve, "final": curve[-1][1], "diverged": False}
+            if not math.isfinite(err) or err > 1e6 or getattr(opt, "skipped_steps", 0):
+                return {"lr": lr, "curve": curve, "final": math.inf, "diverged": True,
+                        "seconds": time.perf_counter() - started}
+    return {"lr": lr, "curve": curve, "final": curve[-1][1], "diverged": False, "seconds": time.perf_counter() - started}
 
 
 #: HF is also run with this many times the budget: whether more compute alone would change the order.
@@ -170,12 +191,16 @@ def tuned(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 def grid_runs(scale: str, mu_max: float, nesterov: bool, schedule: bool = True,
               device: str = "cpu") -> list[dict[str, Any]]:
-    """The runs of one first-order method over the scale's learning-rate grid, extended (by the
-    grid's own ratio, at most ``EXTEND`` points a side) while the best run sits at an edge — the
-    lab's fair-tuning rule."""
-    lrs = list(SIZES[scale]["lrs"])
+    """The runs of one first-order method over the scale's learning-rate grid (:func:`grid`)."""
+    return grid(SIZES[scale]["lrs"], lambda lr: first_order(scale, lr, mu_max, nesterov, schedule, device))
+
+
+def grid(lrs: tuple[float, ...], run_at: Callable[[float], dict[str, Any]]) -> list[dict[str, Any]]:
+    """``run_at(lr)`` over the grid ``lrs``, extended (by the grid's own ratio, at most ``EXTEND``
+    points a side) while the best run sits at an edge — the lab's fair-tuning rule."""
+    lrs = list(lrs)
     ratio = lrs[1] / lrs[0]
-    runs = {lr: first_order(scale, lr, mu_max, nesterov, schedule, device) for lr in lrs}
+    runs = {lr: run_at(lr) for lr in lrs}
     for _ in range(EXTEND):
         best = tuned(list(runs.values()))["lr"]
         ordered = sorted(runs)
@@ -185,7 +210,7 @@ def grid_runs(scale: str, mu_max: float, nesterov: bool, schedule: bool = True,
             lr = ordered[0] / ratio
         else:
             break
-        runs[lr] = first_order(scale, lr, mu_max, nesterov, schedule, device)
+        runs[lr] = run_at(lr)
     return [runs[lr] for lr in sorted(runs)]
 
 
