@@ -43,7 +43,7 @@ def _configurations():
         yield pytest.param(spec.name, options, look, id=f"{spec.name}[{label}]{'-lookahead' if look else ''}")
 
 
-#: odd sizes, empty and 0-dim tensors, one larger than a chunk (and a √ block) of every path
+#: odd sizes, empty and 0-dim tensors, one larger than a chunk of every path
 BITWISE_SHAPES = [(), (0,), (37,), (5, 7), (513,), (CPU_CHUNK_NUMEL + 1001,)]
 
 
@@ -312,3 +312,30 @@ def test_a_build_killed_midway_blocks_nobody(monkeypatch, tmp_path, caplog):
     builder.join(120)  # ...and builds once the holder is gone
     assert not builder.is_alive() and all(n in kernels._FUNCTIONS for n in ext.functions)
     assert os.path.exists(kernels._library(ext))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_the_eager_square_root_is_correctly_rounded(dtype):
+    """algorithms.common.sqrt (the eager path's √, which the fused kernels' processor root must
+    match bit for bit) against Python's math.sqrt, correctly rounded (IEEE 754), on values across
+    the exponent range and the special ones; torch.sqrt (MKL's VML on CPU) is not, at this size."""
+    import math
+
+    from deepdescent.algorithms.common import sqrt, sqrt_
+
+    g = torch.Generator().manual_seed(3)
+    low = -300 if dtype == torch.float64 else -40
+    x = torch.rand(30_000, generator=g, dtype=torch.float64) * 10.0 ** torch.randint(low, 30, (30_000,), generator=g)
+    special = [0.0, -0.0, float("inf"), float("nan"), -1.0, torch.finfo(dtype).tiny / 8, torch.finfo(dtype).max]
+    x = torch.cat([x.to(dtype), torch.tensor(special, dtype=dtype)])
+    exact = torch.tensor([math.sqrt(v) if v >= 0 else math.nan for v in x.double().tolist()], dtype=torch.float64)
+    exact = exact.to(dtype)  # for float32: the double root rounded again, exact for a root of a float32
+    ours = sqrt([x])[0]
+    assert torch.equal(ours.isnan(), exact.isnan())
+    finite = ~exact.isnan()
+    assert torch.equal(ours[finite], exact[finite]) and torch.equal(ours[finite].signbit(), exact[finite].signbit())
+    inplace = x.clone()
+    sqrt_([inplace])
+    assert torch.equal(inplace[finite], exact[finite])
+    if torch.backends.mkl.is_available():  # the reason for it: MKL's √ is not correctly rounded
+        assert not torch.equal(torch.sqrt(x)[finite], exact[finite])

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from deepdescent.algorithms import validation as check
-from deepdescent.algorithms.common import Rate, add_scaled_, scaled, with_weight_decay
+from deepdescent.algorithms.common import Rate, add_scaled_, scaled, sqrt_, with_weight_decay
 from deepdescent.algorithms.spec import Algorithm, Hyper, Hyperparameter, Variant
 
 
@@ -39,9 +39,9 @@ def update(
     torch._foreach_mul_(square_avg, rho)
     torch._foreach_addcmul_(square_avg, grads, grads, value=1.0 - rho)  # E[g²]
     rms_g = torch._foreach_add(square_avg, eps)
-    torch._foreach_sqrt_(rms_g)  # √(E[g²] + ε)
+    sqrt_(rms_g)  # √(E[g²] + ε)
     delta = torch._foreach_add(acc_delta, eps)
-    torch._foreach_sqrt_(delta)  # √(E[Δθ²] + ε)
+    sqrt_(delta)  # √(E[Δθ²] + ε)
     torch._foreach_div_(delta, rms_g)
     torch._foreach_mul_(delta, grads)  # −Δθ
     torch._foreach_mul_(acc_delta, rho)

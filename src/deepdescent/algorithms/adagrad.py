@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from deepdescent.algorithms import validation as check
-from deepdescent.algorithms.common import Rate, addcdiv_scaled_, scaled, with_weight_decay
+from deepdescent.algorithms.common import Rate, addcdiv_scaled_, scaled, sqrt, with_weight_decay
 from deepdescent.algorithms.spec import Algorithm, Hyper, Hyperparameter, Variant
 
 
@@ -33,7 +33,7 @@ def update(
     """One step of Algorithm 8.4; updates ``params`` and ``sum_sq`` (r) in place."""
     grads = with_weight_decay(grads, params, weight_decay)
     torch._foreach_addcmul_(sum_sq, grads, grads)  # r ← r + g⊙g
-    denom = torch._foreach_sqrt(sum_sq)
+    denom = sqrt(sum_sq)
     torch._foreach_add_(denom, eps)  # δ + √r
     addcdiv_scaled_(params, grads, denom, scaled(lr, -1.0))  # θ ← θ − ε g/(δ + √r)
 

@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from deepdescent.algorithms import validation as check
-from deepdescent.algorithms.common import Rate, addcdiv_scaled_, with_weight_decay
+from deepdescent.algorithms.common import Rate, addcdiv_scaled_, sqrt, with_weight_decay
 from deepdescent.algorithms.spec import Algorithm, Hyper, Hyperparameter, Variant
 
 
@@ -56,7 +56,7 @@ def update(
     root_bc2 = [(1.0 - beta2**t) ** 0.5 for t in steps]  # √(1 − ρ₂ᵗ)
     if max_exp_avg_sq is not None:
         torch._foreach_maximum_(max_exp_avg_sq, exp_avg_sq)  # r_max ← max(r_max, r)
-    denom = torch._foreach_sqrt(exp_avg_sq if max_exp_avg_sq is None else max_exp_avg_sq)
+    denom = sqrt(exp_avg_sq if max_exp_avg_sq is None else max_exp_avg_sq)
     torch._foreach_div_(denom, root_bc2)
     torch._foreach_add_(denom, eps)  # √r̂ + δ
     addcdiv_scaled_(params, exp_avg, denom, step_size)  # θ ← θ − ε ŝ/(√r̂ + δ)

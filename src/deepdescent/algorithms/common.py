@@ -4,8 +4,38 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
+
+_IEEE = (torch.float32, torch.float64)
+
+
+def _on_cpu(xs: list[Tensor]) -> bool:
+    return all(type(x) is Tensor and x.device.type == "cpu" and x.dtype in _IEEE for x in xs)
+
+
+def sqrt(xs: list[Tensor]) -> list[Tensor]:
+    """√x of each tensor, correctly rounded (IEEE 754) wherever it runs, so that the eager path
+    gives the fused kernels' bits (they take the processor's root). On CPU tensors ``torch.sqrt`` is
+    MKL's VML routine, which is not correctly rounded (it differs in the last bit for about one
+    element in 170): there numpy's root is taken, which is the processor's."""
+    if not xs or not _on_cpu(xs):
+        return torch._foreach_sqrt(xs)  # CUDA's √ and the kernel tracer's
+    out = [torch.empty_like(x) for x in xs]
+    for x, o in zip(xs, out):
+        np.sqrt(x.detach().numpy(), out=o.numpy())
+    return out
+
+
+def sqrt_(xs: list[Tensor]) -> None:
+    """:func:`sqrt` in place."""
+    if not xs or not _on_cpu(xs):
+        torch._foreach_sqrt_(xs)
+        return
+    for x in xs:
+        a = x.detach().numpy()
+        np.sqrt(a, out=a)
 
 
 def with_weight_decay(grads: list[Tensor], params: list[Tensor], weight_decay: float) -> list[Tensor]:

@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 
 from deepdescent.algorithms import validation as check
-from deepdescent.algorithms.common import Rate, scaled, with_weight_decay
+from deepdescent.algorithms.common import Rate, scaled, sqrt, with_weight_decay
 from deepdescent.algorithms.spec import Algorithm, Hyper, Hyperparameter, Variant, zero_buffer
 
 
@@ -40,7 +40,7 @@ def update(params: list[Tensor], grads: list[Tensor], exp_avg: list[Tensor], exp
     torch._foreach_lerp_(exp_avg, grads, 1.0 - beta1)  # s ← ρ₁s + (1 − ρ₁)g
     torch._foreach_mul_(exp_avg_sq, beta2)
     torch._foreach_addcmul_(exp_avg_sq, grads, grads, value=1.0 - beta2)  # r ← ρ₂r + (1 − ρ₂)g⊙g
-    denom = torch._foreach_sqrt(exp_avg_sq)
+    denom = sqrt(exp_avg_sq)
     torch._foreach_div_(denom, [(1.0 - beta2**t) ** 0.5 for t in steps])
     torch._foreach_add_(denom, eps)  # √(r/(1 − ρ₂ᵗ)) + δ
     rest = torch._foreach_mul(mu_product, -1.0)

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from deepdescent.algorithms import validation as check
-from deepdescent.algorithms.common import Rate, where_positive, with_weight_decay
+from deepdescent.algorithms.common import Rate, sqrt, where_positive, with_weight_decay
 from deepdescent.algorithms.spec import Algorithm, Hyper, Hyperparameter, Variant
 
 
@@ -43,7 +43,7 @@ def update(params: list[Tensor], grads: list[Tensor], exp_avg: list[Tensor], exp
                                                     / ((rho_inf - 4.0) * (rho_inf - 2.0) * rho_t)) ** 0.5, lambda: 0.0)
         a.append(-rate * rect * bc2**0.5 / bc1)  # −ερ√(1 − ρ₂ᵗ)/(1 − ρ₁ᵗ)
         b.append(where_positive(rho_t - 5.0, lambda: 0.0, lambda: 1.0) * (-rate / bc1))  # −ε/(1 − ρ₁ᵗ)
-    denom = torch._foreach_sqrt(exp_avg_sq)
+    denom = sqrt(exp_avg_sq)
     torch._foreach_add_(denom, eps)  # √r + δ
     adaptive = torch._foreach_div(exp_avg, denom)
     torch._foreach_mul_(adaptive, a)

@@ -36,21 +36,21 @@ from torch import Tensor
 
 from deepdescent.algorithms import momentum as _momentum
 from deepdescent.algorithms import validation as check
-from deepdescent.algorithms.common import Rate, addcdiv_scaled_, scaled, with_weight_decay
+from deepdescent.algorithms.common import Rate, addcdiv_scaled_, scaled, sqrt, sqrt_, with_weight_decay
 from deepdescent.algorithms.spec import Algorithm, Hyper, Hyperparameter, Variant
 
 
 
 def _denominator(square_avg: list[Tensor], *, eps: float, nesterov: bool, convention: str) -> list[Tensor]:
     if convention == "torch":
-        denom = torch._foreach_sqrt(square_avg)
+        denom = sqrt(square_avg)
         torch._foreach_add_(denom, eps)  # √r + δ
     elif nesterov:
-        denom = torch._foreach_sqrt(square_avg)  # √r (Algorithm 8.6) ...
+        denom = sqrt(square_avg)  # √r (Algorithm 8.6) ...
         torch._foreach_clamp_min_(denom, torch.finfo(denom[0].dtype).tiny)  # ... safeguard at r = 0
     else:
         denom = torch._foreach_add(square_avg, eps)
-        torch._foreach_sqrt_(denom)  # √(δ + r)
+        sqrt_(denom)  # √(δ + r)
     return denom
 
 

@@ -227,21 +227,6 @@ def _loaded(ext: Extension) -> bool:
 _LIBRARIES: list[Any] = []  # the loaded kernel libraries (kept alive)
 
 
-def _sqrt_routines() -> tuple[int | None, int | None]:
-    """The addresses of the square roots torch.sqrt uses on CPU tensors: MKL's VML routines
-    where torch is built with MKL (as ATen's at::vml::vsqrt calls them), else none (the
-    kernels then take the correctly rounded root, as ATen's vectorized fallback does)."""
-    import ctypes
-
-    if sys.platform == "darwin" or not torch.backends.mkl.is_available():
-        return None, None
-    try:
-        lib = ctypes.CDLL(os.path.join(os.path.dirname(torch.__file__), "lib", "libtorch_cpu.so"))
-        return ctypes.cast(lib.vmsSqrt, ctypes.c_void_p).value, ctypes.cast(lib.vmdSqrt, ctypes.c_void_p).value
-    except (OSError, AttributeError):
-        return None, None
-
-
 def _import(ext: Extension, path: str) -> None:
     """Load a built library (no compiler, no lock: the file is complete once it has its name)."""
     import ctypes
@@ -255,7 +240,6 @@ def _import(ext: Extension, path: str) -> None:
             _FUNCTIONS.update({n: getattr(module, n) for n in ext.functions})
         return
     lib = ctypes.CDLL(path)
-    lib.dd_set_sqrt(*(ctypes.c_void_p(a) for a in _sqrt_routines()))
     run = _FUNCTIONS["run_kernel"]
     with _LOCK:
         _LIBRARIES.append(lib)

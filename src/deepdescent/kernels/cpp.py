@@ -20,45 +20,9 @@ from deepdescent.kernels.trace import Trace, live_nodes, uniform_nodes
 _FN = {"add": "({a} + {b})", "sub": "({a} - {b})", "mul": "({a} * {b})", "div": "({a} / {b})", "neg": "(-{a})",
        "sqrt": "std::sqrt({a})", "max": "dd_max({a}, {b})", "pow": "std::pow({a}, {b})", "abs": "std::abs({a})",
        "where": "({a} > 0 ? {b} : {c})", "fma": "std::fma({a}, {b}, {c})", "lerp": "dd_lerp({a}, {b}, {c})"}
-#: Elements per block of a kernel whose update takes a square root: torch's √ is MKL's (VML, high
-#: accuracy: not always correctly rounded), called on a block of arguments as ATen calls it. 4096:
-#: the fastest of 512/2048/4096/16384 for Adam on 50 × 200k (a call costs about 250 ns).
-BLOCK = 4096
-
 
 def function_name(trace: Trace) -> str:
     return "k_" + hashlib.sha1(source_body(trace).encode()).hexdigest()[:16]
-
-
-def _levels(trace: Trace, needed: set[int], uni: list[bool]) -> dict[int, int]:
-    """Per square root of an element value, its level: 1 + the highest level among the roots its
-    argument depends on (1 when none). The roots of level k are taken after loop k − 1."""
-    level: dict[int, int] = {}
-    inner = [0] * len(trace.graph.nodes)  # the highest root level a node depends on
-    for i, node in enumerate(trace.graph.nodes):
-        if i not in needed or uni[i] or node[0] in ("load", "scalar", "tensor_scalar", "const"):
-            continue
-        deps = max(inner[a] for a in node[1:])
-        if node[0] == "sqrt":
-            level[i] = deps + 1
-            inner[i] = level[i]
-        else:
-            inner[i] = deps
-    return level
-
-
-def _cone(trace: Trace, targets: list[int], uni: list[bool], level: dict[int, int]) -> set[int]:
-    """The element nodes a loop computes for ``targets``: down to loads, uniform values and the
-    roots taken before it (read from their block buffers)."""
-    seen, stack = set(), [t for t in targets if not uni[t]]
-    while stack:
-        i = stack.pop()
-        if i in seen or trace.graph.nodes[i][0] == "load":
-            continue
-        seen.add(i)
-        if i not in level:
-            stack += [a for a in trace.graph.nodes[i][1:] if not uni[a]]
-    return seen
 
 
 def source_body(trace: Trace) -> str:
@@ -68,13 +32,9 @@ def source_body(trace: Trace) -> str:
     Every elementwise node rounds to S once, as the eager op it records does (compiled with
     ``-ffp-contract=off``: no multiply-add is fused but those the trace names). Uniform nodes are
     Python's arithmetic on the hyperparameters, in double, rounded to S where a tensor op reads
-    them (as ATen converts a Python scalar). A kernel with square roots runs in blocks: loop 0
-    computes the roots' arguments into block buffers, the roots are taken (ATen's routine), the
-    next loop reads them…; a loop recomputes from the loads whatever else it needs (the same bits:
-    nothing is stored before the last loop), which is cheaper than carrying it in buffers."""
+    them (as ATen converts a Python scalar). Square roots are the processor's (correctly rounded,
+    as :func:`deepdescent.algorithms.common.sqrt` takes them on the eager path): one loop."""
     uni, needed = uniform_nodes(trace), live_nodes(trace)
-    level = _levels(trace, needed, uni)
-    last = max(level.values(), default=0)
     loads = sorted({n[1] for i, n in enumerate(trace.graph.nodes) if n[0] == "load" and i in needed}
                    | set(trace.outputs))
     pro: list[str] = []
@@ -97,32 +57,31 @@ def source_body(trace: Trace) -> str:
             return f"static_cast<S>(v{a})"
         if trace.graph.nodes[a][0] == "load":
             return f"static_cast<S>(p{trace.graph.nodes[a][1]}[j])"
-        return f"b{a}[j - lo]" if a in level else f"v{a}"
+        return f"v{a}"
 
-    def loop(targets: list[int], tail: list[str]) -> list[str]:
-        body = []
-        for i in sorted(_cone(trace, targets, uni, level) - set(level)):
-            node = trace.graph.nodes[i]
-            args = dict(zip("abc", (value(a) for a in node[1:])))
-            if node[0] == "where" and uni[node[1]]:  # a per-tensor branch, decided in double as Python decides it
-                args["a"] = f"v{node[1]}"
-            body.append(f"const S v{i} = " + _FN[node[0]].format(**args) + ";")
-        return ["#pragma omp simd", "for (int64_t j = lo; j < hi; ++j) {", *body, *tail, "}"]
-
+    body = []
+    for i in sorted(_cone(trace, list(trace.outputs.values()), uni)):
+        node = trace.graph.nodes[i]
+        args = dict(zip("abc", (value(a) for a in node[1:])))
+        if node[0] == "where" and uni[node[1]]:  # a per-tensor branch, decided in double as Python decides it
+            args["a"] = f"v{node[1]}"
+        body.append(f"const S v{i} = " + _FN[node[0]].format(**args) + ";")
     stores = [f"p{li}[j] = static_cast<{'P' if li < 2 else 'S'}>({value(n)});" for li, n in sorted(trace.outputs.items())]
     ptrs = [f"{'P' if li < 2 else 'S'}* __restrict__ p{li} = static_cast<{'P' if li < 2 else 'S'}*>(ptr[{li}]);"
             for li in loads]
-    if not level:
-        return "\n".join([*pro, *ptrs, *loop(list(trace.outputs.values()), stores)])
-    arguments = {r: trace.graph.nodes[r][1] for r in level}
-    out = [*pro, *ptrs, *(f"alignas(64) S a{r}[{BLOCK}], b{r}[{BLOCK}];" for r in sorted(level)),
-           f"for (int64_t lo = lo0; lo < hi0; lo += {BLOCK}) {{", f"const int64_t hi = std::min(hi0, lo + {BLOCK});"]
-    for k in range(1, last + 1):
-        roots = [r for r in sorted(level) if level[r] == k]
-        out += loop([arguments[r] for r in roots], [f"a{r}[j - lo] = {value(arguments[r])};" for r in roots])
-        out += [f"dd_sqrt(b{r}, a{r}, hi - lo);" for r in roots]
-    out += loop(list(trace.outputs.values()), stores)
-    return "\n".join([*out, "}"])
+    return "\n".join([*pro, *ptrs, "#pragma omp simd", "for (int64_t j = lo; j < hi; ++j) {", *body, *stores, "}"])
+
+
+def _cone(trace: Trace, targets: list[int], uni: list[bool]) -> set[int]:
+    """The element nodes the loop computes for ``targets``: down to loads and uniform values."""
+    seen, stack = set(), [t for t in targets if not uni[t]]
+    while stack:
+        i = stack.pop()
+        if i in seen or trace.graph.nodes[i][0] == "load":
+            continue
+        seen.add(i)
+        stack += [a for a in trace.graph.nodes[i][1:] if not uni[a]]
+    return seen
 
 
 #: The instantiations of every kernel: suffix, parameter type P, state and arithmetic type S.
@@ -136,8 +95,7 @@ def source(trace: Trace) -> str:
     own scalars (its step t) ``ts``."""
     name = function_name(trace)
     body = source_body(trace)
-    if "lo0" not in body:
-        body = "const int64_t lo = lo0, hi = hi0;\n" + body
+    body = "const int64_t lo = lo0, hi = hi0;\n" + body
     variants = "\n".join(
         f'extern "C" void {name}_{suffix}(void* const* ptr, int64_t lo0, int64_t hi0, const double* s, '
         f"const double* ts) {{ {name}_body<{p}, {s}>(ptr, lo0, hi0, s, ts); }}" for suffix, p, s in VARIANTS)
@@ -177,20 +135,6 @@ template <typename S, typename W> static inline S dd_lerp(S a, S b, W w_) {  // 
   return std::fma(small ? w : w - S(1), b - a, small ? a : b);
 }
 
-// torch.sqrt of float/double CPU tensors: MKL's VML routine where torch is built with MKL (ATen's
-// at::vml::vsqrt, in this mode; set by dd_set_sqrt), else the correctly rounded root
-typedef void (*dd_vml_f)(int, const float*, float*, long long);
-typedef void (*dd_vml_d)(int, const double*, double*, long long);
-static dd_vml_f dd_vms = nullptr;
-static dd_vml_d dd_vmd = nullptr;
-static constexpr long long DD_VML_MODE = 0x00000002 | 0x00140000 | 0x00000100;  // HA | FTZDAZ_OFF | ERRMODE_IGNORE
-extern "C" void dd_set_sqrt(void* f, void* d) { dd_vms = (dd_vml_f)f; dd_vmd = (dd_vml_d)d; }
-static inline void dd_sqrt(float* out, const float* in, int64_t n) {
-  if (dd_vms) dd_vms((int)n, in, out, DD_VML_MODE); else for (int64_t j = 0; j < n; ++j) out[j] = std::sqrt(in[j]);
-}
-static inline void dd_sqrt(double* out, const double* in, int64_t n) {
-  if (dd_vmd) dd_vmd((int)n, in, out, DD_VML_MODE); else for (int64_t j = 0; j < n; ++j) out[j] = std::sqrt(in[j]);
-}
 """
 
 
