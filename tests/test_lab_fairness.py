@@ -366,3 +366,23 @@ def test_a_final_loss_never_reads_as_the_target_it_missed():
 def test_every_lab_optimizer_has_a_colour_of_its_own():
     colours = [report.style(n)["color"] for n in optimizers.OPTIMIZERS]
     assert len(set(colours)) == len(colours)
+
+
+def test_the_clock_sentence_times_the_members_run_alone_and_leaves_stacked_ones_out():
+    """Seconds to the target at each tuned run's pace (not its whole run's seconds): K-FAC's run
+    took longer than BFGS's but reached the target sooner; vectorized members (their time shared)
+    are named and left out; one that does not reach the target is said so."""
+    def timed(losses, seconds, name, vectorized=False):
+        run = _run(losses, name=name, lr=None)
+        run.seconds, run.vectorized = seconds, vectorized
+        return run
+    race = {
+        "Adam": _race([timed([1.0, 0.5, 0.1, 0.01], 0.3, "Adam", vectorized=True)]),  # sets the target
+        "K-FAC": _race([timed([1.0, 0.01, 0.01, 0.01], 6.0, "K-FAC")]),  # 1 epoch of 3 at 2 s an epoch
+        "BFGS": _race([timed([1.0, 0.5, 0.01, 0.01], 3.6, "BFGS")]),  # 2 epochs at 1.2 s an epoch
+        "CG": _race([timed([1.0, 0.9, 0.8, 0.7], 1.0, "CG")]),
+    }
+    text = verdict.clock("saddle", race)
+    assert text.index("K-FAC 2 s") < text.index("BFGS 2.4 s"), text
+    assert "not reached by most seeds: CG" in text and "Adam trained stacked" in text
+    assert verdict.clock("saddle", {k: race[k] for k in ("Adam", "BFGS")}) is None  # one method alone: nothing to compare

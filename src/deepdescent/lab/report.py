@@ -28,6 +28,7 @@ from deepdescent.lab.verdict import (
     apart,
     board,
     finals,
+    clock,
     held_out,
     leaderboard,
     measured,
@@ -471,9 +472,9 @@ def terminal(all_results: Results, console, catalog: Catalog | None = None) -> N
         console.print(verdict(problem, race, catalog)[1], soft_wrap=False, width=min(console.width, 100))
         for sentence in measured(problem, race, catalog):
             console.print(f"  measured: {sentence}.", soft_wrap=False, width=min(console.width, 100), highlight=False)
-        held = held_out(problem, race, catalog)
-        if held:
-            console.print(f"  {held}.", soft_wrap=False, width=min(console.width, 100), highlight=False)
+        for sentence in (held_out(problem, race, catalog), clock(problem, race, catalog)):
+            if sentence:
+                console.print(f"  {sentence}.", soft_wrap=False, width=min(console.width, 100), highlight=False)
         console.print()
     answer = overall(all_results, catalog)
     if answer:
@@ -543,8 +544,8 @@ def write(all_results: Results, out: Path, meta: dict[str, Any], catalog: Catalo
     for problem, race in all_results.items():
         sentence = verdict(problem, race, catalog)[1]
         why = "".join(f"<li>{html.escape(m)}.</li>" for m in measured(problem, race, catalog))
-        held = held_out(problem, race, catalog)
-        sentence += f" {held}." if held else ""
+        for extra in (held_out(problem, race, catalog), clock(problem, race, catalog)):
+            sentence += f" {extra}." if extra else ""
         parts.append(f"<li><b>{html.escape(title(problem))}</b>: {html.escape(sentence)}"
                      + (f"<ul class='measured'><small>measured:</small>{why}</ul>" if why else "") + "</li>")
     parts.append("</ul>")

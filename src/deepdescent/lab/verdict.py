@@ -189,6 +189,50 @@ def held_out(problem: str, race: Race, catalog: Catalog | None = None) -> str | 
     return (f"Held-out target ({metric} {'≥' if higher else '≤'} {shown}, first reached): " + "; ".join(parts))
 
 
+def seconds_to(run: engine.RunResult, epochs: float) -> float:
+    """The wall time ``run`` took for its first ``epochs`` gradient-equivalents, at its average pace
+    (its stored seconds over the gradient-equivalents it spent); NaN without a time."""
+    n = run.within_budget()
+    spent = run.grad_equiv[n - 1] if n else 0.0
+    if not (math.isfinite(run.seconds) and spent > 0):
+        return math.nan
+    return run.seconds * epochs / spent
+
+
+def clock(problem: str, race: Race, catalog: Catalog | None = None) -> str | None:
+    """A sentence: the same race on the clock — the seconds to the training target of the methods
+    trained member by member (second-order methods, K-FAC and Shampoo, classes from elsewhere), at
+    each tuned run's pace on this machine. Information, never ranked: vectorized members share
+    their batch's time, so they are left out (and named). None when fewer than two methods ran
+    member by member."""
+    tgt, _ = board(problem, race, catalog)
+    alone = {n: t for n, t in race.items() if not any(r.vectorized for r in t["tuned"])}
+    if len(alone) < 2:
+        return None
+    times = {}
+    for name, tracks in alone.items():
+        seconds = [seconds_to(r, time_to_target(r, tgt)) for r in tracks["tuned"]
+                   if math.isfinite(time_to_target(r, tgt))]
+        seconds = [x for x in seconds if math.isfinite(x)]
+        if 2 * len(seconds) >= len(tracks["tuned"]) and seconds:
+            times[name] = statistics.median_low(seconds)
+    reached = sorted(times, key=times.get)
+    parts = [f"{n} {_seconds(times[n])}" for n in reached]
+    missed = [n for n in alone if n not in times]
+    text = "On the clock (member by member, this machine's seconds, not ranked): to the target " + (
+        "; ".join(parts) if parts else "none")
+    if missed:
+        text += f"; not reached by most seeds: {', '.join(missed)}"
+    stacked = [n for n in race if n not in alone]
+    if stacked:
+        text += f" ({', '.join(stacked)} trained stacked: their seconds are shared, left out)"
+    return text
+
+
+def _seconds(x: float) -> str:
+    return f"{x:.2g} s" if x < 10 else f"{x:.0f} s"
+
+
 def board(problem: str, race: Race, catalog: Catalog | None = None) -> tuple[float, list[Row]]:
     """The leaderboard of a problem (its target relative to the problem's floor)."""
     catalog = catalog or Catalog()
