@@ -210,6 +210,8 @@ OTHER_LIBRARIES_PRIVATE = {
     "_optimizer_load_state_dict_pre_hooks": "load_state_dict runs torch.optim's load hooks in torch's order around "
                                             "its own checks (checkpoints.py); torch has no public switch for that",
     "_optimizer_load_state_dict_post_hooks": "as the pre-hooks",
+    "_optimizer_state_dict_post_hooks": "state_dict adds deepdescent's entry before torch.optim's state_dict "
+                                        "post-hooks run, as torch orders its own (checkpoints.state_dict_with)",
     "_exit": "os._exit is public (the documented way out of a forked child)",
     "_BatchNorm": "torch.nn's base class of the batch-norm layers (an isinstance check)",
     "_NormBase": "torch.nn's base class of the normalization layers (an isinstance check)",

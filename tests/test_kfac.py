@@ -49,6 +49,14 @@ def _per_example(model: nn.Sequential, x, y):
     return layers, acts, derivs
 
 
+def _assert_state_is(opt, saved):
+    """Every state entry of ``opt`` equals the saved state dict's, bit for bit."""
+    now = opt.state_dict()["state"]
+    for k, entry in saved["state"].items():
+        for key, value in entry.items():
+            assert torch.equal(torch.as_tensor(value), torch.as_tensor(now[k][key])), key
+
+
 def _step(opt, model, x, y):
     opt.zero_grad()
     F.mse_loss(model(x), y).backward()
@@ -208,9 +216,7 @@ def test_a_step_with_a_non_finite_gradient_changes_nothing():
     _step(opt, model, bad, y)
     assert opt.skipped_steps == 1
     assert all(torch.equal(p, q) for p, q in zip(model.parameters(), params))
-    for k, entry in saved["state"].items():
-        for key, value in entry.items():
-            assert torch.equal(torch.as_tensor(value), torch.as_tensor(opt.state_dict()["state"][k][key])), key
+    _assert_state_is(opt, saved)
     assert opt._layers[model[0].weight].a_sum is None  # the bad batch's statistics were dropped
     m = _mlp()
     raising = optim.KFAC(m, lr=0.1, nonfinite="raise")
@@ -309,6 +315,4 @@ def test_factors_that_overflow_leave_the_step_out():
     _step(opt, model, x * 1e20, y)
     assert opt.skipped_steps == 1
     assert all(torch.equal(p, q) for p, q in zip(model.parameters(), before))
-    for k, entry in saved["state"].items():
-        for key, value in entry.items():
-            assert torch.equal(torch.as_tensor(value), torch.as_tensor(opt.state_dict()["state"][k][key])), key
+    _assert_state_is(opt, saved)

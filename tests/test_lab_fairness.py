@@ -385,4 +385,5 @@ def test_the_clock_sentence_times_the_members_run_alone_and_leaves_stacked_ones_
     text = verdict.clock("saddle", race)
     assert text.index("K-FAC 2 s") < text.index("BFGS 2.4 s"), text
     assert "not reached by most seeds: CG" in text and "Adam trained stacked" in text
-    assert verdict.clock("saddle", {k: race[k] for k in ("Adam", "BFGS")}) is None  # one method alone: nothing to compare
+    alone = {k: race[k] for k in ("Adam", "BFGS")}
+    assert verdict.clock("saddle", alone) is None  # one method trained alone: nothing to compare

@@ -206,7 +206,8 @@ def _inputs(seed, dtype):
     return torch.randn(5, generator=gen, dtype=dtype)
 
 
-@pytest.mark.parametrize("info,config", [c for c in FIRST_CASES if c.values[0] in FIRST and c.values[0].name != "DeltaBarDelta"])
+@pytest.mark.parametrize("info,config", [c for c in FIRST_CASES
+                                         if c.values[0] in FIRST and c.values[0].name != "DeltaBarDelta"])
 def test_fused_matches_forloop(info, config):
     """impl='fused' (the generated C++ loop) against impl='eager' (multi-tensor ops)."""
     runs = []

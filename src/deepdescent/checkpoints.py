@@ -117,3 +117,20 @@ def param_name(opt: Optimizer, p: Tensor) -> str:
                 shape = f"shape {tuple(p.shape)}"
                 return f"{names[pi]!r} ({where}, {shape})" if names else f"{where} ({shape})"
     return f"(shape {tuple(p.shape)})"
+
+
+def state_dict_with(opt: Optimizer, state_dict: Callable[[], dict[str, Any]], meta: dict[str, Any]) -> dict[str, Any]:
+    """torch's ``state_dict()`` (the callable, run without ``opt``'s post-hooks) with ``meta`` as its
+    ``"deepdescent"`` entry, then the post-hooks: they see the entry, as torch orders them."""
+    post = opt._optimizer_state_dict_post_hooks
+    opt._optimizer_state_dict_post_hooks = OrderedDict()
+    try:
+        sd = state_dict()
+    finally:
+        opt._optimizer_state_dict_post_hooks = post
+    sd["deepdescent"] = meta
+    for hook in post.values():
+        result = hook(opt, sd)
+        if result is not None:
+            sd = result
+    return sd

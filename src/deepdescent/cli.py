@@ -265,7 +265,10 @@ def bench(
     suite: Annotated[str, typer.Option(
         help=f"quick ({QUICK_TIME}), full, depth (deep linear network: depth × initialization), modern "
              f"(the book's fastest against AdamW, NAdam, RAdam and Schedule-Free AdamW on the quick "
-             f"problems, {MODERN_TIME}), workloads (a ResNet, a Transformer and an LSTM, {WORKLOADS_TIME}), second_order (§8.6: the book's second-order methods against K-FAC and Shampoo, with Adam and Nesterov, on the quick problems, {SECOND_ORDER_TIME}), or science (chapter 8's published claims reproduced, {SCIENCE_TIME}).")] = "quick",
+             f"problems, {MODERN_TIME}), workloads (a ResNet, a Transformer and an LSTM, {WORKLOADS_TIME}), "
+             f"second_order (§8.6: the book's second-order methods against K-FAC and Shampoo, with Adam and "
+             f"Nesterov, on the quick problems, {SECOND_ORDER_TIME}), or science (chapter 8's published claims "
+             f"reproduced, {SCIENCE_TIME}).")] = "quick",
     problem: Annotated[list[str] | None, typer.Option(
         help="Only these problems (repeatable); parameters as name:key=value,…, e.g. adding:T=100, "
              "deep_linear:depth=50,scheme=normalized.")] = None,

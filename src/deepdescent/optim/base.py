@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import warnings
-from collections import OrderedDict, defaultdict
+from collections import defaultdict
 from collections.abc import Callable, Iterator
 from typing import Any, ClassVar, Literal
 
@@ -26,7 +26,15 @@ from deepdescent.algorithms.spec import Algorithm
 from deepdescent.algorithms import validation as check
 from deepdescent.executor import LOW_PRECISION, device, state_dtype
 from deepdescent import kernels
-from deepdescent.checkpoints import check_group_keys, check_layout, check_step, load_checked, param_name, step_count
+from deepdescent.checkpoints import (
+    check_group_keys,
+    check_layout,
+    check_step,
+    load_checked,
+    param_name,
+    state_dict_with,
+    step_count,
+)
 
 NonFinite = Literal["skip", "raise", "propagate"]
 
@@ -315,23 +323,12 @@ class BookOptimizer(Optimizer):
     def state_dict(self) -> dict[str, Any]:
         """torch.optim's state dict and a ``"deepdescent"`` entry (class, skipped steps, Nesterov's
         mode), added before the state_dict post-hooks run (as torch orders them)."""
-        post = self._optimizer_state_dict_post_hooks
-        self._optimizer_state_dict_post_hooks = OrderedDict()
-        try:
-            sd = super().state_dict()
-        finally:
-            self._optimizer_state_dict_post_hooks = post
-        sd["deepdescent"] = {
+        return state_dict_with(self, super().state_dict, {
             "optimizer": type(self).__name__,
             "skipped_steps": self.skipped_steps,
             "interim_mode": self._interim_mode,
             "path": self.executor.path,
-        }
-        for hook in post.values():
-            result = hook(self, sd)
-            if result is not None:
-                sd = result
-        return sd
+        })
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Load a state dict from :meth:`state_dict` — or one of the same layout without the

@@ -5,7 +5,6 @@ before it changes anything, complex parameters as their real views."""
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -20,6 +19,7 @@ from deepdescent.checkpoints import (
     check_step,
     load_checked,
     param_name,
+    state_dict_with,
     step_count,
 )
 from deepdescent.optim.base import NonFinite, NonFiniteGradientError
@@ -140,18 +140,8 @@ class PreconditionedOptimizer(Optimizer):
     def state_dict(self) -> dict[str, Any]:
         """torch.optim's state dict and a ``"deepdescent"`` entry (class, skipped steps), added
         before the state_dict post-hooks run (as torch orders them)."""
-        post = self._optimizer_state_dict_post_hooks
-        self._optimizer_state_dict_post_hooks = OrderedDict()
-        try:
-            sd = super().state_dict()
-        finally:
-            self._optimizer_state_dict_post_hooks = post
-        sd["deepdescent"] = {"optimizer": type(self).__name__, "skipped_steps": self._skipped}
-        for hook in post.values():
-            result = hook(self, sd)
-            if result is not None:
-                sd = result
-        return sd
+        return state_dict_with(self, super().state_dict,
+                               {"optimizer": type(self).__name__, "skipped_steps": self._skipped})
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """torch's order (load pre-hooks, load, post-hooks) with every check first — layout, each

@@ -120,7 +120,8 @@ def minibatch_run(scale: str, lr: float, make: Callable[[torch.nn.Module], torch
             if not math.isfinite(err) or err > 1e6 or getattr(opt, "skipped_steps", 0):
                 return {"lr": lr, "curve": curve, "final": math.inf, "diverged": True,
                         "seconds": time.perf_counter() - started}
-    return {"lr": lr, "curve": curve, "final": curve[-1][1], "diverged": False, "seconds": time.perf_counter() - started}
+    return {"lr": lr, "curve": curve, "final": curve[-1][1], "diverged": False,
+            "seconds": time.perf_counter() - started}
 
 
 #: HF is also run with this many times the budget: whether more compute alone would change the order.

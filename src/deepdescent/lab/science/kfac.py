@@ -103,7 +103,8 @@ def figure(raw: dict[str, Any], fig: Any) -> None:
     for i, m in enumerate(METHODS):
         r = autoencoder.tuned(raw["runs"][m])
         xs, ys = zip(*r["curve"])
-        line, = ax.plot(xs, ys, label=f"{m} (lr {r['lr']:g}, {num(r.get('seconds')):.1f} s)", lw=2 if m == "K-FAC" else 1.3)
+        label = f"{m} (lr {r['lr']:g}, {num(r.get('seconds')):.1f} s)"
+        line, = ax.plot(xs, ys, label=label, lw=2 if m == "K-FAC" else 1.3)
         seed_bar(ax, raw["budget"] * (1 + 0.01 * i), tuple(num(s["final"]) for s in _seeds(raw, m)), line.get_color())
     ax.set(xlabel="gradient-equivalents (bars at the end: median and range over seeds)",
            ylabel="training squared error per image", yscale="log",
@@ -118,5 +119,6 @@ EXPERIMENT = Experiment(
     published="CURVES: K-FAC reaches momentum's (Sutskever et al. 2013) error in a fraction of its iterations",
     budget=lambda scale: f"{autoencoder.SIZES[scale]['budget']} gradient-equivalents per method, "
                          f"{len(LRS[scale])} learning rates for K-FAC and {len(autoencoder.SIZES[scale]['lrs'])} for "
-                         f"momentum (seed 0), then {autoencoder.SIZES[scale]['seeds'] - 1} more seeds at each tuned rate",
+                         f"momentum (seed 0), then {autoencoder.SIZES[scale]['seeds'] - 1} more seeds at each "
+                         "tuned rate",
     run=run, summarize=summarize, figure=figure, seeded=True)
