@@ -158,7 +158,10 @@ class KFAC(PreconditionedOptimizer):
         inv_every: recompute the damped inverses every this many steps (M&G's T₃).
         model: the module whose layers to watch, when ``params`` are parameters.
         nonfinite: ``"skip"`` (default), ``"raise"`` or ``"propagate"``, as for the book's
-            optimizers; a step that skips also drops the statistics it gathered.
+            optimizers; a step that skips also drops the statistics it gathered. Factors that cannot
+            be used (statistics that overflowed: not positive definite, a non-finite direction)
+            leave the step out under ``"skip"`` and raise
+            :class:`~deepdescent.optim.NonFiniteGradientError` otherwise, nothing changed.
     """
 
     def __init__(self, params: Any, lr: float | Tensor = 0.01, momentum: float = 0.9, damping: float = 1e-3,

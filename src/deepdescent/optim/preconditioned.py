@@ -5,7 +5,7 @@ before it changes anything, complex parameters as their real views."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -209,7 +209,3 @@ def momentum_step(p: Tensor, state: dict[str, Any], direction: Tensor, lr: float
         v = state["momentum_buffer"] = torch.zeros_like(p)
     v.mul_(momentum).add_(direction, alpha=-lr)
     p.add_(v)
-
-
-def params_of(groups: list[dict[str, Any]]) -> Iterator[Tensor]:
-    return (p for g in groups for p in g["params"])

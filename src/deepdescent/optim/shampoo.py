@@ -52,6 +52,9 @@ class Shampoo(PreconditionedOptimizer):
         block_size: the largest side of a preconditioned block (≥ 1).
         weight_decay: λ ≥ 0.
         nonfinite: ``"skip"`` (default), ``"raise"`` or ``"propagate"``, as for the book's optimizers.
+            Statistics or roots that cannot be used (products of the gradients that overflowed)
+            leave the step out under ``"skip"`` and raise
+            :class:`~deepdescent.optim.NonFiniteGradientError` otherwise, nothing changed.
     """
 
     def __init__(self, params: Any, lr: float | Tensor = 1e-3, momentum: float = 0.9, beta2: float = 0.999,
