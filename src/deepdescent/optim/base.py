@@ -11,6 +11,7 @@ mixed precision, the device step) is the executor's (``deepdescent.executor``).
 from __future__ import annotations
 
 import contextlib
+import operator
 import warnings
 from collections import defaultdict
 from collections.abc import Callable, Iterator
@@ -54,6 +55,7 @@ class _Batch:
         self.grads: list[Tensor] = []
         self.states: list[dict[str, Any]] = []
         self.sharded = False
+        self.plain = True  # no DTensor, no complex tensor: parameters, gradients and state as they are
 
 
 class BookOptimizer(Optimizer):
@@ -170,21 +172,29 @@ class BookOptimizer(Optimizer):
 
     def _gather(self, group: dict[str, Any]) -> dict[tuple[torch.device, torch.dtype], _Batch]:
         buckets: dict[tuple[torch.device, torch.dtype], _Batch] = defaultdict(_Batch)
-        interim = self._interim_grads
-        for p in group["params"]:
-            grad = p.grad
-            if grad is None:
-                continue
-            if grad.is_sparse:
-                raise RuntimeError(
-                    f"{type(self).__name__} does not support sparse gradients "
-                    f"(parameter {self._param_name(p)}); use torch.optim.SparseAdam or dense gradients"
-                )
-            batch = buckets[(p.device, p.dtype)]
-            batch.params.append(p)
-            batch.grads.append(interim.pop(p, grad) if interim else grad)
+        params = [p for p in group["params"] if p.grad is not None]
+        grads = list(map(_GRAD, params))
+        if any(map(_SPARSE, grads)):
+            p = next(p for p, g in zip(params, grads) if g.is_sparse)
+            raise RuntimeError(
+                f"{type(self).__name__} does not support sparse gradients "
+                f"(parameter {self._param_name(p)}); use torch.optim.SparseAdam or dense gradients"
+            )
+        if self._interim_grads:
+            grads = [self._interim_grads.pop(p, g) for p, g in zip(params, grads)]
+        kinds = set(zip(map(_DEVICE, params), map(_DTYPE, params)))
+        if len(kinds) == 1:  # the common case: one bucket, built without a Python step per tensor
+            batch = buckets[kinds.pop()]
+            batch.params, batch.grads = params, grads
+        else:
+            for p, g in zip(params, grads):
+                batch = buckets[(p.device, p.dtype)]
+                batch.params.append(p)
+                batch.grads.append(g)
         for batch in buckets.values():  # what the update reads: local shards, real views
-            batch.grads, batch.sharded = ex.plain_all(batch.grads)
+            batch.plain = ex.is_plain(batch.grads)  # a parameter, its gradient and its state are of one kind
+            if not batch.plain:
+                batch.grads, batch.sharded = ex.plain_all(batch.grads)
         return buckets
 
     def _gradients_finite(self, batches: list[dict[Any, _Batch]]) -> bool:
@@ -215,10 +225,11 @@ class BookOptimizer(Optimizer):
 
     def _apply(self, group: dict[str, Any], batch: _Batch, lookahead: bool) -> None:
         names = self.algorithm.buffers(group)
+        needed = set(names)
         states = batch.states = [self.state[p] for p in batch.params]
         for p, state in zip(batch.params, states):
             state["step"] = state.get("step", 0) + 1
-            if not names or all(name in state for name in names):
+            if state.keys() >= needed:
                 continue
             for name in names:
                 if name not in state:  # new, or a hyperparameter (e.g. momentum) became non-zero
@@ -226,8 +237,11 @@ class BookOptimizer(Optimizer):
         h, group_lookahead = self._hyperparameters(group, lookahead)
         # a complex parameter is updated as its real view (torch.optim's convention); its state
         # is kept complex, as torch keeps it, and updated through the same view
-        lists = [ex.plain_all(batch.params)[0], batch.grads,
-                 *(ex.plain_all([s[n] for s in batch.states])[0] for n in names)]
+        if batch.plain:
+            lists = [batch.params, batch.grads, *([s[n] for s in states] for n in names)]
+        else:
+            lists = [ex.plain_all(batch.params)[0], batch.grads,
+                     *(ex.plain_all([s[n] for s in states])[0] for n in names)]
         self.executor.run(self.algorithm, h, lists, [s["step"] for s in batch.states], group_lookahead)
 
     # ------------------------------------------------------------------ Nesterov's interim point
@@ -475,6 +489,10 @@ class BookOptimizer(Optimizer):
     # ------------------------------------------------------------------ helpers
     def _param_name(self, p: Tensor) -> str:
         return param_name(self, p)
+
+
+_GRAD, _SPARSE = operator.attrgetter("grad"), operator.attrgetter("is_sparse")
+_DEVICE, _DTYPE = operator.attrgetter("device"), operator.attrgetter("dtype")
 
 
 def _call(closure: Callable[[], Any]) -> Any:
