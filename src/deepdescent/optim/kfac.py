@@ -118,9 +118,34 @@ class _Layer:
         return a
 
     def batch_factors(self) -> tuple[Tensor, Tensor] | None:
-        if self.a_sum is None or self.g_sum is None:
+        """(A_batch, G_batch) from the passes since the last step — over every process of the
+        default group when one is running (DDP: each rank saw its shard of the batch; the sums and
+        counts are added across ranks, so every rank takes the full batch's factors and the same
+        step); None when no pass was gathered."""
+        if self.collect and _distributed():  # every rank gathers on the same steps
+            self._all_reduce()
+        if self.a_sum is None or self.g_sum is None or not self.rows:
             return None
         return self.a_sum / self.rows, self.g_sum / self.batches
+
+    def _all_reduce(self) -> None:
+        import torch.distributed as dist
+
+        dim_a, dim_g = self.sizes
+        w = self.weight
+        a = self.a_sum if self.a_sum is not None else w.new_zeros(dim_a, dim_a)
+        g = self.g_sum if self.g_sum is not None else w.new_zeros(dim_g, dim_g)
+        counts = torch.tensor([float(self.rows), float(self.batches)], dtype=torch.float64, device=w.device)
+        for t in (a, g, counts):
+            dist.all_reduce(t)
+        self.a_sum, self.g_sum = a, g
+        self.rows, self.batches = int(counts[0]), int(counts[1])
+
+
+def _distributed() -> bool:
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
 def watchable(module: nn.Module) -> bool:
@@ -215,10 +240,6 @@ class KFAC(PreconditionedOptimizer):
                           inverse_G=(dim_g, dim_g), factor_updates=())
         return shapes
 
-    def _extra_finite(self) -> list[Tensor]:
-        return [torch.isfinite(s).all() for layer in self._layers.values() for s in (layer.a_sum, layer.g_sum)
-                if s is not None]
-
     def _discard(self) -> None:
         for layer in self._layers.values():
             layer.clear()
@@ -238,7 +259,7 @@ class KFAC(PreconditionedOptimizer):
         layers = [layer for p, layer in self._layers.items() if p in stepping]
         entries: dict[Tensor, dict[str, Tensor]] = {}  # the new factors and inverses of each layer
         natural: dict[Tensor, tuple[Tensor, Tensor]] = {}  # (V, ∇) of each layer
-        for layer in layers:
+        for layer in layers:  # the same layers in the same order on every rank (batch_factors reduces)
             planned = self._natural_gradient(group, layer)
             if planned is not None:
                 entries[layer.weight], natural[layer.weight] = planned

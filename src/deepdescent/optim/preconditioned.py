@@ -101,19 +101,15 @@ class PreconditionedOptimizer(Optimizer):
             return True
         if params[0].device.type == "meta":
             return True  # shape tracing: no values to look at, as torch.optim on the meta device
-        flags = torch.stack([torch.isfinite(p.grad).all() for p in params] + self._extra_finite())
+        flags = torch.stack([torch.isfinite(p.grad).all() for p in params])
         if bool(flags.all()):
             return True
         if self.nonfinite == "raise":
             bad = next((p for p in params if not bool(torch.isfinite(p.grad).all())), None)
-            where = f"parameter {self._param_name(bad)}" if bad is not None else "the curvature statistics"
+            where = f"parameter {self._param_name(bad)}" if bad is not None else "a gradient"
             raise NonFiniteGradientError(f"non-finite gradient in {where}; parameters and optimizer state were "
                                          "left unchanged")
         return False
-
-    def _extra_finite(self) -> list[Tensor]:
-        """More 0-dim flags a step must see true (the curvature statistics of the step)."""
-        return []
 
     @property
     def skipped_steps(self) -> int:

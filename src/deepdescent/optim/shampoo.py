@@ -44,7 +44,10 @@ class Shampoo(PreconditionedOptimizer):
         lr: step size η > 0 (the graft's learning rate: with ``graft="adam"``, Adam's scale).
         momentum: α in [0, 1).
         beta2: decay β₂ in (0, 1] of the statistics and of the Adam graft; 1 sums them (Gupta 2018).
-        eps: ε > 0 added to L and R before their roots.
+        eps: ε > 0 added to L and R before their roots. It bounds how much a direction the
+            statistics have not seen is amplified (ε^(-1/4): 32 at the default 1e-6, as in Anil et
+            al.'s implementation and pytorch-optimizer; at 1e-12, 1000 — enough to turn rounding
+            differences, e.g. DDP's averaged gradients against one process's, into visible ones).
         graft: ``"adam"`` (default), ``"sgd"`` or ``"none"``.
         graft_eps: δ > 0 of the Adam graft.
         update_freq: recompute the inverse roots every this many steps (the statistics are
@@ -58,7 +61,7 @@ class Shampoo(PreconditionedOptimizer):
     """
 
     def __init__(self, params: Any, lr: float | Tensor = 1e-3, momentum: float = 0.9, beta2: float = 0.999,
-                 eps: float = 1e-12, graft: str = "adam", graft_eps: float = 1e-8, update_freq: int = 10,
+                 eps: float = 1e-6, graft: str = "adam", graft_eps: float = 1e-8, update_freq: int = 10,
                  block_size: int = 256, weight_decay: float = 0.0, *, nonfinite: NonFinite = "skip") -> None:
         defaults = dict(lr=lr, momentum=momentum, beta2=beta2, eps=eps, graft=graft, graft_eps=graft_eps,
                         update_freq=update_freq, block_size=block_size, weight_decay=weight_decay)
