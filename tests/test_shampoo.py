@@ -160,3 +160,15 @@ def test_statistics_that_overflow_leave_the_step_out(nonfinite):
     assert torch.equal(w.detach(), before)
     for key, value in state["state"][0].items():
         assert torch.equal(torch.as_tensor(value), torch.as_tensor(opt.state_dict()["state"][0][key])), key
+
+
+def test_a_state_dict_loads_into_an_optimizer_built_with_another_block_size():
+    """The blocks a checkpoint holds are checked against the block size it was saved with (which
+    the load then restores), not the new optimizer's."""
+    w = nn.Parameter(torch.randn(5, 7, dtype=torch.float64))
+    opt = optim.Shampoo([w], lr=0.1, block_size=4)
+    w.grad = torch.ones_like(w)
+    opt.step()
+    twin = optim.Shampoo([nn.Parameter(w.detach().clone())], lr=0.1, block_size=256)
+    twin.load_state_dict(opt.state_dict())
+    assert twin.param_groups[0]["block_size"] == 4 and "L1.1" in twin.state_dict()["state"][0]

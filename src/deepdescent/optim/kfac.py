@@ -231,7 +231,7 @@ class KFAC(PreconditionedOptimizer):
                 names.append(name or type(module).__name__)
         return names
 
-    def _state_shapes(self, p: Tensor) -> dict[str, tuple[int, ...]]:
+    def _state_shapes(self, p: Tensor, group: dict[str, Any]) -> dict[str, tuple[int, ...]]:
         shapes = {"momentum_buffer": tuple(real(p).shape)}
         layer = self._layers.get(p)
         if layer is not None:

@@ -55,8 +55,9 @@ class PreconditionedOptimizer(Optimizer):
     def _check(self, group: dict[str, Any]) -> None:
         raise NotImplementedError
 
-    def _state_shapes(self, p: Tensor) -> dict[str, tuple[int, ...]]:
-        """The state tensors ``p`` may hold, with their shapes (absent ones are created lazily)."""
+    def _state_shapes(self, p: Tensor, group: dict[str, Any]) -> dict[str, tuple[int, ...]]:
+        """The state tensors ``p`` may hold under ``group``'s hyperparameters, with their shapes
+        (absent ones are created lazily)."""
         raise NotImplementedError
 
     def _plan(self, group: dict[str, Any], params: list[Tensor]) -> Callable[[], None]:
@@ -162,12 +163,13 @@ class PreconditionedOptimizer(Optimizer):
                 self._check({**self.defaults, **saved})
             except (ValueError, TypeError) as err:
                 raise ValueError(f"param_groups[{i}] of the state_dict: {err}") from None
-        index = {k: p for saved, group in pairs for k, p in zip(saved["params"], group["params"])}
+        index = {k: (p, {**self.defaults, **saved}) for saved, group in pairs
+                 for k, p in zip(saved["params"], group["params"])}
         for key, entry in state_dict["state"].items():
             if key not in index or not isinstance(entry, dict):
                 raise ValueError(f"the state_dict's state {key!r} is not a dict of a parameter of {name}")
-            p = index[key]
-            shapes = self._state_shapes(p)
+            p, group = index[key]  # the saved group's hyperparameters: the ones the state was made with
+            shapes = self._state_shapes(p, group)
             for k, value in entry.items():
                 where = f"{name} state {k!r} of parameter {self._param_name(p)}"
                 if k == "step":

@@ -80,14 +80,11 @@ class Shampoo(PreconditionedOptimizer):
         for name in ("update_freq", "block_size"):
             check.positive_int(name, group[name])
 
-    def _group(self, p: Tensor) -> dict[str, Any]:
-        return next(g for g in self.param_groups if any(q is p for q in g["params"]))
-
-    def _state_shapes(self, p: Tensor) -> dict[str, tuple[int, ...]]:
+    def _state_shapes(self, p: Tensor, group: dict[str, Any]) -> dict[str, tuple[int, ...]]:
         r = real(p)
         shapes = {"momentum_buffer": tuple(r.shape), "graft_v": tuple(r.shape)}
         if r.dim() >= 2:
-            for i, j, (m, n) in blocks(r, self._group(p)["block_size"]):
+            for i, j, (m, n) in blocks(r, group["block_size"]):
                 shapes.update({f"L{i}.{j}": (m, m), f"R{i}.{j}": (n, n), f"PL{i}.{j}": (m, m),
                                f"PR{i}.{j}": (n, n)})
         return shapes
