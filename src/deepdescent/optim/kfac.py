@@ -28,6 +28,8 @@ Conventions (documented deviations):
   "expand" form: every position is a row, A = E_rows[a aᵀ] and G = (1/B) Σ_rows ĝ ĝᵀ.
 * **Other parameters** (normalization layers, embeddings, grouped convolutions, a parameter of no
   watched layer) take the first-order fallback: the momentum step above along their gradient.
+* **Data parallel**: with a process group running (DDP), the ranks add their factor sums and counts
+  before each refresh, so every rank takes the full batch's factors and the same step.
 """
 
 from __future__ import annotations
