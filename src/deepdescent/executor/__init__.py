@@ -301,22 +301,23 @@ def plain(t: Tensor) -> Tensor:
     return real(t.to_local() if is_dtensor(t) else t)
 
 
+def _sharded(tensors: list[Tensor]) -> bool:
+    """Whether some tensor is a DTensor (their types collected in C)."""
+    module = sys.modules.get("torch.distributed.tensor")
+    return module is not None and any(issubclass(kind, module.DTensor) for kind in set(map(type, tensors)))
+
+
 def is_plain(tensors: list[Tensor]) -> bool:
     """Whether no tensor is a DTensor or complex (:func:`plain_all` would change nothing), checked
     in C over the whole list."""
-    module = sys.modules.get("torch.distributed.tensor")
-    if module is not None and any(issubclass(kind, module.DTensor) for kind in set(map(type, tensors))):
-        return False
-    return _COMPLEX.isdisjoint(map(_DTYPE, tensors))
+    return not _sharded(tensors) and _COMPLEX.isdisjoint(map(_DTYPE, tensors))
 
 
 def plain_all(tensors: list[Tensor]) -> tuple[list[Tensor], bool]:
     """:func:`plain` of every tensor, and whether any was a DTensor. The types and dtypes are
     collected in C (``map``), so that the common case — no DTensor, no complex tensor — costs no
     Python call per tensor: a step's Python cost is per tensor, and a model has hundreds."""
-    module = sys.modules.get("torch.distributed.tensor")
-    sharded = module is not None and any(issubclass(kind, module.DTensor) for kind in set(map(type, tensors)))
-    if sharded:
+    if _sharded(tensors):
         return [real(t.to_local() if is_dtensor(t) else t) for t in tensors], True
     if _COMPLEX.isdisjoint(map(_DTYPE, tensors)):
         return list(tensors), False
@@ -338,5 +339,5 @@ def new_buffer(spec: Algorithm, name: str, p: Tensor, h: Mapping[str, Any]) -> T
 
 
 __all__ = ["CPU_CHUNK_NUMEL", "FUSED_DTYPES", "LOW_PRECISION", "Executor", "as_state", "chunks", "eager",
-           "found_nonfinite", "is_dtensor", "new_buffer", "nonfinite_members", "is_plain", "plain", "plain_all", "real", "resolve",
-           "state_dtype"]
+           "found_nonfinite", "is_dtensor", "is_plain", "new_buffer", "nonfinite_members", "plain", "plain_all", "real",
+           "resolve", "state_dtype"]

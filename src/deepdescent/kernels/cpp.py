@@ -60,7 +60,8 @@ def source_body(trace: Trace) -> str:
         return f"v{a}"
 
     body = []
-    for i in sorted(_cone(trace, list(trace.outputs.values()), uni)):
+    # the element nodes the outputs need (a uniform node depends on uniform nodes only)
+    for i in sorted(i for i in needed if not uni[i] and trace.graph.nodes[i][0] != "load"):
         node = trace.graph.nodes[i]
         args = dict(zip("abc", (value(a) for a in node[1:])))
         if node[0] == "where" and uni[node[1]]:  # a per-tensor branch, decided in double as Python decides it
@@ -70,18 +71,6 @@ def source_body(trace: Trace) -> str:
     ptrs = [f"{'P' if li < 2 else 'S'}* __restrict__ p{li} = static_cast<{'P' if li < 2 else 'S'}*>(ptr[{li}]);"
             for li in loads]
     return "\n".join([*pro, *ptrs, "#pragma omp simd", "for (int64_t j = lo; j < hi; ++j) {", *body, *stores, "}"])
-
-
-def _cone(trace: Trace, targets: list[int], uni: list[bool]) -> set[int]:
-    """The element nodes the loop computes for ``targets``: down to loads and uniform values."""
-    seen, stack = set(), [t for t in targets if not uni[t]]
-    while stack:
-        i = stack.pop()
-        if i in seen or trace.graph.nodes[i][0] == "load":
-            continue
-        seen.add(i)
-        stack += [a for a in trace.graph.nodes[i][1:] if not uni[a]]
-    return seen
 
 
 #: The instantiations of every kernel: suffix, parameter type P, state and arithmetic type S.

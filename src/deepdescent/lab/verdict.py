@@ -211,8 +211,7 @@ def clock(problem: str, race: Race, catalog: Catalog | None = None) -> str | Non
         return None
     times = {}
     for name, tracks in alone.items():
-        seconds = [seconds_to(r, time_to_target(r, tgt)) for r in tracks["tuned"]
-                   if math.isfinite(time_to_target(r, tgt))]
+        seconds = [seconds_to(r, t) for r in tracks["tuned"] for t in [time_to_target(r, tgt)] if math.isfinite(t)]
         seconds = [x for x in seconds if math.isfinite(x)]
         if 2 * len(seconds) >= len(tracks["tuned"]) and seconds:
             times[name] = statistics.median_low(seconds)
