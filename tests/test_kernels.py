@@ -3,7 +3,9 @@ shapes (odd sizes, empty and 0-dim tensors), float32 and float64, several groups
 
 from __future__ import annotations
 
+import bisect
 import copy
+import itertools
 import math
 
 import pytest
@@ -82,6 +84,49 @@ def test_fused_eager_and_chunked_paths_give_the_same_bits(name, options, lookahe
     for f, e, c in zip(fused, eager, chunked, strict=True):
         assert torch.equal(f, e), f"fused != eager: {int((f != e).sum())} of {f.numel()} elements differ"
         assert torch.equal(e, c), f"eager != chunked: {int((e != c).sum())} of {e.numel()} elements differ"
+
+
+#: small tensors beside ones of several chunks (a ResNet's batch-norm vectors and convolutions)
+SPLIT_SIZES = [3, 70_000, 17, 1, 2 * CPU_CHUNK_NUMEL + 5, 100, 64, 40_001, 7, CPU_CHUNK_NUMEL, 33]
+
+
+@pytest.mark.parametrize("threads", [2, 3])
+def test_threads_share_the_elements_without_gap_or_overlap(threads):
+    """The fused step hands each thread an even share of the elements (not of the chunks), cut
+    inside tensors at 16-element lines: every element is updated exactly once (the eager path's
+    bits, several steps), and a non-finite gradient is found wherever it lies, next to every cut."""
+    if kernels.available("cpu"):
+        pytest.skip(f"no fused CPU path here: {kernels.available('cpu')}")
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        results = []
+        for impl in ("fused", "eager"):
+            g = torch.Generator().manual_seed(3)
+            params = [torch.randn(n, generator=g).requires_grad_() for n in SPLIT_SIZES]
+            opt = optim.Adam(params, lr=0.01, impl=impl)
+            for _ in range(3):
+                for p in params:
+                    p.grad = torch.randn(p.shape, generator=g)
+                opt.step()
+            assert opt.path == impl
+            results.append([p.detach() for p in params])
+        for f, e in zip(*results, strict=True):
+            assert torch.equal(f, e), f"{int((f != e).sum())} of {f.numel()} elements differ"
+
+        grads = [torch.randn(n) for n in SPLIT_SIZES]
+        assert kernels.any_nonfinite(grads) is False
+        starts = [0, *itertools.accumulate(SPLIT_SIZES)]
+        total = starts[-1]
+        near_cuts = {x + d for i in range(1, threads) for x in (total * i // threads,) for d in range(-20, 21)}
+        for x in sorted(near_cuts | {0, total - 1}):
+            t = bisect.bisect_right(starts, x) - 1
+            for bad in (math.nan, math.inf):
+                grads[t][x - starts[t]] = bad
+                assert kernels.any_nonfinite(grads) is True, f"{bad} at element {x} of {total} missed"
+            grads[t][x - starts[t]] = 0.0
+    finally:
+        torch.set_num_threads(before)
 
 
 @pytest.mark.parametrize("name", [name for name in CONFIGS if SPECS[name].fused])
