@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import torch
@@ -93,8 +94,8 @@ class Algorithm:
     torch_options: Callable[[Hyper], dict[str, Any] | None] | None = None
     family: str = "adaptive"  # "momentum" (SGD and its momentum variants) or "adaptive" (§8.5)
 
-    @property
-    def names(self) -> tuple[str, ...]:
+    @cached_property
+    def names(self) -> tuple[str, ...]:  # read by every step: computed once
         return tuple(hp.name for hp in self.hyperparameters)
 
     def defaults(self, **options: Any) -> dict[str, Any]:

@@ -106,8 +106,9 @@ def _numeric(group: dict[str, Any], keys: Any) -> dict[str, float]:
     in which a group lists its keys (a per-group ``weight_decay`` comes first) must not change the
     generated code, else a new process would compile what the standard set already holds."""
     out = {}
-    for key, value in sorted(group.items(), key=lambda item: item[0]):
-        if key not in keys or isinstance(value, (bool, str)):
+    for key in sorted(keys):
+        value = group.get(key)
+        if value is None or isinstance(value, (bool, str)):
             continue
         if isinstance(value, (tuple, list)):
             out.update({f"{key}{i}": float(v) for i, v in enumerate(value)})
@@ -130,9 +131,12 @@ def _symbolic(h: dict[str, Any], syms: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _trace_for(spec: Algorithm, h: dict[str, Any], lookahead: bool,
-               names: tuple[str, ...]) -> tuple[Trace, list[str], str]:
-    numeric = _numeric(h, spec.names)
+def _trace_for(spec: Algorithm, h: dict[str, Any], lookahead: bool, names: tuple[str, ...],
+               numeric: dict[str, float] | None = None) -> tuple[Trace, list[str], str]:
+    """The traced update of ``spec`` for the structure of ``h`` (cached), the names of its kernel's
+    scalars in order, and the kernel's name. ``numeric``: ``_numeric(h, spec.names)`` if the caller
+    has it."""
+    numeric = _numeric(h, spec.names) if numeric is None else numeric
     others = {k: v for k, v in h.items() if k in spec.names and isinstance(v, (bool, str))}
     key = (spec.name, structure_key({**numeric, **others}), lookahead, names)
     if key not in _TRACES:
@@ -404,9 +408,9 @@ def device_update(spec: Algorithm, h: dict[str, Any], lookahead: bool, plan: Any
     ``found`` is set."""
     from deepdescent.kernels import triton_backend
 
-    with _LOCK:
-        tr, scalar_names, _ = _trace_for(spec, h, lookahead, plan.names)
     numeric = _numeric(h, spec.names)
+    with _LOCK:
+        tr, scalar_names, _ = _trace_for(spec, h, lookahead, plan.names, numeric)
     triton_backend.update(tr, plan.dtype, plan.blocks, table, plan.step_table, len(plan.steps),
                           [numeric[k] for k in scalar_names], found, aligned)
 
@@ -422,18 +426,19 @@ def fused_update(spec: Algorithm, h: dict[str, Any], lookahead: bool, names: tup
     if lists[0][0].device.type in TRITON_DEVICES:
         from deepdescent.kernels import triton_backend
 
-        with _LOCK:
-            tr, scalar_names, _ = _trace_for(spec, h, lookahead, names)
         numeric = _numeric(h, spec.names)
+        with _LOCK:
+            tr, scalar_names, _ = _trace_for(spec, h, lookahead, names, numeric)
         triton_backend.launch(tr, lists, [numeric[k] for k in scalar_names], steps)
         return
     if _DISABLED:
         raise FusedUnavailable(_DISABLED)
     if spec.name in _EAGER_ONLY:
         raise NotTraceable(_EAGER_ONLY[spec.name])
+    numeric = _numeric(h, spec.names)
     try:
         with _LOCK:
-            tr, scalar_names, name = _trace_for(spec, h, lookahead, names)
+            tr, scalar_names, name = _trace_for(spec, h, lookahead, names, numeric)
             function = _FUNCTIONS.get(name)
         if function is None:
             _ensure(_extension_of(spec, tr), wait)
@@ -443,7 +448,6 @@ def fused_update(spec: Algorithm, h: dict[str, Any], lookahead: bool, names: tup
         warnings.warn(f"deepdescent: {err}; it runs on the eager path (every other algorithm keeps its fused "
                       "kernels)", RuntimeWarning, stacklevel=4)
         raise
-    numeric = _numeric(h, spec.names)
     function(lists, [numeric[k] for k in scalar_names], [float(s) for s in steps])
 
 
