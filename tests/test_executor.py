@@ -51,6 +51,22 @@ def test_a_nan_in_one_of_several_groups_and_buckets_skips_the_whole_step(name, i
     assert not torch.equal(before[0], a.detach()) and opt.skipped_steps == 1
 
 
+def test_a_group_on_two_devices_is_stepped_per_device():
+    """One group holding a CPU parameter and a meta one (two devices, one dtype): each device's
+    tensors go to their own bucket, so the CPU parameter takes exactly the steps it takes alone and
+    the meta one stays on its device."""
+    a, m = nn.Parameter(torch.randn(5)), nn.Parameter(torch.randn(5, device="meta"))
+    alone = nn.Parameter(a.detach().clone())
+    opt, ref = optim.Adam([a, m], lr=0.1), optim.Adam([alone], lr=0.1)
+    for _ in range(2):
+        a.grad, m.grad = torch.randn(5), torch.randn(5, device="meta")
+        alone.grad = a.grad.clone()
+        opt.step()
+        ref.step()
+    assert torch.equal(a.detach(), alone.detach()) and m.device.type == "meta"
+    assert opt.state[m]["exp_avg"].device.type == "meta"
+
+
 _NAMES = itertools.count()
 
 

@@ -11,6 +11,7 @@ mixed precision, the device step) is the executor's (``deepdescent.executor``).
 from __future__ import annotations
 
 import contextlib
+import itertools
 import operator
 import warnings
 from collections import defaultdict
@@ -172,8 +173,11 @@ class BookOptimizer(Optimizer):
 
     def _gather(self, group: dict[str, Any]) -> dict[tuple[torch.device, torch.dtype], _Batch]:
         buckets: dict[tuple[torch.device, torch.dtype], _Batch] = defaultdict(_Batch)
-        params = [p for p in group["params"] if p.grad is not None]
+        params = list(group["params"])
         grads = list(map(_GRAD, params))
+        if any(map(operator.is_, grads, itertools.repeat(None))):  # a parameter without a gradient takes no step
+            params = [p for p, g in zip(params, grads) if g is not None]
+            grads = [g for g in grads if g is not None]
         if any(map(_SPARSE, grads)):
             p = next(p for p, g in zip(params, grads) if g.is_sparse)
             raise RuntimeError(
@@ -182,9 +186,9 @@ class BookOptimizer(Optimizer):
             )
         if self._interim_grads:
             grads = [self._interim_grads.pop(p, g) for p, g in zip(params, grads)]
-        kinds = set(zip(map(_DEVICE, params), map(_DTYPE, params)))
-        if len(kinds) == 1:  # the common case: one bucket, built without a Python step per tensor
-            batch = buckets[kinds.pop()]
+        dtypes = set(map(_DTYPE, params))
+        if len(dtypes) == 1 and _one_device(params):  # the common case: one bucket, no Python step per tensor
+            batch = buckets[(params[0].device, dtypes.pop())]
             batch.params, batch.grads = params, grads
         else:
             for p, g in zip(params, grads):
@@ -493,6 +497,15 @@ class BookOptimizer(Optimizer):
 
 _GRAD, _SPARSE = operator.attrgetter("grad"), operator.attrgetter("is_sparse")
 _DEVICE, _DTYPE = operator.attrgetter("device"), operator.attrgetter("dtype")
+_IS_CPU = operator.attrgetter("is_cpu")
+
+
+def _one_device(tensors: list[Tensor]) -> bool:
+    """Whether the tensors share one device, checked in C (``p.device`` builds an object per call:
+    on the CPU a flag is read instead)."""
+    if tensors[0].is_cpu:
+        return all(map(_IS_CPU, tensors))
+    return len(set(map(_DEVICE, tensors))) == 1
 
 
 def _call(closure: Callable[[], Any]) -> Any:
