@@ -10,7 +10,7 @@ import math
 
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from deepdescent import executor, kernels, optim
@@ -125,6 +125,34 @@ def test_threads_share_the_elements_without_gap_or_overlap(threads):
                 grads[t][x - starts[t]] = bad
                 assert kernels.any_nonfinite(grads) is True, f"{bad} at element {x} of {total} missed"
             grads[t][x - starts[t]] = 0.0
+    finally:
+        torch.set_num_threads(before)
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@example(sizes=[CPU_CHUNK_NUMEL + 1], threads=2)
+@example(sizes=[3, 100_000, 0, 70_001, 17], threads=3)
+@given(sizes=st.lists(st.one_of(st.integers(0, 40), st.integers(0, 3 * CPU_CHUNK_NUMEL)), min_size=1, max_size=6),
+       threads=st.integers(2, 4))
+def test_the_threads_cut_anywhere_and_the_bits_stay(sizes, threads):
+    """Random lists (empty tensors, small ones, several chunks) on 2–4 threads: wherever the shares
+    are cut, the fused step equals the eager one bit for bit."""
+    if kernels.available("cpu"):
+        pytest.skip(f"no fused CPU path here: {kernels.available('cpu')}")
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        results = []
+        for impl in ("fused", "eager"):
+            g = torch.Generator().manual_seed(sum(sizes))
+            params = [torch.randn(n, generator=g).requires_grad_() for n in sizes]
+            opt = optim.RMSProp(params, lr=0.01, momentum=0.9, impl=impl)
+            for _ in range(2):
+                for p in params:
+                    p.grad = torch.randn(p.shape, generator=g)
+                opt.step()
+            results.append([p.detach() for p in params])
+        assert all(torch.equal(f, e) for f, e in zip(*results, strict=True))
     finally:
         torch.set_num_threads(before)
 
