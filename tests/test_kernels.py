@@ -4,6 +4,7 @@ shapes (odd sizes, empty and 0-dim tensors), float32 and float64, several groups
 from __future__ import annotations
 
 import bisect
+import contextlib
 import copy
 import itertools
 import math
@@ -90,6 +91,33 @@ def test_fused_eager_and_chunked_paths_give_the_same_bits(name, options, lookahe
 SPLIT_SIZES = [3, 70_000, 17, 1, 2 * CPU_CHUNK_NUMEL + 5, 100, 64, 40_001, 7, CPU_CHUNK_NUMEL, 33]
 
 
+@contextlib.contextmanager
+def _threads(n: int):
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)  # the test processes run one thread each (conftest)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _fused_and_eager(make, sizes, seed, steps):
+    """The parameters of ``sizes`` after ``steps`` steps of ``make(params, impl)`` on the fused and
+    the eager path, from the same gradients."""
+    results = []
+    for impl in ("fused", "eager"):
+        g = torch.Generator().manual_seed(seed)
+        params = [torch.randn(n, generator=g).requires_grad_() for n in sizes]
+        opt = make(params, impl)
+        for _ in range(steps):
+            for p in params:
+                p.grad = torch.randn(p.shape, generator=g)
+            opt.step()
+        assert opt.path == impl
+        results.append([p.detach() for p in params])
+    return results
+
+
 @pytest.mark.parametrize("threads", [2, 3])
 def test_threads_share_the_elements_without_gap_or_overlap(threads):
     """The fused step hands each thread an even share of the elements (not of the chunks), cut
@@ -97,21 +125,9 @@ def test_threads_share_the_elements_without_gap_or_overlap(threads):
     bits, several steps), and a non-finite gradient is found wherever it lies, next to every cut."""
     if kernels.available("cpu"):
         pytest.skip(f"no fused CPU path here: {kernels.available('cpu')}")
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        results = []
-        for impl in ("fused", "eager"):
-            g = torch.Generator().manual_seed(3)
-            params = [torch.randn(n, generator=g).requires_grad_() for n in SPLIT_SIZES]
-            opt = optim.Adam(params, lr=0.01, impl=impl)
-            for _ in range(3):
-                for p in params:
-                    p.grad = torch.randn(p.shape, generator=g)
-                opt.step()
-            assert opt.path == impl
-            results.append([p.detach() for p in params])
-        for f, e in zip(*results, strict=True):
+    with _threads(threads):
+        fused, eager = _fused_and_eager(lambda ps, impl: optim.Adam(ps, lr=0.01, impl=impl), SPLIT_SIZES, 3, 3)
+        for f, e in zip(fused, eager, strict=True):
             assert torch.equal(f, e), f"{int((f != e).sum())} of {f.numel()} elements differ"
 
         grads = [torch.randn(n) for n in SPLIT_SIZES]
@@ -125,8 +141,6 @@ def test_threads_share_the_elements_without_gap_or_overlap(threads):
                 grads[t][x - starts[t]] = bad
                 assert kernels.any_nonfinite(grads) is True, f"{bad} at element {x} of {total} missed"
             grads[t][x - starts[t]] = 0.0
-    finally:
-        torch.set_num_threads(before)
 
 
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -139,22 +153,10 @@ def test_the_threads_cut_anywhere_and_the_bits_stay(sizes, threads):
     are cut, the fused step equals the eager one bit for bit."""
     if kernels.available("cpu"):
         pytest.skip(f"no fused CPU path here: {kernels.available('cpu')}")
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        results = []
-        for impl in ("fused", "eager"):
-            g = torch.Generator().manual_seed(sum(sizes))
-            params = [torch.randn(n, generator=g).requires_grad_() for n in sizes]
-            opt = optim.RMSProp(params, lr=0.01, momentum=0.9, impl=impl)
-            for _ in range(2):
-                for p in params:
-                    p.grad = torch.randn(p.shape, generator=g)
-                opt.step()
-            results.append([p.detach() for p in params])
-        assert all(torch.equal(f, e) for f, e in zip(*results, strict=True))
-    finally:
-        torch.set_num_threads(before)
+    with _threads(threads):
+        fused, eager = _fused_and_eager(
+            lambda ps, impl: optim.RMSProp(ps, lr=0.01, momentum=0.9, impl=impl), sizes, sum(sizes), 2)
+    assert all(torch.equal(f, e) for f, e in zip(fused, eager, strict=True))
 
 
 @pytest.mark.parametrize("name", [name for name in CONFIGS if SPECS[name].fused])
