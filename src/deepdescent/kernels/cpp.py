@@ -144,14 +144,14 @@ RUNTIME = r"""
 static constexpr int64_t CHUNK = 1 << 16;
 using Kernel = void (*)(void* const*, int64_t, int64_t, const double*, const double*);
 
-// The elements of a tensor list cut into chunks of at most CHUNK elements of one tensor, with the
-// elements before each chunk (cum, one entry more than chunks).
+// The elements of a tensor list cut into chunks of at most CHUNK elements of one tensor: chunk c is
+// elements [b[c], b[c] + cum[c + 1] - cum[c]) of tensor t[c]; cum[c] elements come before it.
 struct Chunks {
-  std::vector<int64_t> t, b, e, cum{0};
+  std::vector<int64_t> t, b, cum{0};
   void add(int64_t tensor, int64_t n) {
     for (int64_t x = 0; x < n; x += CHUNK) {
-      t.push_back(tensor); b.push_back(x); e.push_back(std::min(n, x + CHUNK));
-      cum.push_back(cum.back() + e.back() - x);
+      t.push_back(tensor); b.push_back(x);
+      cum.push_back(cum.back() + std::min(n - x, CHUNK));
     }
   }
   // Where a thread's share starting near element x of the whole list begins: in x's chunk, at a
